@@ -1,0 +1,33 @@
+# One command to set up and run the main job, one to set up and test (see README).
+# `make setup` is idempotent: it rebuilds .venv only when the pins change.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.capmix-installed
+CORES ?= all
+
+.PHONY: setup run smoke test lint report clean-results
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "capmix needs Python 3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements/lock.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES)
+
+smoke: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+
+test: lint
+	$(BIN)/pytest
+
+clean-results:
+	rm -rf results/toyworld results/toy_*

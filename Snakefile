@@ -1,0 +1,19 @@
+# capmix: improving image-text datasets with synthetic captions.
+# Stages live in workflow/rules (one .smk each); logic in src/capmix.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/sources.smk"
+include: "workflow/rules/fetch.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

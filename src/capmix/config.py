@@ -1,0 +1,159 @@
+"""Configuration: schema validation with readable errors, and cross-references.
+
+The schema (``workflow/schemas/config.schema.yaml``) is the single description of
+what a config may say; ``snakemake.utils.validate`` applies it and fills its
+defaults at start-up. jsonschema's own messages bury the offending key in a
+schema path, so :func:`explain_errors` re-states every violation as
+"key: problem (allowed: ...)". Checks a schema cannot express (a pool naming a
+toy world that is not defined, two pools with one name) live in
+:func:`check_references`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names every offending key."""
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def key_path(path: Iterable[Any]) -> str:
+    """Render a jsonschema instance path as ``pools[0].source.type``."""
+    rendered = ""
+    for part in path:
+        if isinstance(part, int):
+            rendered += f"[{part}]"
+        else:
+            rendered += f".{part}" if rendered else str(part)
+    return rendered or "(top level)"
+
+
+def _allowed(error: ValidationError) -> str:
+    """What the schema would have accepted at the failing key."""
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    if error.validator == "enum":
+        return "one of " + ", ".join(repr(v) for v in error.validator_value)
+    if error.validator == "type":
+        return f"type {error.validator_value}"
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        return "keys " + ", ".join(allowed) if allowed else "no extra keys"
+    if error.validator in ("minimum", "maximum", "minItems", "minLength", "pattern", "const"):
+        return f"{error.validator} {error.validator_value!r}"
+    if error.validator == "required":
+        return "required keys " + ", ".join(error.validator_value)
+    if error.validator == "oneOf":
+        return " or ".join(
+            sub.get("type", "?") + (f" in {sub['enum']}" if "enum" in sub else "")
+            for sub in error.validator_value
+        )
+    return str(error.validator)
+
+
+def explain_errors(config: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
+    """Every schema violation as 'config key <path>: <message> (allowed: <...>)'."""
+    validator = Draft202012Validator(schema)
+    lines = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path))):
+        lines.append(
+            f"config key '{key_path(error.absolute_path)}': {error.message} "
+            f"(allowed: {_allowed(error)})"
+        )
+    return lines
+
+
+def check_references(config: Mapping[str, Any]) -> list[str]:
+    """Cross-reference checks a JSON schema cannot express."""
+    problems = []
+    names = [pool["name"] for pool in config.get("pools", [])]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"config key 'pools': pool name '{name}' is used more than once")
+    worlds = config.get("toy_worlds", {})
+    for index, pool in enumerate(config.get("pools", [])):
+        source = pool["source"]
+        if source["type"] == "toy" and source["world"] not in worlds:
+            problems.append(
+                f"config key 'pools[{index}].source.world': toy world '{source['world']}' "
+                f"is not defined (allowed: one of {', '.join(sorted(worlds)) or 'none defined'})"
+            )
+    return problems
+
+
+def fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill schema defaults in place, as ``snakemake.utils.validate(set_default=True)``.
+
+    Used outside Snakemake (tests, notebooks). Defaults are deep-copied so two
+    pools never share one mutable default.
+    """
+    from jsonschema import validators
+
+    base_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for prop, prop_schema in properties.items():
+                if isinstance(prop_schema, Mapping) and "default" in prop_schema:
+                    instance.setdefault(prop, copy.deepcopy(prop_schema["default"]))
+        yield from base_properties(validator, properties, instance, subschema)
+
+    defaulting = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    for _ in defaulting(schema).iter_errors(config):
+        pass
+    return config
+
+
+def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Validate, fill defaults and cross-check; raise :class:`ConfigError` naming every key."""
+    schema = load_schema(schema_path)
+    problems = explain_errors(config, schema)
+    if not problems:
+        fill_defaults(config, schema)
+        problems = explain_errors(config, schema) + check_references(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return config
+
+
+def load_config(*paths: Path | str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Load and merge config files the way Snakemake does (later files update earlier ones)."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        with open(path) as handle:
+            update_nested(merged, yaml.safe_load(handle) or {})
+    if overrides:
+        update_nested(merged, copy.deepcopy(dict(overrides)))
+    return validate_config(merged)
+
+
+def update_nested(target: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict update; lists and scalars are replaced, as in Snakemake."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            update_nested(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
+def pool_by_name(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    for pool in config["pools"]:
+        if pool["name"] == name:
+            return pool
+    known = [pool["name"] for pool in config["pools"]]
+    raise ConfigError(f"no pool named '{name}' in config (have: {known})")

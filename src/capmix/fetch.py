@@ -1,0 +1,312 @@
+"""Fetch: images of a pool into webdataset shards with img2dataset.
+
+img2dataset does the downloading, resizing and sharding (DataComp's own
+tool and settings). This module adds what a reproduction needs around it:
+
+* **Rounds.** ``results/{pool}/shards/round_K/`` holds one img2dataset run.
+  Round 0 covers the whole metadata; every later run of the fetch job covers
+  only the rows that have not succeeded yet (DataComp's standard remedy for
+  transient failures), so nothing that succeeded is ever downloaded again.
+  A round killed part-way is resumed shard by shard (img2dataset's
+  ``incremental`` mode) before any new round starts.
+* **Accounting.** Afterwards every uid of the metadata is either fetched (with
+  its round, shard and key) or failed with a reason, in ``index.parquet``,
+  and ``report.json`` counts reasons and the success rate.
+
+The shards directory is deliberately *not* a Snakemake output: Snakemake
+deletes outputs before re-running a job, which would throw away every image
+already fetched. The job's outputs are the index and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tarfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from capmix.provenance import provenance_record, write_json
+from capmix.sources import metadata_parts, read_manifest
+
+log = logging.getLogger(__name__)
+
+ROUND_PREFIX = "round_"
+ROUND_DONE = "_capmix_round.json"
+FACE_BOX_COLUMN = "face_bboxes"
+
+#: (reason, regex on img2dataset's error message), first match wins.
+DOWNLOAD_REASONS: tuple[tuple[str, str], ...] = (
+    ("not_found", r"No such file|HTTP Error 404|Not Found|HTTP Error 410"),
+    ("forbidden", r"HTTP Error 40[13]|Forbidden|Unauthorized"),
+    ("opted_out", r"X-Robots-Tag|disallowed"),
+    ("timeout", r"timed out|[Tt]imeout"),
+    ("http_error", r"HTTP Error"),
+    ("connection_error", r"urlopen error|Connection|Name or service|getaddrinfo|SSL"),
+)
+RESIZE_REASONS: tuple[tuple[str, str], ...] = (
+    ("undecodable_image", r"decod|cannot identify|truncated"),
+    ("too_small", r"too small"),
+    ("bad_aspect_ratio", r"aspect ratio"),
+)
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """img2dataset settings; the defaults are DataComp's."""
+
+    image_size: int = 512
+    resize_mode: str = "keep_ratio_largest"
+    resize_only_if_bigger: bool = True
+    encode_format: str = "jpg"
+    encode_quality: int = 95
+    samples_per_shard: int = 10000
+    retries: int = 2
+    timeout: int = 10
+    threads_per_process: int = 64
+    blur_faces: str | bool = "auto"
+
+    @classmethod
+    def from_config(cls, fetch: Mapping[str, Any]) -> FetchSettings:
+        return cls(**fetch)
+
+
+def failure_reason(status: str, message: str | None) -> str:
+    """Map img2dataset's status and error text to a short, countable reason."""
+    if status == "success":
+        return "fetched"
+    message = message or ""
+    table = RESIZE_REASONS if status == "failed_to_resize" else DOWNLOAD_REASONS
+    for reason, pattern in table:
+        if re.search(pattern, message):
+            return reason
+    return "resize_error" if status == "failed_to_resize" else "download_error"
+
+
+def round_dirs(shards_dir: Path) -> list[Path]:
+    rounds = [p for p in shards_dir.glob(f"{ROUND_PREFIX}*") if p.is_dir()]
+    return sorted(rounds, key=lambda p: int(p.name[len(ROUND_PREFIX):]))
+
+
+def round_is_complete(round_dir: Path) -> bool:
+    return (round_dir / ROUND_DONE).exists()
+
+
+def round_input(shards_dir: Path, k: int) -> Path:
+    return shards_dir / f"{ROUND_PREFIX}{k}.input"
+
+
+def run_img2dataset(input_dir: Path, output_dir: Path, settings: FetchSettings, processes: int,
+                    bbox_col: str | None) -> None:
+    """One img2dataset run (resumes the shards of output_dir that are not finished)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its update check needs the network
+    from img2dataset import download
+
+    download(
+        url_list=str(input_dir),
+        input_format="parquet",
+        url_col="url",
+        caption_col="text",
+        save_additional_columns=["uid"],
+        bbox_col=bbox_col,
+        output_format="webdataset",
+        output_folder=str(output_dir),
+        processes_count=processes,
+        thread_count=settings.threads_per_process,
+        image_size=settings.image_size,
+        resize_mode=settings.resize_mode,
+        resize_only_if_bigger=settings.resize_only_if_bigger,
+        encode_format=settings.encode_format,
+        encode_quality=settings.encode_quality,
+        number_sample_per_shard=settings.samples_per_shard,
+        retries=settings.retries,
+        timeout=settings.timeout,
+        enable_wandb=False,
+        incremental_mode="incremental",
+        distributor="multiprocessing",
+    )
+
+
+def read_round_status(round_dir: Path) -> pd.DataFrame:
+    """All status rows of one round, with the shard each came from."""
+    frames = []
+    for status_file in sorted(round_dir.glob("*.parquet")):
+        if not (round_dir / f"{status_file.stem}_stats.json").exists():
+            continue  # shard still being written when the job was killed
+        frame = pq.read_table(
+            status_file, columns=["uid", "key", "status", "error_message", "width", "height"]
+        ).to_pandas()
+        frame["shard"] = f"{round_dir.name}/{status_file.stem}.tar"
+        frames.append(frame)
+    columns = ["uid", "key", "status", "error_message", "width", "height", "shard"]
+    status = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    status["round"] = int(round_dir.name[len(ROUND_PREFIX):])
+    return status
+
+
+def shard_keys(tar_path: Path) -> set[str]:
+    """Sample keys present in a webdataset tar (one per image file)."""
+    with tarfile.open(tar_path) as tar:
+        return {name.rsplit(".", 1)[0] for name in tar.getnames() if not name.endswith("/")}
+
+
+def collect_attempts(shards_dir: Path) -> pd.DataFrame:
+    """Every attempt of every finished shard, checked against the tar it names."""
+    frames = [read_round_status(r) for r in round_dirs(shards_dir)]
+    attempts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["uid", "key", "status", "error_message", "width", "height", "shard", "round"])
+    attempts["reason"] = [failure_reason(s, m) for s, m in
+                          zip(attempts["status"], attempts["error_message"], strict=True)]
+    for shard, rows in attempts[attempts["status"] == "success"].groupby("shard"):
+        tar_path = shards_dir / shard
+        keys = shard_keys(tar_path) if tar_path.exists() else set()
+        lost = rows.index[~rows["key"].isin(keys)]
+        attempts.loc[lost, ["status", "reason"]] = ["failed", "missing_in_shard"]
+        attempts.loc[lost, "error_message"] = f"status says success but {shard} lacks the sample"
+    return attempts
+
+
+def metadata_uids(metadata_dir: Path) -> pd.DataFrame:
+    frames = [pq.read_table(p, columns=["uid", "url"]).to_pandas()
+              for p in metadata_parts(metadata_dir)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def build_index(uids: pd.DataFrame, attempts: pd.DataFrame) -> pd.DataFrame:
+    """One row per metadata uid: fetched (first success) or failed (last failure)."""
+    attempts = attempts.assign(ok=attempts["status"] == "success")
+    ordered = attempts.sort_values(["uid", "ok", "round"], ascending=[True, False, False])
+    best = ordered.drop_duplicates("uid", keep="first").set_index("uid")
+    tries = attempts.groupby("uid").size()
+    index = uids[["uid"]].join(best, on="uid")
+    never = index["status"].isna()
+    index.loc[never, "reason"] = "not_attempted"
+    index["status"] = index["ok"].map({True: "fetched"}).fillna("failed")
+    index["attempts"] = index["uid"].map(tries).fillna(0).astype("int64")
+    index["round"] = index["round"].fillna(-1).astype("int64")
+    columns = ["uid", "status", "reason", "error_message", "round", "shard", "key",
+               "width", "height", "attempts"]
+    return index[columns].reset_index(drop=True)
+
+
+def pending_rows(metadata_dir: Path, fetched: set[str]) -> pd.DataFrame:
+    """Metadata rows (only what img2dataset reads) whose uid has not been fetched."""
+    manifest = read_manifest(metadata_dir)
+    wanted = ["uid", "url", "text"] + ([FACE_BOX_COLUMN] if FACE_BOX_COLUMN in
+                                       manifest["columns"] else [])
+    frames = []
+    for part in metadata_parts(metadata_dir):
+        frame = pq.read_table(part, columns=wanted).to_pandas()
+        frames.append(frame[~frame["uid"].isin(fetched)])
+    return pd.concat(frames, ignore_index=True)
+
+
+def face_box_column(metadata_dir: Path, settings: FetchSettings) -> str | None:
+    present = FACE_BOX_COLUMN in read_manifest(metadata_dir)["columns"]
+    if settings.blur_faces is True and not present:
+        raise ValueError(f"fetch.blur_faces is true but {metadata_dir} has no "
+                         f"'{FACE_BOX_COLUMN}' column")
+    return FACE_BOX_COLUMN if present and settings.blur_faces is not False else None
+
+
+def next_round(metadata_dir: Path, shards_dir: Path) -> tuple[int, Path] | None:
+    """Which round to run now, and its input directory; None when nothing is left.
+
+    An unfinished round is resumed; otherwise a new round covers the rows not
+    fetched yet (all rows for round 0).
+    """
+    rounds = round_dirs(shards_dir)
+    if not rounds:
+        return 0, metadata_dir
+    last = rounds[-1]
+    k = int(last.name[len(ROUND_PREFIX):])
+    if not round_is_complete(last):
+        return k, (metadata_dir if k == 0 else round_input(shards_dir, k))
+    fetched = set(collect_attempts(shards_dir).query("status == 'success'")["uid"])
+    pending = pending_rows(metadata_dir, fetched)
+    if pending.empty:
+        return None
+    input_dir = round_input(shards_dir, k + 1)
+    input_dir.mkdir(parents=True, exist_ok=True)
+    tmp = input_dir / "pending.parquet.tmp"
+    pending.to_parquet(tmp, index=False)
+    os.replace(tmp, input_dir / "pending.parquet")
+    return k + 1, input_dir
+
+
+def fetch_pool(pool: str, metadata_dir: Path, shards_dir: Path, index_path: Path,
+               report_path: Path, settings: FetchSettings, processes: int = 1) -> dict[str, Any]:
+    """Run one fetch round (resume, first, or retry-the-failed) and account for every uid."""
+    metadata_dir, shards_dir = Path(metadata_dir), Path(shards_dir)
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    bbox_col = face_box_column(metadata_dir, settings)
+    step = next_round(metadata_dir, shards_dir)
+    if step is None:
+        log.info("every uid of %s is fetched already; nothing to download", pool)
+    else:
+        k, input_dir = step
+        round_dir = shards_dir / f"{ROUND_PREFIX}{k}"
+        n_input = sum(pq.read_metadata(p).num_rows for p in sorted(input_dir.glob("*.parquet")))
+        log.info("round %d: %d rows from %s -> %s", k, n_input, input_dir, round_dir)
+        started = time.time()
+        run_img2dataset(input_dir, round_dir, settings, processes, bbox_col)
+        status = read_round_status(round_dir)
+        write_json(round_dir / ROUND_DONE, {
+            "round": k, "input": str(input_dir), "n_input": n_input,
+            "n_success": int((status["status"] == "success").sum()),
+            "seconds": round(time.time() - started, 2), "settings": asdict(settings),
+        })
+
+    attempts = collect_attempts(shards_dir)
+    index = build_index(metadata_uids(metadata_dir), attempts)
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index_path.with_name(index_path.name + ".tmp")
+    index.to_parquet(tmp, index=False)
+    os.replace(tmp, index_path)
+    report = fetch_report(pool, metadata_dir, shards_dir, index, attempts, settings)
+    write_json(report_path, report)
+    log.info("%s: %d/%d fetched (%.1f%%); failures by reason: %s", pool, report["n_fetched"],
+             report["n_total"], 100 * report["success_rate"], report["failures_by_reason"])
+    return report
+
+
+def fetch_report(pool: str, metadata_dir: Path, shards_dir: Path, index: pd.DataFrame,
+                 attempts: pd.DataFrame, settings: FetchSettings) -> dict[str, Any]:
+    failed = index[index["status"] == "failed"]
+    examples = {
+        reason: rows.head(3)[["uid", "error_message"]].to_dict("records")
+        for reason, rows in failed.groupby("reason")
+    }
+    rounds = []
+    for round_dir in round_dirs(shards_dir):
+        done = round_dir / ROUND_DONE
+        rounds.append(json.loads(done.read_text()) if done.exists()
+                      else {"round": int(round_dir.name[len(ROUND_PREFIX):]), "complete": False})
+    fetched = index[index["status"] == "fetched"]
+    shards = fetched.groupby("shard").size().sort_index()
+    manifest = read_manifest(metadata_dir)
+    return {
+        "pool": pool,
+        "toy": bool(manifest.get("toy", False)),
+        "n_total": int(len(index)),
+        "n_fetched": int(len(fetched)),
+        "n_failed": int(len(failed)),
+        "success_rate": float(len(fetched) / len(index)) if len(index) else 0.0,
+        "failures_by_reason": {k: int(v) for k, v in failed["reason"].value_counts().items()},
+        "failure_examples": examples,
+        "attempts": int(len(attempts)),
+        "rounds": rounds,
+        "shards": [{"path": s, "samples": int(n)} for s, n in shards.items()],
+        "settings": asdict(settings),
+        "provenance": provenance_record(
+            "fetch", inputs=[Path(metadata_dir) / "manifest.json"],
+            params={"settings": asdict(settings)}, packages=("img2dataset", "webdataset")),
+    }

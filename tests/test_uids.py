@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from capmix.uids import (
+    derive_uid,
+    duplicate_positions,
+    is_valid_uid,
+    pairs_to_uids,
+    sorted_uid_array,
+    uids_to_pairs,
+)
+
+
+def test_derived_uid_is_stable_md5_of_url_and_text():
+    uid = derive_uid("http://x/a.jpg", "a red circle")
+    assert uid == derive_uid("http://x/a.jpg", "a red circle")
+    assert is_valid_uid(uid)
+    import hashlib
+
+    assert uid == hashlib.md5(b"http://x/a.jpg\na red circle").hexdigest()
+
+
+def test_derived_uid_depends_on_both_fields_and_unicode():
+    base = derive_uid("http://x/a.jpg", "caption")
+    assert derive_uid("http://x/b.jpg", "caption") != base
+    assert derive_uid("http://x/a.jpg", "caption!") != base
+    # the field separator keeps ("ab", "c") and ("a", "bc") apart
+    assert derive_uid("ab", "c") != derive_uid("a", "bc")
+    assert is_valid_uid(derive_uid("http://x/ü.jpg", "Straße 🚲"))
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "g" * 32, "A" * 32, "0" * 33, None, 12])
+def test_malformed_uids_are_rejected(bad):
+    assert not is_valid_uid(bad)
+
+
+def test_pairs_match_datacomp_definition():
+    uids = ["0123456789abcdef0011223344556677", "ffffffffffffffff0000000000000001"]
+    pairs = uids_to_pairs(uids)
+    expected = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in uids], np.dtype("u8,u8"))
+    assert pairs.dtype == np.dtype("u8,u8")
+    assert (pairs == expected).all()
+    assert pairs_to_uids(pairs) == uids
+
+
+def test_sorted_uid_array_is_sorted_like_datacomp():
+    uids = [derive_uid(f"u{i}", "t") for i in range(100)]
+    array = sorted_uid_array(uids)
+    expected = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in uids], np.dtype("u8,u8"))
+    expected.sort()
+    assert (array == expected).all()
+
+
+def test_duplicate_positions_groups_repeats():
+    uids = ["a" * 32, "b" * 32, "a" * 32, "c" * 32, "b" * 32, "a" * 32]
+    groups = sorted(sorted(g.tolist()) for g in duplicate_positions(uids_to_pairs(uids)))
+    assert groups == [[0, 2, 5], [1, 4]]
+    assert duplicate_positions(uids_to_pairs(["a" * 32, "b" * 32])) == []

@@ -1,0 +1,63 @@
+# Sources: the toy world, downloads of remote metadata, and normalised
+# results/{pool}/metadata (uid, url, text + kept columns), checked before any fetch.
+
+
+rule toy_world:
+    output:
+        parquets=expand("results/toyworld/{{world}}/{split}.parquet", split=TOY_SPLITS),
+        manifest="results/toyworld/{world}/manifest.json",
+    params:
+        spec=lambda wildcards: TOY_WORLDS[wildcards.world],
+        seed=config["seed"],
+    log:
+        "logs/toy_world/{world}.log",
+    benchmark:
+        "benchmarks/toy_world/{world}.tsv"
+    threads: res("toy_world", "threads")
+    resources:
+        mem_mb=res("toy_world", "mem_mb"),
+        runtime=res("toy_world", "runtime"),
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/toy_world.py"
+
+
+rule download_metadata:
+    output:
+        "results/{pool}/metadata_raw/download.json",
+    params:
+        source=pool_source,
+    log:
+        "logs/download_metadata/{pool}.log",
+    benchmark:
+        "benchmarks/download_metadata/{pool}.tsv"
+    threads: res("download_metadata", "threads")
+    resources:
+        mem_mb=res("download_metadata", "mem_mb"),
+        runtime=res("download_metadata", "runtime"),
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/download_metadata.py"
+
+
+rule metadata:
+    input:
+        metadata_input,
+    output:
+        directory("results/{pool}/metadata"),
+    params:
+        source=pool_source,
+    log:
+        "logs/metadata/{pool}.log",
+    benchmark:
+        "benchmarks/metadata/{pool}.tsv"
+    threads: res("metadata", "threads")
+    resources:
+        mem_mb=res("metadata", "mem_mb"),
+        runtime=res("metadata", "runtime"),
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/metadata.py"
