@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageChops, ImageDraw, ImageFilter
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image, ImageDraw
 
 __all__ = [
     "BACKGROUND_COLOURS",
@@ -756,35 +757,52 @@ def _pattern_mask(kind: str, h: int, w: int, rng: np.random.Generator, scale: fl
     raise ValueError(f"unknown texture {kind!r}")
 
 
-def _two_tone(mask: np.ndarray, a: tuple[int, int, int], b: tuple[int, int, int]) -> np.ndarray:
-    out = np.empty((*mask.shape, 3), dtype=np.uint8)
-    out[...] = np.asarray(a, dtype=np.uint8)
-    out[mask] = np.asarray(b, dtype=np.uint8)
-    return out
+def _two_tone(mask: np.ndarray, a: tuple[int, int, int], b: tuple[int, int, int]) -> Image.Image:
+    """RGB image with colour ``a`` where mask is False and ``b`` where it is True.
+
+    Goes through a 2-entry palette image because PIL's palette expansion is several times
+    faster than boolean indexing in numpy, and drawing speed bounds the world's size.
+    """
+    img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), "L")
+    img = img.convert("P")
+    img.putpalette([*a, *b])
+    return img.convert("RGB")
 
 
 def _gradient(
     h: int, w: int, a: tuple[int, int, int], b: tuple[int, int, int], rng: np.random.Generator
-) -> np.ndarray:
+) -> Image.Image:
     y, x = _grid(h, w)
     angle = float(rng.uniform(0, 2 * math.pi))
     t = x * math.cos(angle) + y * math.sin(angle)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
     a_ = np.asarray(a, dtype=np.float32)
     b_ = np.asarray(b, dtype=np.float32)
-    return (a_ + (b_ - a_) * t[..., None]).round().astype(np.uint8)
+    return Image.fromarray((a_ + (b_ - a_) * t[..., None]).round().astype(np.uint8), "RGB")
 
 
-def _background(scene: Scene, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+def _background(scene: Scene, h: int, w: int, rng: np.random.Generator) -> Image.Image:
     base = _background_rgb(scene.background_colour)
     pattern = scene.background_pattern
     if pattern in ("plain", "cluttered"):
-        out = np.empty((h, w, 3), dtype=np.uint8)
-        out[...] = np.asarray(base, dtype=np.uint8)
-        return out
+        return Image.new("RGB", (w, h), base)
     if pattern == "shaded":
         return _gradient(h, w, base, _shade(base), rng)
     return _two_tone(_pattern_mask(pattern, h, w, rng, _SS), base, _shade(base))
+
+
+def _outline(mask: Image.Image, line: int) -> Image.Image:
+    """Keep only a band of ``line`` pixels along the inside of a filled mask.
+
+    Erodes with a square window as two separable 1-D minimum passes in numpy: the same result
+    as PIL's MinFilter at a fraction of its cost for wide windows.
+    """
+    arr = np.asarray(mask)
+    k = 2 * line + 1
+    padded = np.pad(arr, line, mode="constant")
+    rows = sliding_window_view(padded, k, axis=1).min(axis=-1)
+    eroded = sliding_window_view(rows, k, axis=0).min(axis=-1)
+    return Image.fromarray(np.where(eroded > 0, 0, arr).astype(np.uint8), "L")
 
 
 def _polygon_points(
@@ -936,7 +954,7 @@ def draw_scene(scene: Scene, width: int, height: int | None = None) -> Image.Ima
     height = width if height is None else height
     rng = np.random.default_rng(scene.detail_seed)
     w, h = width * _SS, height * _SS
-    canvas = Image.fromarray(_background(scene, h, w, rng), "RGB")
+    canvas = _background(scene, h, w, rng)
     clutter = scene.background_pattern == "cluttered"
     if clutter:
         _draw_marks(ImageDraw.Draw(canvas), w, h, int(rng.integers(14, 24)), rng)
@@ -945,12 +963,12 @@ def draw_scene(scene: Scene, width: int, height: int | None = None) -> Image.Ima
         rgb = _rgb(obj.colour)
         if obj.style == "outlined":
             line = int(max(2, round(min(width, height) / 28))) * _SS
-            mask = ImageChops.subtract(mask, mask.filter(ImageFilter.MinFilter(2 * line + 1)))
+            mask = _outline(mask, line)
             canvas.paste(rgb, (0, 0, w, h), mask)
         elif obj.style in TEXTURE_STYLES:
             tint = tuple(round(c + (255 - c) * 0.55) for c in rgb)
             fill = _two_tone(_pattern_mask(obj.style, h, w, rng, _SS * 0.8), rgb, tint)  # type: ignore[arg-type]
-            canvas.paste(Image.fromarray(fill, "RGB"), (0, 0), mask)
+            canvas.paste(fill, (0, 0), mask)
         else:
             canvas.paste(rgb, (0, 0, w, h), mask)
     if clutter:  # a few marks on top make the object partly occluded, as in ImageNet-A
@@ -973,7 +991,7 @@ def draw_junk(kind: str, width: int, height: int, rng: np.random.Generator) -> I
     if kind == "gradient":
         a = tuple(int(v) for v in rng.integers(0, 256, size=3))
         b = tuple(int(v) for v in rng.integers(0, 256, size=3))
-        return Image.fromarray(_gradient(height, width, a, b, rng), "RGB")  # type: ignore[arg-type]
+        return _gradient(height, width, a, b, rng)  # type: ignore[arg-type]
     if kind == "text":
         paper = int(rng.integers(225, 256))
         img = Image.new("RGB", (width, height), (paper, paper, paper))
