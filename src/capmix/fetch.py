@@ -92,7 +92,8 @@ def failure_reason(status: str, message: str | None) -> str:
 
 
 def round_dirs(shards_dir: Path) -> list[Path]:
-    rounds = [p for p in shards_dir.glob(f"{ROUND_PREFIX}*") if p.is_dir()]
+    rounds = [p for p in shards_dir.glob(f"{ROUND_PREFIX}*")
+              if p.is_dir() and p.name[len(ROUND_PREFIX):].isdigit()]
     return sorted(rounds, key=lambda p: int(p.name[len(ROUND_PREFIX):]))
 
 
@@ -101,7 +102,8 @@ def round_is_complete(round_dir: Path) -> bool:
 
 
 def round_input(shards_dir: Path, k: int) -> Path:
-    return shards_dir / f"{ROUND_PREFIX}{k}.input"
+    """Where a retry round's input (the rows not fetched yet) is written."""
+    return shards_dir / "retry_inputs" / f"{ROUND_PREFIX}{k}"
 
 
 def run_img2dataset(input_dir: Path, output_dir: Path, settings: FetchSettings, processes: int,

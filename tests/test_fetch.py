@@ -1,0 +1,130 @@
+"""Fetch with the real img2dataset over file:// URLs: accounting, retries, resume."""
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from capmix.fetch import (
+    ROUND_DONE,
+    FetchSettings,
+    failure_reason,
+    fetch_pool,
+    round_dirs,
+)
+from capmix.sources import build_metadata, source_files
+from tests.conftest import write_image
+
+SETTINGS = FetchSettings(image_size=32, samples_per_shard=3, retries=0, threads_per_process=4)
+
+
+def make_metadata(table: pd.DataFrame, tmp_path: Path) -> Path:
+    path = tmp_path / "table.parquet"
+    table.to_parquet(path, index=False)
+    source = {"type": "table", "path": str(path), "format": "auto", "keep_columns": []}
+    build_metadata("p", source, source_files(source, [path]), tmp_path / "metadata")
+    return tmp_path / "metadata"
+
+
+def run(tmp_path: Path, metadata: Path) -> dict:
+    return fetch_pool("p", metadata, tmp_path / "shards", tmp_path / "fetch" / "index.parquet",
+                      tmp_path / "fetch" / "report.json", SETTINGS, processes=1)
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def tar_uids(tar_path: Path) -> list[str]:
+    with tarfile.open(tar_path) as tar:
+        return [json.load(tar.extractfile(m))["uid"] for m in tar.getmembers()
+                if m.name.endswith(".json")]
+
+
+def test_every_uid_is_accounted_for_and_retries_touch_only_failures(tmp_path, image_table):
+    table, web = image_table
+    metadata = make_metadata(table, tmp_path)
+
+    report = run(tmp_path, metadata)
+    index = pd.read_parquet(tmp_path / "fetch" / "index.parquet")
+    assert sorted(index["uid"]) == sorted(table["uid"])  # every uid, once
+    by_uid = index.set_index("uid")
+    good = [f"{i:032x}" for i in range(5)]
+    assert (by_uid.loc[good, "status"] == "fetched").all()
+    assert by_uid.loc[[f"{0xd0:032x}", f"{0xd1:032x}"], "reason"].tolist() == ["not_found"] * 2
+    assert by_uid.loc[f"{0xc0:032x}", "reason"] == "undecodable_image"
+    assert report["n_total"] == 8 and report["n_fetched"] == 5
+    assert report["failures_by_reason"] == {"not_found": 2, "undecodable_image": 1}
+    assert report["success_rate"] == pytest.approx(5 / 8)
+    # the shards hold exactly the fetched uids, resized to the configured size
+    shard_uids = [u for s in report["shards"] for u in tar_uids(tmp_path / "shards" / s["path"])]
+    assert sorted(shard_uids) == good
+    assert (by_uid.loc[good, ["width", "height"]].max(axis=1) == 32).all()
+
+    # A transient failure goes away; re-running retries only the failed rows.
+    round0 = digests(tmp_path / "shards" / "round_0")
+    write_image(web / "dead0.png")
+    report = run(tmp_path, metadata)
+    assert [r.name for r in round_dirs(tmp_path / "shards")] == ["round_0", "round_1"]
+    retried = pd.read_parquet(tmp_path / "shards" / "retry_inputs" / "round_1" / "pending.parquet")
+    assert sorted(retried["uid"]) == sorted([f"{0xd0:032x}", f"{0xd1:032x}", f"{0xc0:032x}"])
+    assert digests(tmp_path / "shards" / "round_0") == round0  # nothing fetched again
+    assert report["n_fetched"] == 6
+    assert report["failures_by_reason"] == {"not_found": 1, "undecodable_image": 1}
+    index = pd.read_parquet(tmp_path / "fetch" / "index.parquet").set_index("uid")
+    assert index.loc[f"{0xd0:032x}", "round"] == 1
+    assert index.loc[f"{0xd0:032x}", "attempts"] == 2
+    assert index.loc[good, "round"].eq(0).all() and index.loc[good, "attempts"].eq(1).all()
+    round1_uids = [u for p in (tmp_path / "shards" / "round_1").glob("*.tar") for u in tar_uids(p)]
+    assert round1_uids == [f"{0xd0:032x}"]
+
+
+def test_a_killed_round_resumes_its_unfinished_shards_only(tmp_path, image_table):
+    table, _ = image_table
+    metadata = make_metadata(table, tmp_path)
+    run(tmp_path, metadata)
+    round0 = tmp_path / "shards" / "round_0"
+    # Simulate a kill: the round marker and the last shard's completion are gone.
+    (round0 / ROUND_DONE).unlink()
+    (round0 / "00002_stats.json").unlink()
+    (round0 / "00002.tar").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in round0.glob("0000[01].tar")}
+    report = run(tmp_path, metadata)
+    assert [r.name for r in round_dirs(tmp_path / "shards")] == ["round_0"]  # no new round
+    assert {p.name: p.stat().st_mtime_ns for p in round0.glob("0000[01].tar")} == kept
+    assert (round0 / "00002.tar").exists() and (round0 / ROUND_DONE).exists()
+    assert report["n_fetched"] == 5 and report["n_total"] == 8
+
+
+def test_nothing_left_to_fetch_downloads_nothing(tmp_path, image_table):
+    table, _ = image_table
+    ok = table[table["text"].str.startswith("good")]
+    metadata = make_metadata(ok, tmp_path)
+    run(tmp_path, metadata)
+    report = run(tmp_path, metadata)
+    assert [r.name for r in round_dirs(tmp_path / "shards")] == ["round_0"]
+    assert report["success_rate"] == 1.0
+
+
+@pytest.mark.parametrize(("status", "message", "reason"), [
+    ("success", None, "fetched"),
+    ("failed_to_download", "<urlopen error [Errno 2] No such file or directory: '/x'>",
+     "not_found"),
+    ("failed_to_download", "HTTP Error 404: Not Found", "not_found"),
+    ("failed_to_download", "HTTP Error 403: Forbidden", "forbidden"),
+    ("failed_to_download", "The read operation timed out", "timeout"),
+    ("failed_to_download", "HTTP Error 500: Internal Server Error", "http_error"),
+    ("failed_to_download", "<urlopen error [Errno -2] Name or service not known>",
+     "connection_error"),
+    ("failed_to_download", "Use of image disallowed by X-Robots-Tag directive", "opted_out"),
+    ("failed_to_resize", "Image decoding error", "undecodable_image"),
+    ("failed_to_resize", "image too small", "too_small"),
+    ("failed_to_resize", "something else", "resize_error"),
+    ("failed_to_download", "weird", "download_error"),
+])
+def test_failure_reasons(status, message, reason):
+    assert failure_reason(status, message) == reason

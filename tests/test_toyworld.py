@@ -1,0 +1,440 @@
+"""Tests for the procedurally generated toy world (capmix.toyworld).
+
+The toy world is the ground truth every later stage is judged against, so these tests pin down
+the properties the rest of the pipeline relies on: determinism, the table layout, the exact
+amount of each kind of web noise in the pool, and that each caption mode really is the kind of
+noise it claims to be.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from capmix import toyworld as tw
+
+SEED = 7
+SPEC: dict[str, Any] = {
+    "image_size": 32,
+    "splits": {
+        "pretrain": 40,
+        "coco": 30,
+        "pool": 200,
+        "in_train": 20,
+        "eval_in": 20,
+        "eval_in_v2": 0,
+        "eval_in_sketch": 10,
+        "eval_in_rendition": 10,
+        "eval_in_clutter": 10,
+        "eval_retrieval": 10,
+    },
+    "pool_caption_modes": {
+        "right": 0.3,
+        "partial": 0.2,
+        "other_image": 0.15,
+        "non_visual": 0.2,
+        "boilerplate": 0.15,
+    },
+    "junk_image_fraction": 0.1,
+    "dead_url_fraction": 0.05,
+    "corrupt_file_fraction": 0.04,
+    "captions_per_retrieval_image": 3,
+}
+
+SIZE_POSITION_WORDS = {"small", "medium", "large", "left", "right", "top", "bottom", "center"}
+SIZE_POSITION_WORDS.add("corner")
+COLOUR_WORDS = set(tw.COLOURS) | set(tw.NEUTRALS)
+SHAPE_WORDS = set(tw.CLASSNAMES)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("world") / "toy"
+    manifest = tw.generate_world(out, SPEC, SEED)
+    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def tables(world: tuple[Path, dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    out, _ = world
+    return {split: pd.read_parquet(out / f"{split}.parquet") for split in tw.SPLITS}
+
+
+def test_toy_uid_is_md5_of_coordinates() -> None:
+    uid = tw.toy_uid(0, "pool", 3)
+    assert uid == hashlib.md5(b"toy:0:pool:3").hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{32}", uid)
+    assert uid != tw.toy_uid(1, "pool", 3) != tw.toy_uid(0, "coco", 3)
+
+
+def test_same_seed_same_bytes_other_seed_differs(
+    world: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    out, manifest = world
+    before = _files(out)
+    # regenerating in place (overwriting) gives byte-identical files, parquet included
+    assert tw.generate_world(out, SPEC, SEED) == manifest
+    assert _files(out) == before
+
+    # elsewhere: images identical; tables identical except the absolute file:// urls
+    other = tmp_path / "copy"
+    tw.generate_world(other, SPEC, SEED)
+    copy_files = _files(other)
+    pngs = {k: v for k, v in before.items() if k.endswith(".png")}
+    assert pngs and pngs == {k: v for k, v in copy_files.items() if k.endswith(".png")}
+    for split in tw.SPLITS:
+        a = pd.read_parquet(out / f"{split}.parquet").drop(columns="url")
+        b = pd.read_parquet(other / f"{split}.parquet").drop(columns="url")
+        pd.testing.assert_frame_equal(a, b)
+
+    different = tmp_path / "seed"
+    tw.generate_world(different, SPEC, SEED + 1)
+    a = pd.read_parquet(out / "pool.parquet")
+    b = pd.read_parquet(different / "pool.parquet")
+    assert not set(a["uid"]) & set(b["uid"])
+    assert list(a["text"]) != list(b["text"])
+    assert list(a["description"]) != list(b["description"])
+    a_png = sorted(v for k, v in before.items() if k.startswith("pretrain/"))
+    b_png = sorted(p.read_bytes() for p in (different / "pretrain").glob("*.png"))
+    assert a_png != b_png
+
+
+def test_every_split_has_columns_and_rows(
+    world: tuple[Path, dict[str, Any]], tables: dict[str, pd.DataFrame]
+) -> None:
+    out, _ = world
+    assert tw.SPLITS == (
+        "pretrain",
+        "coco",
+        "pool",
+        "in_train",
+        "eval_in",
+        "eval_in_v2",
+        "eval_in_sketch",
+        "eval_in_rendition",
+        "eval_in_clutter",
+        "eval_retrieval",
+    )
+    for split, df in tables.items():
+        assert tuple(df.columns) == tw.COLUMNS, split
+        assert len(df) == SPEC["splits"][split], split
+        for col in ("label", "n_objects", "width", "height"):
+            assert df[col].dtype == np.int64, (split, col)
+        assert list(df["uid"]) == [tw.toy_uid(SEED, split, i) for i in range(len(df))]
+        for url, uid in zip(df["url"], df["uid"], strict=True):
+            parsed = urlparse(url)
+            assert parsed.scheme == "file"
+            path = Path(unquote(parsed.path))
+            assert path.is_absolute() and path == (out / split / f"{uid}.png").resolve()
+        for caps, text in zip(df["captions"], df["text"], strict=True):
+            assert len(caps) >= 1 and all(isinstance(c, str) and c for c in caps)
+            if split != "eval_retrieval":
+                assert list(caps) == [text]
+        if split != "pool":
+            assert set(df["caption_mode"]) <= {"right"}
+            assert set(df["url_state"]) <= {"ok"}
+            assert set(df["image_kind"]) <= {"scene"}
+    assert (out / "classnames.txt").read_text().split("\n")[:-1] == list(tw.CLASSNAMES)
+
+
+def test_uids_unique_across_splits(tables: dict[str, pd.DataFrame]) -> None:
+    uids = [u for df in tables.values() for u in df["uid"]]
+    assert len(uids) == len(set(uids)) == sum(SPEC["splits"].values())
+    assert all(re.fullmatch(r"[0-9a-f]{32}", u) for u in uids)
+
+
+def test_pool_noise_counts_and_files(
+    world: tuple[Path, dict[str, Any]], tables: dict[str, pd.DataFrame]
+) -> None:
+    out, _ = world
+    pool = tables["pool"]
+    n = len(pool)
+    states = pool["url_state"].value_counts().to_dict()
+    assert states.get("dead", 0) == round(SPEC["dead_url_fraction"] * n)
+    assert states.get("corrupt", 0) == round(SPEC["corrupt_file_fraction"] * n)
+    assert (pool["image_kind"] == "junk").sum() == round(SPEC["junk_image_fraction"] * n)
+    assert set(pool["caption_mode"]) <= set(tw.CAPTION_MODES)
+    # every mode with a decent probability shows up in 200 rows
+    assert set(pool["caption_mode"]) == set(tw.CAPTION_MODES)
+
+    s = SPEC["image_size"]
+    for row in pool.itertuples():
+        path = out / "pool" / f"{row.uid}.png"
+        if row.url_state == "dead":
+            assert not path.exists()
+            assert row.width == row.height == 0
+        elif row.url_state == "corrupt":
+            assert path.exists()
+            with pytest.raises(Exception):  # noqa: B017 - any decode failure will do
+                with Image.open(path) as im:
+                    im.load()
+        else:
+            with Image.open(path) as im:
+                im.load()
+                assert im.mode == "RGB"
+                assert im.size == (row.width, row.height)
+            assert s <= row.width <= 2 * s and s <= row.height <= 2 * s
+    ok = pool[pool["url_state"] == "ok"]
+    assert ok["width"].nunique() > 5 and (ok["width"] != ok["height"]).any()
+
+
+def test_fixed_size_splits_decode(
+    world: tuple[Path, dict[str, Any]], tables: dict[str, pd.DataFrame]
+) -> None:
+    out, _ = world
+    s = SPEC["image_size"]
+    for split, df in tables.items():
+        if split == "pool":
+            continue
+        assert (df["width"] == s).all() and (df["height"] == s).all()
+        for uid in df["uid"][:5]:
+            with Image.open(out / split / f"{uid}.png") as im:
+                assert im.mode == "RGB" and im.size == (s, s)
+
+
+def test_labels_and_attributes(tables: dict[str, pd.DataFrame]) -> None:
+    for split, df in tables.items():
+        for row in df.itertuples():
+            if row.image_kind == "junk":
+                assert row.label == -1 and row.classname == "" and row.description == ""
+                assert row.shape == row.colour == row.size == row.position == ""
+                assert row.n_objects == 0
+                continue
+            assert 0 <= row.label < len(tw.CLASSNAMES)
+            assert row.classname == tw.CLASSNAMES[row.label] == row.shape
+            assert row.colour in COLOUR_WORDS and row.size in tw.SIZES
+            assert row.position in tw.POSITIONS and row.background
+            assert row.n_objects in (1, 2)
+            words = tw.tokens(row.description)
+            assert {row.shape, row.colour, row.size} <= set(words), (split, row.description)
+            assert tw.POSITION_PHRASE[row.position] in row.description
+            assert row.description.endswith(f"{row.background} background")
+    for split in ("in_train", "eval_in", "eval_in_sketch", "eval_in_rendition", "eval_in_clutter"):
+        df = tables[split]
+        assert (df["n_objects"] == 1).all()
+        assert list(df["label"]) == [i % len(tw.CLASSNAMES) for i in range(len(df))]
+        assert list(df["text"]) == list(df["description"])
+    assert (tables["pretrain"]["n_objects"] == 2).any()
+    assert (tables["eval_in_sketch"]["colour"] == "black").all()
+    assert (tables["eval_in_clutter"]["size"] == "small").all()
+    assert tables["eval_in_clutter"]["background"].str.startswith("cluttered").all()
+
+
+def test_coco_captions_are_formulaic(tables: dict[str, pd.DataFrame]) -> None:
+    coco = tables["coco"]
+    for row in coco.itertuples():
+        words = set(tw.tokens(row.text))
+        assert not words & SIZE_POSITION_WORDS, row.text
+        assert {row.shape, row.colour} <= words
+        assert (
+            row.text
+            == f"{tw._with_article(row.colour)} {row.shape} on a {row.background} background."
+        )
+        assert row.n_objects == 1 and row.background in tw.BACKGROUND_COLOURS
+
+
+def test_pretrain_captions_are_diverse_but_complete(tables: dict[str, pd.DataFrame]) -> None:
+    pretrain = tables["pretrain"]
+    starts = {" ".join(t.split()[:2]) for t in pretrain["text"]}
+    assert len(starts) >= 4  # several templates in use
+    for row in pretrain.itertuples():
+        assert {row.shape, row.colour, row.size} <= set(tw.tokens(row.text))
+
+
+def test_pool_caption_modes_mean_what_they_say(tables: dict[str, pd.DataFrame]) -> None:
+    pool = tables["pool"]
+    visual = tw.visual_words()
+    seen = set()
+    for row in pool.itertuples():
+        words = set(tw.tokens(row.text))
+        mode = row.caption_mode
+        seen.add((mode, row.image_kind))
+        if mode in ("non_visual", "boilerplate"):
+            assert not words & (COLOUR_WORDS | SHAPE_WORDS), row.text
+            assert not words & visual, row.text
+        elif mode == "right":
+            assert row.image_kind == "scene"
+            assert {row.shape, row.colour} <= words, row.text
+        elif mode == "partial":
+            assert row.image_kind == "scene"
+            assert words & {row.shape, row.colour}, row.text
+        elif mode == "other_image":
+            assert row.text.lower().rstrip(".! ") != row.description
+            if row.image_kind == "scene":
+                assert row.shape not in words, (row.text, row.description)
+            assert words & SHAPE_WORDS and words & COLOUR_WORDS
+    # junk images never get right/partial captions
+    assert not {("right", "junk"), ("partial", "junk")} & seen
+    assert (pool["image_kind"] == "junk").any()
+
+
+def test_noise_generators_never_leak_visual_words() -> None:
+    visual = tw.visual_words()
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        for text in (tw.non_visual_caption(rng), tw.boilerplate_caption(rng)):
+            assert text and not set(tw.tokens(text)) & visual, text
+
+
+def test_partial_captions_are_partly_right() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        scene = tw.sample_scene(rng, "web")
+        text = tw.partial_caption(scene, rng)
+        words = set(tw.tokens(text))
+        assert words & {scene.main.shape, scene.main.colour}, text
+        if scene.main.shape in words and words & set(tw.COLOURS) - {scene.main.colour}:
+            continue  # wrong colour (or a second object's colour)
+        assert text.lower().rstrip(".! ") != tw.describe(scene) or " - " in text or "|" in text
+
+
+def test_retrieval_captions(tables: dict[str, pd.DataFrame]) -> None:
+    k = SPEC["captions_per_retrieval_image"]
+    for row in tables["eval_retrieval"].itertuples():
+        caps = list(row.captions)
+        assert len(caps) == k == len(set(caps))
+        assert row.text == caps[0]
+        for cap in caps:
+            assert {row.shape, row.colour, row.size} <= set(tw.tokens(cap))
+
+
+def test_manifest_agrees_with_tables(
+    world: tuple[Path, dict[str, Any]], tables: dict[str, pd.DataFrame]
+) -> None:
+    out, manifest = world
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert manifest["toy"] is True and manifest["seed"] == SEED and manifest["spec"] == SPEC
+    assert manifest["counts"] == {s: len(df) for s, df in tables.items()}
+    pool = tables["pool"]
+    for key, col in (
+        ("pool_caption_mode_counts", "caption_mode"),
+        ("pool_url_state_counts", "url_state"),
+        ("pool_image_kind_counts", "image_kind"),
+    ):
+        counts = {k: v for k, v in manifest[key].items() if v}
+        assert counts == pool[col].value_counts().to_dict(), key
+    assert sum(manifest["pool_caption_mode_counts"].values()) == len(pool)
+    for split in tw.SPLITS:
+        digest = hashlib.sha256((out / f"{split}.parquet").read_bytes()).hexdigest()
+        assert manifest["sha256"][f"{split}.parquet"] == digest
+    text = (out / "manifest.json").read_text()
+    assert text == json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_regenerating_removes_stale_images(tmp_path: Path) -> None:
+    spec = copy.deepcopy(SPEC)
+    spec["splits"] = {s: 0 for s in tw.SPLITS} | {"pool": 40, "coco": 5}
+    spec["dead_url_fraction"] = 0.25
+    tw.generate_world(tmp_path, spec, 1)
+    tw.generate_world(tmp_path, spec, 2)
+    pool = pd.read_parquet(tmp_path / "pool.parquet")
+    expected = {f"{u}.png" for u, s in zip(pool["uid"], pool["url_state"], strict=True)}
+    expected -= {f"{u}.png" for u in pool.loc[pool["url_state"] == "dead", "uid"]}
+    assert {p.name for p in (tmp_path / "pool").iterdir()} == expected
+    assert len(list((tmp_path / "coco").iterdir())) == 5
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("pool_caption_modes", {"right": 0.5, "partial": 0.2}),
+        ("pool_caption_modes", {"right": 0.5, "bogus": 0.5}),
+        ("junk_image_fraction", 1.5),
+        ("dead_url_fraction", -0.1),
+        ("corrupt_file_fraction", "x"),
+        ("image_size", 4),
+        ("captions_per_retrieval_image", 0),
+        ("splits", {**SPEC["splits"], "pool": -1}),
+    ],
+)
+def test_invalid_spec_names_the_key(tmp_path: Path, key: str, value: Any) -> None:
+    spec = copy.deepcopy(SPEC)
+    spec[key] = value
+    with pytest.raises(ValueError, match=key):
+        tw.generate_world(tmp_path, spec, 0)
+
+
+def _object_pixels(img: Image.Image, colour: str) -> np.ndarray:
+    arr = np.asarray(img).astype(int)
+    return np.abs(arr - np.array(tw.COLOURS[colour])).sum(axis=-1) < 40
+
+
+@pytest.mark.parametrize("shape", tw.CLASSNAMES)
+def test_drawn_objects_are_visible_where_described(shape: str) -> None:
+    areas = {}
+    for size in tw.SIZES:
+        for position in tw.POSITIONS:
+            obj = tw.SceneObject(shape, "red", size, position)
+            scene = tw.Scene((obj,), "white", "plain", detail_seed=3)
+            img = tw.draw_scene(scene, 64)
+            assert img.mode == "RGB" and img.size == (64, 64)
+            mask = _object_pixels(img, "red")
+            assert mask.mean() > 0.02, (shape, size, position)
+            ys, xs = np.nonzero(mask)
+            cx, cy = xs.mean() / 64, ys.mean() / 64
+            words = position.split()
+            if "left" in words:
+                assert cx < 0.4
+            if "right" in words:
+                assert cx > 0.6
+            if "top" in words:
+                assert cy < 0.4
+            if "bottom" in words:
+                assert cy > 0.6
+            if position == "center":
+                assert 0.4 < cx < 0.6 and 0.4 < cy < 0.6
+            # bounding box of even a small object spans >= ~20% of the edge
+            assert max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 >= 0.2 * 64
+            if position == "center":
+                areas[size] = mask.sum()
+    assert areas["small"] < areas["medium"] < areas["large"]
+
+
+def test_two_object_scenes_keep_objects_apart() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        scene = tw.sample_scene(rng, "web")
+        if len(scene.objects) != 2:
+            continue
+        a, b = scene.objects
+        scene = tw.Scene(
+            (
+                tw.SceneObject(a.shape, "red", a.size, a.position),
+                tw.SceneObject(b.shape, "blue", b.size, b.position),
+            ),
+            "white",
+        )
+        img = tw.draw_scene(scene, 64, 96)
+        assert _object_pixels(img, "red").sum() > 50 and _object_pixels(img, "blue").sum() > 50
+        assert not a.size == b.size == "large"
+
+
+def test_draw_scene_is_deterministic_and_profiles_differ() -> None:
+    rng = np.random.default_rng(0)
+    for profile in tw.PROFILES:
+        scene = tw.sample_scene(rng, profile)
+        assert np.array_equal(
+            np.asarray(tw.draw_scene(scene, 48)), np.asarray(tw.draw_scene(scene, 48))
+        )
+    sketch = tw.draw_scene(tw.sample_scene(rng, "sketch", shape="star"), 64)
+    assert np.asarray(sketch).mean() > 180  # dark lines on a light background
+    for kind in tw.JUNK_KINDS:
+        img = tw.draw_junk(kind, 70, 50, np.random.default_rng(0))
+        assert img.mode == "RGB" and img.size == (70, 50)
