@@ -50,7 +50,8 @@ def test_table_in_every_format_gives_the_same_metadata(tmp_path, fmt):
     part = pd.read_parquet(tmp_path / "meta" / manifest["parts"][0]["part"])
     assert list(part.columns) == ["uid", "url", "text", "lang"]
     assert part["text"].tolist() == ["a red circle", "NA", "Image Not Found"]  # "NA" stays text
-    assert part["uid"].tolist() == [derive_uid(u, t) for u, t in zip(ROWS.URL, ROWS.TEXT)]
+    expected = [derive_uid(u, t) for u, t in zip(ROWS.URL, ROWS.TEXT, strict=True)]
+    assert part["uid"].tolist() == expected
     assert manifest["rows"] == 3 and manifest["uid_derived"] is True
     on_disk = json.loads((tmp_path / "meta" / "manifest.json").read_text())
     assert on_disk["parts"][0]["source_sha256"]
@@ -73,7 +74,8 @@ def test_table_from_a_url_is_downloaded_once(tmp_path):
 def test_missing_mapped_column_names_file_and_column(tmp_path):
     path = write(ROWS.drop(columns=["TEXT"]), tmp_path / "t.csv", "csv")
     source = {**TABLE, "path": str(path)}
-    with pytest.raises(MetadataError, match=r"t\.csv: mapped column 'TEXT' \(for text\) is missing"):
+    expected = r"t\.csv: mapped column 'TEXT' \(for text\) is missing"
+    with pytest.raises(MetadataError, match=expected):
         build_metadata("t", source, source_files(source, [path]), tmp_path / "meta")
     assert not (tmp_path / "meta").exists()  # nothing written
 
@@ -101,7 +103,8 @@ def test_duplicate_uids_across_files_name_both_places(tmp_path):
         build_metadata("dc", source, source_files(source, [raw]), tmp_path / "meta")
     message = str(info.value)
     assert "1 duplicate uid row(s)" in message
-    assert f"uid {'a' * 32} at {raw / '0000.parquet'} row 0; {raw / '0001.parquet'} row 1" in message
+    first, second = raw / "0000.parquet", raw / "0001.parquet"
+    assert f"uid {'a' * 32} at {first} row 0; {second} row 1" in message
 
 
 def test_identical_url_and_text_rows_are_duplicates_when_uid_is_derived(tmp_path):
