@@ -12,6 +12,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
 from capmix.sources import needs_download  # noqa: E402
+from capmix.toyworld import SPLITS  # noqa: E402
 from capmix.workflow import export_package_path  # noqa: E402
 
 export_package_path(REPO / "src")
@@ -28,10 +29,7 @@ if _reference_problems:
 
 POOLS = {pool["name"]: pool for pool in config["pools"]}
 TOY_WORLDS = config["toy_worlds"]
-TOY_SPLITS = (
-    "pretrain", "coco", "pool", "in_train", "eval_in", "eval_in_v2", "eval_in_sketch",
-    "eval_in_rendition", "eval_in_clutter", "eval_retrieval",
-)
+TOY_SPLITS = SPLITS
 
 
 wildcard_constraints:

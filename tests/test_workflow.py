@@ -1,0 +1,105 @@
+"""The Snakemake workflow itself: DAGs for every shipped config, and the smoke
+toy pool fetched end to end through the real rules (toy world -> metadata ->
+img2dataset fetch -> report)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+COPIED = ("Snakefile", "workflow", "config", "src", "envs")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A copy of the workflow, so runs never touch the checkout's results/."""
+    root = tmp_path_factory.mktemp("workflow")
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    return root
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    return subprocess.run([SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("configfile", [None, "smoke.yaml", "datacomp_small.yaml",
+                                        "datacomp_medium.yaml", "datacomp_large.yaml",
+                                        "datacomp_xlarge.yaml"])
+def test_dry_run_builds_the_dag(workdir, configfile):
+    args = ["-n", "--cores", "1"]
+    if configfile:
+        args += ["--configfile", f"config/{configfile}"]
+    result = snakemake(workdir, *args)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout + result.stderr
+    assert "fetch" in out and "metadata" in out
+    if configfile and configfile.startswith("datacomp"):
+        assert "download_metadata" in out
+
+
+def test_bad_config_fails_at_start_naming_the_key(workdir):
+    result = snakemake(workdir, "-n", "--cores", "1", "--config", "seed=abc")
+    assert result.returncode != 0
+    assert "config key 'seed': 'abc' is not of type 'integer'" in result.stdout
+
+
+@pytest.mark.integration
+def test_smoke_toy_pool_is_fetched_end_to_end(workdir):
+    result = snakemake(workdir, "--cores", "2", "--configfile", "config/smoke.yaml")
+    assert result.returncode == 0, result.stderr[-5000:]
+    report = json.loads((workdir / "results/toy_smoke/fetch/report.json").read_text())
+    world = pd.read_parquet(workdir / "results/toyworld/smoke/pool.parquet")
+    index = pd.read_parquet(workdir / "results/toy_smoke/fetch/index.parquet")
+
+    assert report["toy"] is True
+    assert report["n_total"] == len(world) == len(index)
+    assert sorted(index["uid"]) == sorted(world["uid"])  # every uid accounted for
+    joined = index.merge(world[["uid", "url_state"]], on="uid")
+    # exactly the dead and corrupt rows of the world failed, each with its reason
+    assert set(joined.loc[joined.url_state == "dead", "reason"]) <= {"not_found"}
+    assert set(joined.loc[joined.url_state == "corrupt", "reason"]) <= {"undecodable_image"}
+    assert (joined.loc[joined.url_state == "ok", "status"] == "fetched").all()
+    assert report["n_failed"] == int((world.url_state != "ok").sum())
+    assert sum(report["failures_by_reason"].values()) == report["n_failed"]
+    assert sum(s["samples"] for s in report["shards"]) == report["n_fetched"]
+    for shard in report["shards"]:
+        assert (workdir / "results/toy_smoke/shards" / shard["path"]).exists()
+    assert report["provenance"]["inputs"][0]["sha256"]
+    assert (workdir / "logs/fetch/toy_smoke.log").exists()
+    assert (workdir / "benchmarks/fetch/toy_smoke.tsv").exists()
+
+    # Forcing the fetch again retries only the failures, in a new round.
+    result = snakemake(workdir, "--cores", "2", "--configfile", "config/smoke.yaml",
+                       "-R", "fetch")
+    assert result.returncode == 0, result.stderr[-5000:]
+    retry = pd.read_parquet(
+        workdir / "results/toy_smoke/shards/retry_inputs/round_1/pending.parquet")
+    assert sorted(retry["uid"]) == sorted(index.loc[index.status == "failed", "uid"])
+
+
+def test_broken_metadata_stops_before_any_fetch(workdir, tmp_path):
+    table = tmp_path / "broken.csv"
+    table.write_text("uid,url,text\n" + f"{'a' * 32},file:///x.png,one\n" * 2)
+    pools = json.dumps([{"name": "broken", "source": {"type": "table", "path": str(table)}}])
+    result = snakemake(workdir, "--cores", "1", "--config", f"pools={pools}")
+    assert result.returncode != 0
+    log = (workdir / "logs/metadata/broken.log").read_text()
+    assert "duplicate uid" in log and "broken.csv row 0; " in log
+    assert not (workdir / "results/broken/shards").exists()
