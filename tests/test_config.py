@@ -40,7 +40,7 @@ def test_datacomp_pools_get_datacomp_download_settings():
     assert pool["source"]["hf_repo"] == "mlfoundations/datacomp_small"
     assert pool["fetch"] == {
         "image_size": 512, "resize_mode": "keep_ratio_largest", "resize_only_if_bigger": True,
-        "encode_format": "jpg", "encode_quality": 95, "samples_per_shard": 10000,
+        "encode_format": "jpg", "encode_quality": None, "samples_per_shard": 10000,
         "retries": 2, "timeout": 10, "threads_per_process": 64, "blur_faces": "auto",
     }
 
@@ -89,6 +89,12 @@ def test_out_of_range_and_missing_keys():
     config = base_config()
     config["pools"][0]["source"] = {"type": "datacomp", "scale": "huge", "hf_repo": "a/b"}
     expect_error(config, "'pools[0].source.scale'", "'small'")
+
+
+def test_png_quality_is_a_compression_level():
+    config = base_config()
+    config["pools"][0]["fetch"].update(encode_format="png", encode_quality=95)
+    expect_error(config, "'pools[0].fetch.encode_quality'", "maximum 9")
 
 
 def test_undefined_toy_world_and_duplicate_pool_names():

@@ -128,3 +128,32 @@ def test_nothing_left_to_fetch_downloads_nothing(tmp_path, image_table):
 ])
 def test_failure_reasons(status, message, reason):
     assert failure_reason(status, message) == reason
+
+
+def test_face_bboxes_are_blurred_like_datacomp(tmp_path):
+    """DataComp ships normalised face boxes; img2dataset blurs them when bbox_col is set."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    checker = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype("uint8")
+    path = tmp_path / "faces.png"
+    Image.fromarray(np.stack([checker] * 3, axis=-1)).save(path)
+    table = pd.DataFrame({"uid": ["f" * 32], "url": [path.as_uri()], "text": ["a face"],
+                          "face_bboxes": [[[0.0, 0.0, 0.5, 0.5]]]})
+    table_path = tmp_path / "table.parquet"
+    table.to_parquet(table_path, index=False)
+    source = {"type": "table", "path": str(table_path), "format": "auto",
+              "keep_columns": ["face_bboxes"]}
+    build_metadata("p", source, source_files(source, [table_path]), tmp_path / "metadata")
+    settings = FetchSettings(image_size=64, encode_format="png", retries=0, threads_per_process=1)
+    report = fetch_pool("p", tmp_path / "metadata", tmp_path / "shards",
+                        tmp_path / "index.parquet", tmp_path / "report.json", settings)
+    assert report["n_fetched"] == 1
+    with tarfile.open(tmp_path / "shards" / report["shards"][0]["path"]) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".png"))
+        pixels = np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("L"))
+    face, rest = pixels[4:28, 4:28].astype(float), pixels[36:60, 36:60].astype(float)
+    assert face.std() < 0.5 * rest.std()  # the box is blurred, the rest is not
+    assert rest.std() > 100

@@ -40,6 +40,8 @@ from capmix.sources import metadata_parts, read_manifest
 log = logging.getLogger(__name__)
 
 ROUND_PREFIX = "round_"
+#: img2dataset's defaults per format (PNG's "quality" is a 0-9 compression level).
+DEFAULT_QUALITY = {"jpg": 95, "webp": 95, "png": 9}
 ROUND_DONE = "_capmix_round.json"
 FACE_BOX_COLUMN = "face_bboxes"
 
@@ -67,7 +69,7 @@ class FetchSettings:
     resize_mode: str = "keep_ratio_largest"
     resize_only_if_bigger: bool = True
     encode_format: str = "jpg"
-    encode_quality: int = 95
+    encode_quality: int | None = None
     samples_per_shard: int = 10000
     retries: int = 2
     timeout: int = 10
@@ -77,6 +79,13 @@ class FetchSettings:
     @classmethod
     def from_config(cls, fetch: Mapping[str, Any]) -> FetchSettings:
         return cls(**fetch)
+
+    @property
+    def quality(self) -> int:
+        """img2dataset's encode_quality: a JPEG/WebP quality, or a PNG compression level."""
+        if self.encode_quality is not None:
+            return self.encode_quality
+        return DEFAULT_QUALITY[self.encode_format]
 
 
 def failure_reason(status: str, message: str | None) -> str:
@@ -127,7 +136,7 @@ def run_img2dataset(input_dir: Path, output_dir: Path, settings: FetchSettings, 
         resize_mode=settings.resize_mode,
         resize_only_if_bigger=settings.resize_only_if_bigger,
         encode_format=settings.encode_format,
-        encode_quality=settings.encode_quality,
+        encode_quality=settings.quality,
         number_sample_per_shard=settings.samples_per_shard,
         retries=settings.retries,
         timeout=settings.timeout,
