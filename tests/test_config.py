@@ -91,6 +91,13 @@ def test_out_of_range_and_missing_keys():
     expect_error(config, "'pools[0].source.scale'", "'small'")
 
 
+def test_toy_world_probabilities_must_sum_to_one():
+    config = base_config()
+    config["toy_worlds"]["smoke"]["pool_caption_modes"] = {
+        "right": 0.5, "partial": 0.5, "other_image": 0.5, "non_visual": 0, "boilerplate": 0}
+    expect_error(config, "'toy_worlds.smoke'", "pool_caption_modes must sum to 1")
+
+
 def test_png_quality_is_a_compression_level():
     config = base_config()
     config["pools"][0]["fetch"].update(encode_format="png", encode_quality=95)

@@ -85,6 +85,13 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"config key 'pools': pool name '{name}' is used more than once")
     worlds = config.get("toy_worlds", {})
+    from capmix.toyworld import validate_spec
+
+    for name, spec in sorted(worlds.items()):
+        try:
+            validate_spec(spec)
+        except ValueError as error:
+            problems.append(f"config key 'toy_worlds.{name}': {error}")
     for index, pool in enumerate(config.get("pools", [])):
         source = pool["source"]
         if source["type"] == "toy" and source["world"] not in worlds:
