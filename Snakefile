@@ -9,8 +9,11 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/toy.smk"
 include: "workflow/rules/sources.smk"
 include: "workflow/rules/fetch.smk"
+include: "workflow/rules/caption.smk"
+include: "workflow/rules/score.smk"
 
 
 rule all:

@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from capmix.fetch import FetchSettings, fetch_pool
+from capmix.sources import build_metadata, source_files
+
 REPO = Path(__file__).resolve().parents[1]
 
 # img2dataset checks for a newer albumentations over the network on import.
@@ -36,3 +39,30 @@ def image_table(tmp_path: Path) -> tuple[pd.DataFrame, Path]:
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
     rows.append({"uid": f"{0xc0:032x}", "url": corrupt.as_uri(), "text": "corrupt"})
     return pd.DataFrame(rows), web
+
+
+@pytest.fixture(scope="session")
+def fetched_pool_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 images in 4 shards of 3, fetched once per session with img2dataset (file:// URLs)."""
+    tmp_path = tmp_path_factory.mktemp("fetched_pool")
+    rows = []
+    for i in range(12):
+        path = write_image(tmp_path / "web" / f"{i}.png", colour=(20 * i, 50, 200 - 10 * i))
+        rows.append({"uid": f"{i:032x}", "url": path.as_uri(), "text": f"raw caption {i}"})
+    table = tmp_path / "t.parquet"
+    pd.DataFrame(rows).to_parquet(table, index=False)
+    source = {"type": "table", "path": str(table), "format": "auto", "keep_columns": []}
+    build_metadata("p", source, source_files(source, [table]), tmp_path / "metadata")
+    fetch_pool("p", tmp_path / "metadata", tmp_path / "shards", tmp_path / "index.parquet",
+               tmp_path / "report.json",
+               FetchSettings(image_size=16, samples_per_shard=3, retries=0,
+                             threads_per_process=2, encode_format="png"), processes=1)
+    return tmp_path
+
+
+@pytest.fixture
+def fetched_pool(fetched_pool_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the fetched pool (tests modify shards and outputs)."""
+    import shutil
+
+    return Path(shutil.copytree(fetched_pool_template, tmp_path / "pool"))

@@ -37,6 +37,7 @@ SPEC: dict[str, Any] = {
         "eval_in_rendition": 10,
         "eval_in_clutter": 10,
         "eval_retrieval": 10,
+        "nocaps": 10,
     },
     "pool_caption_modes": {
         "right": 0.3,
@@ -130,6 +131,7 @@ def test_every_split_has_columns_and_rows(
         "eval_in_rendition",
         "eval_in_clutter",
         "eval_retrieval",
+        "nocaps",
     )
     for split, df in tables.items():
         assert tuple(df.columns) == tw.COLUMNS, split
@@ -144,7 +146,7 @@ def test_every_split_has_columns_and_rows(
             assert path.is_absolute() and path == (out / split / f"{uid}.png").resolve()
         for caps, text in zip(df["captions"], df["text"], strict=True):
             assert len(caps) >= 1 and all(isinstance(c, str) and c for c in caps)
-            if split != "eval_retrieval":
+            if split not in ("eval_retrieval", "nocaps"):
                 assert list(caps) == [text]
         if split != "pool":
             assert set(df["caption_mode"]) <= {"right"}
@@ -437,3 +439,14 @@ def test_draw_scene_is_deterministic_and_profiles_differ() -> None:
     for kind in tw.JUNK_KINDS:
         img = tw.draw_junk(kind, 70, 50, np.random.default_rng(0))
         assert img.mode == "RGB" and img.size == (70, 50)
+
+
+def test_nocaps_references_are_coco_style_and_canonical(
+    tables: dict[str, pd.DataFrame],
+) -> None:
+    nocaps = tables["nocaps"]
+    assert len(nocaps) == SPEC["splits"]["nocaps"]
+    for _, row in nocaps.iterrows():
+        coco_ref, canonical = list(row["captions"])
+        assert row["text"] == coco_ref and canonical == row["description"]
+        assert not set(tw.tokens(coco_ref)) & SIZE_POSITION_WORDS

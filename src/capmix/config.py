@@ -92,13 +92,34 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
             validate_spec(spec)
         except ValueError as error:
             problems.append(f"config key 'toy_worlds.{name}': {error}")
+    captioners, scorers = config.get("captioners", {}), config.get("scorers", {})
+    targets = set(config.get("targets", []))
     for index, pool in enumerate(config.get("pools", [])):
         source = pool["source"]
+        where = f"config key 'pools[{index}]"
         if source["type"] == "toy" and source["world"] not in worlds:
             problems.append(
-                f"config key 'pools[{index}].source.world': toy world '{source['world']}' "
+                f"{where}.source.world': toy world '{source['world']}' "
                 f"is not defined (allowed: one of {', '.join(sorted(worlds)) or 'none defined'})"
             )
+        for name in pool.get("captioners", []):
+            spec = captioners.get(name)
+            if spec is None:
+                problems.append(f"{where}.captioners': unknown captioner '{name}' (allowed: one "
+                                f"of {', '.join(sorted(captioners)) or 'none defined'})")
+            elif spec.get("toy_model") and source["type"] != "toy":
+                problems.append(f"{where}.captioners': '{name}' is a toy stand-in, trained in a "
+                                f"toy world, but pool '{pool['name']}' is not a toy pool")
+        scorer = pool.get("scorer")
+        if scorer is not None and scorer not in scorers:
+            problems.append(f"{where}.scorer': unknown scorer '{scorer}' (allowed: one of "
+                            f"{', '.join(sorted(scorers)) or 'none defined'})")
+        elif scorer is not None and scorers[scorer].get("toy_model") and source["type"] != "toy":
+            problems.append(f"{where}.scorer': '{scorer}' is a toy stand-in but pool "
+                            f"'{pool['name']}' is not a toy pool")
+        if targets & {"scores", "quality"} and scorer is None:
+            problems.append(f"{where}.scorer': targets {sorted(targets & {'scores', 'quality'})} "
+                            f"need a scorer for pool '{pool['name']}'")
     return problems
 
 

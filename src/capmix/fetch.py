@@ -186,8 +186,13 @@ def collect_attempts(shards_dir: Path) -> pd.DataFrame:
 
 
 def metadata_uids(metadata_dir: Path) -> pd.DataFrame:
-    frames = [pq.read_table(p, columns=["uid", "url"]).to_pandas()
-              for p in metadata_parts(metadata_dir)]
+    """uid with its metadata part and row: where row-aligned extras (DataComp's npz) live."""
+    frames = []
+    for path in metadata_parts(metadata_dir):
+        frame = pq.read_table(path, columns=["uid"]).to_pandas()
+        frame["part"] = path.name
+        frame["row"] = range(len(frame))
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -197,14 +202,14 @@ def build_index(uids: pd.DataFrame, attempts: pd.DataFrame) -> pd.DataFrame:
     ordered = attempts.sort_values(["uid", "ok", "round"], ascending=[True, False, False])
     best = ordered.drop_duplicates("uid", keep="first").set_index("uid")
     tries = attempts.groupby("uid").size()
-    index = uids[["uid"]].join(best, on="uid")
+    index = uids[["uid", "part", "row"]].join(best, on="uid")
     never = index["status"].isna()
     index.loc[never, "reason"] = "not_attempted"
     index["status"] = index["ok"].map({True: "fetched"}).fillna("failed")
     index["attempts"] = index["uid"].map(tries).fillna(0).astype("int64")
     index["round"] = index["round"].fillna(-1).astype("int64")
     columns = ["uid", "status", "reason", "error_message", "round", "shard", "key",
-               "width", "height", "attempts"]
+               "width", "height", "attempts", "part", "row"]
     return index[columns].reset_index(drop=True)
 
 

@@ -22,6 +22,8 @@ the roles datasets play in the paper:
 * ``in_train`` / ``eval_in*``: ImageNet-like classification data (label = object shape), with
   distribution shifts standing in for ImageNet-V2, -Sketch, -R and -A.
 * ``eval_retrieval``: Flickr/COCO-retrieval-like images with several reference captions each.
+* ``nocaps``: held-out web-like images with reference captions (the COCO-style one and the
+  canonical description), standing in for NoCaps: the CIDEr column of Table 1.
 
 The vocabulary of the clean descriptions is small and closed (about 50 words) so that a tiny
 captioner can learn it.
@@ -106,6 +108,7 @@ SPLITS: tuple[str, ...] = (
     "eval_in_rendition",
     "eval_in_clutter",
     "eval_retrieval",
+    "nocaps",
 )
 
 CAPTION_MODES: tuple[str, ...] = ("right", "partial", "other_image", "non_visual", "boilerplate")
@@ -190,6 +193,7 @@ SPLIT_PROFILES: dict[str, str] = {
     "eval_in_rendition": "rendition",
     "eval_in_clutter": "clutter",
     "eval_retrieval": "web",
+    "nocaps": "web",
 }
 #: Splits whose labels are assigned round-robin so that small evaluation sets stay balanced.
 _BALANCED_SPLITS = frozenset(
@@ -1065,7 +1069,7 @@ def validate_spec(spec: Mapping[str, Any]) -> None:
         if name not in SPLITS:
             raise ValueError(f"splits: unknown split {name!r}")
     for name in SPLITS:
-        n = splits.get(name)
+        n = splits.get(name, 0)  # a split a spec does not name is empty
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"splits.{name} must be an integer >= 0, got {n!r}")
     modes = spec.get("pool_caption_modes")
@@ -1171,6 +1175,9 @@ def _generate_split(
             styles = rng.permutation(len(DESCRIPTION_STYLES))[:k]
             captions = [describe(scene, DESCRIPTION_STYLES[int(s)]) for s in styles]
             text = captions[0]
+        elif split == "nocaps":
+            captions = [describe(scene, "coco"), describe(scene)]
+            text = captions[0]
         elif is_pool:
             mode = _choice(rng, CAPTION_MODES, mode_p)
             if i in junk:
@@ -1193,7 +1200,7 @@ def _generate_split(
             url_state = "dead" if i in dead else "corrupt" if i in corrupt else "ok"
         else:
             text = description
-        if split != "eval_retrieval":
+        if split not in ("eval_retrieval", "nocaps"):
             captions = [text]
 
         name = f"{uid}.png"
@@ -1256,7 +1263,7 @@ def generate_world(out_dir: Path, spec: Mapping[str, Any], seed: int) -> dict[st
     hashes: dict[str, str] = {}
     pool_cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
     for split in SPLITS:
-        n = int(spec["splits"][split])
+        n = int(spec["splits"].get(split, 0))
         cols, written = _generate_split(split, n, spec, seed, base)
         for stale in (base / split).iterdir():
             if _UID_PNG.match(stale.name) and stale.name not in written:

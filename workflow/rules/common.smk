@@ -35,11 +35,11 @@ TOY_SPLITS = SPLITS
 wildcard_constraints:
     pool="|".join(POOLS) or "no_pool",
     world="[a-z][a-z0-9_]*",
-
-
-def res(stage, key):
-    """A stage's resource setting (config `resources`, defaults from the schema)."""
-    return config["resources"][stage][key]
+    captioner="[a-z][a-z0-9_.]*",
+    scorer="[a-z][a-z0-9_.]*",
+    temperature="[0-9]+[.][0-9]+",
+    chunk="chunk[0-9]+of[0-9]+",
+    caption_set="raw|[a-z][a-z0-9_.]*/[0-9]+[.][0-9]+",
 
 
 def pool_source(wildcards):
@@ -58,11 +58,86 @@ def metadata_input(wildcards):
     return source["path"]
 
 
-TARGET_FILES = {
-    "metadata": "results/{pool}/metadata",
-    "fetch": "results/{pool}/fetch/report.json",
-}
+def res(stage, key):
+    """A stage's resource setting (config `resources`, defaults from the schema)."""
+    return config["resources"][stage][key]
+
+
+def temperature_label(temperature):
+    """How a temperature appears in paths: 0.75 -> '0.75', 1 -> '1.0'."""
+    return str(float(temperature))
+
+
+def chunk_names(stage):
+    jobs = config[stage]["jobs"]
+    return [f"chunk{i}of{jobs}" for i in range(jobs)]
+
+
+def toy_model_dir(world, kind):
+    return f"results/toymodels/{world}/{kind}"
+
+
+def model_input(pool, spec):
+    """The toy stand-in a captioner/scorer needs (trained by the pipeline), else nothing."""
+    if spec.get("toy_model"):
+        world = POOLS[pool]["source"]["world"]
+        return f"{toy_model_dir(world, spec['toy_model'])}/open_clip_config.json"
+    return []
+
+
+def resolved_spec(spec, model_config):
+    """A captioner/scorer spec with a toy stand-in's model dir filled in (local-dir:)."""
+    spec = dict(spec)
+    if spec.get("toy_model"):
+        spec["model"] = f"local-dir:{Path(str(model_config)).parent.resolve()}"
+    return spec
+
+
+def toy_model_inputs(wildcards):
+    world = f"results/toyworld/{wildcards.world}"
+    inputs = {"pretrain": f"{world}/pretrain.parquet", "coco": f"{world}/coco.parquet"}
+    if wildcards.kind == "captioner_coco":
+        inputs["base"] = f"{toy_model_dir(wildcards.world, 'captioner')}/open_clip_config.json"
+    return inputs
+
+
+def pool_scorer_spec(wildcards, input):
+    return resolved_spec(config["scorers"][wildcards.scorer], input.model)
+
+
+def caption_sets(pool):
+    """'raw' plus one set per (captioner, temperature) of the pool."""
+    sets = ["raw"]
+    for name in POOLS[pool]["captioners"]:
+        for t in config["captioners"][name]["temperatures"]:
+            sets.append(f"{name}/{temperature_label(t)}")
+    return sets
+
+
+def caption_manifests(pool, caption_set):
+    if caption_set == "raw":
+        return [f"results/{pool}/captions/raw/manifest.json"]
+    return [f"results/{pool}/captions/{caption_set}/{chunk}.json" for chunk in chunk_names("caption")]
+
+
+def embedding_manifests(pool, scorer):
+    return [f"results/{pool}/scores/{scorer}/images/{chunk}.json" for chunk in chunk_names("score")]
+
+
+def pool_targets(pool, target):
+    if target == "metadata":
+        return [f"results/{pool}/metadata"]
+    if target == "fetch":
+        return [f"results/{pool}/fetch/report.json"]
+    if target == "captions":
+        return [m for s in caption_sets(pool) for m in caption_manifests(pool, s)]
+    scorer = POOLS[pool]["scorer"]
+    if target == "scores":
+        return [f"results/{pool}/scores/{scorer}/{s}.parquet" for s in caption_sets(pool)]
+    if target == "quality":
+        return [f"results/{pool}/quality/{scorer}/{s}.json" for s in caption_sets(pool)]
+    raise ValueError(target)
 
 
 def all_targets():
-    return [TARGET_FILES[t].format(pool=pool) for pool in POOLS for t in config["targets"]]
+    return [f for pool in POOLS for t in config["targets"] for f in pool_targets(pool, t)]

@@ -1,26 +1,5 @@
-# Sources: the toy world, downloads of remote metadata, and normalised
+# Sources: downloads of remote metadata, and normalised
 # results/{pool}/metadata (uid, url, text + kept columns), checked before any fetch.
-
-
-rule toy_world:
-    output:
-        parquets=expand("results/toyworld/{{world}}/{split}.parquet", split=TOY_SPLITS),
-        manifest="results/toyworld/{world}/manifest.json",
-    params:
-        spec=lambda wildcards: TOY_WORLDS[wildcards.world],
-        seed=config["seed"],
-    log:
-        "logs/toy_world/{world}.log",
-    benchmark:
-        "benchmarks/toy_world/{world}.tsv"
-    threads: res("toy_world", "threads")
-    resources:
-        mem_mb=res("toy_world", "mem_mb"),
-        runtime=res("toy_world", "runtime"),
-    conda:
-        "../../envs/core.yaml"
-    script:
-        "../scripts/toy_world.py"
 
 
 rule download_metadata:

@@ -1,0 +1,221 @@
+"""Caption stage: synthetic captions for every fetched image, shard by shard.
+
+One job captions the shards of one chunk of a pool with one captioner at one
+temperature (``results/{pool}/captions/{captioner}/{temperature}/``). Per shard
+it writes one parquet (uid, key, captions, caption, status, error) atomically;
+a killed job re-run skips complete shards and redoes the rest, and since each
+shard's sampling seed is derived from (seed, pool, captioner, temperature,
+shard), a redone shard gets the same captions it would have got the first time.
+
+Images are decoded and preprocessed in DataLoader worker processes, so the
+model loop only moves tensors; an image that does not decode is recorded as a
+per-uid failure, not skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from capmix.captioners import Captioner, Decoding, load_captioner
+from capmix.provenance import provenance_record, write_json
+from capmix.shards import (
+    Progress,
+    ShardImages,
+    ShardTask,
+    collate,
+    is_complete,
+    plan_tasks,
+    read_shard,
+    stable_seed,
+    write_parquet_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a model stage runs (not what it computes): batch, device, precision, workers."""
+
+    batch_size: int = 64
+    device: str = "auto"
+    precision: str = "fp32"
+    workers: int = 2
+
+    @classmethod
+    def from_config(cls, settings: Mapping[str, Any]) -> RunSettings:
+        return cls(**{k: settings[k] for k in ("batch_size", "device", "precision", "workers")
+                      if k in settings})
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` = CUDA when torch can use it. CUDA_VISIBLE_DEVICES alone proves nothing
+    (SLURM sets it for a fake GPU gres too)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def decoding_for(spec: Mapping[str, Any], temperature: float) -> Decoding:
+    params = dict(spec.get("decoding", {}))
+    return Decoding(temperature=float(temperature), **params)
+
+
+def caption_task(captioner: Captioner, task: ShardTask, decoding: Decoding, seed: int,
+                 settings: RunSettings) -> pd.DataFrame:
+    """Caption one shard; one row per uid of the shard."""
+    samples = read_shard(task)
+    loader = DataLoader(ShardImages(samples, captioner.preprocess), batch_size=settings.batch_size,
+                        num_workers=settings.workers, collate_fn=collate,
+                        persistent_workers=False)
+    captions: dict[int, list[str]] = {}
+    errors: dict[int, str] = {}
+    for batch_number, (positions, pixels, failed) in enumerate(loader):
+        errors.update(dict(failed))
+        if pixels is not None:
+            texts = captioner.generate(pixels, decoding, seed=stable_seed(seed, batch_number))
+            captions.update(zip(positions, texts, strict=True))
+    rows = []
+    for i, sample in enumerate(samples):
+        texts = captions.get(i, [])
+        rows.append({"uid": sample.uid, "key": sample.key, "captions": texts,
+                     "caption": texts[0] if texts else None,
+                     "status": "ok" if i in captions else "undecodable",
+                     "error": errors.get(i)})
+    return pd.DataFrame(rows)
+
+
+def caption_pool(pool: str, captioner_name: str, spec: Mapping[str, Any], temperature: float,
+                 index_path: Path, shards_dir: Path, out_dir: Path, manifest_path: Path,
+                 settings: RunSettings, seed: int, chunk: int = 0, n_chunks: int = 1,
+                 captioner: Captioner | None = None) -> dict[str, Any]:
+    """Caption every unfinished shard of one chunk; write the chunk manifest."""
+    decoding = decoding_for(spec, temperature)
+    tasks = plan_tasks(index_path, shards_dir, out_dir, ".parquet", chunk, n_chunks)
+    todo = [t for t in tasks if not is_complete(t.output, t.uids)]
+    log.info("%s/%s@%s chunk %d/%d: %d shards, %d already done", pool, captioner_name,
+             temperature, chunk, n_chunks, len(tasks), len(tasks) - len(todo))
+    if todo and captioner is None:
+        captioner = load_captioner({**spec, "name": captioner_name},
+                                   device=resolve_device(settings.device),
+                                   precision=settings.precision)
+    progress = Progress(f"caption {captioner_name}@{temperature}", len(tasks),
+                        sum(len(t.uids) for t in tasks))
+    for task in tasks:
+        if task not in todo:
+            progress.update(len(task.uids), skipped=True)
+            continue
+        shard_seed = stable_seed(seed, pool, captioner_name, temperature, task.shard)
+        frame = caption_task(captioner, task, decoding, shard_seed, settings)
+        write_parquet_atomic(frame, task.output, {
+            "pool": pool, "captioner": captioner_name, "spec": dict(spec),
+            "decoding": asdict(decoding), "seed": shard_seed, "shard": task.shard})
+        progress.update(len(frame))
+
+    summary = summarise(tasks)
+    manifest = {
+        "pool": pool, "captioner": captioner_name, "temperature": temperature,
+        "chunk": chunk, "n_chunks": n_chunks, "decoding": asdict(decoding),
+        "settings": asdict(settings), **summary,
+        "shards": [{"shard": t.shard, "output": str(t.output.relative_to(out_dir)),
+                    "samples": len(t.uids)} for t in tasks],
+        "provenance": provenance_record(
+            "caption", inputs=[index_path], params={"spec": dict(spec), "seed": seed},
+            packages=("torch", "transformers", "open_clip_torch")),
+    }
+    write_json(manifest_path, manifest)
+    return manifest
+
+
+def summarise(tasks: list[ShardTask]) -> dict[str, Any]:
+    frames = [pd.read_parquet(t.output, columns=["status"]) for t in tasks]
+    statuses = pd.concat(frames)["status"] if frames else pd.Series(dtype=str)
+    return {"n_images": int(len(statuses)), "n_captioned": int((statuses == "ok").sum()),
+            "failures": {k: int(v) for k, v in statuses[statuses != "ok"].value_counts().items()}}
+
+
+def caption_released(pool: str, captioner_name: str, spec: Mapping[str, Any], temperature: float,
+                     index_path: Path, shards_dir: Path, out_dir: Path, manifest_path: Path,
+                     download_dir: Path, chunk: int = 0, n_chunks: int = 1,
+                     hub: Any = None) -> dict[str, Any]:
+    """The paper's released captions as a caption set, in the same per-shard layout.
+
+    Rows of the pool without a released caption are kept with status
+    ``no_released_caption`` and counted in the manifest, never dropped silently.
+    """
+    from capmix.released import download_released, join_released
+
+    files = download_released(spec["repo"], temperature, download_dir, hub=hub)
+    tasks = plan_tasks(index_path, shards_dir, out_dir, ".parquet", chunk, n_chunks)
+    keys = pd.read_parquet(index_path, columns=["uid", "key"]).set_index("uid")["key"]
+    uids = [u for t in tasks for u in t.uids]
+    columns = spec.get("columns", {})
+    joined, report = join_released(uids, files, uid_column=columns.get("uid", "uid"),
+                                   caption_column=columns.get("caption", "text"))
+    captions = joined.set_index("uid")["caption"]
+    for task in tasks:
+        found = captions.reindex(list(task.uids))
+        frame = pd.DataFrame({
+            "uid": list(task.uids), "key": keys.reindex(list(task.uids)).to_numpy(),
+            "captions": [[c] if isinstance(c, str) else [] for c in found],
+            "caption": found.where(found.notna(), None).to_numpy(),
+            "status": np.where(found.notna(), "ok", "no_released_caption"),
+            "error": None,
+        })
+        write_parquet_atomic(frame, task.output, {"pool": pool, "captioner": captioner_name,
+                                                  "released": spec["repo"],
+                                                  "temperature": temperature})
+    manifest = {
+        "pool": pool, "captioner": captioner_name, "temperature": temperature, "chunk": chunk,
+        "n_chunks": n_chunks, "released": spec["repo"], "join": report, **summarise(tasks),
+        "shards": [{"shard": t.shard, "output": str(t.output.relative_to(out_dir)),
+                    "samples": len(t.uids)} for t in tasks],
+        "provenance": provenance_record("caption", inputs=[index_path, *files],
+                                        params={"spec": dict(spec)},
+                                        packages=("huggingface_hub",)),
+    }
+    write_json(manifest_path, manifest)
+    return manifest
+
+
+def raw_caption_sets(pool: str, index_path: Path, shards_dir: Path, out_dir: Path,
+                     manifest_path: Path) -> dict[str, Any]:
+    """The raw (web) captions, as img2dataset stored them beside each image."""
+    tasks = plan_tasks(index_path, shards_dir, out_dir, ".parquet")
+    for task in tasks:
+        if is_complete(task.output, task.uids):
+            continue
+        samples = read_shard(task)
+        frame = pd.DataFrame({
+            "uid": [s.uid for s in samples], "key": [s.key for s in samples],
+            "captions": [[s.text] for s in samples], "caption": [s.text for s in samples],
+            "status": "ok", "error": None,
+        })
+        write_parquet_atomic(frame, task.output, {"pool": pool, "captioner": "raw"})
+    manifest = {
+        "pool": pool, "captioner": "raw", **summarise(tasks),
+        "shards": [{"shard": t.shard, "output": str(t.output.relative_to(out_dir)),
+                    "samples": len(t.uids)} for t in tasks],
+        "provenance": provenance_record("raw_captions", inputs=[index_path]),
+    }
+    write_json(manifest_path, manifest)
+    return manifest
+
+
+def caption_files(manifest_paths: Sequence[Path]) -> list[Path]:
+    """The per-shard caption parquets listed by a caption set's chunk manifests."""
+    files = []
+    for path in manifest_paths:
+        manifest = json.loads(Path(path).read_text())
+        files += [Path(path).parent / entry["output"] for entry in manifest["shards"]]
+    return files

@@ -1,0 +1,332 @@
+"""Scoring stage: CLIP cosine similarity of every image with each of its captions.
+
+Two steps, so that a new caption set costs only the text tower:
+
+1. **Image embeddings, once per pool and scorer**, per fetched shard
+   (``results/{pool}/scores/{scorer}/images/round_K/NNNNN.npz``: uid and the
+   L2-normalised embedding, float16), resumable shard by shard. For a DataComp
+   pool whose metadata ships ``l14_img`` (the OpenAI ViT-L/14 features the
+   paper scored with), the shipped rows are gathered instead of re-encoding.
+2. **A caption set's scores** (``results/{pool}/scores/{scorer}/{set}.parquet``):
+   text embeddings of the set's captions, cosine with the stored image
+   embedding, and CLIP-S = 2.5 * max(cos, 0) (Hessel et al., 2021). For the raw
+   captions of a DataComp pool the shipped ``clip_l14_similarity_score`` can be
+   used as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from capmix.caption import RunSettings, resolve_device
+from capmix.provenance import provenance_record, write_json
+from capmix.shards import (
+    Progress,
+    ShardImages,
+    ShardTask,
+    collate,
+    plan_tasks,
+    read_shard,
+    write_parquet_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+CLIP_S_WEIGHT = 2.5
+
+
+class ScorerLoadError(ValueError):
+    """A scorer model that does not load; names the scorer and the model."""
+
+
+@dataclass
+class Scorer:
+    """An open_clip model with its image transform and tokenizer."""
+
+    name: str
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: str
+    autocast_dtype: torch.dtype | None = None
+
+    def _autocast(self):  # type: ignore[no-untyped-def]
+        if self.autocast_dtype is None:
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        with self._autocast():
+            features = self.model.encode_image(pixels.to(self.device), normalize=True)
+        return features.float().cpu().numpy()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+            with self._autocast():
+                chunks.append(self.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), "float32")
+
+
+def load_scorer(name: str, spec: Mapping[str, Any], device: str = "cpu",
+                precision: str = "fp32") -> Scorer:
+    """Load an open_clip scorer (a built-in name + pretrained tag, or ``local-dir:``)."""
+    import open_clip
+
+    model_name, pretrained = spec["model"], spec.get("pretrained")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as error:  # noqa: BLE001 - any load failure becomes one clear message
+        raise ScorerLoadError(f"scorer '{name}': cannot load model '{model_name}' "
+                              f"(pretrained={pretrained!r}): {error}") from error
+    model.eval()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    if dtype is not None and not device.startswith("cuda"):
+        log.info("scorer %s: precision %s requested on %s; running fp32", name, precision, device)
+        dtype = None
+    return Scorer(name, model, preprocess, tokenizer, device, dtype)
+
+
+# ------------------------------------------------------------------ image embeddings
+
+
+def read_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return data["uid"], data["embedding"]
+
+
+def embeddings_complete(path: Path, uids: Sequence[str]) -> bool:
+    """Complete = every uid of the shard is either embedded or recorded as undecodable."""
+    if not path.exists():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            done = data["uid"].tolist() + data["failed_uid"].tolist()
+    except (OSError, ValueError, KeyError):
+        return False
+    return sorted(done) == sorted(uids)
+
+
+def write_embeddings(path: Path, uids: Sequence[str], embeddings: np.ndarray,
+                     failed_uids: Sequence[str] = ()) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, uid=np.asarray(uids, dtype="U32"), embedding=embeddings.astype("float16"),
+             failed_uid=np.asarray(list(failed_uids), dtype="U32"))
+    os.replace(tmp, path)
+
+
+def embed_task(scorer: Scorer, task: ShardTask, settings: RunSettings) -> tuple[list[str],
+                                                                               np.ndarray,
+                                                                               dict[str, str]]:
+    samples = read_shard(task)
+    loader = DataLoader(ShardImages(samples, scorer.preprocess), batch_size=settings.batch_size,
+                        num_workers=settings.workers, collate_fn=collate)
+    uids, chunks, failed = [], [], {}
+    for positions, pixels, errors in loader:
+        failed.update({samples[i].uid: err for i, err in errors})
+        if pixels is not None:
+            chunks.append(scorer.encode_images(pixels))
+            uids += [samples[i].uid for i in positions]
+    width = chunks[0].shape[1] if chunks else 0
+    return uids, (np.concatenate(chunks) if chunks else np.zeros((0, width), "float32")), failed
+
+
+class ShippedEmbeddings:
+    """Rows of a DataComp metadata npz (e.g. ``l14_img``), gathered by (part, row).
+
+    img2dataset shards each metadata file in order, so consecutive shards read
+    the same part: one part's array is kept in memory at a time.
+    """
+
+    def __init__(self, metadata_dir: Path, key: str):
+        self.metadata_dir, self.key = metadata_dir, key
+        self._part: str | None = None
+        self._array: np.ndarray | None = None
+
+    def rows(self, part: str, rows: np.ndarray) -> np.ndarray:
+        if part != self._part:
+            path = self.metadata_dir / Path(part).with_suffix(".npz")
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no shipped embeddings for metadata part {part}")
+            with np.load(path) as data:
+                if self.key not in data:
+                    raise KeyError(f"{path}: has no '{self.key}' (has {sorted(data.files)})")
+                self._array = np.asarray(data[self.key])
+            self._part = part
+        assert self._array is not None
+        return self._array[rows]
+
+
+def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], index_path: Path,
+                      shards_dir: Path, out_dir: Path, manifest_path: Path,
+                      settings: RunSettings, metadata_dir: Path | None = None, chunk: int = 0,
+                      n_chunks: int = 1, scorer: Scorer | None = None) -> dict[str, Any]:
+    """Image embeddings of every fetched image of one chunk, once per pool and scorer."""
+    tasks = plan_tasks(index_path, shards_dir, out_dir, ".npz", chunk, n_chunks)
+    todo = [t for t in tasks if not embeddings_complete(t.output, t.uids)]
+    shipped_key = spec.get("shipped_image_embeddings")
+    shipped = None
+    if shipped_key and metadata_dir is not None and todo:
+        shipped = ShippedEmbeddings(metadata_dir, shipped_key)
+        where = pq.read_table(index_path, columns=["uid", "part", "row"]).to_pandas()
+        where = where.set_index("uid")
+    elif todo and scorer is None:
+        scorer = load_scorer(scorer_name, spec, resolve_device(settings.device),
+                             settings.precision)
+    progress = Progress(f"image embeddings {scorer_name}", len(tasks),
+                        sum(len(t.uids) for t in tasks))
+    failures: dict[str, str] = {}
+    for task in tasks:
+        if task not in todo:
+            progress.update(len(task.uids), skipped=True)
+            continue
+        if shipped is not None:
+            uids = list(task.uids)
+            located = where.loc[uids]
+            parts = [shipped.rows(part, rows["row"].to_numpy())
+                     for part, rows in located.groupby("part", sort=False)]
+            order = [u for _, rows in located.groupby("part", sort=False) for u in rows.index]
+            embeddings, uids = np.concatenate(parts), order
+        else:
+            assert scorer is not None
+            uids, embeddings, failed = embed_task(scorer, task, settings)
+            failures.update(failed)
+        write_embeddings(task.output, uids, embeddings,
+                         [u for u in task.uids if u in failures])
+        progress.update(len(uids))
+    manifest = {
+        "pool": pool, "scorer": scorer_name, "chunk": chunk, "n_chunks": n_chunks,
+        "shipped": shipped_key if shipped is not None else None,
+        "shards": [{"shard": t.shard, "output": str(t.output.relative_to(out_dir))}
+                   for t in tasks],
+        "failures": failures, "settings": asdict(settings),
+        "provenance": provenance_record("embed_images", inputs=[index_path],
+                                        params={"spec": dict(spec)},
+                                        packages=("torch", "open_clip_torch")),
+    }
+    write_json(manifest_path, manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------------ scoring
+
+
+def load_image_embeddings(files: Sequence[Path]) -> tuple[pd.Index, np.ndarray]:
+    uids, chunks = [], []
+    for path in files:
+        u, e = read_embeddings(path)
+        uids.append(u)
+        chunks.append(e)
+    if not chunks:
+        return pd.Index([], dtype=str), np.zeros((0, 0), "float16")
+    return pd.Index(np.concatenate(uids)), np.concatenate(chunks)
+
+
+def clip_s(cos: np.ndarray) -> np.ndarray:
+    """CLIP-S (Hessel et al., 2021): 2.5 * max(cos, 0)."""
+    return CLIP_S_WEIGHT * np.maximum(cos, 0.0)
+
+
+def score_caption_set(scorer: Scorer | None, caption_files: Sequence[Path],
+                      embedding_files: Sequence[Path], shipped_raw: pd.Series | None = None,
+                      batch_size: int = 256) -> pd.DataFrame:
+    """Cosine of each image with each of its captions in a caption set.
+
+    Output: uid, n_captions, cos (of the first caption), cos_max, cos_mean, clip_s
+    (of the first caption), cos_all (list). Rows whose image has no embedding or
+    whose caption is missing get NaN and a reason, never a silent gap.
+    """
+    captions = pd.concat([pd.read_parquet(f, columns=["uid", "captions", "status"])
+                          for f in caption_files], ignore_index=True)
+    if shipped_raw is not None:
+        cos = shipped_raw.reindex(captions["uid"]).to_numpy(dtype="float64")
+        all_cos = [[c] for c in cos]
+    else:
+        assert scorer is not None
+        index, embeddings = load_image_embeddings(embedding_files)
+        position = index.get_indexer(captions["uid"])
+        flat = [(row, text) for row, texts in enumerate(captions["captions"])
+                if position[row] >= 0 for text in (texts if texts is not None else [])]
+        text_emb = scorer.encode_texts([t for _, t in flat], batch_size)
+        rows = np.array([r for r, _ in flat], dtype="int64")
+        sims = np.einsum("ij,ij->i", text_emb,
+                         embeddings[position[rows]].astype("float32")) if len(flat) else []
+        all_cos = [[] for _ in range(len(captions))]
+        for row, sim in zip(rows, sims, strict=True):
+            all_cos[row].append(float(sim))
+        cos = np.array([c[0] if c else np.nan for c in all_cos])
+    frame = pd.DataFrame({
+        "uid": captions["uid"],
+        "n_captions": [len(c) for c in all_cos],
+        "cos": cos,
+        "cos_max": [max(c) if c else np.nan for c in all_cos],
+        "cos_mean": [float(np.mean(c)) if c else np.nan for c in all_cos],
+        "clip_s": clip_s(np.nan_to_num(cos, nan=-1.0)),
+        "cos_all": all_cos,
+    })
+    frame.loc[frame["cos"].isna(), "clip_s"] = np.nan
+    frame["missing"] = np.where(captions["status"] != "ok", "caption_" + captions["status"],
+                                np.where(frame["cos"].isna(), "no_image_embedding", None))
+    return frame
+
+
+def score_pool_caption_set(pool: str, scorer_name: str, spec: Mapping[str, Any], caption_set: str,
+                           caption_files: Sequence[Path], embedding_files: Sequence[Path],
+                           out_path: Path, summary_path: Path, settings: RunSettings,
+                           metadata_dir: Path | None = None,
+                           scorer: Scorer | None = None) -> pd.DataFrame:
+    """The score rule: one caption set of one pool, with one scorer."""
+    shipped_column = spec.get("shipped_raw_score") if caption_set == "raw" else None
+    shipped = None
+    if shipped_column and metadata_dir is not None:
+        shipped = shipped_scores(metadata_dir, shipped_column)
+    elif scorer is None:
+        scorer = load_scorer(scorer_name, spec, resolve_device(settings.device),
+                             settings.precision)
+    frame = score_caption_set(scorer, caption_files, embedding_files, shipped,
+                              batch_size=settings.batch_size)
+    write_parquet_atomic(frame, out_path, {"pool": pool, "scorer": scorer_name,
+                                           "caption_set": caption_set, "spec": dict(spec)})
+    scored = frame.dropna(subset=["cos"])
+    write_json(summary_path, {
+        "pool": pool, "scorer": scorer_name, "caption_set": caption_set,
+        "n": int(len(frame)), "n_scored": int(len(scored)),
+        "missing": {k: int(v) for k, v in frame["missing"].value_counts().items()},
+        "mean_cos": float(scored["cos"].mean()) if len(scored) else None,
+        "mean_clip_s": float(scored["clip_s"].mean()) if len(scored) else None,
+        "shipped_raw_score": shipped_column if shipped is not None else None,
+        "provenance": provenance_record("score", inputs=list(caption_files),
+                                        params={"spec": dict(spec)},
+                                        packages=("torch", "open_clip_torch")),
+    })
+    return frame
+
+
+def shipped_scores(metadata_dir: Path, column: str) -> pd.Series:
+    from capmix.sources import metadata_parts
+
+    frames = []
+    for part in metadata_parts(metadata_dir):
+        names = pq.read_schema(part).names
+        if column not in names:
+            raise KeyError(f"{part}: no column '{column}' to take shipped scores from")
+        frames.append(pq.read_table(part, columns=["uid", column]).to_pandas())
+    table = pd.concat(frames, ignore_index=True)
+    return table.set_index("uid")[column].astype("float64")

@@ -1,0 +1,191 @@
+"""Reading fetched webdataset shards, and per-shard outputs that resume safely.
+
+Every per-image stage after the fetch (captioning, image embeddings) works shard
+by shard: it reads one img2dataset tar, writes one output file per shard
+atomically (temp file + rename), and on a re-run skips shards whose output is
+complete. A shard's output counts as complete only if it holds exactly the
+uids the fetch index lists for that shard, so a partial file can never pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+class ShardError(ValueError):
+    """A shard that does not match the fetch index (missing or empty); names the shard."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    uid: str
+    image: bytes
+    text: str
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One fetched shard and where its output goes."""
+
+    shard: str  # relative to the shards dir, e.g. "round_0/00003.tar"
+    tar: Path
+    output: Path
+    uids: tuple[str, ...]  # what the fetch index says the shard holds
+
+
+def stable_seed(*keys: object) -> int:
+    """A 63-bit seed from any keys; identical across runs, machines and Python versions."""
+    digest = hashlib.sha256("\x1f".join(map(str, keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def fetched_by_shard(index_path: Path) -> dict[str, list[str]]:
+    """shard -> uids fetched into it, from the fetch index."""
+    index = pq.read_table(index_path, columns=["uid", "status", "shard"]).to_pandas()
+    fetched = index[index["status"] == "fetched"].sort_values(["shard", "uid"])
+    return {shard: rows["uid"].tolist() for shard, rows in fetched.groupby("shard", sort=True)}
+
+
+def plan_tasks(index_path: Path, shards_dir: Path, out_dir: Path, suffix: str,
+               chunk: int = 0, n_chunks: int = 1) -> list[ShardTask]:
+    """The shards of one chunk (shard i belongs to chunk i mod n_chunks), sorted."""
+    if not 0 <= chunk < n_chunks:
+        raise ValueError(f"chunk {chunk} is outside 0..{n_chunks - 1}")
+    tasks = []
+    for i, (shard, uids) in enumerate(sorted(fetched_by_shard(index_path).items())):
+        if i % n_chunks == chunk:
+            tasks.append(ShardTask(shard, shards_dir / shard,
+                                   out_dir / Path(shard).with_suffix(suffix), tuple(uids)))
+    return tasks
+
+
+def read_shard(task: ShardTask) -> list[Sample]:
+    """The samples of a shard tar, checked against the fetch index."""
+    if not task.tar.exists():
+        raise ShardError(f"{task.tar}: shard listed in the fetch index is missing")
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(task.tar) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.rpartition(".")
+            handle = tar.extractfile(member)
+            if handle is not None:
+                members.setdefault(key, {})["." + ext.lower()] = handle.read()
+    samples = []
+    for key in sorted(members):
+        files = members[key]
+        image = next((files[s] for s in IMAGE_SUFFIXES if s in files), None)
+        meta = json.loads(files[".json"]) if ".json" in files else {}
+        if image is None or "uid" not in meta:
+            continue
+        text = files.get(".txt", b"").decode("utf-8", errors="replace")
+        samples.append(Sample(key, meta["uid"], image, text))
+    if not samples:
+        raise ShardError(f"{task.tar}: shard is empty (the fetch index lists {len(task.uids)} "
+                         "samples in it)")
+    missing = set(task.uids) - {s.uid for s in samples}
+    if missing:
+        raise ShardError(f"{task.tar}: {len(missing)} uid(s) of the fetch index are not in the "
+                         f"shard, e.g. {sorted(missing)[:3]}")
+    wanted = set(task.uids)
+    return [s for s in samples if s.uid in wanted]
+
+
+class ShardImages(Dataset):
+    """Decode + preprocess one shard's images in DataLoader workers.
+
+    Returns (position, tensor, error); an image that does not decode yields
+    ``None`` and its error, recorded per uid by the caller, never a crash.
+    """
+
+    def __init__(self, samples: Sequence[Sample], preprocess: Callable[[Image.Image], Any]):
+        self.samples = samples
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+        try:
+            with Image.open(io.BytesIO(self.samples[i].image)) as image:
+                return i, self.preprocess(image.convert("RGB")), None
+        except Exception as error:  # noqa: BLE001 - any decode failure is recorded per uid
+            return i, None, f"{type(error).__name__}: {error}"
+
+
+def collate(
+    batch: list[tuple[int, Any, str | None]],
+) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """Stack the decodable images; pass failures through with their positions."""
+    good = [(i, x) for i, x, err in batch if err is None]
+    failed = [(i, err) for i, _, err in batch if err is not None]
+    stacked = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], stacked, failed
+
+
+def is_complete(path: Path, uids: Sequence[str]) -> bool:
+    """A shard output is complete if it exists, reads, and holds exactly these uids."""
+    if not path.exists():
+        return False
+    try:
+        done = pq.read_table(path, columns=["uid"]).column("uid").to_pylist()
+    except (OSError, pa.ArrowException):
+        return False
+    return sorted(done) == sorted(uids)
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path, metadata: dict[str, Any]) -> None:
+    """Write a parquet with provenance in its key-value metadata; rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"capmix": json.dumps(metadata, sort_keys=True).encode()})
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class Progress:
+    """Shards done, items/s and ETA in the job log."""
+
+    def __init__(self, what: str, total_shards: int, total_items: int):
+        self.what, self.total_shards, self.total_items = what, total_shards, total_items
+        self.start = time.perf_counter()
+        self.shards = self.items = 0
+
+    def update(self, items: int, skipped: bool = False) -> None:
+        """Count a finished shard; a skipped (already complete) one only shortens the ETA."""
+        self.shards += 1
+        if skipped:
+            self.total_items -= items
+        else:
+            self.items += items
+        elapsed = time.perf_counter() - self.start
+        rate = self.items / elapsed if elapsed > 0 else 0.0
+        left = max(self.total_items - self.items, 0)
+        eta = left / rate if rate > 0 else float("nan")
+        log.info("%s: %d/%d shards, %d images, %.1f images/s, ETA %.0f s", self.what, self.shards,
+                 self.total_shards, self.items, rate, eta)

@@ -1,0 +1,138 @@
+"""The caption stage's sharding, resume and failure accounting (model-agnostic).
+
+The captioner here is a small deterministic stand-in that satisfies the
+Captioner protocol; the real backends are tested in test_captioners.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from capmix.captioners import Decoding
+
+from capmix.caption import RunSettings, caption_files, caption_pool, raw_caption_sets
+from capmix.shards import ShardError, is_complete, plan_tasks
+
+
+class RecordingCaptioner:
+    """Captions from pixel statistics and the seed; records every generate call."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, Decoding, int]] = []
+
+    def preprocess(self, image):
+        return torch.from_numpy(np.asarray(image.resize((8, 8)), dtype="float32") / 255.0)
+
+    def generate(self, pixels: torch.Tensor, decoding: Decoding, seed: int) -> list[list[str]]:
+        self.calls.append((len(pixels), decoding, seed))
+        out = []
+        for image in pixels:
+            digest = hashlib.md5(f"{float(image.mean()):.6f}:{seed}".encode()).hexdigest()[:6]
+            out.append([f"caption {digest} {k} t={decoding.temperature}"
+                        for k in range(decoding.num_captions)])
+        return out
+
+
+def run(pool_dir: Path, captioner, chunk=0, n_chunks=1, temperature=0.75, spec=None):
+    out = pool_dir / "captions" / "c" / str(temperature)
+    return caption_pool("p", "c", spec or {"backend": "fake", "decoding": {"num_captions": 2}},
+                        temperature, pool_dir / "index.parquet", pool_dir / "shards", out,
+                        out / f"chunk{chunk}of{n_chunks}.json",
+                        RunSettings(batch_size=2, workers=2), seed=7, chunk=chunk,
+                        n_chunks=n_chunks, captioner=captioner)
+
+
+def read_all(pool_dir: Path, temperature=0.75) -> pd.DataFrame:
+    files = sorted((pool_dir / "captions" / "c" / str(temperature)).rglob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).sort_values("uid")
+
+
+def test_every_fetched_image_gets_its_captions_with_the_configured_decoding(fetched_pool):
+    captioner = RecordingCaptioner()
+    manifest = run(fetched_pool, captioner)
+    frame = read_all(fetched_pool)
+    assert sorted(frame["uid"]) == [f"{i:032x}" for i in range(12)]
+    assert (frame["status"] == "ok").all()
+    assert frame["captions"].map(len).eq(2).all()
+    assert manifest["n_images"] == 12 and manifest["n_captioned"] == 12
+    decodings = {call[1] for call in captioner.calls}
+    assert decodings == {Decoding(top_k=50, temperature=0.75, min_length=5, max_length=40,
+                                  num_captions=2)}
+    assert max(call[0] for call in captioner.calls) == 2  # batch size reached generate
+
+
+def test_resume_redoes_only_unfinished_shards_and_gives_identical_output(fetched_pool):
+    run(fetched_pool, RecordingCaptioner())
+    first = read_all(fetched_pool)
+    out = fetched_pool / "captions" / "c" / "0.75"
+    shards = sorted(out.rglob("*.parquet"))
+    # simulate a kill: one shard never written, one left half-written
+    shards[1].unlink()
+    shards[2].write_bytes(shards[2].read_bytes()[:100])
+    untouched = {p: p.stat().st_mtime_ns for p in (shards[0], shards[3])}
+    captioner = RecordingCaptioner()
+    run(fetched_pool, captioner)
+    assert sum(call[0] for call in captioner.calls) == 6  # two shards of 3 images redone
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    pd.testing.assert_frame_equal(read_all(fetched_pool).reset_index(drop=True),
+                                  first.reset_index(drop=True))
+
+
+def test_chunks_split_the_shards_and_together_cover_the_pool(fetched_pool):
+    for chunk in range(3):
+        run(fetched_pool, RecordingCaptioner(), chunk=chunk, n_chunks=3)
+    manifests = sorted((fetched_pool / "captions" / "c" / "0.75").glob("chunk*of3.json"))
+    files = caption_files(manifests)
+    assert len(files) == 4 and len(set(files)) == 4
+    assert len(read_all(fetched_pool)) == 12
+
+
+def test_undecodable_image_is_a_recorded_failure(fetched_pool):
+    tasks = plan_tasks(fetched_pool / "index.parquet", fetched_pool / "shards", Path("/x"), ".p")
+    # corrupt one image inside a shard after the fetch
+    tar_path = tasks[0].tar
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    broken_key = members[0][0].name.rsplit(".", 1)[0]
+    with tarfile.open(tar_path, "w") as tar:
+        for member, data in members:
+            if member.name == f"{broken_key}.png":
+                data = b"not an image"
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    manifest = run(fetched_pool, RecordingCaptioner())
+    frame = read_all(fetched_pool)
+    bad = frame[frame["status"] != "ok"]
+    assert len(bad) == 1 and bad["status"].iloc[0] == "undecodable"
+    assert "UnidentifiedImageError" in bad["error"].iloc[0]
+    assert manifest["failures"] == {"undecodable": 1}
+
+
+def test_a_missing_shard_is_a_clear_error_and_finished_shards_are_kept(fetched_pool):
+    run(fetched_pool, RecordingCaptioner())
+    out = fetched_pool / "captions" / "c" / "0.75"
+    kept = sorted(out.rglob("*.parquet"))
+    (fetched_pool / "shards" / "round_0" / "00002.tar").unlink()
+    (out / "round_0" / "00002.parquet").unlink()
+    with pytest.raises(ShardError, match=r"00002\.tar: shard listed in the fetch index is missing"):
+        run(fetched_pool, RecordingCaptioner())
+    assert all(p.exists() for p in kept if p.name != "00002.parquet")
+
+
+def test_raw_captions_use_the_same_layout(fetched_pool):
+    out = fetched_pool / "captions" / "raw"
+    manifest = raw_caption_sets("p", fetched_pool / "index.parquet", fetched_pool / "shards", out,
+                                out / "manifest.json")
+    frame = pd.concat([pd.read_parquet(f) for f in caption_files([out / "manifest.json"])])
+    assert manifest["n_captioned"] == 12
+    assert dict(zip(frame.uid, frame.caption, strict=True))[f"{5:032x}"] == "raw caption 5"
+    assert all(is_complete(p, pd.read_parquet(p).uid.tolist()) for p in out.rglob("*.parquet"))

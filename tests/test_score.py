@@ -1,0 +1,157 @@
+"""CLIP scoring with a tiny random open_clip CLIP saved locally (no hub)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from capmix.caption import RunSettings, caption_files, raw_caption_sets
+from capmix.score import (
+    clip_s,
+    embed_pool_images,
+    load_scorer,
+    read_embeddings,
+    score_pool_caption_set,
+)
+from capmix.shards import plan_tasks, read_shard
+from tests.tiny_models import make_tiny_clip
+
+SETTINGS = RunSettings(batch_size=4, workers=1)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> Path:
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def spec_for(clip_dir: Path, **extra) -> dict:
+    return {"backend": "open_clip", "model": f"local-dir:{clip_dir}", "pretrained": None, **extra}
+
+
+def embed(pool: Path, spec: dict, **kwargs):
+    out = pool / "scores" / "s" / "images"
+    return embed_pool_images("p", "s", spec, pool / "index.parquet", pool / "shards", out,
+                             out / "chunk0of1.json", SETTINGS, metadata_dir=pool / "metadata",
+                             **kwargs)
+
+
+def raw(pool: Path) -> list[Path]:
+    out = pool / "captions" / "raw"
+    raw_caption_sets("p", pool / "index.parquet", pool / "shards", out, out / "manifest.json")
+    return caption_files([out / "manifest.json"])
+
+
+def embedding_files(pool: Path) -> list[Path]:
+    return sorted((pool / "scores" / "s" / "images").rglob("*.npz"))
+
+
+def test_scores_are_cosines_of_the_scorer_and_clip_s(fetched_pool, clip_dir):
+    spec = spec_for(clip_dir)
+    embed(fetched_pool, spec)
+    frame = score_pool_caption_set("p", "s", spec, "raw", raw(fetched_pool),
+                                   embedding_files(fetched_pool),
+                                   fetched_pool / "raw.parquet", fetched_pool / "raw.json",
+                                   SETTINGS)
+    # recompute three rows by hand with the same model
+    scorer = load_scorer("s", spec)
+    task = plan_tasks(fetched_pool / "index.parquet", fetched_pool / "shards", Path("/x"), ".p")[0]
+    samples = read_shard(task)[:3]
+    pixels = torch.stack([scorer.preprocess(Image.open(io.BytesIO(s.image)).convert("RGB"))
+                          for s in samples])
+    image = scorer.encode_images(pixels)
+    text = scorer.encode_texts([s.text for s in samples])
+    expected = (image * text).sum(axis=1)
+    got = frame.set_index("uid").loc[[s.uid for s in samples], "cos"].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-3)  # embeddings are stored as float16
+    np.testing.assert_allclose(frame["clip_s"], 2.5 * np.maximum(frame["cos"], 0))
+    assert frame["cos"].notna().all() and len(frame) == 12
+    summary = json.loads((fetched_pool / "raw.json").read_text())
+    assert summary["n_scored"] == 12 and summary["mean_cos"] == pytest.approx(frame.cos.mean())
+
+
+def test_image_embeddings_are_computed_once_and_reused(fetched_pool, clip_dir, monkeypatch):
+    spec = spec_for(clip_dir)
+    embed(fetched_pool, spec)
+    scorer = load_scorer("s", spec)
+    calls = {"images": 0}
+    original = scorer.encode_images
+
+    def counting(pixels):
+        calls["images"] += 1
+        return original(pixels)
+
+    monkeypatch.setattr(scorer, "encode_images", counting)
+    files = raw(fetched_pool)
+    for name in ("set_a", "set_b"):
+        score_pool_caption_set("p", "s", spec, name, files, embedding_files(fetched_pool),
+                               fetched_pool / f"{name}.parquet", fetched_pool / f"{name}.json",
+                               SETTINGS, scorer=scorer)
+    assert calls["images"] == 0  # only the text tower ran
+    # and a re-run of the embedding job redoes only a missing shard
+    first = embedding_files(fetched_pool)
+    mtimes = {p: p.stat().st_mtime_ns for p in first[1:]}
+    first[0].unlink()
+    embed(fetched_pool, spec, scorer=scorer)
+    assert calls["images"] == 1  # one batch of 3 images (batch size 4)
+    assert {p: p.stat().st_mtime_ns for p in first[1:]} == mtimes
+
+
+def test_shipped_datacomp_embeddings_and_scores_are_used(fetched_pool):
+    """A DataComp-style pool: npz l14_img beside each metadata part, and the shipped score."""
+    metadata = fetched_pool / "metadata"
+    part = metadata / "part-00000.parquet"
+    table = pq.read_table(part).to_pandas()
+    rng = np.random.default_rng(0)
+    l14 = rng.normal(size=(len(table), 8)).astype("float16")
+    np.savez(part.with_suffix(".npz"), l14_img=l14)
+    table["clip_l14_similarity_score"] = np.linspace(0.1, 0.3, len(table))
+    table.to_parquet(part, index=False)
+    # a scorer that cannot be loaded: proves no image goes through a model
+    spec = {"backend": "open_clip", "model": "does-not-exist", "pretrained": None,
+            "shipped_image_embeddings": "l14_img",
+            "shipped_raw_score": "clip_l14_similarity_score"}
+    manifest = embed(fetched_pool, spec)
+    assert manifest["shipped"] == "l14_img"
+    by_uid = dict(zip(table["uid"], l14, strict=True))
+    for path in embedding_files(fetched_pool):
+        uids, embeddings = read_embeddings(path)
+        for uid, embedding in zip(uids, embeddings, strict=True):
+            np.testing.assert_array_equal(embedding, by_uid[uid])
+    frame = score_pool_caption_set("p", "s", spec, "raw", raw(fetched_pool),
+                                   embedding_files(fetched_pool), fetched_pool / "r.parquet",
+                                   fetched_pool / "r.json", SETTINGS, metadata_dir=metadata)
+    shipped = dict(zip(table["uid"], table["clip_l14_similarity_score"], strict=True))
+    assert np.allclose(frame["cos"], [shipped[u] for u in frame["uid"]])
+
+
+def test_clip_s_definition():
+    assert list(clip_s(np.array([-0.2, 0.0, 0.4]))) == [0.0, 0.0, pytest.approx(1.0)]
+
+
+def test_unknown_scorer_model_is_a_clear_error():
+    from capmix.score import ScorerLoadError
+
+    with pytest.raises(ScorerLoadError, match="scorer 'x': cannot load model 'local-dir:/nope'"):
+        load_scorer("x", {"model": "local-dir:/nope"})
+
+
+def test_missing_captions_are_reported_not_dropped(fetched_pool, clip_dir):
+    spec = spec_for(clip_dir)
+    embed(fetched_pool, spec)
+    files = raw(fetched_pool)
+    frame = pd.read_parquet(files[0])
+    frame.loc[0, ["status", "caption"]] = ["undecodable", None]
+    frame.at[0, "captions"] = []
+    frame.to_parquet(files[0], index=False)
+    scores = score_pool_caption_set("p", "s", spec, "raw", files, embedding_files(fetched_pool),
+                                    fetched_pool / "r.parquet", fetched_pool / "r.json", SETTINGS)
+    assert len(scores) == 12
+    assert scores["missing"].value_counts().to_dict() == {"caption_undecodable": 1}

@@ -1,0 +1,51 @@
+# The toy world and its stand-in models, all produced by the pipeline itself:
+# the world is drawn from the seed; the captioner (stand-in for BLIP2), its
+# COCO-fine-tuned variant and the CLIP scorer (stand-in for ViT-L/14) are
+# trained with open_clip_train on the world's clean splits, never on the pool.
+
+
+rule toy_world:
+    output:
+        parquets=expand("results/toyworld/{{world}}/{split}.parquet", split=TOY_SPLITS),
+        manifest="results/toyworld/{world}/manifest.json",
+    params:
+        spec=lambda wildcards: TOY_WORLDS[wildcards.world],
+        seed=config["seed"],
+    log:
+        "logs/toy_world/{world}.log",
+    benchmark:
+        "benchmarks/toy_world/{world}.tsv"
+    threads: res("toy_world", "threads")
+    resources:
+        mem_mb=res("toy_world", "mem_mb"),
+        runtime=res("toy_world", "runtime"),
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/toy_world.py"
+
+
+rule toy_model:
+    input:
+        unpack(toy_model_inputs),
+    output:
+        config="results/toymodels/{world}/{kind}/open_clip_config.json",
+        summary="results/toymodels/{world}/{kind}/training.json",
+    wildcard_constraints:
+        kind="captioner|captioner_coco|scorer",
+    params:
+        settings=lambda wildcards: config["toy_models"][wildcards.kind],
+        seed=config["seed"],
+        work=lambda wildcards: f"results/toymodels/{wildcards.world}/_work/{wildcards.kind}",
+    log:
+        "logs/toy_model/{world}/{kind}.log",
+    benchmark:
+        "benchmarks/toy_model/{world}/{kind}.tsv"
+    threads: res("toy_model", "threads")
+    resources:
+        mem_mb=res("toy_model", "mem_mb"),
+        runtime=res("toy_model", "runtime"),
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/toy_model.py"

@@ -1,0 +1,35 @@
+"""Entry point of rule caption: one chunk of a pool, one captioner, one temperature.
+
+The ``__main__`` guard keeps DataLoader / img2dataset-style spawned workers,
+which re-import this file, from running the stage again.
+"""
+
+import re
+from pathlib import Path
+
+from capmix.caption import RunSettings, caption_pool, caption_released
+from capmix.logs import setup_logging
+
+if __name__ == "__main__":
+    sm = snakemake  # noqa: F821
+    setup_logging(sm.log[0])
+    chunk, n_chunks = map(int, re.fullmatch(r"chunk(\d+)of(\d+)", sm.wildcards.chunk).groups())
+    manifest = Path(sm.output.manifest)
+    common = dict(
+        pool=sm.wildcards.pool,
+        captioner_name=sm.wildcards.captioner,
+        spec=sm.params.spec,
+        temperature=float(sm.wildcards.temperature),
+        index_path=Path(sm.input.index),
+        shards_dir=Path(sm.params.shards),
+        out_dir=manifest.parent,
+        manifest_path=manifest,
+        chunk=chunk,
+        n_chunks=n_chunks,
+    )
+    if sm.params.spec["backend"] == "released":
+        slug = sm.params.spec["repo"].replace("/", "__")
+        caption_released(**common, download_dir=Path("results/released") / slug)
+    else:
+        caption_pool(**common, settings=RunSettings.from_config(sm.params.settings),
+                     seed=sm.params.seed)

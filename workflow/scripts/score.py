@@ -1,0 +1,21 @@
+"""Entry point of rule score: one caption set of one pool, with one scorer."""
+
+import json
+from pathlib import Path
+
+from capmix.caption import RunSettings, caption_files
+from capmix.logs import setup_logging
+from capmix.score import score_pool_caption_set
+
+if __name__ == "__main__":
+    sm = snakemake  # noqa: F821
+    setup_logging(sm.log[0])
+    embedding_files = []
+    for path in sm.input.images:
+        manifest = json.loads(Path(path).read_text())
+        embedding_files += [Path(path).parent / s["output"] for s in manifest["shards"]]
+    score_pool_caption_set(
+        sm.wildcards.pool, sm.wildcards.scorer, sm.params.spec, sm.wildcards.caption_set,
+        caption_files([Path(p) for p in sm.input.captions]), embedding_files,
+        Path(sm.output.scores), Path(sm.output.summary),
+        RunSettings.from_config(sm.params.settings), metadata_dir=Path(sm.input.metadata))
