@@ -136,3 +136,37 @@ def test_raw_captions_use_the_same_layout(fetched_pool):
     assert manifest["n_captioned"] == 12
     assert dict(zip(frame.uid, frame.caption, strict=True))[f"{5:032x}"] == "raw caption 5"
     assert all(is_complete(p, pd.read_parquet(p).uid.tolist()) for p in out.rglob("*.parquet"))
+
+
+def test_released_captions_join_by_uid_into_the_same_layout(fetched_pool):
+    """The paper's released captions, through a stand-in hub (no network)."""
+    from capmix.caption import caption_released
+
+    csv = "uid,text\n" + "".join(f"{i:032x},released caption {i}\n" for i in range(0, 12, 2))
+    csv += f"{'e' * 32},caption of an image not in the pool\n"
+
+    class Hub:
+        def list_repo_files(self, repo, repo_type, revision):
+            assert (repo, repo_type) == ("thaottn/DataComp_medium_pool_BLIP2_captions", "dataset")
+            return ["temp_0.75/part0.csv", "temp_1.0/part0.csv"]
+
+        def hf_hub_download(self, repo_id, filename, repo_type, revision, local_dir):
+            path = Path(local_dir) / filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(csv)
+            return str(path)
+
+    out = fetched_pool / "captions" / "blip2_released" / "0.75"
+    spec = {"backend": "released", "repo": "thaottn/DataComp_medium_pool_BLIP2_captions",
+            "columns": {"uid": "uid", "caption": "text"}}
+    manifest = caption_released("p", "blip2_released", spec, 0.75, fetched_pool / "index.parquet",
+                                fetched_pool / "shards", out, out / "chunk0of1.json",
+                                fetched_pool / "dl", hub=Hub())
+    frame = pd.concat([pd.read_parquet(f) for f in caption_files([out / "chunk0of1.json"])])
+    frame = frame.set_index("uid")
+    assert len(frame) == 12  # every fetched uid, joined or not
+    assert frame.loc[f"{4:032x}", "caption"] == "released caption 4"
+    assert frame.loc[f"{5:032x}", "status"] == "no_released_caption"
+    assert manifest["failures"] == {"no_released_caption": 6}
+    assert manifest["join"]["n_joined"] == 6
+    assert manifest["join"]["n_released_not_in_pool"] == 1

@@ -1,0 +1,171 @@
+"""Benchmark: captioning and CLIP scoring, end to end from webdataset shards.
+
+Draws a toy pool, fetches it into webdataset shards with img2dataset, then
+times the real stage code (capmix.caption.caption_pool, capmix.score.
+embed_pool_images and score_pool_caption_set: DataLoader decoding in worker
+processes, batching, model, per-shard parquet/npz writes) and prints images/s.
+
+Models (random weights, never downloaded):
+  --captioner tiny                 the tiny BLIP2 of the tests (CPU smoke of the bench)
+  --captioner blip2-opt-2.7b       BLIP2 with the real OPT-2.7B / ViT-g / Q-Former sizes,
+                                   producing exactly --new-tokens tokens per caption
+  --captioner local-dir:PATH       an open_clip CoCa dir, e.g. results/toymodels/default/captioner
+  --scorer tiny | vit-l-14         the tiny CLIP of the tests, or open_clip ViT-L-14 (224 px)
+  --scorer local-dir:PATH          e.g. results/toymodels/default/scorer
+
+    .venv/bin/python bench/caption_score.py --images 512                       # CPU, tiny models
+    .venv/bin/python bench/caption_score.py --images 20000 --captioner blip2-opt-2.7b \\
+        --scorer vit-l-14 --device cuda --precision fp16 --batch-size 512 --workers 16
+The paper's figures on one A100: BLIP2 75 images/s, ViT-L/14 490 images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from capmix.caption import RunSettings, caption_files, caption_pool, resolve_device  # noqa: E402
+from capmix.captioners import Blip2Captioner, load_captioner  # noqa: E402
+from capmix.config import load_config  # noqa: E402
+from capmix.fetch import FetchSettings, fetch_pool  # noqa: E402
+from capmix.score import (  # noqa: E402
+    embed_pool_images,
+    load_scorer,
+    score_pool_caption_set,
+)
+from capmix.sources import build_metadata, source_files  # noqa: E402
+from capmix.toyworld import SPLITS, generate_world  # noqa: E402
+
+
+def real_size_blip2(device: str, precision: str) -> Blip2Captioner:
+    """BLIP2 (ViT-g/14 + Q-Former + OPT-2.7B sizes) with random weights, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    vocab_size = 50272  # OPT's
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<image>": 4}
+    vocab.update({f"w{i}": i for i in range(5, vocab_size)})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>",
+                                        eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    processor = Blip2Processor(BlipImageProcessor(size={"height": 224, "width": 224}),
+                               tokenizer, num_query_tokens=32)
+    config = Blip2Config(
+        text_config={"model_type": "opt", "vocab_size": vocab_size, "hidden_size": 2560,
+                     "word_embed_proj_dim": 2560, "num_hidden_layers": 32, "ffn_dim": 10240,
+                     "num_attention_heads": 32, "max_position_embeddings": 2048,
+                     "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1},
+        num_query_tokens=32, image_token_index=4)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    if device == "cpu":
+        dtype = torch.float32
+    with torch.device(device):
+        model = Blip2ForConditionalGeneration(config).to(dtype).eval()
+    return Blip2Captioner("blip2-opt-2.7b-random", model, processor, device, dtype)
+
+
+def make_pool(root: Path, images: int, image_size: int) -> Path:
+    config = load_config(REPO / "config" / "config.yaml")
+    spec = json.loads(json.dumps(config["toy_worlds"]["default"]))
+    spec["splits"] = {split: 0 for split in SPLITS} | {"pool": images}
+    spec.update(image_size=image_size, dead_url_fraction=0.0, corrupt_file_fraction=0.0)
+    generate_world(root / "world", spec, seed=0)
+    source = {"type": "toy", "world": "bench", "split": "pool", "keep_columns": "all"}
+    build_metadata("bench", source, source_files(source, [root / "world" / "pool.parquet"]),
+                   root / "metadata")
+    fetch_pool("bench", root / "metadata", root / "shards", root / "index.parquet",
+               root / "report.json",
+               FetchSettings(image_size=image_size, samples_per_shard=1000, retries=0,
+                             threads_per_process=8), processes=min(8, os.cpu_count() or 1))
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--captioner", default="tiny")
+    parser.add_argument("--scorer", default="tiny")
+    parser.add_argument("--new-tokens", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    settings = RunSettings(args.batch_size, device, args.precision, args.workers)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_pool(Path(tmp), args.images, args.image_size)
+        n = json.loads((root / "report.json").read_text())["n_fetched"]
+        if args.captioner == "blip2-opt-2.7b":
+            captioner = real_size_blip2(device, args.precision)
+            # BLIP2's min/max_length count bos + text: L+1 means exactly L new tokens
+            decoding = {"min_length": args.new_tokens + 1, "max_length": args.new_tokens + 1}
+        else:
+            if args.captioner == "tiny":
+                from tests.tiny_models import make_tiny_blip2
+
+                spec = {"backend": "hf_blip2", "model": str(make_tiny_blip2(root / "blip2"))}
+            else:
+                spec = {"backend": "open_clip_coca", "model": args.captioner}
+            captioner = load_captioner({**spec, "name": "bench"}, device, args.precision)
+            decoding = {}
+        out = root / "captions"
+        start = time.perf_counter()
+        caption_pool("bench", "c", {"decoding": decoding}, 1.0, root / "index.parquet",
+                     root / "shards", out, out / "chunk0of1.json", settings, seed=0,
+                     captioner=captioner)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        captioning = time.perf_counter() - start
+        del captioner
+
+        if args.scorer == "tiny":
+            from tests.tiny_models import make_tiny_clip
+
+            scorer_spec = {"model": f"local-dir:{make_tiny_clip(root / 'clip')}"}
+        elif args.scorer == "vit-l-14":
+            scorer_spec = {"model": "ViT-L-14", "pretrained": None}  # random weights
+        else:
+            scorer_spec = {"model": args.scorer}
+        scorer = load_scorer("bench", scorer_spec, device, args.precision)
+        emb = root / "images"
+        start = time.perf_counter()
+        embed_pool_images("bench", "s", scorer_spec, root / "index.parquet", root / "shards", emb,
+                          emb / "chunk0of1.json", settings, scorer=scorer)
+        embedding = time.perf_counter() - start
+        start = time.perf_counter()
+        score_pool_caption_set("bench", "s", scorer_spec, "c",
+                               caption_files([out / "chunk0of1.json"]), sorted(emb.rglob("*.npz")),
+                               root / "s.parquet", root / "s.json", settings, scorer=scorer)
+        text_scoring = time.perf_counter() - start
+
+    print(f"{n} images from webdataset shards, device={device}, precision={args.precision}, "
+          f"batch={args.batch_size}, workers={args.workers}")
+    print(f"captioning ({args.captioner}): {captioning:8.2f} s  {n / captioning:9.1f} images/s")
+    print(f"image embeddings ({args.scorer}): {embedding:8.2f} s  {n / embedding:9.1f} images/s")
+    print(f"caption scoring, text tower: {text_scoring:8.2f} s  {n / text_scoring:9.1f} captions/s")
+
+
+if __name__ == "__main__":
+    main()
