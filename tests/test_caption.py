@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from capmix.captioners import Decoding
 
 from capmix.caption import RunSettings, caption_files, caption_pool, raw_caption_sets
+from capmix.captioners import Decoding
 from capmix.shards import ShardError, is_complete, plan_tasks
 
 

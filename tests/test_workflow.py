@@ -61,7 +61,7 @@ def test_bad_config_fails_at_start_naming_the_key(workdir):
 
 
 @pytest.mark.integration
-def test_smoke_toy_pool_is_fetched_end_to_end(workdir):
+def test_smoke_dag_end_to_end(workdir):
     result = snakemake(workdir, "--cores", "2", "--configfile", "config/smoke.yaml")
     assert result.returncode == 0, result.stderr[-5000:]
     report = json.loads((workdir / "results/toy_smoke/fetch/report.json").read_text())
@@ -85,9 +85,27 @@ def test_smoke_toy_pool_is_fetched_end_to_end(workdir):
     assert (workdir / "logs/fetch/toy_smoke.log").exists()
     assert (workdir / "benchmarks/fetch/toy_smoke.tsv").exists()
 
+    # Captions, scores and quality for every caption set of both smoke pools.
+    for pool in ("toy_smoke", "toy_smoke_nocaps"):
+        fetched = pd.read_parquet(workdir / f"results/{pool}/fetch/index.parquet")
+        n_fetched = int((fetched.status == "fetched").sum())
+        for caption_set in ("raw", "toy_captioner/0.75", "toy_captioner_coco/0.75"):
+            scores = json.loads(
+                (workdir / f"results/{pool}/scores/toy_clip/{caption_set}.json").read_text())
+            assert scores["n"] == n_fetched == scores["n_scored"], (pool, caption_set)
+            quality = json.loads(
+                (workdir / f"results/{pool}/quality/toy_clip/{caption_set}.json").read_text())
+            assert quality["n_captions"] == n_fetched and quality["unique_trigrams"] > 0
+            assert ("cider" in quality) == (pool == "toy_smoke_nocaps")
+        manifest = json.loads((workdir / f"results/{pool}/captions/toy_captioner/0.75/"
+                               "chunk0of1.json").read_text())
+        assert manifest["n_captioned"] == n_fetched and manifest["decoding"]["top_k"] == 50
+    for kind in ("captioner", "captioner_coco", "scorer"):
+        assert (workdir / f"results/toymodels/smoke/{kind}/open_clip_config.json").exists()
+
     # Forcing the fetch again retries only the failures, in a new round.
     result = snakemake(workdir, "--cores", "2", "--configfile", "config/smoke.yaml",
-                       "-R", "fetch")
+                       "-R", "fetch", "results/toy_smoke/fetch/report.json")
     assert result.returncode == 0, result.stderr[-5000:]
     retry = pd.read_parquet(
         workdir / "results/toy_smoke/shards/retry_inputs/round_1/pending.parquet")
