@@ -47,10 +47,11 @@ def test_datacomp_pools_get_datacomp_download_settings():
 
 def test_defaults_are_not_shared_between_pools():
     config = base_config()
-    config["pools"].append({"name": "second", "source": {"type": "toy", "world": "smoke"}})
+    config["pools"].append({"name": "second", "source": {"type": "toy", "world": "smoke"},
+                            "scorer": "toy_clip"})
     validate_config(config)
     config["pools"][0]["fetch"]["image_size"] = 999
-    assert config["pools"][1]["fetch"]["image_size"] == 512
+    assert config["pools"][-1]["fetch"]["image_size"] == 512
 
 
 def expect_error(config, *fragments):

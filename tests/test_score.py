@@ -114,6 +114,10 @@ def test_shipped_datacomp_embeddings_and_scores_are_used(fetched_pool):
     np.savez(part.with_suffix(".npz"), l14_img=l14)
     table["clip_l14_similarity_score"] = np.linspace(0.1, 0.3, len(table))
     table.to_parquet(part, index=False)
+    manifest = json.loads((metadata / "manifest.json").read_text())
+    manifest["parts"][0]["npz"] = "part-00000.npz"
+    manifest["columns"].append("clip_l14_similarity_score")
+    (metadata / "manifest.json").write_text(json.dumps(manifest))
     # a scorer that cannot be loaded: proves no image goes through a model
     spec = {"backend": "open_clip", "model": "does-not-exist", "pretrained": None,
             "shipped_image_embeddings": "l14_img",

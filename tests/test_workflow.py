@@ -104,8 +104,9 @@ def test_smoke_dag_end_to_end(workdir):
         assert (workdir / f"results/toymodels/smoke/{kind}/open_clip_config.json").exists()
 
     # Forcing the fetch again retries only the failures, in a new round.
-    result = snakemake(workdir, "--cores", "2", "--configfile", "config/smoke.yaml",
-                       "-R", "fetch", "results/toy_smoke/fetch/report.json")
+    # (targets before the options: --configfile and -R take several values)
+    result = snakemake(workdir, "results/toy_smoke/fetch/report.json", "--cores", "2",
+                       "--configfile", "config/smoke.yaml", "-R", "fetch")
     assert result.returncode == 0, result.stderr[-5000:]
     retry = pd.read_parquet(
         workdir / "results/toy_smoke/shards/retry_inputs/round_1/pending.parquet")
@@ -116,7 +117,7 @@ def test_broken_metadata_stops_before_any_fetch(workdir, tmp_path):
     table = tmp_path / "broken.csv"
     table.write_text("uid,url,text\n" + f"{'a' * 32},file:///x.png,one\n" * 2)
     pools = json.dumps([{"name": "broken", "source": {"type": "table", "path": str(table)}}])
-    result = snakemake(workdir, "--cores", "1", "--config", f"pools={pools}")
+    result = snakemake(workdir, "--cores", "1", "--config", f"pools={pools}", "targets=[fetch]")
     assert result.returncode != 0
     log = (workdir / "logs/metadata/broken.log").read_text()
     assert "duplicate uid" in log and "broken.csv row 0; " in log

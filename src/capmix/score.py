@@ -182,6 +182,9 @@ def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], inde
     tasks = plan_tasks(index_path, shards_dir, out_dir, ".npz", chunk, n_chunks)
     todo = [t for t in tasks if not embeddings_complete(t.output, t.uids)]
     shipped_key = spec.get("shipped_image_embeddings")
+    if shipped_key and not ships(metadata_dir, npz=True):
+        log.info("%s: metadata ships no npz embeddings; encoding the images", pool)
+        shipped_key = None
     shipped = None
     if shipped_key and metadata_dir is not None and todo:
         shipped = ShippedEmbeddings(metadata_dir, shipped_key)
@@ -294,6 +297,10 @@ def score_pool_caption_set(pool: str, scorer_name: str, spec: Mapping[str, Any],
                            scorer: Scorer | None = None) -> pd.DataFrame:
     """The score rule: one caption set of one pool, with one scorer."""
     shipped_column = spec.get("shipped_raw_score") if caption_set == "raw" else None
+    if shipped_column and not ships(metadata_dir, column=shipped_column):
+        log.info("%s: metadata has no '%s'; scoring raw captions with the model", pool,
+                 shipped_column)
+        shipped_column = None
     shipped = None
     if shipped_column and metadata_dir is not None:
         shipped = shipped_scores(metadata_dir, shipped_column)
@@ -317,6 +324,22 @@ def score_pool_caption_set(pool: str, scorer_name: str, spec: Mapping[str, Any],
                                         packages=("torch", "open_clip_torch")),
     })
     return frame
+
+
+def ships(metadata_dir: Path | None, npz: bool = False, column: str | None = None) -> bool:
+    """Whether a pool's metadata ships DataComp's npz embeddings / a precomputed column.
+
+    Lets one scorer definition (e.g. OpenAI ViT-L/14 with shipped features) serve
+    DataComp pools and pools of other sources alike.
+    """
+    if metadata_dir is None or not (Path(metadata_dir) / "manifest.json").exists():
+        return False
+    from capmix.sources import read_manifest
+
+    manifest = read_manifest(Path(metadata_dir))
+    if npz:
+        return bool(manifest["parts"]) and all("npz" in part for part in manifest["parts"])
+    return column in manifest["columns"]
 
 
 def shipped_scores(metadata_dir: Path, column: str) -> pd.Series:
