@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from capmix.toymodels import finetune_toy_captioner, train_toy_captioner, train_toy_scorer
-
 from capmix.logs import setup_logging
+from capmix.toymodels import finetune_toy_captioner, train_toy_captioner, train_toy_scorer
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
