@@ -99,7 +99,7 @@ TRAIN_SPLIT, COCO_SPLIT = "pretrain", "coco"
 # world: smoke (pretrain 1,500 / coco 300) and default (8,000 / 1,000) scale linearly.
 DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "captioner": {
-        "epochs": 6,
+        "epochs": 4,
         "batch_size": 64,
         "lr": 2e-3,
         "warmup": 50,
@@ -117,14 +117,14 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     # Fine-tuning keeps the base captioner's architecture (sizes are read from its config).
     "captioner_coco": {
         "epochs": 3,
-        "batch_size": 64,
+        "batch_size": 32,
         "lr": 5e-4,
         "warmup": 10,
         "workers": 1,
         "sizes": {},
     },
     "scorer": {
-        "epochs": 10,
+        "epochs": 5,
         "batch_size": 128,
         "lr": 2e-3,
         "warmup": 50,

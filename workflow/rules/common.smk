@@ -29,7 +29,6 @@ if _reference_problems:
 
 POOLS = {pool["name"]: pool for pool in config["pools"]}
 TOY_WORLDS = config["toy_worlds"]
-TOY_SPLITS = SPLITS
 
 
 wildcard_constraints:

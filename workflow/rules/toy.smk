@@ -6,7 +6,7 @@
 
 rule toy_world:
     output:
-        parquets=expand("results/toyworld/{{world}}/{split}.parquet", split=TOY_SPLITS),
+        parquets=expand("results/toyworld/{{world}}/{split}.parquet", split=SPLITS),
         manifest="results/toyworld/{world}/manifest.json",
     params:
         spec=lambda wildcards: TOY_WORLDS[wildcards.world],
