@@ -97,6 +97,16 @@ TRAIN_SPLIT, COCO_SPLIT = "pretrain", "coco"
 # Defaults measured on 2 CPU cores (see bench/toy_models.py and the report in training.json).
 # Shared by both toy worlds, since the pipeline's toy_models settings are per kind, not per
 # world: smoke (pretrain 1,500 / coco 300) and default (8,000 / 1,000) scale linearly.
+#: The architecture both stand-ins share (32 px images, width-64 two-layer towers).
+_TINY_SIZES: dict[str, int] = {
+    "image_size": 32,
+    "patch_size": 8,
+    "width": 64,
+    "layers": 2,
+    "heads": 4,
+    "embed_dim": 64,
+    "context_length": 32,
+}
 DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "captioner": {
         "epochs": 4,
@@ -104,15 +114,7 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "warmup": 50,
         "workers": 1,
-        "sizes": {
-            "image_size": 32,
-            "patch_size": 8,
-            "width": 64,
-            "layers": 2,
-            "heads": 4,
-            "embed_dim": 64,
-            "context_length": 32,
-        },
+        "sizes": dict(_TINY_SIZES),
     },
     # Fine-tuning keeps the base captioner's architecture (sizes are read from its config).
     "captioner_coco": {
@@ -129,15 +131,7 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "warmup": 50,
         "workers": 1,
-        "sizes": {
-            "image_size": 32,
-            "patch_size": 8,
-            "width": 64,
-            "layers": 2,
-            "heads": 4,
-            "embed_dim": 64,
-            "context_length": 32,
-        },
+        "sizes": dict(_TINY_SIZES),
     },
 }
 
