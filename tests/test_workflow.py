@@ -33,7 +33,8 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    """Run Snakemake in the copy; bounded, so a hang fails the test instead of CI."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     return subprocess.run([SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True,
                           timeout=timeout, env=env)
