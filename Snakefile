@@ -5,6 +5,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+# The strategy catalogue first, then the embedded default (capmix.config.BASE_CONFIGS).
+configfile: "config/strategies.yaml"
+
+
 configfile: "config/config.yaml"
 
 
@@ -14,6 +18,7 @@ include: "workflow/rules/sources.smk"
 include: "workflow/rules/fetch.smk"
 include: "workflow/rules/caption.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/mix.smk"
 
 
 rule all:

@@ -22,6 +22,8 @@ from jsonschema.exceptions import ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+#: What the Snakefile loads (`configfile:`), in order: the strategy catalogue, the default.
+BASE_CONFIGS = (REPO_ROOT / "config" / "strategies.yaml", REPO_ROOT / "config" / "config.yaml")
 
 
 class ConfigError(ValueError):
@@ -120,7 +122,9 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
         if targets & {"scores", "quality"} and scorer is None:
             problems.append(f"{where}.scorer': targets {sorted(targets & {'scores', 'quality'})} "
                             f"need a scorer for pool '{pool['name']}'")
-    return problems
+    from capmix.mix import strategy_problems
+
+    return problems + strategy_problems(config)
 
 
 def fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,6 +160,13 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> 
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
+
+
+def pipeline_config(*extra: Path | str, overrides: Mapping[str, Any] | None = None,
+                    ) -> dict[str, Any]:
+    """The config the Snakefile runs with: the strategy catalogue, the embedded default,
+    then ``extra`` files (e.g. config/smoke.yaml), as ``snakemake --configfile`` merges them."""
+    return load_config(*BASE_CONFIGS, *extra, overrides=overrides)
 
 
 def load_config(*paths: Path | str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

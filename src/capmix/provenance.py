@@ -19,6 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from capmix import __version__
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -89,4 +93,15 @@ def write_json(path: Path | str, payload: Any) -> None:
     with open(tmp, "w") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path, tags: dict[str, Any]) -> None:
+    """Write a parquet with ``tags`` (provenance) in its key-value metadata; rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"capmix": json.dumps(tags, sort_keys=True).encode()})
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
     os.replace(tmp, path)

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 import time
 from collections.abc import Callable, Sequence
@@ -21,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from capmix.provenance import write_parquet_atomic  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -155,17 +155,6 @@ def is_complete(path: Path, uids: Sequence[str]) -> bool:
     except (OSError, pa.ArrowException):
         return False
     return sorted(done) == sorted(uids)
-
-
-def write_parquet_atomic(frame: pd.DataFrame, path: Path, metadata: dict[str, Any]) -> None:
-    """Write a parquet with provenance in its key-value metadata; rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), b"capmix": json.dumps(metadata, sort_keys=True).encode()})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 class Progress:

@@ -11,6 +11,12 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
+from capmix.mix import (  # noqa: E402
+    expand_strategies,
+    pool_needs_clusters,
+    pool_sources,
+    pool_strategy_names,
+)
 from capmix.sources import needs_download  # noqa: E402
 from capmix.toyworld import SPLITS  # noqa: E402
 from capmix.workflow import export_package_path  # noqa: E402
@@ -29,6 +35,7 @@ if _reference_problems:
 
 POOLS = {pool["name"]: pool for pool in config["pools"]}
 TOY_WORLDS = config["toy_worlds"]
+STRATEGIES = expand_strategies(config["strategies"])
 
 
 wildcard_constraints:
@@ -39,6 +46,7 @@ wildcard_constraints:
     temperature="[0-9]+[.][0-9]+",
     chunk="chunk[0-9]+of[0-9]+",
     caption_set="raw|[a-z][a-z0-9_.]*/[0-9]+[.][0-9]+",
+    strategy="|".join(STRATEGIES) or "no_strategy",
 
 
 def pool_source(wildcards):
@@ -123,6 +131,69 @@ def embedding_manifests(pool, scorer):
     return [f"results/{pool}/scores/{scorer}/images/{chunk}.json" for chunk in chunk_names("score")]
 
 
+def mix_sources(pool):
+    """Concrete caption source -> the caption sets it reads, for the pool's strategies."""
+    return pool_sources(config, POOLS[pool])
+
+
+def mix_caption_sets(pool):
+    return sorted({s for sets in mix_sources(pool).values() for s in sets})
+
+
+def mix_table_inputs(wildcards):
+    pool = wildcards.pool
+    scorer = POOLS[pool]["scorer"]
+    inputs = {
+        "index": f"results/{pool}/fetch/index.parquet",
+        "scores": [f"results/{pool}/scores/{scorer}/{s}.parquet" for s in mix_caption_sets(pool)],
+        "captions": [m for s in mix_caption_sets(pool) for m in caption_manifests(pool, s)],
+    }
+    if pool_needs_clusters(config, POOLS[pool]):
+        inputs["clusters"] = f"results/{pool}/mix/image_clusters.parquet"
+    return inputs
+
+
+def mix_score_paths(wildcards):
+    scorer = POOLS[wildcards.pool]["scorer"]
+    return {s: f"results/{wildcards.pool}/scores/{scorer}/{s}.parquet"
+            for s in mix_caption_sets(wildcards.pool)}
+
+
+def mix_caption_manifests(wildcards):
+    return {s: caption_manifests(wildcards.pool, s) for s in mix_caption_sets(wildcards.pool)}
+
+
+def image_cluster_spec(pool):
+    return POOLS[pool]["mix"]["image_clusters"] or {}
+
+
+def listed(value):
+    """A config value that may be one path or a list of paths, as a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def image_cluster_inputs(wildcards):
+    spec = image_cluster_spec(wildcards.pool)
+    scorer = POOLS[wildcards.pool]["scorer"]
+    reference = spec.get("reference_pool")
+    return {
+        "images": embedding_manifests(wildcards.pool, scorer),
+        "reference_images": embedding_manifests(reference, scorer) if reference else [],
+        "reference_files": listed(spec.get("reference_embeddings")),
+        "centroids": listed(spec.get("centroids")),
+    }
+
+
+def strategy_spec(wildcards):
+    return STRATEGIES[wildcards.strategy]
+
+
+def pool_aliases(wildcards):
+    return POOLS[wildcards.pool]["mix"]["sources"]
+
+
 def pool_targets(pool, target):
     if target == "metadata":
         return [f"results/{pool}/metadata"]
@@ -135,8 +206,14 @@ def pool_targets(pool, target):
         return [f"results/{pool}/scores/{scorer}/{s}.parquet" for s in caption_sets(pool)]
     if target == "quality":
         return [f"results/{pool}/quality/{scorer}/{s}.json" for s in caption_sets(pool)]
+    strategies = pool_strategy_names(config, POOLS[pool])
+    if target == "subsets":
+        return [f"results/{pool}/subsets/{s}/summary.json" for s in strategies]
+    if target == "train_shards":
+        return [f"results/{pool}/train_shards/{s}/manifest.json" for s in strategies]
     raise ValueError(target)
 
 
 def all_targets():
-    return [f for pool in POOLS for t in config["targets"] for f in pool_targets(pool, t)]
+    return [f for pool in POOLS for t in (POOLS[pool]["targets"] or config["targets"])
+            for f in pool_targets(pool, t)]

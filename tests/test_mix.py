@@ -1,0 +1,453 @@
+"""Filtering and mixing strategies on small tables whose subsets are worked out by hand.
+
+The pool below has ten images u0..u9. Raw CLIP scores fall 0.9, 0.8, ... 0.0; synthetic
+scores are scrambled. DataComp's rule for "top f": threshold = the score at position
+int(N*f) of the scores sorted high to low, keep score >= threshold -- so top 30% of ten
+keeps int(3)+1 = 4 images. Each expectation is derived in the comment above it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from capmix.config import ConfigError, pipeline_config
+from capmix.mix import (
+    CLUSTER_COLUMN,
+    CaptionSet,
+    ScoreTableError,
+    build_mix_table,
+    caption_column,
+    expand_strategies,
+    parse_strategy,
+    pool_strategy_names,
+    run_mix_table,
+    run_subset,
+    score_column,
+    select,
+    sort_scores,
+)
+
+UIDS = [f"{i:032x}" for i in range(10)]
+RAW = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
+SYN = [0.1, 0.85, 0.2, 0.75, 0.65, 0.35, 0.72, 0.05, 0.6, 0.3]
+# Sorted high to low, SYN is .85(u1) .75(u3) .72(u6) .65(u4) .6(u8) .35(u5) .3(u9) .2 .1 .05
+IN_CLUSTERS = [True, False, True, True, False, True, True, False, False, True]
+POOL = {"name": "toy", "mix": {"sources": {"synthetic": "cap/0.75"}}}
+
+
+def table() -> pd.DataFrame:
+    return pd.DataFrame({
+        "uid": UIDS,
+        score_column("raw"): RAW, caption_column("raw"): [f"raw {i}" for i in range(10)],
+        score_column("cap/0.75"): SYN, caption_column("cap/0.75"): [f"syn {i}" for i in range(10)],
+        CLUSTER_COLUMN: IN_CLUSTERS,
+    })
+
+
+def catalogue() -> dict[str, dict]:
+    return expand_strategies(pipeline_config()["strategies"])
+
+
+def run(name: str, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    frame = table() if frame is None else frame
+    strategy = parse_strategy(name, catalogue()[name])
+    sorted_scores = sort_scores(frame, ["raw", "cap/0.75"])
+    aliases = POOL["mix"]["sources"]
+    return select(strategy, frame, sorted_scores, lambda s: aliases.get(s, s)).samples
+
+
+def chosen(samples: pd.DataFrame) -> list[tuple[int, str]]:
+    """(image number, caption kind) pairs, sorted."""
+    kinds = {"raw": "raw", "cap/0.75": "syn", "raw+cap/0.75": "concat"}
+    return sorted((int(u, 16), kinds[s]) for u, s in zip(samples["uid"], samples["source"],
+                                                          strict=True))
+
+
+def pairs(images: list[int], kind: str) -> list[tuple[int, str]]:
+    return [(i, kind) for i in images]
+
+
+# ------------------------------------------------------------------ every kind of strategy
+
+
+def test_no_filtering_keeps_every_image_with_its_caption():
+    assert chosen(run("raw_no_filter")) == pairs(list(range(10)), "raw")
+    assert chosen(run("synthetic_no_filter")) == pairs(list(range(10)), "syn")
+
+
+def test_top_fraction_uses_datacomps_threshold():
+    # Raw sorted: .9 .8 .7 .6 ...; int(10*0.3) = 3 -> threshold .6 -> u0..u3.
+    samples = run("raw_top_30")
+    assert chosen(samples) == pairs([0, 1, 2, 3], "raw")
+    assert set(samples["caption"]) == {"raw 0", "raw 1", "raw 2", "raw 3"}
+    # int(10*0.1) = 1 -> threshold .8 -> u0, u1.
+    assert chosen(run("raw_top_10")) == pairs([0, 1], "raw")
+    # int(10*0.9) = 9 -> threshold 0.0 -> all ten.
+    assert chosen(run("raw_top_90")) == pairs(list(range(10)), "raw")
+    # Synthetic, top 50%: int(5) -> the 6th highest, .35 -> u1 u3 u6 u4 u8 u5.
+    assert chosen(run("synthetic_top_50")) == pairs([1, 3, 4, 5, 6, 8], "syn")
+
+
+def test_synthetic_captions_for_the_top_by_raw_score():
+    # Images chosen by the raw score (u0..u3), trained with their synthetic captions.
+    assert chosen(run("synthetic_top_by_raw_30")) == pairs([0, 1, 2, 3], "syn")
+
+
+def test_raw_top_plus_synthetic_for_all_remaining():
+    # Raw for u0..u3, synthetic for the other six: the whole pool, no image twice.
+    assert chosen(run("raw_top_synthetic_remaining_30")) == (
+        pairs([0, 1, 2, 3], "raw") + pairs([4, 5, 6, 7, 8, 9], "syn"))
+
+
+def test_raw_top_plus_filtered_synthetic_for_the_remaining():
+    # Threshold .6 from the raw top 30%; of the remaining u4..u9 the synthetic captions
+    # scoring >= .6 are u4 (.65), u6 (.72) and u8 (.6, equal counts).
+    assert chosen(run("raw_top_synthetic_remaining_filtered_30")) == sorted(
+        pairs([0, 1, 2, 3], "raw") + pairs([4, 6, 8], "syn"))
+
+
+def test_synthetic_top_plus_filtered_raw_for_the_remaining():
+    # Synthetic top 30%: threshold = 4th highest synthetic = .65 -> u1 u3 u6 u4. Remaining
+    # u0 u2 u5 u7 u8 u9 with raw >= .65: u0 (.9) and u2 (.7).
+    assert chosen(run("synthetic_top_raw_remaining_filtered_30")) == sorted(
+        pairs([1, 3, 4, 6], "syn") + pairs([0, 2], "raw"))
+
+
+def test_concatenation_for_the_top_then_filtered_synthetic():
+    samples = run("concat_top_synthetic_remaining_filtered_30")
+    assert chosen(samples) == sorted(pairs([0, 1, 2, 3], "concat") + pairs([4, 6, 8], "syn"))
+    concat = samples[samples["source"] == "raw+cap/0.75"].sort_values("uid")
+    assert concat["caption"].tolist() == ["raw 0 syn 0", "raw 1 syn 1", "raw 2 syn 2",
+                                          "raw 3 syn 3"]
+
+
+def test_top_raw_plus_top_synthetic_repeats_images_as_pairs(tmp_path):
+    # Raw top: u0..u3; synthetic top: u1 u3 u4 u6. u1 and u3 train twice, once per caption.
+    samples = run("raw_top_plus_synthetic_top_30")
+    assert chosen(samples) == sorted(pairs([0, 1, 2, 3], "raw") + pairs([1, 3, 4, 6], "syn"))
+    strategy = parse_strategy("raw_top_plus_synthetic_top_30",
+                              catalogue()["raw_top_plus_synthetic_top_30"])
+    from capmix.mix import Selection, write_subset
+
+    summary = write_subset(strategy, Selection(samples, []), 10, tmp_path, {})
+    assert (summary["n_samples"], summary["n_images"], summary["repeated_images"]) == (8, 6, 2)
+    assert len(np.load(tmp_path / "uids.npy")) == 6
+
+
+def test_intersection_with_image_clusters():
+    # Synthetic top 30% = u1 u3 u4 u6; in clusters: u0 u2 u3 u5 u6 u9 -> u3, u6.
+    assert chosen(run("synthetic_top_in1k_30")) == pairs([3, 6], "syn")
+    # Raw top 30% = u0..u3 -> u0 u2 u3.
+    assert chosen(run("raw_top_in1k_30")) == pairs([0, 2, 3], "raw")
+    # Raw u0..u3 + filtered synthetic u4 u6 u8, then the intersection: u0 u2 u3 raw, u6 syn.
+    assert chosen(run("raw_top_synthetic_remaining_filtered_in1k_30")) == sorted(
+        pairs([0, 2, 3], "raw") + pairs([6], "syn"))
+
+
+def test_fixed_threshold():
+    # Raw >= .28: u0..u6 (.3 counts); synthetic >= .28: u1 u3 u4 u5 u6 u8 u9.
+    assert chosen(run("raw_min_0p28")) == pairs([0, 1, 2, 3, 4, 5, 6], "raw")
+    assert chosen(run("synthetic_min_0p28")) == pairs([1, 3, 4, 5, 6, 8, 9], "syn")
+
+
+def test_fraction_one_keeps_everything_and_ties_are_kept():
+    frame = table()
+    frame[score_column("raw")] = [0.5] * 10  # all tied
+    spec = {"description": "x", "parts": [{"caption": "raw", "keep": {"top": 0.1}}]}
+    strategy = parse_strategy("tied", spec)
+    # Every score equals the threshold, so all ten are kept (DataComp's >=).
+    assert len(select(strategy, frame, sort_scores(frame, ["raw"])).samples) == 10
+    spec["parts"][0]["keep"]["top"] = 1.0
+    assert len(select(parse_strategy("all", spec), table(),
+                      sort_scores(table(), ["raw"])).samples) == 10
+
+
+def test_summary_reports_thresholds_and_caption_shares(tmp_path):
+    frame = table()
+    frame.to_parquet(tmp_path / "table.parquet")
+    np.savez(tmp_path / "sorted.npz",
+             **{k.replace("/", "@"): v for k, v in sort_scores(frame, ["raw", "cap/0.75"]).items()})
+    name = "raw_top_synthetic_remaining_filtered_30"
+    summary = run_subset(name, catalogue()[name], POOL, tmp_path / "table.parquet",
+                         tmp_path / "sorted.npz", tmp_path / "out")
+    assert summary["thresholds"] == [0.6]
+    assert summary["n_samples"] == 7 and summary["n_pool"] == 10
+    assert summary["caption_kinds"]["raw"] == {"samples": 4, "share": 4 / 7}
+    assert summary["caption_kinds"]["synthetic"] == {"samples": 3, "share": 3 / 7}
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["provenance"]["stage"] == "subset"
+    assert on_disk["description"].startswith("Raw captions for top %")
+    # The uid file, read as DataComp reads it.
+    uids = np.load(tmp_path / "out" / "uids.npy")
+    assert uids.dtype == np.dtype("u8,u8")
+    expected = sorted((int(u[:16], 16), int(u[16:32], 16)) for u in
+                      [UIDS[i] for i in (0, 1, 2, 3, 4, 6, 8)])
+    assert [tuple(int(x) for x in r) for r in uids] == expected
+    samples = pd.read_parquet(tmp_path / "out" / "samples.parquet")
+    assert set(samples.columns) >= {"uid", "caption", "source", "part", "score"}
+
+
+def test_uid_file_in_datacomp_format_for_real_uid_values(tmp_path):
+    from capmix.mix import Selection, write_subset
+
+    uids = ["ffffffffffffffff0000000000000001", "0000000000000001ffffffffffffffff",
+            "80000000000000008000000000000000"]
+    samples = pd.DataFrame({"uid": uids, "caption": "c", "source": "raw", "part": 0,
+                            "score": 0.5})
+    strategy = parse_strategy("s", {"description": "s", "parts": [{"caption": "raw"}]})
+    write_subset(strategy, Selection(samples, []), 3, tmp_path, {})
+    loaded = np.load(tmp_path / "uids.npy")
+    by_hand = np.array(sorted((int(u[:16], 16), int(u[16:32], 16)) for u in uids),
+                       np.dtype("u8,u8"))
+    assert loaded.dtype == by_hand.dtype and (loaded == by_hand).all()
+    assert (np.sort(loaded) == loaded).all()
+
+
+# ------------------------------------------------------------------ the shared table
+
+
+def write_set(tmp_path, name, uids, scores, captions, missing=None):
+    """A caption set as the score and caption stages write it."""
+    folder = tmp_path / name.replace("/", "_")
+    folder.mkdir()
+    pd.DataFrame({
+        "uid": uids, "cos": scores, "cos_all": [[s] if s == s else [] for s in scores],
+        "missing": missing or [None] * len(uids),
+    }).to_parquet(folder / "scores.parquet")
+    pd.DataFrame({"uid": uids, "captions": [[c] for c in captions], "status": "ok"}).to_parquet(
+        folder / "captions.parquet")
+    return CaptionSet(name, folder / "scores.parquet", [folder / "captions.parquet"])
+
+
+def test_best_caption_across_temperatures(tmp_path):
+    uids = UIDS[:3]
+    low = write_set(tmp_path, "cap/0.5", uids, [0.2, 0.9, 0.4], ["a0", "a1", "a2"])
+    high = write_set(tmp_path, "cap/1.0", uids, [0.3, 0.1, 0.4], ["b0", "b1", "b2"])
+    frame, _ = build_mix_table(uids, {"cap/best": [low, high]})
+    assert frame[score_column("cap/best")].tolist() == [0.3, 0.9, 0.4]
+    assert frame[caption_column("cap/best")].tolist() == ["b0", "a1", "a2"]  # tie -> first
+    assert frame["from:cap/best"].astype(str).tolist() == ["cap/1.0", "cap/0.5", "cap/0.5"]
+
+
+def test_nan_scores_and_missing_uids_fail_with_counts_and_examples(tmp_path):
+    uids = UIDS[:5]
+    nan_set = write_set(tmp_path, "cap/0.75", uids, [0.1, np.nan, 0.3, np.nan, 0.5],
+                        list("abcde"), missing=[None, "caption_failed", None,
+                                                "no_image_embedding", None])
+    short = write_set(tmp_path, "raw", uids[:3], [0.1, 0.2, 0.3], list("abc"))
+    with pytest.raises(ScoreTableError) as error:
+        build_mix_table(uids, {"cap/0.75": [nan_set], "raw": [short]})
+    text = str(error.value)
+    assert "'cap/0.75'" in text and "2 fetched image(s) have no score" in text
+    assert UIDS[1] in text and "caption_failed" in text
+    assert "'raw'" in text and "2 fetched uid(s) are missing" in text and UIDS[3] in text
+    assert "on_missing_score: drop" in text
+
+
+def test_drop_leaves_unscored_images_out_of_every_strategy(tmp_path):
+    uids = UIDS[:5]
+    nan_set = write_set(tmp_path, "cap/0.75", uids, [0.1, np.nan, 0.3, 0.4, 0.5], list("abcde"))
+    raw = write_set(tmp_path, "raw", uids, [0.5, 0.4, 0.3, 0.2, 0.1], list("vwxyz"))
+    frame, report = build_mix_table(uids, {"cap/0.75": [nan_set], "raw": [raw]},
+                                    on_missing_score="drop")
+    assert frame["uid"].tolist() == [UIDS[i] for i in (0, 2, 3, 4)]
+    assert report["dropped"]["total"] == 1 and report["n_pool"] == 4
+
+
+def test_duplicate_uids_in_a_score_table_always_fail(tmp_path):
+    dup = write_set(tmp_path, "raw", [UIDS[0], UIDS[0]], [0.1, 0.2], ["a", "b"])
+    with pytest.raises(ScoreTableError, match="appear more than once"):
+        build_mix_table([UIDS[0]], {"raw": [dup]}, on_missing_score="drop")
+
+
+def test_run_mix_table_writes_table_sorted_scores_and_report(tmp_path):
+    uids = UIDS[:4]
+    raw = write_set(tmp_path, "raw", uids, [0.1, 0.4, 0.3, 0.2], list("abcd"))
+    index = tmp_path / "index.parquet"
+    pd.DataFrame({"uid": uids + [UIDS[9]],
+                  "status": ["fetched"] * 4 + ["not_found"]}).to_parquet(index)
+    manifest = tmp_path / "raw_manifest.json"
+    manifest.write_text(json.dumps({"shards": [{"output": str(raw.caption_files[0].relative_to(
+        tmp_path))}]}))
+    run_mix_table("toy", {"raw": ["raw"]}, {"raw": raw.scores}, {"raw": [manifest]}, index,
+                  tmp_path / "t.parquet", tmp_path / "s.npz", tmp_path / "t.json")
+    frame = pd.read_parquet(tmp_path / "t.parquet")
+    assert frame["uid"].tolist() == uids  # the failed fetch is not in the pool
+    with np.load(tmp_path / "s.npz") as data:
+        assert data["raw"].tolist() == [0.4, 0.3, 0.2, 0.1]
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["n_pool"] == 4 and report["provenance"]["stage"] == "mix_table"
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_catalogue_has_every_table5_row_at_every_threshold_and_the_other_baselines():
+    names = set(catalogue())
+    families = ["raw_top", "synthetic_top", "synthetic_top_by_raw", "raw_top_synthetic_remaining",
+                "raw_top_synthetic_remaining_filtered", "synthetic_top_raw_remaining_filtered",
+                "concat_top_synthetic_remaining_filtered", "raw_top_plus_synthetic_top",
+                "synthetic_top_in1k"]
+    for family in families:
+        for percent in (10, 20, 30, 50, 75, 90):
+            assert f"{family}_{percent}" in names
+    assert {"raw_no_filter", "synthetic_no_filter", "synthetic_best_no_filter", "raw_top_in1k_30",
+            "raw_top_synthetic_remaining_filtered_in1k_30", "raw_min_0p28",
+            "synthetic_min_0p28"} <= names
+    for name, spec in catalogue().items():
+        parse_strategy(name, spec)  # every entry is well formed
+
+
+def test_default_pool_runs_every_strategy():
+    config = pipeline_config()
+    assert set(pool_strategy_names(config, config["pools"][0])) == set(catalogue())
+
+
+def test_unknown_caption_source_fails_at_validation_naming_the_strategy():
+    with pytest.raises(ConfigError) as error:
+        pipeline_config(overrides={"strategies": {"mine": {
+            "description": "x", "parts": [{"caption": "toy_captioner/0.33"}]}}})
+    assert "strategies.mine" in str(error.value) and "0.33" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        pipeline_config(overrides={"strategies": {"mine": {
+            "description": "x", "parts": [{"caption": "nosuch/0.75"}]}}})
+    assert "strategies.mine" in str(error.value) and "nosuch" in str(error.value)
+    config = pipeline_config()
+    pools = config["pools"]
+    pools[0]["mix"]["strategies"] = ["mine"]
+    with pytest.raises(ConfigError) as error:
+        pipeline_config(overrides={"pools": pools, "strategies": {"mine": {
+            "description": "x", "parts": [{"caption": "synthtic"}]}}})
+    assert "strategy 'mine'" in str(error.value) and "'synthtic'" in str(error.value)
+
+
+@pytest.mark.parametrize("fraction", [0, 1.5, -0.2])
+def test_out_of_range_fraction_fails_at_validation_naming_the_strategy(fraction):
+    with pytest.raises(ConfigError) as error:
+        pipeline_config(overrides={"strategies": {"mine": {
+            "description": "x", "parts": [{"caption": "raw", "keep": {"top": fraction}}]}}})
+    assert "strategies.mine.parts[0].keep.top" in str(error.value).replace(".0.", "[0].")
+    with pytest.raises(ConfigError) as error:
+        pipeline_config(overrides={"strategies": {"mine": {
+            "description": "x", "fractions": [0.3, fraction],
+            "parts": [{"caption": "raw", "keep": {"top": "sweep"}}]}}})
+    assert "strategies.mine.fractions" in str(error.value)
+
+
+@pytest.mark.parametrize("parts, problem", [
+    ([{"caption": "raw", "keep": {"same_threshold": True}}], "no earlier part sets one"),
+    ([{"caption": "raw", "images": "remaining"}], "no earlier part chose"),
+    ([{"caption": ["raw", "synthetic"], "keep": {"top": 0.3}}], "say which source"),
+    ([{"caption": "raw", "keep": {"top": "sweep"}}], "no 'fractions'"),
+])
+def test_strategies_that_do_not_make_sense_fail_at_validation(parts, problem):
+    with pytest.raises(ConfigError) as error:
+        pipeline_config(overrides={"strategies": {"odd": {"description": "x", "parts": parts}}})
+    assert "strategies.odd" in str(error.value) and problem in str(error.value)
+
+
+def test_intersection_without_clusters_configured_fails():
+    config = pipeline_config()
+    pools = config["pools"]
+    pools[0]["mix"]["image_clusters"] = None
+    with pytest.raises(ConfigError, match="configures none"):
+        pipeline_config(overrides={"pools": pools})
+
+
+# ------------------------------------------------------------------ properties (hypothesis)
+
+scores = st.floats(min_value=-1, max_value=1, allow_nan=False, width=32)
+
+
+@st.composite
+def pools(draw):
+    n = draw(st.integers(min_value=1, max_value=60))
+    raw = draw(st.lists(scores, min_size=n, max_size=n))
+    syn = draw(st.lists(scores, min_size=n, max_size=n))
+    clusters = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    frame = pd.DataFrame({
+        "uid": [f"{i:032x}" for i in range(n)],
+        score_column("raw"): raw, caption_column("raw"): [f"r{i}" for i in range(n)],
+        score_column("cap/0.75"): syn, caption_column("cap/0.75"): [f"s{i}" for i in range(n)],
+        CLUSTER_COLUMN: clusters,
+    })
+    return frame
+
+
+FRACTIONS = [0.1, 0.2, 0.3, 0.5, 0.75, 0.9]
+
+
+def family_run(family: str, fraction: float, frame: pd.DataFrame) -> pd.DataFrame:
+    spec = expand_strategies({family: {**pipeline_strategies()[family], "fractions": [fraction]}})
+    name, concrete = next(iter(spec.items()))
+    return run_spec(name, concrete, frame)
+
+
+def run_spec(name, spec, frame):
+    aliases = POOL["mix"]["sources"]
+    return select(parse_strategy(name, spec), frame, sort_scores(frame, ["raw", "cap/0.75"]),
+                  lambda s: aliases.get(s, s)).samples
+
+
+_STRATEGIES: dict = {}
+
+
+def pipeline_strategies() -> dict:
+    if not _STRATEGIES:
+        _STRATEGIES.update(pipeline_config()["strategies"])
+    return _STRATEGIES
+
+
+PROPERTY_SETTINGS = settings(max_examples=60, deadline=None,
+                             suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY_SETTINGS
+@given(pools())
+def test_mixing_never_repeats_an_image_and_grows_with_the_fraction(frame):
+    for family in ("raw_top", "raw_top_synthetic_remaining",
+                   "raw_top_synthetic_remaining_filtered", "synthetic_top_raw_remaining_filtered",
+                   "concat_top_synthetic_remaining_filtered", "synthetic_top_in1k"):
+        sizes = []
+        for fraction in FRACTIONS:
+            samples = family_run(family, fraction, frame)
+            assert not samples["uid"].duplicated().any(), (family, fraction)
+            sizes.append(len(samples))
+        assert sizes == sorted(sizes), (family, sizes)
+
+
+@PROPERTY_SETTINGS
+@given(pools(), st.sampled_from(FRACTIONS))
+def test_set_algebra_of_the_mixing_strategies(frame, fraction):
+    n = len(frame)
+    raw = frame[score_column("raw")].to_numpy()
+    syn = frame[score_column("cap/0.75")].to_numpy()
+    threshold = np.sort(raw)[::-1][min(int(n * fraction), n - 1)]
+    raw_top = set(frame["uid"][raw >= threshold])
+    # Top f keeps at least int(N*f)+1 images (more only on ties).
+    top = family_run("raw_top", fraction, frame)
+    assert set(top["uid"]) == raw_top and len(top) >= min(int(n * fraction) + 1, n)
+    # Raw top + synthetic for all the rest is the whole pool, each image once.
+    everything = family_run("raw_top_synthetic_remaining", fraction, frame)
+    assert sorted(everything["uid"]) == sorted(frame["uid"])
+    assert set(everything.loc[everything["source"] == "raw", "uid"]) == raw_top
+    # Filtering the rest by the same threshold: the union of two threshold sets.
+    filtered = family_run("raw_top_synthetic_remaining_filtered", fraction, frame)
+    assert set(filtered["uid"]) == raw_top | set(frame["uid"][syn >= threshold])
+    assert set(map(tuple, filtered[["uid", "source"]].to_numpy())) <= set(
+        map(tuple, everything[["uid", "source"]].to_numpy()))
+    # Pairs: raw top + synthetic top counts both; images are the union.
+    both = family_run("raw_top_plus_synthetic_top", fraction, frame)
+    syn_top = family_run("synthetic_top", fraction, frame)
+    assert len(both) == len(top) + len(syn_top)
+    assert set(both["uid"]) == raw_top | set(syn_top["uid"])
+    # Intersecting with clusters only removes images outside them.
+    in1k = family_run("synthetic_top_in1k", fraction, frame)
+    in_clusters = set(frame["uid"][frame[CLUSTER_COLUMN]])
+    assert set(in1k["uid"]) == set(syn_top["uid"]) & in_clusters

@@ -1,0 +1,12 @@
+"""Entry point of rule subset: one strategy of one pool (uid file, captions, summary)."""
+
+from pathlib import Path
+
+from capmix.logs import setup_logging
+from capmix.mix import run_subset
+
+if __name__ == "__main__":
+    sm = snakemake  # noqa: F821
+    setup_logging(sm.log[0])
+    run_subset(sm.wildcards.strategy, sm.params.spec, {"mix": {"sources": sm.params.aliases}},
+               Path(sm.input.table), Path(sm.input.sorted), Path(sm.output.summary).parent)
