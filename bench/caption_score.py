@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 from capmix.caption import RunSettings, caption_files, caption_pool, resolve_device  # noqa: E402
 from capmix.captioners import Blip2Captioner, load_captioner  # noqa: E402
-from capmix.config import load_config  # noqa: E402
+from capmix.config import pipeline_config  # noqa: E402
 from capmix.fetch import FetchSettings, fetch_pool  # noqa: E402
 from capmix.score import (  # noqa: E402
     embed_pool_images,
@@ -84,7 +84,7 @@ def real_size_blip2(device: str, precision: str) -> Blip2Captioner:
 
 
 def make_pool(root: Path, images: int, image_size: int) -> Path:
-    config = load_config(REPO / "config" / "config.yaml")
+    config = pipeline_config()
     spec = json.loads(json.dumps(config["toy_worlds"]["default"]))
     spec["splits"] = {split: 0 for split in SPLITS} | {"pool": images}
     spec.update(image_size=image_size, dead_url_fraction=0.0, corrupt_file_fraction=0.0)

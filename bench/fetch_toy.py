@@ -17,7 +17,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from capmix.config import load_config  # noqa: E402
+from capmix.config import pipeline_config  # noqa: E402
 from capmix.fetch import FetchSettings, fetch_pool  # noqa: E402
 from capmix.sources import build_metadata, source_files  # noqa: E402
 from capmix.toyworld import SPLITS, generate_world  # noqa: E402
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     args = parser.parse_args()
 
-    config = load_config(REPO / "config" / "config.yaml")
+    config = pipeline_config()
     spec = json.loads(json.dumps(config["toy_worlds"]["default"]))
     spec["splits"] = {split: 0 for split in SPLITS} | {"pool": args.pool}
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from capmix import toymodels as tm
-from capmix.config import load_config
+from capmix.config import pipeline_config
 from capmix.toyworld import CLASSNAMES, COLOURS, tokens
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep the results here")
     args = parser.parse_args()
 
-    config = load_config(REPO / "config" / "config.yaml")
+    config = pipeline_config()
     settings = {k: config.get("toy_models", {}).get(k, {}) for k in tm.DEFAULT_SETTINGS}
     print(f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; settings = "
           f"DEFAULT_SETTINGS updated with config toy_models: {settings}")

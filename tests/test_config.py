@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from capmix.config import ConfigError, load_config, validate_config
+from capmix.config import BASE_CONFIGS, ConfigError, pipeline_config, update_nested, validate_config
 from tests.conftest import REPO
 
 CONFIGS = ["config.yaml", "smoke.yaml", "datacomp_small.yaml", "datacomp_medium.yaml",
@@ -11,16 +11,18 @@ CONFIGS = ["config.yaml", "smoke.yaml", "datacomp_small.yaml", "datacomp_medium.
 
 
 def base_config():
-    with open(REPO / "config" / "config.yaml") as handle:
-        return yaml.safe_load(handle)
+    """The raw (unvalidated) config the Snakefile starts from: catalogue + default."""
+    merged: dict = {}
+    for path in BASE_CONFIGS:
+        with open(path) as handle:
+            update_nested(merged, yaml.safe_load(handle))
+    return merged
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_configs_validate(name):
-    files = [REPO / "config" / "config.yaml"]
-    if name != "config.yaml":
-        files.append(REPO / "config" / name)
-    config = load_config(*files)
+    extra = [REPO / "config" / name] if name != "config.yaml" else []
+    config = pipeline_config(*extra)
     assert config["pools"]
 
 
@@ -34,7 +36,7 @@ def test_defaults_come_from_the_schema():
 
 
 def test_datacomp_pools_get_datacomp_download_settings():
-    config = load_config(REPO / "config" / "config.yaml", REPO / "config" / "datacomp_small.yaml")
+    config = pipeline_config(REPO / "config" / "datacomp_small.yaml")
     (pool,) = config["pools"]
     assert pool["name"] == "datacomp_small"
     assert pool["source"]["hf_repo"] == "mlfoundations/datacomp_small"

@@ -104,6 +104,9 @@ def test_smoke_dag_end_to_end(workdir):
     for kind in ("captioner", "captioner_coco", "scorer"):
         assert (workdir / f"results/toymodels/smoke/{kind}/open_clip_config.json").exists()
 
+    check_subsets_and_training_shards(workdir, world)
+    check_editing_one_strategy_reruns_only_it(workdir)
+
     # Forcing the fetch again retries only the failures, in a new round.
     # (targets before the options: --configfile and -R take several values)
     result = snakemake(workdir, "results/toy_smoke/fetch/report.json", "--cores", "2",
@@ -112,6 +115,72 @@ def test_smoke_dag_end_to_end(workdir):
     retry = pd.read_parquet(
         workdir / "results/toy_smoke/shards/retry_inputs/round_1/pending.parquet")
     assert sorted(retry["uid"]) == sorted(index.loc[index.status == "failed", "uid"])
+
+
+def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> None:
+    """Every strategy of the smoke pool: uid file, chosen captions, summary, shards."""
+    import numpy as np
+    import webdataset as wds
+
+    from capmix.config import pipeline_config
+    from capmix.mix import pool_strategy_names
+
+    config = pipeline_config(workdir / "config" / "smoke.yaml")
+    strategies = pool_strategy_names(config, config["pools"][0])
+    assert len(strategies) == 13
+    table = pd.read_parquet(workdir / "results/toy_smoke/mix/table.parquet")
+    world = world.set_index("uid")
+    for name in strategies:
+        folder = workdir / "results/toy_smoke/subsets" / name
+        summary = json.loads((folder / "summary.json").read_text())
+        samples = pd.read_parquet(folder / "samples.parquet")
+        uids = np.load(folder / "uids.npy")
+        assert uids.dtype == np.dtype("u8,u8") and (np.sort(uids) == uids).all()
+        by_hand = sorted((int(u[:16], 16), int(u[16:], 16)) for u in samples["uid"].unique())
+        assert [tuple(int(x) for x in r) for r in uids] == by_hand, name
+        assert summary["n_samples"] == len(samples) and summary["n_pool"] == len(table)
+        shards = json.loads(
+            (workdir / f"results/toy_smoke/train_shards/{name}/manifest.json").read_text())
+        assert shards["num_samples"] == len(samples), name
+        read = list(wds.WebDataset(shards["train_data"], shardshuffle=False)
+                    .decode("pilrgb").to_tuple("jpg;png;webp", "txt", "json"))
+        assert sorted(t for _, t, _ in read) == sorted(samples["caption"]), name
+        assert sorted(j["uid"] for _, _, j in read) == sorted(samples["uid"]), name
+    # Filtering by CLIP score does what the paper relies on: of the raw captions kept by the
+    # top 30%, far more describe their image than in the pool (toy ground truth).
+    top = pd.read_parquet(workdir / "results/toy_smoke/subsets/raw_top_30/samples.parquet")
+    right_in_pool = (world.loc[table["uid"], "caption_mode"] == "right").mean()
+    right_in_top = (world.loc[top["uid"], "caption_mode"] == "right").mean()
+    assert right_in_top > right_in_pool + 0.2, (right_in_top, right_in_pool)
+    mixed = json.loads((workdir / "results/toy_smoke/subsets/"
+                        "raw_top_synthetic_remaining_30/summary.json").read_text())
+    assert mixed["n_images"] == len(table)  # raw top 30% + synthetic for all the rest
+
+
+def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:
+    """A changed threshold re-runs that strategy's subset and shards, nothing else."""
+    edit = workdir / "config" / "edit.yaml"
+    edit.write_text(json.dumps({"strategies": {"raw_min_0p28": {
+        "description": "Raw (CLIP score >= 0.3)",
+        "parts": [{"caption": "raw", "keep": {"min_score": 0.3}}]}}}))
+    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "config/smoke.yaml",
+                       "config/edit.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = job_stats(result.stdout)
+    assert stats == {"subset": 1, "train_shards": 1, "all": 1, "total": 3}, result.stdout
+    assert "raw_min_0p28" in result.stdout and "params" in result.stdout.lower()
+
+
+def job_stats(out: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table as {rule: count}."""
+    lines = out.split("Job stats:")[1].splitlines()[3:]
+    stats = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].isdigit():
+            break
+        stats[fields[0]] = int(fields[1])
+    return stats
 
 
 def test_broken_metadata_stops_before_any_fetch(workdir, tmp_path):

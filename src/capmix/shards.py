@@ -22,9 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from capmix.provenance import write_parquet_atomic  # noqa: F401 - re-exported
 
@@ -114,8 +112,11 @@ def read_shard(task: ShardTask) -> list[Sample]:
     return [s for s in samples if s.uid in wanted]
 
 
-class ShardImages(Dataset):
+class ShardImages:
     """Decode + preprocess one shard's images in DataLoader workers.
+
+    A plain map-style dataset (``__len__``/``__getitem__`` is all torch's DataLoader needs):
+    this module stays free of torch, so CPU-only stages (resharding) start fast.
 
     Returns (position, tensor, error); an image that does not decode yields
     ``None`` and its error, recorded per uid by the caller, never a crash.
@@ -142,6 +143,8 @@ def collate(
     """Stack the decodable images; pass failures through with their positions."""
     good = [(i, x) for i, x, err in batch if err is None]
     failed = [(i, err) for i, _, err in batch if err is not None]
+    import torch
+
     stacked = torch.stack([x for _, x in good]) if good else None
     return [i for i, _ in good], stacked, failed
 
