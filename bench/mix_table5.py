@@ -303,10 +303,8 @@ def main() -> None:
                 line = f" {written:8.2f} {directory_bytes(out_dir) / 2**20:7.0f}"
                 if temporary is not None:
                     shutil.rmtree(out_dir)
-            elif sum(part.images == "all" for part in strategy.parts) > 1:
-                images = int(selection.samples["uid"].nunique())  # untimed, and slow
             else:
-                images = samples  # every part takes images no earlier part chose
+                images = len(selection.image_uids)
             del selection
             shown = ",".join(f"{t:.4f}" for t in thresholds)
             print(f"{strategy.name:<44} {samples:>11,} {images:>11,} {shown:<15} "

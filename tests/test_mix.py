@@ -21,6 +21,7 @@ from capmix.mix import (
     CLUSTER_COLUMN,
     CaptionSet,
     ScoreTableError,
+    Selection,
     build_mix_table,
     caption_column,
     expand_strategies,
@@ -133,11 +134,18 @@ def test_top_raw_plus_top_synthetic_repeats_images_as_pairs(tmp_path):
     assert chosen(samples) == sorted(pairs([0, 1, 2, 3], "raw") + pairs([1, 3, 4, 6], "syn"))
     strategy = parse_strategy("raw_top_plus_synthetic_top_30",
                               catalogue()["raw_top_plus_synthetic_top_30"])
-    from capmix.mix import Selection, write_subset
+    from capmix.mix import write_subset
 
     summary = write_subset(strategy, Selection(samples, []), 10, tmp_path, {})
     assert (summary["n_samples"], summary["n_images"], summary["repeated_images"]) == (8, 6, 2)
     assert len(np.load(tmp_path / "uids.npy")) == 6
+    # select() also hands over the distinct images (the fast path): same file, same counts.
+    frame = table()
+    selection = select(strategy, frame, sort_scores(frame, ["raw", "cap/0.75"]),
+                       lambda s: POOL["mix"]["sources"].get(s, s))
+    fast = write_subset(strategy, selection, 10, tmp_path / "fast", {})
+    assert (fast["n_images"], fast["repeated_images"]) == (6, 2)
+    assert (np.load(tmp_path / "fast" / "uids.npy") == np.load(tmp_path / "uids.npy")).all()
 
 
 def test_intersection_with_image_clusters():
@@ -194,7 +202,7 @@ def test_summary_reports_thresholds_and_caption_shares(tmp_path):
 
 
 def test_uid_file_in_datacomp_format_for_real_uid_values(tmp_path):
-    from capmix.mix import Selection, write_subset
+    from capmix.mix import write_subset
 
     uids = ["ffffffffffffffff0000000000000001", "0000000000000001ffffffffffffffff",
             "80000000000000008000000000000000"]
@@ -384,15 +392,23 @@ FRACTIONS = [0.1, 0.2, 0.3, 0.5, 0.75, 0.9]
 
 
 def family_run(family: str, fraction: float, frame: pd.DataFrame) -> pd.DataFrame:
+    return family_select(family, fraction, frame).samples
+
+
+def family_select(family: str, fraction: float, frame: pd.DataFrame) -> Selection:
     spec = expand_strategies({family: {**pipeline_strategies()[family], "fractions": [fraction]}})
     name, concrete = next(iter(spec.items()))
-    return run_spec(name, concrete, frame)
+    return select_spec(name, concrete, frame)
 
 
 def run_spec(name, spec, frame):
+    return select_spec(name, spec, frame).samples
+
+
+def select_spec(name, spec, frame) -> Selection:
     aliases = POOL["mix"]["sources"]
     return select(parse_strategy(name, spec), frame, sort_scores(frame, ["raw", "cap/0.75"]),
-                  lambda s: aliases.get(s, s)).samples
+                  lambda s: aliases.get(s, s))
 
 
 _STRATEGIES: dict = {}
@@ -451,3 +467,7 @@ def test_set_algebra_of_the_mixing_strategies(frame, fraction):
     in1k = family_run("synthetic_top_in1k", fraction, frame)
     in_clusters = set(frame["uid"][frame[CLUSTER_COLUMN]])
     assert set(in1k["uid"]) == set(syn_top["uid"]) & in_clusters
+    # The distinct images a selection reports are its samples' uids, sorted, each once.
+    for family in ("raw_top_plus_synthetic_top", "synthetic_top_in1k"):
+        selection = family_select(family, fraction, frame)
+        assert list(selection.image_uids) == sorted(set(selection.samples["uid"]))

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from capmix.uids import (
+    ascending_uid_array,
     derive_uid,
     duplicate_positions,
     is_valid_uid,
@@ -49,6 +50,15 @@ def test_sorted_uid_array_is_sorted_like_datacomp():
     expected = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in uids], np.dtype("u8,u8"))
     expected.sort()
     assert (array == expected).all()
+
+
+def test_ascending_uid_array_skips_the_sort_only_when_it_may():
+    uids = [derive_uid(f"u{i}", "t") for i in range(100)]
+    expected = sorted_uid_array(uids)
+    assert (ascending_uid_array(sorted(uids)) == expected).all()
+    assert (ascending_uid_array(uids) == expected).all()  # unsorted: sorted for you
+    assert (ascending_uid_array(uids + uids[:5]) == expected).all()  # repeats: once each
+    assert len(ascending_uid_array([])) == 0
 
 
 def test_duplicate_positions_groups_repeats():

@@ -61,7 +61,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from capmix.provenance import provenance_record, write_json, write_parquet_atomic
-from capmix.uids import sorted_uid_array
+from capmix.uids import ascending_uid_array, sorted_uid_array
 
 log = logging.getLogger(__name__)
 
@@ -561,6 +561,9 @@ class Selection:
 
     samples: pd.DataFrame  # uid, caption, source, part, score
     parts: list[dict[str, Any]]
+    # The distinct images chosen, in the table's (uid-sorted) order. Kept because deriving it
+    # from ``samples`` hashes every uid string: at 12.8M rows that was ~90% of a subset's time.
+    image_uids: np.ndarray | None = None
 
 
 def select(strategy: Strategy, table: pd.DataFrame, sorted_scores: Mapping[str, np.ndarray],
@@ -604,6 +607,9 @@ def select(strategy: Strategy, table: pd.DataFrame, sorted_scores: Mapping[str, 
         masks = [m & in_clusters for m in masks]
     frames = []
     uids = table["uid"].to_numpy()
+    any_part = np.zeros(n, dtype=bool)
+    for mask in masks:
+        any_part |= mask
     for i, (part, mask) in enumerate(zip(strategy.parts, masks, strict=True)):
         rows = np.flatnonzero(mask)
         sources = [resolve(s) for s in part.caption]
@@ -622,7 +628,7 @@ def select(strategy: Strategy, table: pd.DataFrame, sorted_scores: Mapping[str, 
         parts[i]["n_selected"] = int(len(rows))
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["uid", "caption", "source", "origin", "part", "score"])
-    return Selection(samples, parts)
+    return Selection(samples, parts, uids[any_part])
 
 
 def source_kind(label: str) -> str:
@@ -638,7 +644,8 @@ def summarise(strategy: Strategy, selection: Selection, n_pool: int) -> dict[str
     for label, count in by_source.items():
         kinds[source_kind(str(label))] += int(count)
     total = int(len(samples))
-    n_images = int(samples["uid"].nunique())
+    n_images = (len(selection.image_uids) if selection.image_uids is not None
+                else int(samples["uid"].nunique()))
     return {
         "strategy": strategy.name, "family": strategy.family, "fraction": strategy.fraction,
         "description": strategy.description, "paper": list(strategy.paper),
@@ -662,7 +669,10 @@ def write_subset(strategy: Strategy, selection: Selection, n_pool: int, out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     uids_path = out_dir / "uids.npy"
     tmp = out_dir / "uids.tmp.npy"
-    np.save(tmp, sorted_uid_array(selection.samples["uid"].unique()))
+    if selection.image_uids is not None:
+        np.save(tmp, ascending_uid_array(selection.image_uids))
+    else:
+        np.save(tmp, sorted_uid_array(selection.samples["uid"].unique()))
     os.replace(tmp, uids_path)
     write_parquet_atomic(selection.samples, out_dir / "samples.parquet",
                          {"strategy": strategy.name})

@@ -83,6 +83,20 @@ def duplicate_positions(pairs: np.ndarray) -> list[np.ndarray]:
     return groups
 
 
+def ascending_uid_array(uids: Sequence[str]) -> np.ndarray:
+    """:func:`sorted_uid_array` for uids that are probably sorted and distinct already.
+
+    Checking order is linear; sorting 16-byte records is not (13 s for 6M at DataComp small
+    scale), so a uid-sorted table's selection skips the sort. Anything else is sorted.
+    """
+    pairs = uids_to_pairs(uids)
+    high, low = pairs["f0"], pairs["f1"]
+    ascending = (high[1:] > high[:-1]) | ((high[1:] == high[:-1]) & (low[1:] > low[:-1]))
+    if not ascending.all():
+        pairs = np.unique(pairs)
+    return pairs
+
+
 def sorted_uid_array(uids: Iterable[str]) -> np.ndarray:
     """DataComp subset file content: sorted ``u8,u8`` records (save with ``np.save``)."""
     pairs = uids_to_pairs(list(uids))
