@@ -5,8 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The strategy catalogue first, then the embedded default (capmix.config.BASE_CONFIGS).
+# The strategy catalogue and the training scales first, then the embedded default
+# (capmix.config.BASE_CONFIGS).
 configfile: "config/strategies.yaml"
+
+
+configfile: "config/train_scales.yaml"
 
 
 configfile: "config/config.yaml"
@@ -19,6 +23,7 @@ include: "workflow/rules/fetch.smk"
 include: "workflow/rules/caption.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/mix.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:

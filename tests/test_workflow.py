@@ -67,6 +67,8 @@ def test_dry_run_builds_the_dag(workdir, configfile):
         stats = job_stats(result.stdout)
         assert stats["subset"] >= 8 and stats["train_shards"] == stats["subset"]
         assert stats["image_clusters"] == 1 and stats["mix_table"] == 1
+        # One CLIP per strategy, at the scale's recipe (train.strategies: null = all).
+        assert stats["train"] == stats["subset"]
 
 
 def test_bad_config_fails_at_start_naming_the_key(workdir):
@@ -119,6 +121,7 @@ def test_smoke_dag_end_to_end(workdir):
         assert (workdir / f"results/toymodels/smoke/{kind}/open_clip_config.json").exists()
 
     check_subsets_and_training_shards(workdir, world)
+    check_models(workdir)
     check_editing_one_strategy_reruns_only_it(workdir)
 
     # Forcing the fetch again retries only the failures, in a new round.
@@ -169,6 +172,25 @@ def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> Non
     mixed = json.loads((workdir / "results/toy_smoke/subsets/"
                         "raw_top_synthetic_remaining_30/summary.json").read_text())
     assert mixed["n_images"] == len(table)  # raw top 30% + synthetic for all the rest
+
+
+def check_models(workdir: Path) -> None:
+    """The smoke pool's CLIPs: trained at scale toy_smoke on their strategy's shards."""
+    from capmix.train import checkpoint_epoch
+
+    for name in ("raw_no_filter", "synthetic_no_filter", "raw_top_30",
+                 "raw_top_synthetic_remaining_filtered_30"):
+        folder = workdir / "results/toy_smoke/models" / name
+        summary = json.loads((folder / "training.json").read_text())
+        shards = json.loads(
+            (workdir / f"results/toy_smoke/train_shards/{name}/manifest.json").read_text())
+        assert summary["train_data"] == shards["train_data"], name
+        # toy_smoke: 2 checkpoints of 768 samples, batch 64, one CPU process.
+        assert (summary["samples_seen"], summary["steps"], summary["world_size"]) == (
+            1536, 24, 1), name
+        assert summary["scale"] == "toy_smoke" and summary["final_loss"] > 0
+        assert checkpoint_epoch(folder / "final.pt") == 2
+    assert not (workdir / "results/toy_smoke/models/synthetic_top_50").exists()
 
 
 def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:

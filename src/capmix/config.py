@@ -22,8 +22,10 @@ from jsonschema.exceptions import ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-#: What the Snakefile loads (`configfile:`), in order: the strategy catalogue, the default.
-BASE_CONFIGS = (REPO_ROOT / "config" / "strategies.yaml", REPO_ROOT / "config" / "config.yaml")
+#: What the Snakefile loads (`configfile:`), in order: the strategy catalogue, the training
+#: scales, the embedded default.
+BASE_CONFIGS = (REPO_ROOT / "config" / "strategies.yaml", REPO_ROOT / "config" /
+                "train_scales.yaml", REPO_ROOT / "config" / "config.yaml")
 
 
 class ConfigError(ValueError):
@@ -123,8 +125,9 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"{where}.scorer': targets {sorted(targets & {'scores', 'quality'})} "
                             f"need a scorer for pool '{pool['name']}'")
     from capmix.mix import strategy_problems
+    from capmix.train import train_problems
 
-    return problems + strategy_problems(config)
+    return problems + strategy_problems(config) + train_problems(config)
 
 
 def fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:

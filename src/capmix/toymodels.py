@@ -48,6 +48,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from capmix.train import RUN_NAME
+from capmix.train import checkpoint_epoch as _checkpoint_epoch
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -91,7 +94,6 @@ CONFIG_NAME = "open_clip_config.json"
 #: Marks the tokenizer as "next to this config": get_tokenizer("local-dir:...") only needs the
 #: key to be non-empty and then always reads the tokenizer files from the local dir itself.
 HF_TOKENIZER_NAME = "./"
-RUN_NAME = "run"  # fixed --name, so that --resume latest finds the same run again
 TRAIN_SPLIT, COCO_SPLIT = "pretrain", "coco"
 
 # Defaults measured on 2 CPU cores (bench/toy_models.py; per-run figures in training.json).
@@ -547,17 +549,6 @@ def _train_data_spec(shards: Sequence[Path]) -> str:
 
 def _checkpoint_dir(out_dir: Path) -> Path:
     return Path(out_dir) / RUN_NAME / "checkpoints"
-
-
-def _checkpoint_epoch(path: Path) -> int | None:
-    """The ``epoch`` stored in an open_clip_train checkpoint (None when it does not load)."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a truncated/corrupt file counts as "no checkpoint"
-        return None
-    return int(ckpt["epoch"]) if isinstance(ckpt, dict) and "epoch" in ckpt else None
 
 
 def _load_weights(source: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from capmix.mix import (  # noqa: E402
 )
 from capmix.sources import needs_download  # noqa: E402
 from capmix.toyworld import SPLITS  # noqa: E402
+from capmix.train import load_scale, pool_train_strategies  # noqa: E402
 from capmix.workflow import export_package_path  # noqa: E402
 
 export_package_path(REPO / "src")
@@ -211,7 +212,34 @@ def pool_targets(pool, target):
         return [f"results/{pool}/subsets/{s}/summary.json" for s in strategies]
     if target == "train_shards":
         return [f"results/{pool}/train_shards/{s}/manifest.json" for s in strategies]
+    if target == "models":
+        if not POOLS[pool]["train"]:
+            return []  # a pool without a training scale trains nothing
+        return [f"results/{pool}/models/{s}/training.json"
+                for s in pool_train_strategies(config, POOLS[pool])]
     raise ValueError(target)
+
+
+def train_scale_name(pool):
+    train = POOLS[pool]["train"]
+    if not train:
+        raise WorkflowError(f"pool '{pool}' has no train.scale, so it trains no models")
+    return train["scale"]
+
+
+def train_resource(wildcards, key):
+    """One resource of a training job, from the pool's scale (capmix.train.Scale)."""
+    return load_scale(config, train_scale_name(wildcards.pool)).slurm_resources()[key]
+
+
+def train_inputs(wildcards):
+    pool = wildcards.pool
+    inputs = {"manifest": f"results/{pool}/train_shards/{wildcards.strategy}/manifest.json"}
+    kind = config["train_scales"][train_scale_name(pool)].get("toy_model")
+    if kind:
+        world = POOLS[pool]["source"]["world"]
+        inputs["toy_model"] = f"{toy_model_dir(world, kind)}/open_clip_config.json"
+    return inputs
 
 
 def all_targets():

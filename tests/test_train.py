@@ -1,0 +1,243 @@
+"""CLIP training per scale: DataComp's recipe as arguments, launch, CPU training, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from capmix import toymodels as tm
+from capmix.config import ConfigError, pipeline_config
+from capmix.toyworld import generate_world
+from capmix.train import (
+    RUN_NAME,
+    Scale,
+    TrainConfigError,
+    checkpoint_dir,
+    checkpoint_epoch,
+    launch_plan,
+    load_scale,
+    open_clip_argv,
+    stage_toy_model,
+    train_clip,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# DataComp's training table (../shared/notes/datacomp-and-peers-facts.md, from DataComp's
+# scale_configs.py and train.py), written out by hand: model, global batch, lr, warmup,
+# samples seen, beta2 (None = open_clip's ViT default 0.98), precision.
+DATACOMP = {
+    "small": ("ViT-B-32", 4096, 5e-4, 500, 12_800_000, 0.98, "amp"),
+    "medium": ("ViT-B-32", 4096, 5e-4, 500, 128_000_000, 0.98, "amp"),
+    "large": ("ViT-B-16", 8192, 5e-4, 500, 1_280_000_000, 0.98, "amp"),
+    "xlarge": ("ViT-L-14", 90112, 1e-3, 10000, 12_800_000_000, 0.95, "amp_bfloat16"),
+}
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return pipeline_config()
+
+
+@pytest.mark.parametrize("name", sorted(DATACOMP))
+def test_datacomp_scale_arguments_equal_the_datacomp_table(config: dict, name: str) -> None:
+    from open_clip_train.params import parse_args
+
+    scale = load_scale(config, name)
+    argv = open_clip_argv(scale, model=scale.model, train_data="/data/{00000..00009}.tar",
+                          logs_dir=Path("/logs"), seed=0)
+    args = parse_args(argv)  # open_clip_train's own parser, defaults filled in as it runs
+    model, batch, lr, warmup, seen, beta2, precision = DATACOMP[name]
+    assert args.model == model
+    assert args.batch_size * scale.world_size * args.accum_freq == batch
+    assert (args.lr, args.warmup, args.beta2, args.wd, args.precision) == (
+        lr, warmup, beta2, 0.2, precision)
+    assert args.epochs == 5 and args.train_num_samples * args.epochs == seen
+    assert args.dataset_resampled and args.dataset_type == "webdataset"
+    assert args.save_most_recent and args.resume == "latest"
+    # The flags DataComp's train.py always passes.
+    assert args.ddp_static_graph and args.local_loss and args.gather_with_grad
+    assert args.grad_checkpointing
+
+
+def test_per_process_batch_follows_world_size_and_accumulation(config: dict) -> None:
+    spec = dict(config["train_scales"]["small"])
+    for nodes, gpus, accum, expected in [(1, 8, 1, 512), (2, 4, 2, 256), (4, 8, 1, 128),
+                                         (1, 1, 4, 1024)]:
+        scale = Scale.from_config("small", {**spec, "nodes": nodes, "gpus_per_node": gpus,
+                                            "accum_freq": accum})
+        assert scale.per_process_batch_size == expected
+        assert scale.per_process_batch_size * scale.world_size * accum == 4096
+    with pytest.raises(TrainConfigError, match=r"train_scales.small: global batch 4096 does "
+                                                r"not divide by world size 12"):
+        Scale.from_config("small", {**spec, "nodes": 3, "gpus_per_node": 4})
+
+
+def test_bad_training_config_is_named_at_validation() -> None:
+    with pytest.raises(ConfigError, match=r"train_scales.toy: global batch 128 does not divide"):
+        pipeline_config(overrides={"train_scales": {"toy": {"processes_per_node": 3}}})
+    pools = pipeline_config()["pools"]
+    pools[0]["train"] = {"scale": "huge", "strategies": None}
+    with pytest.raises(ConfigError, match=r"pools\[0\].train \(toy_default\): unknown scale "
+                                          r"'huge'"):
+        pipeline_config(overrides={"pools": pools})
+    pools[0]["train"] = {"scale": "toy", "strategies": ["raw_top_31"]}
+    with pytest.raises(ConfigError, match=r"unknown strategy 'raw_top_31'"):
+        pipeline_config(overrides={"pools": pools})
+
+
+def test_slurm_requests_per_scale(config: dict) -> None:
+    small = load_scale(config, "small").slurm_resources()
+    # One node: 8 GPUs, one srun task per GPU started by the rule itself (mpi job).
+    assert small == {"nodes": 1, "mem_mb": 8 * 48000, "runtime": 720, "cpus_per_task": 8,
+                     "gpu": 8, "gres": None, "mpi": "srun", "tasks_per_node": 8, "tasks": None}
+    large = load_scale(config, "large").slurm_resources()
+    assert (large["nodes"], large["gres"], large["gpu"], large["tasks_per_node"]) == (
+        4, "gpu:8", None, 8)
+    # The toy scale is an ordinary one-process CPU job: no GPU, no mpi.
+    toy = load_scale(config, "toy").slurm_resources()
+    assert toy["gpu"] is None and toy["gres"] is None and toy["mpi"] is None
+    one_gpu = Scale.from_config("one", {**config["train_scales"]["small"], "gpus_per_node": 1})
+    assert one_gpu.slurm_resources()["gpu"] == 1 and one_gpu.slurm_resources()["mpi"] is None
+
+
+def test_launch_plans(config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toy = load_scale(config, "toy")
+    assert launch_plan(toy, {}).kind == "in-process"
+    two = Scale.from_config("two", {**config["train_scales"]["toy"], "processes_per_node": 2})
+    plan = launch_plan(two, {})
+    assert plan.kind == "torchrun" and "--nproc-per-node=2" in plan.prefix
+    with pytest.raises(TrainConfigError, match="4 nodes need a SLURM allocation"):
+        launch_plan(load_scale(config, "large"), {})
+    # Inside an allocation: srun, one task per GPU, rendezvous on the allocation's first
+    # host. `scontrol` is a stand-in here that expands the node list as SLURM would.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text('#!/bin/sh\n[ "$2" = hostnames ] && printf "gpu07\\n'
+                                   'gpu08\\ngpu09\\ngpu10\\n"\n')
+    (fake / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    plan = launch_plan(load_scale(config, "large"),
+                       {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-10]"})
+    assert plan.kind == "srun"
+    assert plan.prefix[:6] == ["srun", "--nodes=4", "--ntasks=32", "--ntasks-per-node=8",
+                               "--cpus-per-task=8", "--kill-on-bad-exit=1"]
+    assert "--gres=gpu:8" in plan.prefix and plan.prefix[-2:] == ["-m", "open_clip_train.main"]
+    assert plan.env == {"MASTER_ADDR": "gpu07", "MASTER_PORT": str(20000 + 4242)}
+
+
+# ------------------------------------------------------------------ training on the CPU
+
+SEED = 0
+WORLD = {
+    "image_size": 32,
+    "splits": {"pretrain": 64, "coco": 8, "pool": 0},
+    "pool_caption_modes": {"right": 0.3, "partial": 0.2, "other_image": 0.15,
+                           "non_visual": 0.2, "boilerplate": 0.15},
+    "junk_image_fraction": 0.0, "dead_url_fraction": 0.0, "corrupt_file_fraction": 0.0,
+    "captions_per_retrieval_image": 2,
+}
+SIZES = {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2,
+         "embed_dim": 32, "context_length": 36}
+TINY = {"toy_model": "scorer", "global_batch_size": 16, "lr": 1e-3, "warmup": 2,
+        "samples_seen": 96, "beta2": 0.98, "weight_decay": 0.1, "precision": "fp32",
+        "checkpoints": 3, "accum_freq": 1, "workers": 1, "dataset_resampled": True,
+        "extra_args": [], "nodes": 1, "gpus_per_node": 0, "cpus_per_process": 1,
+        "mem_mb_per_process": 1000, "runtime": 5}
+
+
+@pytest.fixture(scope="module")
+def toy_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A toy scorer architecture (config + tokenizer) and a training-shard manifest."""
+    root = tmp_path_factory.mktemp("train")
+    generate_world(root / "world", WORLD, SEED)
+    train = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup": 2, "workers": 1,
+             "sizes": SIZES}
+    scorer = tm.train_toy_scorer(root / "world", root / "scorer", train, SEED, root / "work")
+    shards = sorted((root / "work" / "shards_pretrain").glob("shard-*.tar"))
+    manifest = root / "manifest.json"
+    manifest.write_text(json.dumps({"num_samples": 64,
+                                    "train_data": tm._train_data_spec(shards)}))
+    return scorer, manifest
+
+
+def _train(scale: Scale, toy_inputs: tuple[Path, Path], out: Path) -> dict:
+    scorer, manifest = toy_inputs
+    model = stage_toy_model(scorer, out)
+    return train_clip(scale, manifest_path=manifest, work_dir=out, final_path=out / "final.pt",
+                      summary_path=out / "training.json", seed=SEED, model=model)
+
+
+def test_toy_scale_trains_from_scratch_on_the_cpu(toy_inputs, tmp_path: Path) -> None:
+    scale = Scale.from_config("tiny", TINY)
+    summary = _train(scale, toy_inputs, tmp_path / "model")
+    assert checkpoint_epoch(tmp_path / "model" / "final.pt") == 3
+    # 3 checkpoints x 32 samples (resampled), batch 16: 6 steps, on one CPU process.
+    assert (summary["samples_seen"], summary["steps"], summary["world_size"]) == (96, 6, 1)
+    assert summary["launch"] == "in-process" and summary["resumed_from_epochs"] == []
+    assert summary["final_loss"] > 0 and summary["wall_s"] > 0
+    on_disk = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert on_disk["provenance"]["stage"] == "train"
+    assert "--dataset-resampled" in on_disk["open_clip_argv"]
+    # From scratch: the staged model holds no weights, so none were loaded.
+    assert not list((tmp_path / "model" / "clip_model").glob("*.safetensors"))
+    out_log = (tmp_path / "model" / RUN_NAME / "out.log").read_text()
+    assert "Loading full pretrained weights" not in out_log
+    # A finished run is not trained again.
+    again = _train(scale, toy_inputs, tmp_path / "model")
+    assert len(again["attempts"]) == 1
+
+
+def test_killed_run_resumes_from_its_latest_checkpoint(toy_inputs, tmp_path: Path) -> None:
+    # Epochs of 1,024 samples take a few seconds, so the stop lands in epoch 2.
+    spec = {**TINY, "samples_seen": 3 * 1024}
+    out = tmp_path / "model"
+    script = (
+        "import sys, json\nfrom pathlib import Path\n"
+        "from capmix.train import Scale, stage_toy_model, train_clip\n"
+        f"scale = Scale.from_config('tiny', json.loads({json.dumps(json.dumps(spec))}))\n"
+        f"out = Path({str(out)!r})\n"
+        f"model = stage_toy_model(Path({str(toy_inputs[0])!r}), out)\n"
+        f"train_clip(scale, manifest_path=Path({str(toy_inputs[1])!r}), work_dir=out, "
+        "final_path=out / 'final.pt', summary_path=out / 'training.json', seed=0, model=model)\n"
+    )
+    # The first job: stopped like SLURM stops a job at its time limit (SIGTERM), as soon
+    # as the first checkpoint exists.
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    latest = checkpoint_dir(out) / "epoch_latest.pt"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if latest.is_file() and checkpoint_epoch(latest) == 1:
+                os.killpg(proc.pid, signal.SIGTERM)
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert checkpoint_epoch(latest) == 1, "the first job was not stopped after epoch 1"
+    assert not (out / "final.pt").exists()
+
+    # The re-run (what Snakemake does when the job is submitted again).
+    summary = train_clip(Scale.from_config("tiny", spec),
+                         manifest_path=toy_inputs[1], work_dir=out, final_path=out / "final.pt",
+                         summary_path=out / "training.json", seed=SEED,
+                         model=stage_toy_model(toy_inputs[0], out))
+    assert checkpoint_epoch(out / "final.pt") == 3
+    assert summary["resumed_from_epochs"] == [1]
+    assert [a["from_epoch"] for a in summary["attempts"]] == [0, 1]
+    # open_clip logs epochs from 0: epoch 0 ran in the first job only; the re-run trained
+    # epochs 1 and 2 after resuming, so the total is what the scale asks for.
+    out_log = (out / RUN_NAME / "out.log").read_text().splitlines()
+    resumed_at = next(i for i, line in enumerate(out_log) if "=> resuming checkpoint" in line)
+    assert not any("Train Epoch: 0 " in line for line in out_log[resumed_at:])
+    assert any("Train Epoch: 0 " in line for line in out_log[:resumed_at])
+    assert summary["samples_seen"] == 3 * 1024
