@@ -129,7 +129,7 @@ def test_launch_plans(config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert plan.kind == "srun"
     assert plan.prefix[:6] == ["srun", "--nodes=4", "--ntasks=32", "--ntasks-per-node=8",
                                "--cpus-per-task=8", "--kill-on-bad-exit=1"]
-    assert "--gres=gpu:8" in plan.prefix and plan.prefix[-2:] == ["-m", "open_clip_train.main"]
+    assert "--gres=gpu:8" in plan.prefix and plan.prefix[-2:] == ["-m", "capmix.train"]
     assert plan.env == {"MASTER_ADDR": "gpu07", "MASTER_PORT": str(20000 + 4242)}
 
 
@@ -241,3 +241,16 @@ def test_killed_run_resumes_from_its_latest_checkpoint(toy_inputs, tmp_path: Pat
     assert not any("Train Epoch: 0 " in line for line in out_log[resumed_at:])
     assert any("Train Epoch: 0 " in line for line in out_log[:resumed_at])
     assert summary["samples_seen"] == 3 * 1024
+
+
+def test_two_processes_on_one_machine_train_under_torchrun(toy_inputs, tmp_path: Path) -> None:
+    # World size 2 on the CPU (gloo): torchrun starts both, each takes half the global batch.
+    scale = Scale.from_config("tiny2", {**TINY, "processes_per_node": 2, "checkpoints": 1,
+                                        "samples_seen": 64})
+    assert scale.per_process_batch_size == 8
+    summary = _train(scale, toy_inputs, tmp_path / "model")
+    assert summary["launch"] == "torchrun" and summary["world_size"] == 2
+    assert checkpoint_epoch(tmp_path / "model" / "final.pt") == 1
+    out_log = (tmp_path / "model" / RUN_NAME / "out.log").read_text()
+    assert "Running in distributed mode with multiple processes" in out_log
+    assert "world size: 2" in out_log.lower() or "world_size: 2" in out_log

@@ -42,6 +42,13 @@ from capmix.provenance import provenance_record, write_json
 log = logging.getLogger(__name__)
 
 RUN_NAME = "run"  # fixed --name, so that --resume latest finds the same run again
+#: What torchrun/srun start per process: ``python -m capmix.train ARGV.json`` runs
+#: ``open_clip_train.main.main(argv)``. The arguments travel in a file because torchrun's
+#: own parser would otherwise claim open_clip's ``--logs`` as an abbreviation of its
+#: ``--logs-specs`` ("ambiguous option"), and a file keeps long argument lists off srun's
+#: command line.
+ENTRY_MODULE = "capmix.train"
+ARGV_NAME = "open_clip_argv.json"
 FINAL_NAME = "final.pt"
 SUMMARY_NAME = "training.json"
 ATTEMPTS_NAME = "attempts.json"
@@ -272,8 +279,8 @@ class Launch:
     prefix: list[str] = field(default_factory=list)  # before the open_clip_train.main argv
     env: dict[str, str] = field(default_factory=dict)
 
-    def command(self, argv: Sequence[str]) -> list[str]:
-        return [*self.prefix, *argv]
+    def command(self, argv_file: Path) -> list[str]:
+        return [*self.prefix, str(argv_file)]
 
 
 def _allocation_hosts(env: Mapping[str, str]) -> list[str]:
@@ -295,7 +302,7 @@ def launch_plan(scale: Scale, env: Mapping[str, str] | None = None) -> Launch:
     env = dict(os.environ if env is None else env)
     if scale.world_size == 1:
         return Launch("in-process")
-    module = [sys.executable, "-u", "-m", "open_clip_train.main"]
+    module = [sys.executable, "-u", "-m", ENTRY_MODULE]
     if env.get("SLURM_JOB_ID"):
         job_id = int(env["SLURM_JOB_ID"])
         hosts = _allocation_hosts(env)
@@ -312,7 +319,7 @@ def launch_plan(scale: Scale, env: Mapping[str, str] | None = None) -> Launch:
         raise TrainConfigError(f"train_scales.{scale.name}: {scale.nodes} nodes need a SLURM "
                                "allocation (run with --profile slurm)")
     prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-              f"--nproc-per-node={scale.processes_per_node_total}", "-m", "open_clip_train.main"]
+              f"--nproc-per-node={scale.processes_per_node_total}", "-m", ENTRY_MODULE]
     return Launch("torchrun", prefix, {"OMP_NUM_THREADS": str(scale.cpus_per_process)})
 
 
@@ -363,7 +370,9 @@ def _run(launch: Launch, argv: list[str], work_dir: Path) -> None:
         _run_open_clip_train(argv, work_dir, isolated=False)
         return
     console = Path(work_dir) / "open_clip_train.console.log"
-    command = launch.command(argv)
+    argv_file = Path(work_dir) / ARGV_NAME
+    write_json(argv_file, argv)
+    command = launch.command(argv_file)
     log.info("launching (%s): %s", launch.kind, shlex.join(command))
     with console.open("ab") as sink:
         proc = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
@@ -448,3 +457,44 @@ def train_clip(scale: Scale, *, manifest_path: Path, work_dir: Path, final_path:
                                            "seed": seed})
     write_json(summary_path, {**summary, "provenance": provenance})
     return summary
+
+
+def _allow_cpu_ddp() -> None:
+    """Let open_clip_train wrap a CPU model in DistributedDataParallel.
+
+    open_clip_train 3.3.0 always passes ``device_ids=[device]``; for a CPU module torch's DDP
+    refuses that ("device_ids ... only work with ... GPU modules or CPU modules, but got
+    device_ids [device(type='cpu')]"), so multi-process training on the CPU (gloo) would fail.
+    DDP's own rule for CPU modules is ``device_ids=None``; only that case is changed.
+    """
+    import torch
+
+    parallel = torch.nn.parallel
+    if getattr(parallel.DistributedDataParallel, "_capmix_cpu_ok", False):
+        return
+
+    class DistributedDataParallel(parallel.DistributedDataParallel):
+        _capmix_cpu_ok = True
+
+        def __init__(self, module: Any, device_ids: Any = None, *args: Any, **kwargs: Any):
+            if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    parallel.DistributedDataParallel = DistributedDataParallel
+
+
+def _main(argv: Sequence[str]) -> int:
+    """One training process under torchrun/srun: ``python -m capmix.train ARGV.json``."""
+    from open_clip_train.main import main
+
+    _allow_cpu_ddp()
+    if len(argv) != 1:
+        print("usage: python -m capmix.train OPEN_CLIP_ARGV.json", file=sys.stderr)
+        return 2
+    status = main(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    return 0 if status in (None, 0) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
