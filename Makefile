@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.capmix-installed
 CORES ?= all
 
-.PHONY: setup run smoke test lint report clean-results
+# The SLURM tests start a real single-node cluster: Debian's daemons, installed as root.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+
+.PHONY: setup run smoke test lint report clean-results slurm-deps
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "capmix needs Python 3.11"'
@@ -26,7 +29,14 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint
 
-test: lint
+slurm-deps:
+	@test -x /usr/sbin/slurmctld -a -x /usr/sbin/slurmd -a -x /usr/sbin/munged \
+	  -a -x /usr/bin/sbatch || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends $(SLURM_PACKAGES) \
+	  || { apt-get update -q && apt-get install -y -q --no-install-recommends $(SLURM_PACKAGES); }; }
+
+test: lint slurm-deps
 	$(BIN)/pytest
 
 clean-results:

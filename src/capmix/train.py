@@ -176,7 +176,7 @@ def pool_train_strategies(config: Mapping[str, Any], pool: Mapping[str, Any]) ->
     wanted = (pool.get("train") or {}).get("strategies")
     if wanted is None:
         return available
-    families = {name: spec for name, spec in (config.get("strategies") or {}).items()}
+    families = config.get("strategies") or {}
     expanded: list[str] = []
     for name in wanted:
         if name in families and "fractions" in families[name]:

@@ -1,0 +1,119 @@
+"""The smoke DAG through a real SLURM cluster with `snakemake --profile slurm`.
+
+The test starts a single-node SLURM cluster itself (tests/slurm_cluster.py: Debian's
+slurmctld, slurmd and munge, one fake GPU), runs the smoke DAG once locally and once through
+the repository's own profile (`slurm/config.yaml`, used exactly as a user runs it from the
+repository root), and checks that the SLURM run finishes with the same outputs, that rules
+asking for a GPU were submitted with a GPU request and the others without. Everything runs
+under `timeout`s, so a stuck scheduler fails the test with the daemons' logs instead of
+hanging CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+from tests.slurm_cluster import slurm_cluster
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+COPIED = ("Snakefile", "workflow", "config", "src", "envs", "slurm")
+# In the SLURM run the captioner and the scorer ask for one GPU (the fake one): the toy
+# models still run on the CPU (device auto), as on a GPU node without CUDA.
+GPU_RULES = {"caption", "embed_images", "score"}
+GPU_CONFIG = {"resources": {stage: {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpus": 1}
+                            for stage in GPU_RULES}}
+SMOKE_TIMEOUT = 1500
+
+
+def copy_workflow(root: Path) -> Path:
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    (root / "config" / "slurm_gpus.yaml").write_text(json.dumps(GPU_CONFIG))
+    return root
+
+
+def run(workdir: Path, *args: str, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
+    return subprocess.run([SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=SMOKE_TIMEOUT, env=environment)
+
+
+def job_records(env: dict[str, str]) -> list[dict[str, str]]:
+    """Every job slurmctld still knows (MinJobAge is an hour in the test cluster)."""
+    shown = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True,
+                           env={**os.environ, **env}, check=True).stdout
+    return [dict(item.split("=", 1) for item in line.split() if "=" in item)
+            for line in shown.splitlines() if line.strip()]
+
+
+@pytest.mark.integration
+@pytest.mark.slurm
+def test_smoke_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
+    local = copy_workflow(tmp_path / "local")
+    result = run(local, "--cores", "2", "--configfile", "config/smoke.yaml",
+                 "config/slurm_gpus.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    on_slurm = copy_workflow(tmp_path / "slurm_run")
+    with slurm_cluster(tmp_path / "cluster", gpus=1) as env:
+        # Exactly as a user runs it from the repository root.
+        result = run(on_slurm, "--profile", "slurm", "--configfile", "config/smoke.yaml",
+                     "config/slurm_gpus.yaml", env=env)
+        records = job_records(env)
+    logs = "\n".join(p.read_text(errors="replace")[-1500:]
+                     for p in sorted((tmp_path / "cluster" / "log").glob("*.log")))
+    assert result.returncode == 0, result.stderr[-4000:] + logs
+
+    # Every rule ran as its own SLURM job; GPU rules asked for a GPU, the others did not.
+    by_rule: dict[str, list[dict[str, str]]] = {}
+    for record in records:
+        comment = record.get("Comment", "")
+        assert comment.startswith("rule_"), record
+        rule = comment[len("rule_"):].split("_wildcards_")[0]
+        by_rule.setdefault(rule, []).append(record)
+    assert {"toy_world", "fetch", "caption", "score", "subset", "train_shards",
+            "train"} <= set(by_rule)
+    for rule, jobs in by_rule.items():
+        for job in jobs:
+            assert job["JobState"] == "COMPLETED", (rule, job)
+            asks_gpu = "gpu" in job.get("TresPerJob", "") + job.get("TresPerNode", "")
+            assert asks_gpu == (rule in GPU_RULES), (rule, job)
+
+    compare_outputs(local, on_slurm)
+
+
+def compare_outputs(local: Path, on_slurm: Path) -> None:
+    """The same result files, with the same content where the pipeline is deterministic."""
+    def files(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in (root / "results").rglob("*")
+                if p.is_file() and "/_work/" not in str(p) and "/run/" not in str(p)}
+
+    assert files(local) == files(on_slurm)
+    for name in sorted(files(local)):
+        a, b = local / name, on_slurm / name
+        if name.endswith(".npy"):
+            assert np.array_equal(np.load(a), np.load(b)), name
+        elif name.endswith("samples.parquet") or "/fetch/index.parquet" in name:
+            left, right = pd.read_parquet(a), pd.read_parquet(b)
+            keep = [c for c in left.columns if c not in ("seconds",)]
+            pd.testing.assert_frame_equal(left[keep], right[keep], obj=name)
+    for name in sorted(n for n in files(local) if n.endswith("/training.json")
+                       and "/models/" in n):
+        left = json.loads((local / name).read_text())
+        right = json.loads((on_slurm / name).read_text())
+        assert (left["samples_seen"], left["steps"]) == (right["samples_seen"], right["steps"])
