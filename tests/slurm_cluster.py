@@ -116,6 +116,17 @@ def slurm_cluster(root: Path, gpus: int = 1, timeout: float = 60.0) -> Iterator[
     shutil.chown(root, "slurm", "slurm")
     os.chmod(root, 0o755)
     conf = write_config(root, os.cpu_count() or 1, _mem_mib(), gpus)
+    # slurmctld runs as `slurm`: every parent of its state directory must let it through
+    # (pytest's tmp_path is private to root, for one).
+    if subprocess.run(["runuser", "-u", "slurm", "--", "test", "-w", str(root / "state")],
+                      capture_output=True).returncode != 0:
+        raise ClusterError(f"user slurm cannot write {root / 'state'}: put the cluster in a "
+                           "directory every user can traverse (e.g. under /tmp, mode 755)")
+    # Clients inside jobs read the default /etc/slurm/slurm.conf: Snakemake's jobstep executor
+    # drops SLURM_* variables (SLURM_CONF included) before running a rule, as on a real
+    # cluster, where the config is at its default place. Existing files are put back after.
+    installed = _install_config(root)
+    conf = SYSTEM_CONF_DIR / "slurm.conf"
     env = {**os.environ, "SLURM_CONF": str(conf)}
     processes: list[subprocess.Popen] = []
     try:
@@ -137,7 +148,7 @@ def slurm_cluster(root: Path, gpus: int = 1, timeout: float = 60.0) -> Iterator[
                                    capture_output=True, text=True)
             return shown.returncode == 0 and shown.stdout.strip() == "idle"
 
-        _wait(node_idle, timeout, "an idle SLURM node", root)
+        _wait(node_idle, timeout, "the SLURM node (idle)", root)
         yield {"SLURM_CONF": str(conf)}
     finally:
         for proc in reversed(processes):
@@ -149,6 +160,31 @@ def slurm_cluster(root: Path, gpus: int = 1, timeout: float = 60.0) -> Iterator[
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        _restore_config(installed)
+
+
+SYSTEM_CONF_DIR = Path("/etc/slurm")
+CONF_FILES = ("slurm.conf", "gres.conf")
+
+
+def _install_config(root: Path) -> dict[str, bytes | None]:
+    """Copy the test cluster's config to /etc/slurm; return what was there before."""
+    SYSTEM_CONF_DIR.mkdir(parents=True, exist_ok=True)
+    before: dict[str, bytes | None] = {}
+    for name in CONF_FILES:
+        target = SYSTEM_CONF_DIR / name
+        before[name] = target.read_bytes() if target.is_file() else None
+        shutil.copyfile(root / name, target)
+    return before
+
+
+def _restore_config(before: dict[str, bytes | None]) -> None:
+    for name, content in before.items():
+        target = SYSTEM_CONF_DIR / name
+        if content is None:
+            target.unlink(missing_ok=True)
+        else:
+            target.write_bytes(content)
 
 
 def _wait(ready, timeout: float, what: str, root: Path) -> None:  # type: ignore[no-untyped-def]
@@ -159,7 +195,8 @@ def _wait(ready, timeout: float, what: str, root: Path) -> None:  # type: ignore
         time.sleep(0.5)
     logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
                    for p in sorted(root.glob("*.out")) + sorted((root / "log").glob("*.log")))
-    raise ClusterError(f"no {what} after {timeout:.0f} s on {socket.gethostname()}{logs}")
+    raise ClusterError(f"{what} not ready after {timeout:.0f} s on {socket.gethostname()}"
+                       f"{logs}")
 
 
 def completed_jobs(root: Path) -> list[dict[str, str]]:

@@ -69,3 +69,18 @@ def test_pyproject_pins_agree_with_lock():
     for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
         name, _, version = requirement.partition("==")
         assert pins.get(canonical(name)) == version, requirement
+
+
+def test_every_rule_names_an_env_file():
+    """Each rule (except the aggregating `all`) runs in one of envs/*.yaml."""
+    rules = {}
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+            name = block.split(":", 1)[0].strip()
+            found = re.search(r"^\s+conda:\s*\n\s+\"([^\"]+)\"", block, flags=re.M)
+            rules[name] = found and (smk.parent / found.group(1)).resolve()
+    assert {"train", "subset", "caption", "fetch"} <= set(rules)
+    missing = sorted(name for name, env in rules.items() if env is None)
+    assert not missing, f"rules without a conda env: {missing}"
+    for name, env in rules.items():
+        assert env.parent == REPO / "envs" and env.is_file(), (name, env)

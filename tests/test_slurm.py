@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ SMOKE_TIMEOUT = 1500
 
 
 def copy_workflow(root: Path) -> Path:
+    root.mkdir(parents=True)
     for name in COPIED:
         source = REPO / name
         if source.is_dir():
@@ -70,13 +72,19 @@ def test_smoke_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
     on_slurm = copy_workflow(tmp_path / "slurm_run")
-    with slurm_cluster(tmp_path / "cluster", gpus=1) as env:
-        # Exactly as a user runs it from the repository root.
-        result = run(on_slurm, "--profile", "slurm", "--configfile", "config/smoke.yaml",
-                     "config/slurm_gpus.yaml", env=env)
-        records = job_records(env)
-    logs = "\n".join(p.read_text(errors="replace")[-1500:]
-                     for p in sorted((tmp_path / "cluster" / "log").glob("*.log")))
+    # The daemons run as `slurm`, which cannot enter pytest's private tmp_path.
+    cluster = Path(tempfile.mkdtemp(prefix="capmix-slurm-"))
+    cluster.chmod(0o755)
+    try:
+        with slurm_cluster(cluster, gpus=1) as env:
+            # Exactly as a user runs it from the repository root.
+            result = run(on_slurm, "--profile", "slurm", "--configfile", "config/smoke.yaml",
+                         "config/slurm_gpus.yaml", env=env)
+            records = job_records(env)
+        logs = "\n".join(p.read_text(errors="replace")[-1500:]
+                         for p in sorted((cluster / "log").glob("*.log")))
+    finally:
+        shutil.rmtree(cluster, ignore_errors=True)
     assert result.returncode == 0, result.stderr[-4000:] + logs
 
     # Every rule ran as its own SLURM job; GPU rules asked for a GPU, the others did not.
