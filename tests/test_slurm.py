@@ -106,22 +106,47 @@ def test_smoke_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
 
 
 def compare_outputs(local: Path, on_slurm: Path) -> None:
-    """The same result files, with the same content where the pipeline is deterministic."""
+    """The same result files; equal content wherever the pipeline is deterministic.
+
+    The toy models are not bit-reproducible from run to run, even between two local runs:
+    open_clip_train's sample shuffle (webdataset ``shuffle``) seeds itself from the pid and
+    the clock. So captions, scores and score-based subsets are compared by what the
+    pipeline fixes (uids, sizes set by fractions, samples seen), not by value.
+    """
     def files(root: Path) -> set[str]:
         return {str(p.relative_to(root)) for p in (root / "results").rglob("*")
                 if p.is_file() and "/_work/" not in str(p) and "/run/" not in str(p)}
 
+    def frame(root: Path, name: str) -> pd.DataFrame:
+        # Error messages quote file paths, which differ only by the run directory.
+        return pd.read_parquet(root / name).replace(str(root), "RUN", regex=True)
+
     assert files(local) == files(on_slurm)
-    for name in sorted(files(local)):
-        a, b = local / name, on_slurm / name
-        if name.endswith(".npy"):
-            assert np.array_equal(np.load(a), np.load(b)), name
-        elif name.endswith("samples.parquet") or "/fetch/index.parquet" in name:
-            left, right = pd.read_parquet(a), pd.read_parquet(b)
-            keep = [c for c in left.columns if c not in ("seconds",)]
-            pd.testing.assert_frame_equal(left[keep], right[keep], obj=name)
+    deterministic = [n for n in files(local) if n.endswith(".parquet") and (
+        n.startswith("results/toyworld/") or n.endswith("/fetch/index.parquet")
+        or "/captions/raw/" in n or "/subsets/raw_no_filter/" in n)]
+    assert len(deterministic) > 10
+    for name in sorted(deterministic):
+        left, right = frame(local, name), frame(on_slurm, name)
+        if "/subsets/" in name:  # the same samples and captions; scores come from the model
+            left, right = left.drop(columns="score"), right.drop(columns="score")
+        pd.testing.assert_frame_equal(left, right, obj=name)
+    for name in sorted(n for n in files(local) if n.endswith(".parquet") and "/scores/" in n):
+        assert sorted(frame(local, name)["uid"]) == sorted(frame(on_slurm, name)["uid"]), name
+    for name in sorted(n for n in files(local) if n.endswith("/summary.json")
+                       and "/subsets/" in n):
+        left = json.loads((local / name).read_text())
+        right = json.loads((on_slurm / name).read_text())
+        assert left["n_pool"] == right["n_pool"], name
+        if left["family"] in ("raw_top", "synthetic_top", "raw_no_filter",
+                              "synthetic_no_filter", "raw_top_synthetic_remaining"):
+            # Sizes a fraction fixes (ties aside, which continuous scores do not have).
+            assert left["n_samples"] == right["n_samples"], name
     for name in sorted(n for n in files(local) if n.endswith("/training.json")
                        and "/models/" in n):
         left = json.loads((local / name).read_text())
         right = json.loads((on_slurm / name).read_text())
         assert (left["samples_seen"], left["steps"]) == (right["samples_seen"], right["steps"])
+    for name in sorted(n for n in files(local) if n.endswith("uids.npy")
+                       and "/raw_no_filter/" in n):
+        assert np.array_equal(np.load(local / name), np.load(on_slurm / name)), name
