@@ -5,12 +5,15 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The strategy catalogue and the training scales first, then the embedded default
-# (capmix.config.BASE_CONFIGS).
+# The strategy catalogue, the training scales and the evaluation suites first, then
+# the embedded default (capmix.config.BASE_CONFIGS).
 configfile: "config/strategies.yaml"
 
 
 configfile: "config/train_scales.yaml"
+
+
+configfile: "config/eval_suites.yaml"
 
 
 configfile: "config/config.yaml"
@@ -24,6 +27,7 @@ include: "workflow/rules/caption.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/mix.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

@@ -69,6 +69,8 @@ def test_dry_run_builds_the_dag(workdir, configfile):
         assert stats["image_clusters"] == 1 and stats["mix_table"] == 1
         # One CLIP per strategy, at the scale's recipe (train.strategies: null = all).
         assert stats["train"] == stats["subset"]
+        # Each model on DataComp's suite, whose 40 task directories are fetched once.
+        assert stats["evaluate"] == stats["train"] and stats["eval_data"] == 40
 
 
 def test_bad_config_fails_at_start_naming_the_key(workdir):
@@ -122,6 +124,7 @@ def test_smoke_dag_end_to_end(workdir):
 
     check_subsets_and_training_shards(workdir, world)
     check_models(workdir)
+    check_evaluations(workdir)
     check_editing_one_strategy_reruns_only_it(workdir)
 
     # Forcing the fetch again retries only the failures, in a new round.
@@ -191,6 +194,33 @@ def check_models(workdir: Path) -> None:
         assert summary["scale"] == "toy_smoke" and summary["final_loss"] > 0
         assert checkpoint_epoch(folder / "final.pt") == 2
     assert not (workdir / "results/toy_smoke/models/synthetic_top_50").exists()
+
+
+def check_evaluations(workdir: Path) -> None:
+    """Every smoke model on the toy suite: one line per task, aggregates over all of them."""
+    world = json.loads((workdir / "results/toyworld/smoke/manifest.json").read_text())
+    splits = {"toy ImageNet": "eval_in", "toy ImageNet v2": "eval_in_v2",
+              "toy ImageNet Sketch": "eval_in_sketch", "toy ImageNet-R": "eval_in_rendition",
+              "toy ImageNet clutter": "eval_in_clutter", "toy retrieval": "eval_retrieval"}
+    for name in ("raw_no_filter", "synthetic_no_filter", "raw_top_30",
+                 "raw_top_synthetic_remaining_filtered_30"):
+        folder = workdir / "results/toy_smoke/eval"
+        lines = [json.loads(x) for x in (folder / f"{name}.jsonl").read_text().splitlines()]
+        assert [x["dataset"] for x in lines] == list(splits), name
+        checkpoint = workdir / f"results/toy_smoke/models/{name}/final.pt"
+        from capmix.provenance import sha256_file
+
+        for line in lines:
+            assert line["toy"] and line["model_sha256"] == sha256_file(checkpoint)
+            assert line["n_samples"] == world["counts"][splits[line["dataset"]]]
+            assert 0 <= line["metrics"]["main_metric"] <= 1
+        assert "mean_recall@1" in lines[-1]["metrics"] and "acc1" in lines[0]["metrics"]
+        summary = json.loads((folder / f"{name}.aggregate.json").read_text())
+        assert summary["complete"] and summary["toy"] and summary["missing"] == {}
+        means = {x["dataset"]: x["metrics"]["main_metric"] for x in lines}
+        assert summary["aggregates"]["Average"] == pytest.approx(sum(means.values()) / 6)
+        assert summary["aggregates"]["Retrieval"] == means["toy retrieval"]
+        assert summary["provenance"]["inputs"][0]["path"].endswith("final.pt")
 
 
 def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:

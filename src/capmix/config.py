@@ -23,9 +23,9 @@ from jsonschema.exceptions import ValidationError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 #: What the Snakefile loads (`configfile:`), in order: the strategy catalogue, the training
-#: scales, the embedded default.
-BASE_CONFIGS = (REPO_ROOT / "config" / "strategies.yaml", REPO_ROOT / "config" /
-                "train_scales.yaml", REPO_ROOT / "config" / "config.yaml")
+#: scales, the evaluation suites, the embedded default.
+BASE_CONFIGS = tuple(REPO_ROOT / "config" / name for name in (
+    "strategies.yaml", "train_scales.yaml", "eval_suites.yaml", "config.yaml"))
 
 
 class ConfigError(ValueError):
@@ -124,10 +124,12 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
         if targets & {"scores", "quality"} and scorer is None:
             problems.append(f"{where}.scorer': targets {sorted(targets & {'scores', 'quality'})} "
                             f"need a scorer for pool '{pool['name']}'")
+    from capmix.evaluate import eval_problems
     from capmix.mix import strategy_problems
     from capmix.train import train_problems
 
-    return problems + strategy_problems(config) + train_problems(config)
+    return (problems + strategy_problems(config) + train_problems(config)
+            + eval_problems(config))
 
 
 def fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:

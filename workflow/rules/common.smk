@@ -1,5 +1,6 @@
 # Start-up: validate the config against the schema (defaults filled in), check
 # cross-references, and helpers that turn config data into file paths.
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
+from capmix.evaluate import TASK_MANIFEST, load_suite  # noqa: E402
 from capmix.mix import (  # noqa: E402
     expand_strategies,
     pool_needs_clusters,
@@ -37,6 +39,10 @@ if _reference_problems:
 POOLS = {pool["name"]: pool for pool in config["pools"]}
 TOY_WORLDS = config["toy_worlds"]
 STRATEGIES = expand_strategies(config["strategies"])
+# Where real suites fetch their task data to (config eval_suites.<suite>.data_dir).
+REAL_EVAL_DATA_DIRS = sorted(
+    {s["data_dir"].rstrip("/") for s in config["eval_suites"].values()
+     if not s.get("toy") and s.get("data_dir")})
 
 
 wildcard_constraints:
@@ -48,6 +54,8 @@ wildcard_constraints:
     chunk="chunk[0-9]+of[0-9]+",
     caption_set="raw|[a-z][a-z0-9_.]*/[0-9]+[.][0-9]+",
     strategy="|".join(STRATEGIES) or "no_strategy",
+    data="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    eval_data_dir="|".join(map(re.escape, REAL_EVAL_DATA_DIRS)) or "no_eval_data_dir",
 
 
 def pool_source(wildcards):
@@ -217,6 +225,11 @@ def pool_targets(pool, target):
             return []  # a pool without a training scale trains nothing
         return [f"results/{pool}/models/{s}/training.json"
                 for s in pool_train_strategies(config, POOLS[pool])]
+    if target == "eval":
+        if not (POOLS[pool]["train"] and POOLS[pool]["eval"]):
+            return []  # nothing trained, or no suite: nothing to evaluate
+        return [f"results/{pool}/eval/{s}.aggregate.json"
+                for s in pool_train_strategies(config, POOLS[pool])]
     raise ValueError(target)
 
 
@@ -240,6 +253,60 @@ def train_inputs(wildcards):
         world = POOLS[pool]["source"]["world"]
         inputs["toy_model"] = f"{toy_model_dir(world, kind)}/open_clip_config.json"
     return inputs
+
+
+def pool_suite(pool):
+    """The evaluation suite of a pool (capmix.evaluate.Suite)."""
+    evaluation = POOLS[pool]["eval"]
+    if not evaluation:
+        raise WorkflowError(f"pool '{pool}' has no eval.suite, so it evaluates no models")
+    return load_suite(config, evaluation["suite"])
+
+
+def eval_data_dir(pool):
+    """Task data of the pool's suite: the toy suite is built per toy world."""
+    suite = pool_suite(pool)
+    if suite.toy:
+        return f"results/eval_data/toy/{POOLS[pool]['source']['world']}"
+    return suite.data_dir.rstrip("/")
+
+
+def eval_inputs(wildcards):
+    pool, strategy = wildcards.pool, wildcards.strategy
+    data_dir = eval_data_dir(pool)
+    return {
+        "checkpoint": f"results/{pool}/models/{strategy}/final.pt",
+        "training": f"results/{pool}/models/{strategy}/training.json",
+        "tasks": [f"{data_dir}/{t.data}/{TASK_MANIFEST}" for t in pool_suite(pool).tasks],
+    }
+
+
+def eval_resource(wildcards, key):
+    """One resource of an evaluation job, from the suite's `resources` (unset if absent)."""
+    return (config["eval_suites"][POOLS[wildcards.pool]["eval"]["suite"]].get("resources")
+            or {}).get(key)
+
+
+def toy_eval_task(wildcards):
+    """The toy-suite task whose data directory is `wildcards.data`, and its suite."""
+    for name, spec in config["eval_suites"].items():
+        if spec.get("toy"):
+            suite = load_suite(config, name)
+            for task in suite.tasks:
+                if task.data == wildcards.data:
+                    return {"suite": name, "task": task.name}
+    raise WorkflowError(f"no toy evaluation task has the data directory '{wildcards.data}'")
+
+
+def real_eval_task(wildcards):
+    """The real-suite task fetched to `{eval_data_dir}/{data}`, and its suite."""
+    for name, spec in config["eval_suites"].items():
+        if not spec.get("toy") and spec.get("data_dir", "").rstrip("/") == wildcards.eval_data_dir:
+            for task in load_suite(config, name).tasks:
+                if task.data == wildcards.data:
+                    return {"suite": name, "task": task.name}
+    raise WorkflowError(f"no task of a suite with data_dir '{wildcards.eval_data_dir}' has "
+                        f"the data directory '{wildcards.data}'")
 
 
 def all_targets():
