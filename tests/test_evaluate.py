@@ -159,6 +159,20 @@ def test_aggregate_of_incomplete_results_names_what_is_missing(datacomp):
                                  "Retrieval": ["WinoGAViL"]}
 
 
+def test_cli_aggregates_a_datacomp_results_file(tmp_path, datacomp, capsys):
+    from capmix.evaluate import main
+
+    # DataComp's own line format: key, dataset, metrics (main_metric inside).
+    lines = [{"key": t.key, "dataset": t.name, "metrics": {"main_metric": 0.25 if t.scored
+                                                            else None}}
+             for t in datacomp.tasks if t.name != "MSCOCO"]
+    path = tmp_path / "eval_results.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main([str(path)]) == 1  # incomplete
+    out = capsys.readouterr().out
+    assert "ImageNet: 0.2500" in out and "Retrieval: n/a, missing: MSCOCO" in out
+
+
 # ------------------------------------------------------------------ an oracle CLIP
 
 

@@ -34,6 +34,10 @@ GPU_RULES = {"caption", "embed_images", "score"}
 GPU_CONFIG = {"resources": {stage: {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpus": 1}
                             for stage in GPU_RULES}}
 SMOKE_TIMEOUT = 1500
+# One more model, trained by two CPU processes: the job asks for 2 tasks and starts them with
+# srun inside its allocation (the multi-GPU path, with gloo instead of NCCL).
+DDP_MODEL = "results/toy_smoke/models/synthetic_top_50/training.json"
+DDP_CONFIG = {"train_scales": {"toy_smoke": {"processes_per_node": 2}}}
 
 
 def copy_workflow(root: Path) -> Path:
@@ -45,6 +49,7 @@ def copy_workflow(root: Path) -> Path:
         else:
             shutil.copy(source, root / name)
     (root / "config" / "slurm_gpus.yaml").write_text(json.dumps(GPU_CONFIG))
+    (root / "config" / "slurm_ddp.yaml").write_text(json.dumps(DDP_CONFIG))
     return root
 
 
@@ -80,12 +85,18 @@ def test_smoke_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
             # Exactly as a user runs it from the repository root.
             result = run(on_slurm, "--profile", "slurm", "--configfile", "config/smoke.yaml",
                          "config/slurm_gpus.yaml", env=env)
+            ddp = None
+            if result.returncode == 0:
+                ddp = run(on_slurm, DDP_MODEL, "--profile", "slurm", "--configfile",
+                          "config/smoke.yaml", "config/slurm_gpus.yaml", "config/slurm_ddp.yaml",
+                          env=env)
             records = job_records(env)
         logs = "\n".join(p.read_text(errors="replace")[-1500:]
                          for p in sorted((cluster / "log").glob("*.log")))
     finally:
         shutil.rmtree(cluster, ignore_errors=True)
     assert result.returncode == 0, result.stderr[-4000:] + logs
+    assert ddp is not None and ddp.returncode == 0, ddp.stderr[-4000:] + logs
 
     # Every rule ran as its own SLURM job; GPU rules asked for a GPU, the others did not.
     by_rule: dict[str, list[dict[str, str]]] = {}
@@ -102,10 +113,20 @@ def test_smoke_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
             asks_gpu = "gpu" in job.get("TresPerJob", "") + job.get("TresPerNode", "")
             assert asks_gpu == (rule in GPU_RULES), (rule, job)
 
-    compare_outputs(local, on_slurm)
+    # The two-process training job: 2 tasks in its allocation, started with srun, and
+    # open_clip_train saw a world of 2 (per-process batch 64 / 2).
+    ddp_jobs = [j for j in by_rule["train"] if "synthetic_top_50" in j.get("Comment", "")]
+    assert len(ddp_jobs) == 1 and ddp_jobs[0]["NumTasks"] == "2", ddp_jobs
+    summary = json.loads((on_slurm / DDP_MODEL).read_text())
+    assert summary["world_size"] == 2 and summary["launch"] == "srun"
+    assert summary["attempts"][-1]["slurm_job_id"] == ddp_jobs[0]["JobId"]
+    assert summary["per_process_batch_size"] == 32
+    assert (summary["samples_seen"], summary["steps"]) == (1536, 24)
+
+    compare_outputs(local, on_slurm, skip=DDP_MODEL.rsplit("/", 1)[0])
 
 
-def compare_outputs(local: Path, on_slurm: Path) -> None:
+def compare_outputs(local: Path, on_slurm: Path, skip: str = "") -> None:
     """The same result files; equal content wherever the pipeline is deterministic.
 
     The toy models are not bit-reproducible from run to run, even between two local runs:
@@ -115,7 +136,8 @@ def compare_outputs(local: Path, on_slurm: Path) -> None:
     """
     def files(root: Path) -> set[str]:
         return {str(p.relative_to(root)) for p in (root / "results").rglob("*")
-                if p.is_file() and "/_work/" not in str(p) and "/run/" not in str(p)}
+                if p.is_file() and "/_work/" not in str(p) and "/run/" not in str(p)
+                and not (skip and str(p.relative_to(root)).startswith(skip))}
 
     def frame(root: Path, name: str) -> pd.DataFrame:
         # Error messages quote file paths, which differ only by the run directory.

@@ -13,14 +13,14 @@ DataComp's ``evaluate.py`` and ``eval_utils/`` do, with the suite itself as conf
   :func:`write_winogavil_task`), and the toy suite is written in it from the toy world
   (:func:`write_toy_task`). Evaluation then reads local files only, through one code path.
 * **Metrics** are clip_benchmark's (``zero_shot_classifier``, ``run_classification``,
-  ``zeroshot_retrieval.evaluate``; its top-k ``accuracy`` arithmetic in
-  :func:`topk_accuracy`, since the library's breaks under NumPy 2.4) plus scikit-learn's
-  balanced accuracy, as in DataComp. The group metrics of WILDS and the fairness sets (worst-group accuracy and
-  per-group numbers) are computed here with numpy rather than with the ``wilds`` package:
-  DataComp only uses its grouper and mean-per-group arithmetic, and ``wilds`` pins old
-  dependencies (``ogb``, ``outdated``) that the rest of the pipeline does not need. Key
-  names follow wilds' (``acc_avg``, ``acc_slide:3``, ``count_slide:3``, ``acc_wg``) so that
-  results compare line by line with DataComp's.
+  ``zeroshot_retrieval.evaluate``; its top-k ``accuracy`` arithmetic is restated in
+  :func:`topk_accuracy` because the library's breaks under NumPy 2.4) plus scikit-learn's
+  balanced accuracy, as in DataComp. The group metrics of WILDS and the fairness sets
+  (worst-group accuracy, per-group numbers) are computed with numpy here, not with the
+  ``wilds`` package: DataComp uses only its grouper and per-group means, and ``wilds``
+  pins old dependencies (``ogb``, ``outdated``) nothing else here needs. Key names follow
+  wilds' (``acc_avg``, ``acc_slide:3``, ``count_slide:3``, ``acc_wg``) so that results
+  compare line by line with DataComp's.
 * **Results** are one JSON line per task (DataComp's ``key``/``dataset``/``metrics`` plus the
   model's checksum and the sample count), appended as each task finishes to a progress file
   outside Snakemake's outputs; a re-run skips tasks already there for the same checkpoint.
@@ -182,6 +182,17 @@ def eval_problems(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"{where}: the pool trains no models (no `train`), so there is "
                             f"nothing to evaluate")
     return problems
+
+
+def real_eval_data_dirs(config: Mapping[str, Any]) -> list[str]:
+    """The directories real (non-toy) suites fetch their task data to, without trailing slash.
+
+    The workflow constrains its ``eval_data`` rule to these, so that a task manifest path
+    matches exactly one rule.
+    """
+    return sorted({spec["data_dir"].rstrip("/")
+                   for spec in (config.get("eval_suites") or {}).values()
+                   if not spec.get("toy") and spec.get("data_dir")})
 
 
 def load_suite(config: Mapping[str, Any], name: str) -> Suite:
@@ -932,3 +943,26 @@ def fetch_task(task: Task, data_dir: Path, snapshot_download: Callable[..., Any]
     if task.protocol == "winogavil":
         return write_winogavil_task(rows, directory, source)
     return write_retrieval_task(rows, directory, source)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m capmix.evaluate RESULTS.jsonl [--suite datacomp]``: print a results file's
+    aggregates (DataComp's own results files too), naming any task it lacks."""
+    import argparse
+
+    from capmix.config import pipeline_config
+
+    parser = argparse.ArgumentParser(prog="python -m capmix.evaluate", description=main.__doc__)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--suite", default="datacomp")
+    args = parser.parse_args(argv)
+    summary = aggregate_file(args.results, load_suite(pipeline_config(), args.suite))
+    for group, value in summary["aggregates"].items():
+        shown = f"{value:.4f}" if value is not None else "n/a, missing: " + ", ".join(
+            summary["missing"][group])
+        print(f"{group}: {shown}")
+    return 0 if summary["complete"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

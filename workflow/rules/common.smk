@@ -12,7 +12,7 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
-from capmix.evaluate import TASK_MANIFEST, load_suite  # noqa: E402
+from capmix.evaluate import TASK_MANIFEST, load_suite, real_eval_data_dirs  # noqa: E402
 from capmix.mix import (  # noqa: E402
     expand_strategies,
     pool_needs_clusters,
@@ -40,9 +40,7 @@ POOLS = {pool["name"]: pool for pool in config["pools"]}
 TOY_WORLDS = config["toy_worlds"]
 STRATEGIES = expand_strategies(config["strategies"])
 # Where real suites fetch their task data to (config eval_suites.<suite>.data_dir).
-REAL_EVAL_DATA_DIRS = sorted(
-    {s["data_dir"].rstrip("/") for s in config["eval_suites"].values()
-     if not s.get("toy") and s.get("data_dir")})
+REAL_EVAL_DATA_DIRS = real_eval_data_dirs(config)
 
 
 wildcard_constraints:
