@@ -50,11 +50,13 @@ def test_dry_run_builds_the_dag(workdir, configfile):
     datacomp = bool(configfile and configfile.startswith("datacomp"))
     if datacomp:
         # DataComp's published IN1k embeddings and centroids are user-provided inputs: without
-        # them the DAG stops at once, naming the file.
+        # them the DAG stops, naming the file (the same code path at every scale, so shown
+        # at the smallest: the xlarge DAG alone takes minutes to build).
         scale = configfile[len("datacomp_"):-len(".yaml")]
-        result = snakemake(workdir, *args)
-        assert result.returncode != 0
-        assert f"data/datacomp/{scale}_centroids.pt" in result.stdout + result.stderr
+        if scale == "small":
+            result = snakemake(workdir, *args)
+            assert result.returncode != 0
+            assert f"data/datacomp/{scale}_centroids.pt" in result.stdout + result.stderr
         for name in [f"in1k_clip_vit_l14_{i}.pt" for i in range(5)] + [f"{scale}_centroids.pt"]:
             (workdir / "data" / "datacomp").mkdir(parents=True, exist_ok=True)
             (workdir / "data" / "datacomp" / name).touch()
