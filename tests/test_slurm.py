@@ -34,13 +34,10 @@ GPU_RULES = {"caption", "embed_images", "score"}
 GPU_CONFIG = {"resources": {stage: {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpus": 1}
                             for stage in GPU_RULES}}
 SMOKE_TIMEOUT = 1500
-# Through SLURM the same DAG takes about twice as long on a 2-core machine (measured: 21 min
-# with the profile's 20 s status polls): one job per rule, the fake GPU taken in turn.
+# Through SLURM the same DAG takes about twice as long on a 2-core machine (measured: 20 min
+# 55 s with the profile's 20 s status polls, 20 min 21 s with 5 s polls): one job per rule,
+# the one fake GPU taken in turn.
 SLURM_TIMEOUT = 2400
-# The profile as a user runs it, polling job states every 5 s instead of 20 s: short toy
-# jobs otherwise wait for the next poll (the test cluster keeps finished jobs for an hour,
-# so squeue still sees them; the plugin asks for MinJobAge >= 3 x this).
-FAST_POLLS = ("--slurm-init-seconds-before-status-checks", "5")
 # One more model, trained by two CPU processes: the job asks for 2 tasks and starts them with
 # srun inside its allocation (the multi-GPU path, with gloo instead of NCCL).
 DDP_MODEL = "results/toy_smoke/models/synthetic_top_50/training.json"
@@ -91,14 +88,14 @@ def test_smoke_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
     try:
         with slurm_cluster(cluster, gpus=1) as env:
             # Exactly as a user runs it from the repository root.
-            result = run(on_slurm, "--profile", "slurm", *FAST_POLLS, "--configfile",
-                         "config/smoke.yaml", "config/slurm_gpus.yaml", env=env,
+            result = run(on_slurm, "--profile", "slurm", "--configfile", "config/smoke.yaml",
+                         "config/slurm_gpus.yaml", env=env,
                          timeout=SLURM_TIMEOUT)
             ddp = None
             if result.returncode == 0:
-                ddp = run(on_slurm, DDP_MODEL, "--profile", "slurm", *FAST_POLLS,
-                          "--configfile", "config/smoke.yaml", "config/slurm_gpus.yaml",
-                          "config/slurm_ddp.yaml", env=env)
+                ddp = run(on_slurm, DDP_MODEL, "--profile", "slurm", "--configfile",
+                          "config/smoke.yaml", "config/slurm_gpus.yaml", "config/slurm_ddp.yaml",
+                          env=env)
             records = job_records(env)
         logs = "\n".join(p.read_text(errors="replace")[-1500:]
                          for p in sorted((cluster / "log").glob("*.log")))
