@@ -210,9 +210,11 @@ def load_suite(config: Mapping[str, Any], name: str) -> Suite:
              data=t.get("data") or default_data_name(t["key"]), source=t.get("source"),
              split=t.get("split"))
         for t in spec["tasks"])
+    # data_dir without a trailing slash: the workflow matches task paths against it.
     return Suite(name=name, tasks=tasks, toy=bool(spec.get("toy")),
                  aggregates={g: tuple(m) for g, m in (spec.get("aggregates") or {}).items()},
-                 data_dir=spec.get("data_dir"), templates=tuple(spec.get("templates") or ()))
+                 data_dir=(spec.get("data_dir") or "").rstrip("/") or None,
+                 templates=tuple(spec.get("templates") or ()))
 
 
 # ------------------------------------------------------------------------------ aggregates

@@ -266,7 +266,7 @@ def eval_data_dir(pool):
     suite = pool_suite(pool)
     if suite.toy:
         return f"results/eval_data/toy/{POOLS[pool]['source']['world']}"
-    return suite.data_dir.rstrip("/")
+    return suite.data_dir
 
 
 def eval_inputs(wildcards):
@@ -299,8 +299,11 @@ def toy_eval_task(wildcards):
 def real_eval_task(wildcards):
     """The real-suite task fetched to `{eval_data_dir}/{data}`, and its suite."""
     for name, spec in config["eval_suites"].items():
-        if not spec.get("toy") and spec.get("data_dir", "").rstrip("/") == wildcards.eval_data_dir:
-            for task in load_suite(config, name).tasks:
+        if spec.get("toy"):
+            continue
+        suite = load_suite(config, name)
+        if suite.data_dir == wildcards.eval_data_dir:
+            for task in suite.tasks:
                 if task.data == wildcards.data:
                     return {"suite": name, "task": task.name}
     raise WorkflowError(f"no task of a suite with data_dir '{wildcards.eval_data_dir}' has "
