@@ -9,7 +9,7 @@ CORES ?= all
 # The SLURM tests start a real single-node cluster: Debian's daemons, installed as root.
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
 
-.PHONY: setup run smoke test lint report clean-results slurm-deps
+.PHONY: setup run smoke replicates test lint report clean-results slurm-deps
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "capmix needs Python 3.11"'
@@ -24,6 +24,16 @@ run: setup
 
 smoke: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml
+
+# The default over several seeds, each into its own results root (runs/seedN/, nothing
+# overwritten; a finished seed is not re-run), then the findings table across seeds.
+SEEDS ?= 0 1 2
+replicates: setup
+	for seed in $(SEEDS); do \
+	  $(BIN)/snakemake --cores $(CORES) --directory runs/seed$$seed --config seed=$$seed \
+	  || exit 1; done
+	$(BIN)/python -m capmix.findings combine runs/findings \
+	  $(foreach seed,$(SEEDS),runs/seed$(seed)/results/toy_default/findings.json)
 
 lint: setup
 	$(BIN)/ruff check .

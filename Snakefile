@@ -5,18 +5,23 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The strategy catalogue, the training scales and the evaluation suites first, then
-# the embedded default (capmix.config.BASE_CONFIGS).
-configfile: "config/strategies.yaml"
+# The strategy catalogue, the training scales, the evaluation suites and the paper's
+# findings first, then the embedded default (capmix.config.BASE_CONFIGS). Paths from the
+# Snakefile's folder, so that `--directory DIR` runs the workflow into another results root
+# (the replicates over seeds do).
+configfile: f"{workflow.basedir}/config/strategies.yaml"
 
 
-configfile: "config/train_scales.yaml"
+configfile: f"{workflow.basedir}/config/train_scales.yaml"
 
 
-configfile: "config/eval_suites.yaml"
+configfile: f"{workflow.basedir}/config/eval_suites.yaml"
 
 
-configfile: "config/config.yaml"
+configfile: f"{workflow.basedir}/config/findings.yaml"
+
+
+configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -28,6 +33,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/mix.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/findings.smk"
 
 
 rule all:

@@ -3,7 +3,14 @@ import math
 import pandas as pd
 import pytest
 
-from capmix.quality import caption_set_quality, cider, tokenize, unique_ngrams
+from capmix.quality import (
+    attribute_accuracy,
+    caption_set_quality,
+    cider,
+    sampled_unique_ngrams,
+    tokenize,
+    unique_ngrams,
+)
 
 
 def test_tokenize_is_ptb_like():
@@ -41,3 +48,46 @@ def test_caption_set_quality_columns():
     assert math.isclose(result["mean_cos"], 0.05)
     assert math.isclose(result["clip_s"], 0.25)
     assert result["cider_n"] == 2 and result["cider"] > 0
+
+
+def test_trigrams_at_equal_sample_size_are_seeded_and_bounded():
+    texts = [f"a red circle number {i}" for i in range(50)]
+    assert sampled_unique_ngrams(texts, 100, seed=0) == unique_ngrams(texts, 3)
+    small = sampled_unique_ngrams(texts, 10, seed=0)
+    # "a red circle" and "red circle number" are shared; "circle number {i}" is per text
+    assert small == 2 + 10
+    assert sampled_unique_ngrams(texts, 10, seed=0) == small
+    captions = pd.DataFrame({"uid": [f"{i:02d}" for i in range(50)], "caption": texts})
+    result = caption_set_quality(captions.iloc[::-1], trigram_sample_size=10, seed=3)
+    again = caption_set_quality(captions, trigram_sample_size=10, seed=3)
+    assert result["unique_trigrams_sampled"] == again["unique_trigrams_sampled"] == 12
+    assert result["trigram_sample_size"] == 10
+
+
+def test_attribute_accuracy_on_known_captions():
+    truth = pd.DataFrame({
+        "uid": ["1", "2", "3", "4"],
+        "shape": ["hexagon", "circle", "star", "ring"],
+        "colour": ["brown", "red", "yellow", "pink"],
+        "size": ["small", "large", "medium", "small"],
+        "position": ["top left", "left", "center", "bottom"],
+        "background": ["striped gray", "white", "gray", "black"],
+    })
+    captions = pd.DataFrame({"uid": ["1", "2", "3", "4", "5"], "caption": [
+        "A small brown hexagon in the top left corner of a striped gray background",
+        "a red polygon on a pink background.",   # supercategory: shape named, not rightly
+        "Italien - Ligurien",                     # names nothing
+        None,                                     # no caption: not counted
+        "a blue square",                          # not a scene image: not counted
+    ]})
+    result = attribute_accuracy(captions, truth)
+    assert result["n"] == 3
+    assert result["shape"] == {"mentioned": 2 / 3, "correct": 1 / 3, "precision": 0.5}
+    # "pink" names the background, not the object
+    assert result["colour"] == {"mentioned": 2 / 3, "correct": 2 / 3, "precision": 1.0}
+    assert result["size"] == {"mentioned": 1 / 3, "correct": 1 / 3, "precision": 1.0}
+    assert result["position"] == {"mentioned": 1 / 3, "correct": 1 / 3, "precision": 1.0}
+    assert result["background"] == {"mentioned": 2 / 3, "correct": 1 / 3, "precision": 0.5}
+    quality = caption_set_quality(captions, truth=truth)
+    assert quality["attributes"] == result
+    assert "attributes" not in caption_set_quality(captions)

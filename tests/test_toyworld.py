@@ -243,9 +243,10 @@ def test_coco_captions_are_formulaic(tables: dict[str, pd.DataFrame]) -> None:
     for row in coco.itertuples():
         words = set(tw.tokens(row.text))
         assert not words & SIZE_POSITION_WORDS, row.text
-        assert {row.shape, row.colour} <= words
+        assert {row.colour, *tw.tokens(tw.COCO_NAMES[row.shape])} <= words
         article = "an" if row.colour[0] in "aeiou" else "a"
-        expected = f"{article} {row.colour} {row.shape} on a {row.background} background."
+        name = tw.COCO_NAMES[row.shape]
+        expected = f"{article} {row.colour} {name} on a {row.background} background."
         assert row.text == expected
         assert row.n_objects == 1 and row.background in tw.BACKGROUND_COLOURS
 
@@ -256,6 +257,78 @@ def test_pretrain_captions_are_diverse_but_complete(tables: dict[str, pd.DataFra
     assert len(starts) >= 4  # several templates in use
     for row in pretrain.itertuples():
         assert {row.shape, row.colour, row.size} <= set(tw.tokens(row.text))
+
+
+def test_coco_names_narrow_the_vocabulary() -> None:
+    # Some classes are only called by their supercategory in the COCO-style split, as COCO
+    # says "a bird" where ImageNet has species; every class belongs to exactly one group.
+    members = [s for group in tw.SUPERCATEGORIES.values() for s in group]
+    assert sorted(members) == sorted(tw.CLASSNAMES)
+    coarse = {s for s, name in tw.COCO_NAMES.items() if name != s}
+    assert coarse and coarse != set(tw.CLASSNAMES)
+    for shape in coarse:
+        assert tw.COCO_NAMES[shape] in tw.SUPERCATEGORIES
+        assert shape in tw.SUPERCATEGORIES[tw.COCO_NAMES[shape]]
+
+
+def test_captions_leave_out_attributes_but_always_name_the_class(tmp_path: Path) -> None:
+    spec = copy.deepcopy(SPEC)
+    spec["splits"] = {split: 0 for split in tw.SPLITS} | {"pretrain": 300}
+    spec["attribute_mention_probability"] = 0.5
+    tw.generate_world(tmp_path / "w", spec, SEED)
+    pretrain = pd.read_parquet(tmp_path / "w" / "pretrain.parquet")
+    stated = {"size": 0, "colour": 0}
+    for row in pretrain.itertuples():
+        words = set(tw.tokens(row.text))
+        assert row.shape in words, row.text
+        stated["size"] += row.size in words
+        stated["colour"] += row.colour in words
+        assert {row.shape, row.colour, row.size} <= set(tw.tokens(row.description))
+    for attribute, count in stated.items():
+        assert 0.3 < count / len(pretrain) < 0.7, attribute
+    rng = np.random.default_rng(0)
+    assert tw.sample_mentions(rng, 1.0) == tw.ALL_ATTRIBUTES
+    assert tw.sample_mentions(rng, 0.0) == frozenset()
+
+
+def test_describe_states_only_the_mentioned_attributes() -> None:
+    obj = tw.SceneObject("star", "yellow", "large", "top left")
+    scene = tw.Scene((obj,), "gray", "striped")
+    full = tw.describe(scene)
+    assert full == "a large yellow star in the top left corner of a striped gray background"
+    assert tw.describe(scene, "canonical", frozenset()) == "a star"
+    assert tw.describe(scene, "showing", frozenset({"colour"})) == "an image showing a yellow star"
+    assert tw.describe(scene, "colour_first", frozenset({"size", "background"})) == (
+        "a star of large size of a striped gray background")
+    for style in tw.DESCRIPTION_STYLES:
+        for mentions in (frozenset(), frozenset({"position"}), tw.ALL_ATTRIBUTES):
+            words = set(tw.tokens(tw.describe(scene, style, mentions)))
+            assert "star" in words
+            assert ("yellow" in words) == ("colour" in mentions)
+            assert ("large" in words) == ("size" in mentions)
+            assert ("corner" in words) == ("position" in mentions)
+            assert ("striped" in words) == ("background" in mentions)
+
+
+def test_typical_colours() -> None:
+    assert set(tw.TYPICAL_COLOURS) == set(tw.CLASSNAMES)
+    assert set(tw.TYPICAL_COLOURS.values()) <= set(tw.COLOURS)
+    rng = np.random.default_rng(3)
+    for profile, expected in (("imagenet", 0.8), ("coco", 0.8), ("web", 0.8)):
+        scenes = [tw.sample_scene(rng, profile, shape="hexagon", typical_colour_probability=0.8)
+                  for _ in range(400)]
+        typical = np.mean([s.main.colour == "brown" for s in scenes])
+        # the typical colour, plus the 1/8 of the rest that draw it by chance
+        assert abs(typical - (expected + (1 - expected) / len(tw.COLOURS))) < 0.06, profile
+        for s in scenes:  # the background is always one the object stands out on
+            assert s.main.colour in tw._contrasting(s.background_colour, (s.main.colour,))
+    renditions = [tw.sample_scene(rng, "rendition", shape="hexagon",
+                                  typical_colour_probability=1.0) for _ in range(100)]
+    assert all(s.main.colour != "brown" for s in renditions)
+    sketches = [tw.sample_scene(rng, "sketch", typical_colour_probability=1.0) for _ in range(20)]
+    assert all(s.main.colour == "black" for s in sketches)
+    plain = [tw.sample_scene(rng, "imagenet", shape="circle") for _ in range(400)]
+    assert np.mean([s.main.colour == "red" for s in plain]) < 0.25
 
 
 def test_pool_caption_modes_mean_what_they_say(tables: dict[str, pd.DataFrame]) -> None:

@@ -23,9 +23,9 @@ from jsonschema.exceptions import ValidationError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 #: What the Snakefile loads (`configfile:`), in order: the strategy catalogue, the training
-#: scales, the evaluation suites, the embedded default.
+#: scales, the evaluation suites, the paper's findings, the embedded default.
 BASE_CONFIGS = tuple(REPO_ROOT / "config" / name for name in (
-    "strategies.yaml", "train_scales.yaml", "eval_suites.yaml", "config.yaml"))
+    "strategies.yaml", "train_scales.yaml", "eval_suites.yaml", "findings.yaml", "config.yaml"))
 
 
 class ConfigError(ValueError):
@@ -60,14 +60,22 @@ def _allowed(error: ValidationError) -> str:
         return "keys " + ", ".join(allowed) if allowed else "no extra keys"
     if error.validator in ("minimum", "maximum", "minItems", "minLength", "pattern", "const"):
         return f"{error.validator} {error.validator_value!r}"
+    if error.validator == "not" and isinstance(error.validator_value, Mapping) \
+            and "const" in error.validator_value:
+        return f"anything but {error.validator_value['const']!r}"
     if error.validator == "required":
         return "required keys " + ", ".join(error.validator_value)
     if error.validator == "oneOf":
-        return " or ".join(
-            sub.get("type", "?") + (f" in {sub['enum']}" if "enum" in sub else "")
-            for sub in error.validator_value
-        )
+        return " or ".join(_one_of(sub) for sub in error.validator_value)
     return str(error.validator)
+
+
+def _one_of(sub: Any) -> str:
+    """One alternative of a ``oneOf``: its type (and values), or the keys it requires."""
+    if isinstance(sub, Mapping) and "type" not in sub and "enum" not in sub and "required" in sub:
+        return "key " + "+".join(sub["required"])
+    sub = sub if isinstance(sub, Mapping) else {}
+    return sub.get("type", "?") + (f" in {sub['enum']}" if "enum" in sub else "")
 
 
 def explain_errors(config: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
@@ -124,12 +132,15 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
         if targets & {"scores", "quality"} and scorer is None:
             problems.append(f"{where}.scorer': targets {sorted(targets & {'scores', 'quality'})} "
                             f"need a scorer for pool '{pool['name']}'")
+    from capmix.captionsets import temperature_problems
     from capmix.evaluate import eval_problems
+    from capmix.findings import findings_problems
     from capmix.mix import strategy_problems
     from capmix.train import train_problems
 
-    return (problems + strategy_problems(config) + train_problems(config)
-            + eval_problems(config))
+    return (problems + temperature_problems(config) + strategy_problems(config)
+            + train_problems(config)
+            + eval_problems(config) + findings_problems(config))
 
 
 def fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:

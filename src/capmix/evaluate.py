@@ -798,7 +798,8 @@ class _TaskWriter:
             if self._sink is not None:
                 self._sink.close()
             shard = self.directory / "test" / f"{self.n // self.samples_per_shard}.tar"
-            self._sink = wds.TarWriter(str(shard))
+            # fixed int mtime: reproducible bytes, and no PAX header per member (float mtimes)
+            self._sink = wds.TarWriter(str(shard), mtime=0)
         self._sink.write({"__key__": f"{self.n:08d}", **sample})
         self.n += 1
 

@@ -60,12 +60,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from capmix.captionsets import RAW, caption_set_name, pool_temperatures
 from capmix.provenance import provenance_record, write_json, write_parquet_atomic
 from capmix.uids import ascending_uid_array, sorted_uid_array
 
 log = logging.getLogger(__name__)
 
-RAW = "raw"
 BEST = "best"
 SWEEP = "sweep"
 CONCAT_SEPARATOR = " "
@@ -228,13 +228,16 @@ def resolve_source(source: str, pool: Mapping[str, Any]) -> str:
     return str(pool_mix(pool).get("sources", {}).get(source, source))
 
 
-def source_caption_sets(source: str, captioners: Mapping[str, Any]) -> list[str]:
-    """Caption sets a concrete source reads: ``X/best`` reads every temperature of X."""
+def source_caption_sets(source: str, captioners: Mapping[str, Any],
+                        pool: Mapping[str, Any] | None = None) -> list[str]:
+    """Caption sets a concrete source reads: ``X/best`` reads every temperature X runs at in
+    the pool (:func:`capmix.captionsets.pool_temperatures`)."""
     if source == RAW:
         return [RAW]
     captioner, _, which = source.rpartition("/")
     if which == BEST:
-        return [f"{captioner}/{float(t)}" for t in captioners[captioner]["temperatures"]]
+        return [caption_set_name(captioner, t)
+                for t in pool_temperatures(captioners, pool or {}, captioner)]
     return [source]
 
 
@@ -245,7 +248,7 @@ def pool_sources(config: Mapping[str, Any], pool: Mapping[str, Any]) -> dict[str
     for name in pool_strategy_names(config, pool):
         strategy = parse_strategy(name, expanded[name])
         sources.update(resolve_source(s, pool) for s in strategy.sources())
-    return {s: source_caption_sets(s, config["captioners"]) for s in sorted(sources)}
+    return {s: source_caption_sets(s, config["captioners"], pool) for s in sorted(sources)}
 
 
 def pool_needs_clusters(config: Mapping[str, Any], pool: Mapping[str, Any]) -> bool:
@@ -274,7 +277,7 @@ def _source_problem(source: str, pool: Mapping[str, Any] | None,
                 f"captioner of {where}: {', '.join(known) or 'none'})")
     if which == BEST:
         return None
-    temperatures = [float(t) for t in captioners[captioner]["temperatures"]]
+    temperatures = pool_temperatures(captioners, pool or {}, captioner)
     try:
         temperature = float(which)
     except ValueError:

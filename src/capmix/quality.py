@@ -9,7 +9,11 @@
 * **CLIP-S** (2.5 * max(cos, 0)) and **mean cosine similarity**, from the
   scoring stage.
 * **Number of unique trigrams** of the caption set (a diversity measure, also
-  Figure 5's x-axis).
+  Figure 5's x-axis), over the whole set and over a seeded random sample of a fixed size, so
+  that sets of different sizes compare at equal sample size (trigram counts grow with n).
+* **Ground-truth attributes** (toy world only): how often the set names each attribute of
+  the image's main object (shape, colour, size, position, background) at all, and rightly
+  (:func:`capmix.toyworld.attributes_named`): a column no real benchmark can give.
 """
 
 from __future__ import annotations
@@ -56,21 +60,67 @@ def cider(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]]
     return float(score)
 
 
+def sampled_unique_ngrams(texts: Sequence[str], size: int, seed: int, n: int = 3) -> int:
+    """Distinct n-grams of a seeded random sample of ``size`` texts (all if fewer).
+
+    The sample depends on the seed and the order of ``texts`` only, so callers pass texts in a
+    stable order (by uid).
+    """
+    if len(texts) <= size:
+        return unique_ngrams(texts, n)
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(texts), size=size, replace=False)
+    return unique_ngrams((texts[int(i)] for i in picked), n)
+
+
+def attribute_accuracy(captions: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
+    """Toy world: per ground-truth attribute, the share of captions naming it, naming it
+    right, and the share right among those naming it.
+
+    ``truth``: uid + the columns of :data:`capmix.toyworld.GROUND_TRUTH_ATTRIBUTES` for the
+    images that show a scene (junk images have no attributes to name). Only images with a
+    caption count.
+    """
+    from capmix.toyworld import GROUND_TRUTH_ATTRIBUTES, attributes_named
+
+    joined = truth.merge(captions.dropna(subset=["caption"]), on="uid", how="inner")
+    named = {a: [0, 0] for a in GROUND_TRUTH_ATTRIBUTES}
+    for row in joined.to_dict("records"):
+        for attribute, (mentioned, right) in attributes_named(row["caption"], row).items():
+            named[attribute][0] += mentioned
+            named[attribute][1] += right
+    n = len(joined)
+    return {
+        "n": n,
+        **{a: {"mentioned": m / n if n else None, "correct": r / n if n else None,
+               "precision": r / m if m else None} for a, (m, r) in named.items()},
+    }
+
+
 def caption_set_quality(captions: pd.DataFrame, scores: pd.DataFrame | None = None,
-                        references: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+                        references: Mapping[str, Sequence[str]] | None = None,
+                        trigram_sample_size: int = 1000, seed: int = 0,
+                        truth: pd.DataFrame | None = None) -> dict[str, Any]:
     """Table 1's columns for one caption set.
 
     ``captions``: uid, caption (first caption per image; None if missing).
     ``scores``: uid, cos, clip_s (from the scoring stage), optional.
     ``references``: uid -> reference captions, optional (CIDEr only where given).
+    ``trigram_sample_size``/``seed``: the equal-size sample for ``unique_trigrams_sampled``.
+    ``truth``: toy ground truth (see :func:`attribute_accuracy`), optional.
     """
-    texts = captions.dropna(subset=["caption"])
+    texts = captions.dropna(subset=["caption"]).sort_values("uid", kind="stable")
     result: dict[str, Any] = {
         "n_captions": int(len(texts)),
         "unique_trigrams": unique_ngrams(texts["caption"], 3),
+        "unique_trigrams_sampled": sampled_unique_ngrams(
+            list(texts["caption"]), trigram_sample_size, seed),
+        "trigram_sample_size": min(trigram_sample_size, int(len(texts))),
         "mean_words": float(np.mean([len(tokenize(t)) for t in texts["caption"]]))
         if len(texts) else None,
     }
+    if truth is not None:
+        result["attributes"] = attribute_accuracy(texts, truth)
     if scores is not None:
         scored = scores.dropna(subset=["cos"])
         result["mean_cos"] = float(scored["cos"].mean()) if len(scored) else None
@@ -84,9 +134,26 @@ def caption_set_quality(captions: pd.DataFrame, scores: pd.DataFrame | None = No
     return result
 
 
+def _toy_truth(metadata_dir: Path) -> pd.DataFrame | None:
+    """The toy world's ground truth of the scene images, if the metadata carries it."""
+    import pyarrow.parquet as pq
+
+    from capmix.sources import metadata_parts
+    from capmix.toyworld import GROUND_TRUTH_ATTRIBUTES
+
+    parts = metadata_parts(metadata_dir)
+    wanted = ["uid", "image_kind", *GROUND_TRUTH_ATTRIBUTES]
+    if not parts or not set(wanted) <= set(pq.read_schema(parts[0]).names):
+        return None
+    table = pd.concat([pd.read_parquet(p, columns=wanted) for p in parts], ignore_index=True)
+    return table[table["image_kind"] == "scene"].drop(columns="image_kind")
+
+
 def write_quality(pool: str, caption_set: str, caption_files: Sequence[Path], scores_path: Path,
-                  metadata_dir: Path, references_column: str | None, out_path: Path) -> dict:
-    """The quality rule: measures of one caption set, with references from the metadata."""
+                  metadata_dir: Path, references_column: str | None, out_path: Path,
+                  trigram_sample_size: int = 1000, seed: int = 0) -> dict:
+    """The quality rule: measures of one caption set, with references (and, in the toy world,
+    the ground truth) from the metadata."""
     from capmix.provenance import provenance_record, write_json
     from capmix.sources import metadata_parts
 
@@ -100,8 +167,13 @@ def write_quality(pool: str, caption_set: str, caption_files: Sequence[Path], sc
         table = pd.concat(frames, ignore_index=True)
         references = {u: list(r) for u, r in zip(table["uid"], table[references_column],
                                                   strict=True)}
+    truth = _toy_truth(metadata_dir)
     result = {"pool": pool, "caption_set": caption_set,
-              **caption_set_quality(captions, scores, references),
-              "provenance": provenance_record("quality", inputs=[scores_path])}
+              **({"toy": True} if truth is not None else {}),
+              **caption_set_quality(captions, scores, references, trigram_sample_size, seed,
+                                    truth),
+              "provenance": provenance_record(
+                  "quality", inputs=[scores_path],
+                  params={"trigram_sample_size": trigram_sample_size, "seed": seed})}
     write_json(out_path, result)
     return result

@@ -61,8 +61,10 @@ PLAN_FILE = "plan.json"
 SIZES_FILE = "sizes.json"
 TMP_SUFFIX = ".tmp"
 PLAN_FORMAT = 1
-#: Fixed member mtime, so the same plan always writes byte-identical tars.
-TAR_MTIME = 0.0
+#: Fixed member mtime, so the same plan always writes byte-identical tars. An int: tarfile
+#: writes a PAX header for every member whose mtime is a float, which doubles the headers
+#: open_clip_train parses per sample (measured: half its data-loading time on the toy world).
+TAR_MTIME = 0
 #: Members per written sample: image, txt, json.
 MEMBERS_PER_SAMPLE = 3
 _HASH_CHUNK = 50_000

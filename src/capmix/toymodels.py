@@ -136,7 +136,7 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
         "sizes": {},
     },
     "scorer": {
-        "epochs": 5,
+        "epochs": 3,
         "batch_size": 128,
         "lr": 2e-3,
         "warmup": 50,
@@ -485,7 +485,8 @@ def write_training_shards(
         raise ValueError(f"{split_parquet}: no rows to train on")
 
     pattern = str(out_dir / "shard-%05d.tar")
-    with wds.ShardWriter(pattern, maxcount=samples_per_shard, verbose=0, mtime=0.0) as sink:
+    # An int mtime: a float one makes tarfile add a PAX header to every member (slower reads).
+    with wds.ShardWriter(pattern, maxcount=samples_per_shard, verbose=0, mtime=0) as sink:
         for row in table:
             path = _url_to_path(row["url"])
             data = path.read_bytes()
@@ -591,7 +592,9 @@ def _preserved_rng() -> Iterator[None]:
         torch.set_rng_state(state[2])
 
 
-def _coca_initial_weights(model_dir: Path, seed: int) -> dict[str, Any]:
+def _coca_initial_weights(
+    model_dir: Path, seed: int, vision_from: Path | None = None
+) -> tuple[dict[str, Any], list[str]]:
     """Freshly initialised CoCa weights with the multimodal decoder actually initialised.
 
     open_clip 3.3.0's ``MultimodalTransformer`` never calls its ``init_parameters`` (and that
@@ -602,6 +605,10 @@ def _coca_initial_weights(model_dir: Path, seed: int) -> dict[str, Any]:
     is built as open_clip_train would build it and the decoder gets the initialisation that
     method intended (CLIP's: std width^-0.5 for the projection and attention, scaled by depth
     for the output projections); open_clip_train then loads these as its starting weights.
+
+    ``vision_from`` (a CLIP model dir or weights file): its image tower's weights replace the
+    fresh ones wherever names and shapes agree, as BLIP2 and CoCa-style captioners start from
+    a pre-trained CLIP image encoder. Returns the weights and the names copied.
     """
     import open_clip
     import torch
@@ -621,7 +628,18 @@ def _coca_initial_weights(model_dir: Path, seed: int) -> dict[str, Any]:
                 nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
                 nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
             nn.init.normal_(decoder.text_projection, std=attn_std)
-    return dict(model.state_dict())
+    state = dict(model.state_dict())
+    copied: list[str] = []
+    if vision_from is not None:
+        for name, value in _load_weights(Path(vision_from)).items():
+            if (name.startswith("visual.") and name in state
+                    and tuple(state[name].shape) == tuple(value.shape)):
+                state[name] = value.to(state[name].dtype)
+                copied.append(name)
+        if not copied:
+            raise ValueError(f"{vision_from}: no image-tower weight matches the captioner's "
+                             "(different architecture?)")
+    return state, copied
 
 
 @contextlib.contextmanager
@@ -693,6 +711,7 @@ def train_open_clip(
     seed: int,
     pretrained: Path | None = None,
     coca: bool = False,
+    vision_from: Path | None = None,
     extra_args: Sequence[str] = (),
     isolated: bool = False,
 ) -> Path:
@@ -704,7 +723,8 @@ def train_open_clip(
     checkpoint or a local-dir model. open_clip ignores ``--pretrained`` for ``local-dir:``
     models, so instead the config, tokenizer and those weights are staged as the local-dir model
     ``out_dir/{coca,clip}_model`` that ``--model`` points at (``create_model`` then loads them,
-    which out.log records as "Loading full pretrained weights from: ..."). The staged name
+    which out.log records as "Loading full pretrained weights from: ..."). A CoCa trained from
+    scratch may take its image tower from a CLIP (``vision_from``). The staged name
     also matters because ``open_clip.create_loss`` picks the CoCa loss only when "coca" occurs
     in ``--model``.
 
@@ -742,7 +762,8 @@ def train_open_clip(
     if pretrained is not None:
         _save_safetensors(_load_weights(Path(pretrained)), staged / WEIGHTS_NAME)
     elif coca:
-        _save_safetensors(_coca_initial_weights(staged, seed), staged / WEIGHTS_NAME)
+        initial, _ = _coca_initial_weights(staged, seed, vision_from)
+        _save_safetensors(initial, staged / WEIGHTS_NAME)
 
     num_samples = _count_samples(shards)
     if num_samples < 1:
@@ -925,6 +946,7 @@ def _train_and_export(
     coca: bool,
     pretrained: Path | None,
     extra: Mapping[str, Any],
+    vision_from: Path | None = None,
 ) -> Path:
     """Shards -> open_clip_train -> exported model dir + ``training.json``."""
     start = time.perf_counter()
@@ -947,6 +969,7 @@ def _train_and_export(
         seed=seed,
         pretrained=pretrained,
         coca=coca,
+        vision_from=vision_from,
     )
     train_s = time.perf_counter() - train_start
     out_dir = Path(out_dir)
@@ -994,11 +1017,15 @@ def train_toy_captioner(
     settings: Mapping[str, Any],
     seed: int,
     work_dir: Path,
+    vision_from: Path | None = None,
 ) -> Path:
     """Train the BLIP2 stand-in: a tiny CoCa on the ``pretrain`` split; returns ``out_dir``.
 
     The tokenizer is built from ``pretrain`` + ``coco`` texts, so the COCO fine-tune shares the
-    vocabulary (and the output layer) of its base.
+    vocabulary (and the output layer) of its base. ``vision_from`` (the toy scorer's model dir)
+    initialises its image tower, as BLIP2 starts from a pre-trained CLIP image encoder: a tiny
+    CoCa trained from scratch on a laptop's budget names colours but guesses shapes, while the
+    CLIP's contrastive training has already learned them (bench/toy_models.py).
     """
     merged = _settings("captioner", settings)
     work_dir = Path(work_dir)
@@ -1009,7 +1036,9 @@ def train_toy_captioner(
     model_dir = _write_model_dir(work_dir / "init_model", config, tokenizer_dir)
     return _train_and_export(
         "captioner", model_dir, _split_parquet(world_dir, TRAIN_SPLIT), Path(out_dir), work_dir,
-        merged, seed, coca=True, pretrained=None, extra={},
+        merged, seed, coca=True, pretrained=None,
+        extra={"vision_from": str(vision_from) if vision_from else None},
+        vision_from=Path(vision_from) if vision_from else None,
     )
 
 

@@ -97,6 +97,45 @@ CLASSNAMES: tuple[str, ...] = (
     "arrow",
 )
 
+#: Each class's typical colour, as real object categories have typical colours (goldfish are
+#: orange). With probability ``typical_colour_probability`` (a world setting) an object wears
+#: its class's colour, otherwise any colour. Colour is what a tiny model learns first, so it
+#: is what makes the class learnable by the stand-ins within a laptop's budget; shape is still
+#: needed to tell the two pairs that share a colour apart, and the shifted splits remove the cue
+#: (sketches are black, renditions wear untypical colours) as ImageNet-Sketch/-R remove texture.
+TYPICAL_COLOURS: dict[str, str] = {
+    "circle": "red",
+    "square": "blue",
+    "triangle": "green",
+    "star": "yellow",
+    "cross": "orange",
+    "diamond": "purple",
+    "hexagon": "brown",
+    "ring": "pink",
+    "crescent": "yellow",
+    "arrow": "green",
+}
+#: The toy class hierarchy (ImageNet's classes sit in WordNet; these in three groups).
+SUPERCATEGORIES: dict[str, tuple[str, ...]] = {
+    "round shape": ("circle", "ring", "crescent"),
+    "polygon": ("square", "triangle", "diamond", "hexagon"),
+    "sign": ("star", "cross", "arrow"),
+}
+#: What the COCO-style split calls each class. COCO's annotators name objects in a narrow,
+#: generic vocabulary (80 categories; "a dog", "a bird" where ImageNet has breeds and species),
+#: so some classes are only ever called by their supercategory: a captioner fine-tuned on this
+#: split stops naming them, which is the paper's reading of why COCO fine-tuning hurts CLIP
+#: training (Table 1: less diverse, less specific text).
+#: Words of the supercategory names ("round", "shape", "polygon", "sign").
+SUPERCATEGORIES_WORDS: frozenset[str] = frozenset(
+    w for name in SUPERCATEGORIES for w in re.findall(r"[a-z]+", name)
+)
+COCO_NAMES: dict[str, str] = {
+    shape: shape if shape in ("circle", "square", "triangle", "star", "cross", "arrow") else group
+    for group, members in SUPERCATEGORIES.items()
+    for shape in members
+}
+
 SPLITS: tuple[str, ...] = (
     "pretrain",
     "coco",
@@ -412,7 +451,29 @@ _WEB_STYLES = (
 )
 
 
-def sample_scene(rng: np.random.Generator, profile: str = "web", shape: str | None = None) -> Scene:
+def _object_colour(
+    rng: np.random.Generator, shape: str, typical_probability: float, untypical: bool
+) -> str:
+    """The colour of one object: its class's typical colour with the given probability."""
+    typical = TYPICAL_COLOURS[shape]
+    if untypical:
+        return _choice(rng, [c for c in COLOURS if c != typical])
+    if rng.random() < typical_probability:
+        return typical
+    return _choice(rng, tuple(COLOURS))
+
+
+def _fallback_backgrounds(colour: str) -> list[str]:
+    """Neutral backgrounds a colour stands out on (every palette colour has at least one)."""
+    return [b for b in BACKGROUND_COLOURS if colour in _contrasting(b, (colour,))]
+
+
+def sample_scene(
+    rng: np.random.Generator,
+    profile: str = "web",
+    shape: str | None = None,
+    typical_colour_probability: float = 0.0,
+) -> Scene:
     """Draw a random scene from one of the :data:`PROFILES`.
 
     ``shape`` forces the main object's shape (used for class-balanced splits). Profiles:
@@ -421,6 +482,10 @@ def sample_scene(rng: np.random.Generator, profile: str = "web", shape: str | No
     neutral background), ``imagenet`` (one solid object, varied background), ``sketch`` (black
     outline on white), ``rendition`` (textured objects, unusual colour combinations) and
     ``clutter`` (one small object among distractor marks).
+
+    An object wears its class's :data:`TYPICAL_COLOURS` entry with probability
+    ``typical_colour_probability`` (never in renditions, whose colours are deliberately
+    untypical, nor in black sketches); the background is then one the colour stands out on.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
@@ -433,33 +498,34 @@ def sample_scene(rng: np.random.Generator, profile: str = "web", shape: str | No
         n_objects = 1 if rng.random() < 0.6 else 2
         pattern = _choice(rng, *_WEB_PATTERNS)
         coloured = rng.random() < 0.1 and pattern != "cluttered"
-        bg = _choice(rng, tuple(COLOURS) if coloured else BACKGROUND_COLOURS)
+        backgrounds = tuple(COLOURS) if coloured else BACKGROUND_COLOURS
         style = _choice(rng, *_WEB_STYLES)
     elif profile == "coco":
         pattern = "plain"
-        bg = _choice(rng, BACKGROUND_COLOURS)
+        backgrounds = BACKGROUND_COLOURS
     elif profile == "imagenet":
         pattern = _choice(rng, *_IMAGENET_PATTERNS)
-        bg = _choice(rng, BACKGROUND_COLOURS)
+        backgrounds = BACKGROUND_COLOURS
     elif profile == "sketch":
-        pattern, bg, style = "plain", "white", "outlined"
+        pattern, backgrounds, style = "plain", ("white",), "outlined"
     elif profile == "rendition":
         pattern = _choice(
             rng, ("plain", "striped", "dotted", "checkered", "shaded"), (0.6, 0.1, 0.1, 0.1, 0.1)
         )
-        bg = (
-            _choice(rng, tuple(COLOURS)) if rng.random() < 0.7 else _choice(rng, ("white", "black"))
-        )
+        backgrounds = tuple(COLOURS) if rng.random() < 0.7 else ("white", "black")
         style = _choice(rng, TEXTURE_STYLES) if rng.random() < 0.75 else "solid"
     else:  # clutter
         pattern = "cluttered"
-        bg = _choice(rng, BACKGROUND_COLOURS)
+        backgrounds = BACKGROUND_COLOURS
 
-    palette = _contrasting(bg, tuple(COLOURS))
     if profile == "sketch":
-        colour = "black"
+        colour, bg = "black", "white"
     else:
-        colour = _choice(rng, palette)
+        untypical = profile == "rendition"
+        colour = _object_colour(rng, main_shape, typical_colour_probability, untypical)
+        bg = _choice(rng, [b for b in backgrounds if colour in _contrasting(b, (colour,))]
+                     or _fallback_backgrounds(colour))
+    palette = _contrasting(bg, tuple(COLOURS))
 
     if n_objects == 1:
         size = "small" if profile == "clutter" else _choice(rng, SIZES)
@@ -472,7 +538,9 @@ def sample_scene(rng: np.random.Generator, profile: str = "web", shape: str | No
         pos, pos2 = _choice(rng, POSITION_PAIRS)
         while True:
             shape2 = _choice(rng, CLASSNAMES)
-            colour2 = _choice(rng, palette)
+            colour2 = _object_colour(rng, shape2, typical_colour_probability, False)
+            if colour2 not in palette:
+                colour2 = _choice(rng, palette)
             if (shape2, colour2) != (main_shape, colour):
                 break
         style2 = "solid" if rng.random() < 0.85 else _choice(rng, STYLES[1:])
@@ -496,49 +564,112 @@ def _with_article(phrase: str) -> str:
     return f"{_article(phrase)} {phrase}"
 
 
-def _noun_phrase(obj: SceneObject, size: bool = True) -> str:
+#: The attributes a caption may leave out; the object's class (its shape) is always named.
+OPTIONAL_ATTRIBUTES: tuple[str, ...] = ("size", "colour", "position", "background")
+ALL_ATTRIBUTES: frozenset[str] = frozenset(OPTIONAL_ATTRIBUTES)
+
+
+def sample_mentions(rng: np.random.Generator, probability: float) -> frozenset[str]:
+    """Which optional attributes one caption states, each with the given probability.
+
+    People caption the object and mention its other attributes only some of the time; a world
+    where every caption lists every attribute lets a contrastive model match captions by the
+    easy attributes alone (colour, position) and never learn the class word.
+    """
+    if probability >= 1.0:
+        return ALL_ATTRIBUTES
+    return frozenset(a for a in OPTIONAL_ATTRIBUTES if rng.random() < probability)
+
+
+def _noun_phrase(
+    obj: SceneObject, size: bool = True, coco: bool = False, colour: bool = True
+) -> str:
     words = [obj.size] if size else []
-    words.append(obj.colour)
-    if obj.style != "solid":
-        words.append(obj.style)
-    words.append(obj.shape)
+    if colour:
+        words.append(obj.colour)
+        if obj.style != "solid":
+            words.append(obj.style)
+    words.append(COCO_NAMES[obj.shape] if coco else obj.shape)
     return " ".join(words)
 
 
-def describe(scene: Scene, style: str = "canonical") -> str:
+def describe(
+    scene: Scene, style: str = "canonical", mentions: frozenset[str] = ALL_ATTRIBUTES
+) -> str:
     """Render the scene's ground truth as text in one of :data:`DESCRIPTION_STYLES` or "coco".
 
-    All styles except "coco" state every attribute (size, colour, fill, shape, position,
-    background); they differ only in phrasing. "coco" is the deliberately formulaic caption of
-    the COCO-like split: colour, shape and background but no size and no position.
+    With the default ``mentions`` every style except "coco" states every attribute (size,
+    colour and fill, shape, position, background); they differ only in phrasing. A smaller
+    ``mentions`` (see :func:`sample_mentions`) leaves the other attributes out; the shape is
+    always named. "coco" is the deliberately formulaic caption of the COCO-like split: colour,
+    the object's :data:`COCO_NAMES` name (for some classes only their supercategory) and
+    background, but no size and no position.
     """
     bg = _with_article(f"{scene.background} background")
     if style == "coco":
-        objs = " and ".join(_with_article(_noun_phrase(o, size=False)) for o in scene.objects)
+        objs = " and ".join(
+            _with_article(_noun_phrase(o, size=False, coco=True)) for o in scene.objects
+        )
         return f"{objs} on {bg}."
-    if style == "colour_first":
-        parts = [
-            f"{_with_article(_noun_phrase(o, size=False))} of {o.size} size "
-            f"{POSITION_PHRASE[o.position]}"
-            for o in scene.objects
-        ]
-    else:
-        parts = [
-            f"{_with_article(_noun_phrase(o))} {POSITION_PHRASE[o.position]}" for o in scene.objects
-        ]
+    size, colour = "size" in mentions, "colour" in mentions
+    position, background = "position" in mentions, "background" in mentions
+    parts = []
+    for o in scene.objects:
+        where = f" {POSITION_PHRASE[o.position]}" if position else ""
+        if style == "colour_first":
+            how_big = f" of {o.size} size" if size else ""
+            parts.append(f"{_with_article(_noun_phrase(o, False, colour=colour))}{how_big}{where}")
+        else:
+            parts.append(f"{_with_article(_noun_phrase(o, size, colour=colour))}{where}")
     objs = " and ".join(parts)
     if style in ("canonical", "colour_first"):
-        return f"{objs} of {bg}"
+        return f"{objs} of {bg}" if background else objs
     if style == "picture":
-        return f"a picture of {objs}, on {bg}"
+        return f"a picture of {objs}, on {bg}" if background else f"a picture of {objs}"
     if style == "there_is":
         verb = "is" if len(scene.objects) == 1 else "are"
-        return f"there {verb} {objs} of {bg}"
+        return f"there {verb} {objs} of {bg}" if background else f"there {verb} {objs}"
     if style == "background_first":
-        return f"{bg} with {objs}"
+        return f"{bg} with {objs}" if background else f"an image of {objs}"
     if style == "showing":
-        return f"an image showing {objs} of {bg}"
+        return f"an image showing {objs} of {bg}" if background else f"an image showing {objs}"
     raise ValueError(f"unknown description style {style!r}")
+
+
+#: The ground-truth columns an attribute check reads (toy metadata has them all).
+GROUND_TRUTH_ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "size", "position", "background")
+_BACKGROUND_PHRASE = re.compile(
+    r"\b(?:(?:" + "|".join(BACKGROUND_PATTERNS) + r")\s+)?[a-z]+\s+background\b"
+)
+
+
+def attributes_named(caption: str, truth: Mapping[str, str]) -> dict[str, tuple[bool, bool]]:
+    """Per ground-truth attribute of the main object: (some value named, the true value named).
+
+    The measurement behind the toy-only accuracy column of the quality stage: how often a
+    caption set names each attribute at all, and names it right. Words are matched on the
+    lower-cased caption; the object attributes (shape, colour, size) are looked for outside
+    the "... background" phrase so that a pink background does not count as a pink object; a
+    supercategory ("polygon") counts as naming the shape, but not rightly. Position and
+    background are matched as whole phrases ("in the top left corner", "striped gray
+    background"). In two-object scenes a word naming the second object counts too: captions
+    are not parsed into objects.
+    """
+    text = " ".join(tokens(caption))
+    objects = set(tokens(_BACKGROUND_PHRASE.sub(" ", text)))
+    padded = f" {text} "
+    positions = {p: f" {POSITION_PHRASE[p]} " for p in POSITIONS}
+    true_position = positions.get(truth["position"])
+    return {
+        "shape": (bool(objects & (set(CLASSNAMES) | set(SUPERCATEGORIES_WORDS))),
+                  truth["shape"] in objects),
+        "colour": (bool(objects & set(COLOURS)), truth["colour"] in objects),
+        "size": (bool(objects & set(SIZES)), truth["size"] in objects),
+        "position": (any(p in padded for p in positions.values()),
+                     true_position is not None and true_position in padded),
+        "background": ("background" in text.split(),
+                       f" {truth['background']} background " in padded),
+    }
 
 
 def web_style(text: str, rng: np.random.Generator) -> str:
@@ -563,7 +694,9 @@ _SEO_SUFFIXES = (
 )
 
 
-def partial_caption(scene: Scene, rng: np.random.Generator) -> str:
+def partial_caption(
+    scene: Scene, rng: np.random.Generator, mention_probability: float = 1.0
+) -> str:
     """A partly right caption: wrong colour, a single attribute, or truth plus SEO junk."""
     main = scene.main
     kind = _choice(rng, ("wrong_colour", "one_attribute", "seo"))
@@ -592,7 +725,8 @@ def partial_caption(scene: Scene, rng: np.random.Generator) -> str:
             num=int(rng.integers(100000, 999999)),
             pct=int(rng.integers(1, 8)) * 10,
         )
-        text = describe(scene, _choice(rng, DESCRIPTION_STYLES)) + suffix
+        style = _choice(rng, DESCRIPTION_STYLES)
+        text = describe(scene, style, sample_mentions(rng, mention_probability)) + suffix
     return web_style(text, rng)
 
 
@@ -1055,6 +1189,8 @@ def _corrupt_bytes(png: bytes, rng: np.random.Generator) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 _FRACTION_KEYS = ("junk_image_fraction", "dead_url_fraction", "corrupt_file_fraction")
+#: Optional probabilities and their values when a spec leaves them out.
+_OPTIONAL_FRACTIONS = {"typical_colour_probability": 0.0, "attribute_mention_probability": 1.0}
 
 
 def validate_spec(spec: Mapping[str, Any]) -> None:
@@ -1083,8 +1219,8 @@ def validate_spec(spec: Mapping[str, Any]) -> None:
     total = float(sum(modes.values()))
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"pool_caption_modes must sum to 1, got {total}")
-    for key in _FRACTION_KEYS:
-        f = spec.get(key)
+    for key in (*_FRACTION_KEYS, *_OPTIONAL_FRACTIONS):
+        f = spec.get(key, _OPTIONAL_FRACTIONS.get(key))
         if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0.0 <= f <= 1.0:
             raise ValueError(f"{key} must be a fraction in [0, 1], got {f!r}")
     n_pool = splits["pool"]
@@ -1116,10 +1252,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _other_scene(scene: Scene | None, rng: np.random.Generator) -> Scene:
+def _other_scene(
+    scene: Scene | None, rng: np.random.Generator, typical_colour_probability: float
+) -> Scene:
     """A random scene that shares no shape with the row's main object (a clear mismatch)."""
     while True:
-        other = sample_scene(rng, "web")
+        other = sample_scene(rng, "web", typical_colour_probability=typical_colour_probability)
         if scene is None or all(o.shape != scene.main.shape for o in other.objects):
             return other
 
@@ -1135,6 +1273,10 @@ def _generate_split(
     image_size = int(spec["image_size"])
     profile = SPLIT_PROFILES[split]
     is_pool = split == "pool"
+    typical = float(spec.get("typical_colour_probability", _OPTIONAL_FRACTIONS[
+        "typical_colour_probability"]))
+    mention = float(spec.get("attribute_mention_probability", _OPTIONAL_FRACTIONS[
+        "attribute_mention_probability"]))
 
     dead: set[int] = set()
     corrupt: set[int] = set()
@@ -1155,7 +1297,8 @@ def _generate_split(
         rng = _rng(seed, split, "sample", i)
         uid = toy_uid(seed, split, i)
         shape = CLASSNAMES[i % len(CLASSNAMES)] if split in _BALANCED_SPLITS else None
-        scene: Scene | None = sample_scene(rng, profile, shape=shape)
+        scene: Scene | None = sample_scene(rng, profile, shape=shape,
+                                           typical_colour_probability=typical)
         if is_pool:
             width = int(rng.integers(image_size, 2 * image_size + 1))
             height = int(rng.integers(image_size, 2 * image_size + 1))
@@ -1167,7 +1310,7 @@ def _generate_split(
         url_state = "ok"
         kind = "scene"
         if split == "pretrain":
-            text = describe(scene, _choice(rng, DESCRIPTION_STYLES))
+            text = describe(scene, _choice(rng, DESCRIPTION_STYLES), sample_mentions(rng, mention))
         elif split == "coco":
             text = describe(scene, "coco")
         elif split == "eval_retrieval":
@@ -1186,13 +1329,15 @@ def _generate_split(
                 mode = {"right": "boilerplate", "partial": "non_visual"}.get(mode, mode)
             if mode == "right":
                 assert scene is not None
-                text = web_style(describe(scene, _choice(rng, DESCRIPTION_STYLES)), rng)
+                style = _choice(rng, DESCRIPTION_STYLES)
+                text = web_style(describe(scene, style, sample_mentions(rng, mention)), rng)
             elif mode == "partial":
                 assert scene is not None
-                text = partial_caption(scene, rng)
+                text = partial_caption(scene, rng, mention)
             elif mode == "other_image":
-                other = _other_scene(scene, rng)
-                text = web_style(describe(other, _choice(rng, DESCRIPTION_STYLES)), rng)
+                other = _other_scene(scene, rng, typical)
+                style = _choice(rng, DESCRIPTION_STYLES)
+                text = web_style(describe(other, style, sample_mentions(rng, mention)), rng)
             elif mode == "non_visual":
                 text = non_visual_caption(rng)
             else:

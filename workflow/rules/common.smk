@@ -11,8 +11,10 @@ REPO = Path(workflow.basedir)
 # Jobs (local, conda or SLURM) import the package from this checkout.
 sys.path.insert(0, str(REPO / "src"))
 
+from capmix.captionsets import pool_caption_sets  # noqa: E402
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
 from capmix.evaluate import TASK_MANIFEST, load_suite, real_eval_data_dirs  # noqa: E402
+from capmix.findings import finding_inputs, plan_findings  # noqa: E402
 from capmix.mix import (  # noqa: E402
     expand_strategies,
     pool_needs_clusters,
@@ -77,11 +79,6 @@ def res(stage, key):
     return config["resources"][stage][key]
 
 
-def temperature_label(temperature):
-    """How a temperature appears in paths: 0.75 -> '0.75', 1 -> '1.0'."""
-    return str(float(temperature))
-
-
 def chunk_names(stage):
     jobs = config[stage]["jobs"]
     return [f"chunk{i}of{jobs}" for i in range(jobs)]
@@ -121,11 +118,7 @@ def pool_scorer_spec(wildcards, input):
 
 def caption_sets(pool):
     """'raw' plus one set per (captioner, temperature) of the pool."""
-    sets = ["raw"]
-    for name in POOLS[pool]["captioners"]:
-        for t in config["captioners"][name]["temperatures"]:
-            sets.append(f"{name}/{temperature_label(t)}")
-    return sets
+    return pool_caption_sets(config["captioners"], POOLS[pool])
 
 
 def caption_manifests(pool, caption_set):
@@ -202,6 +195,9 @@ def pool_aliases(wildcards):
 
 
 def pool_targets(pool, target):
+    if target == "findings":
+        # Only pools that opt in (pools[].findings) check the paper's findings.
+        return [f"results/{pool}/findings.json"] if POOLS[pool]["findings"] else []
     if target == "metadata":
         return [f"results/{pool}/metadata"]
     if target == "fetch":
@@ -308,6 +304,16 @@ def real_eval_task(wildcards):
                     return {"suite": name, "task": task.name}
     raise WorkflowError(f"no task of a suite with data_dir '{wildcards.eval_data_dir}' has "
                         f"the data directory '{wildcards.data}'")
+
+
+def findings_plan(wildcards):
+    """Every finding resolved for the pool: files and fields, or why it is not measured."""
+    return plan_findings(config, wildcards.pool)
+
+
+def findings_inputs(wildcards):
+    """The quality and evaluation JSONs the pool's measurable findings compare."""
+    return finding_inputs(config, wildcards.pool)
 
 
 def all_targets():

@@ -65,6 +65,8 @@ rule quality:
         "results/{pool}/quality/{scorer}/{caption_set}.json",
     params:
         references_column=lambda wildcards: POOLS[wildcards.pool]["references_column"],
+        trigram_sample_size=config["quality"]["trigram_sample_size"],
+        seed=config["seed"],
     log:
         "logs/quality/{pool}/{scorer}/{caption_set}.log",
     benchmark:

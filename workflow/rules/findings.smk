@@ -1,0 +1,26 @@
+# The paper's findings (config/findings.yaml) on a pool's results: per finding, the two
+# quantities compared (evaluation aggregates, caption-set quality), our values and whether
+# it holds; what the pool cannot measure is reported as such. Across seeds:
+# `python -m capmix.findings combine OUT_PREFIX results/*/findings.json`.
+
+
+rule findings:
+    input:
+        findings_inputs,
+    output:
+        json="results/{pool}/findings.json",
+        md="results/{pool}/findings.md",
+    params:
+        plan=findings_plan,
+    log:
+        "logs/findings/{pool}.log",
+    benchmark:
+        "benchmarks/findings/{pool}.tsv"
+    threads: 1
+    resources:
+        mem_mb=res("findings", "mem_mb"),
+        runtime=res("findings", "runtime"),
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/findings.py"
