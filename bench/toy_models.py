@@ -150,13 +150,16 @@ def main() -> None:
             print(f"world {name}: pretrain {len(pd.read_parquet(world / 'pretrain.parquet'))}, "
                   f"coco {len(pd.read_parquet(world / 'coco.parquet'))}")
             total = time.perf_counter()
+            # the scorer first: the captioner's image tower may start from it (vision_from)
+            scorer = tm.train_toy_scorer(world, out / "scorer", settings["scorer"], args.seed,
+                                         out / "_work" / "scorer")
+            vision = scorer if settings["captioner"].get("vision_from") == "scorer" else None
             captioner = tm.train_toy_captioner(world, out / "captioner", settings["captioner"],
-                                               args.seed, out / "_work" / "captioner")
+                                               args.seed, out / "_work" / "captioner",
+                                               vision_from=vision)
             coco = tm.finetune_toy_captioner(world, captioner, out / "captioner_coco",
                                              settings["captioner_coco"], args.seed,
                                              out / "_work" / "captioner_coco")
-            scorer = tm.train_toy_scorer(world, out / "scorer", settings["scorer"], args.seed,
-                                         out / "_work" / "scorer")
             total = time.perf_counter() - total
             for kind, model_dir in (("captioner", captioner), ("captioner_coco", coco),
                                     ("scorer", scorer)):

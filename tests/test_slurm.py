@@ -1,7 +1,8 @@
-"""The smoke DAG through a real SLURM cluster with `snakemake --profile slurm`.
+"""A toy DAG through a real SLURM cluster with `snakemake --profile slurm`.
 
 The test starts a single-node SLURM cluster itself (tests/slurm_cluster.py: Debian's
-slurmctld, slurmd and munge, one fake GPU), runs the smoke DAG once locally and once through
+slurmctld, slurmd and munge, one fake GPU), runs a small toy DAG (the smoke world, fewer
+strategies: SMALL_CONFIG) once locally and once through
 the repository's own profile (`slurm/config.yaml`, used exactly as a user runs it from the
 repository root), and checks that the SLURM run finishes with the same outputs, that rules
 asking for a GPU were submitted with a GPU request and the others without. Everything runs
@@ -33,15 +34,35 @@ COPIED = ("Snakefile", "workflow", "config", "src", "envs", "slurm")
 GPU_RULES = {"caption", "embed_images", "score"}
 GPU_CONFIG = {"resources": {stage: {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpus": 1}
                             for stage in GPU_RULES}}
+# A smaller DAG than the smoke one (the smoke test covers every stage locally): one pool,
+# one captioner, three strategies, two models on the toy suite. Every kind of job still goes
+# through the profile: CPU rules, GPU rules (caption, embed_images, score), multi-process
+# training, evaluation. 29 jobs instead of the smoke DAG's ~75, so CI pays for the SLURM
+# path once, not for the whole DAG twice more.
+SMALL_CONFIG = {
+    "pools": [{
+        "name": "toy_smoke",
+        "source": {"type": "toy", "world": "smoke", "split": "pool"},
+        "fetch": {"image_size": 64, "samples_per_shard": 128, "retries": 0,
+                  "threads_per_process": 8},
+        "captioners": ["toy_captioner"],
+        "scorer": "toy_clip",
+        "mix": {"sources": {"synthetic": "toy_captioner/0.75"},
+                "strategies": ["raw_no_filter", "raw_top_30", "synthetic_top_50"],
+                "samples_per_shard": 128},
+        "train": {"scale": "toy_smoke", "strategies": ["raw_no_filter", "raw_top_30"]},
+        "eval": {"suite": "toy"},
+    }],
+}
 SMOKE_TIMEOUT = 1500
-# Through SLURM the same DAG takes about twice as long on a 2-core machine (measured: 20 min
-# 55 s with the profile's 20 s status polls, 20 min 21 s with 5 s polls): one job per rule,
-# the one fake GPU taken in turn.
+# Through SLURM a DAG takes about twice as long on a 2-core machine (the smoke DAG: 20 min
+# 55 s with the profile's 20 s status polls): one job per rule, the one fake GPU in turn.
 SLURM_TIMEOUT = 2400
 # One more model, trained by two CPU processes: the job asks for 2 tasks and starts them with
 # srun inside its allocation (the multi-GPU path, with gloo instead of NCCL).
 DDP_MODEL = "results/toy_smoke/models/synthetic_top_50/training.json"
 DDP_CONFIG = {"train_scales": {"toy_smoke": {"processes_per_node": 2}}}
+CONFIGS = ("config/smoke.yaml", "config/slurm_small.yaml", "config/slurm_gpus.yaml")
 
 
 def copy_workflow(root: Path) -> Path:
@@ -52,6 +73,7 @@ def copy_workflow(root: Path) -> Path:
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, root / name)
+    (root / "config" / "slurm_small.yaml").write_text(json.dumps(SMALL_CONFIG))
     (root / "config" / "slurm_gpus.yaml").write_text(json.dumps(GPU_CONFIG))
     (root / "config" / "slurm_ddp.yaml").write_text(json.dumps(DDP_CONFIG))
     return root
@@ -75,10 +97,9 @@ def job_records(env: dict[str, str]) -> list[dict[str, str]]:
 
 @pytest.mark.integration
 @pytest.mark.slurm
-def test_smoke_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
+def test_toy_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
     local = copy_workflow(tmp_path / "local")
-    result = run(local, "--cores", "2", "--configfile", "config/smoke.yaml",
-                 "config/slurm_gpus.yaml")
+    result = run(local, "--cores", "2", "--configfile", *CONFIGS)
     assert result.returncode == 0, result.stderr[-4000:]
 
     on_slurm = copy_workflow(tmp_path / "slurm_run")
@@ -88,14 +109,12 @@ def test_smoke_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
     try:
         with slurm_cluster(cluster, gpus=1) as env:
             # Exactly as a user runs it from the repository root.
-            result = run(on_slurm, "--profile", "slurm", "--configfile", "config/smoke.yaml",
-                         "config/slurm_gpus.yaml", env=env,
+            result = run(on_slurm, "--profile", "slurm", "--configfile", *CONFIGS, env=env,
                          timeout=SLURM_TIMEOUT)
             ddp = None
             if result.returncode == 0:
-                ddp = run(on_slurm, DDP_MODEL, "--profile", "slurm", "--configfile",
-                          "config/smoke.yaml", "config/slurm_gpus.yaml", "config/slurm_ddp.yaml",
-                          env=env)
+                ddp = run(on_slurm, DDP_MODEL, "--profile", "slurm", "--configfile", *CONFIGS,
+                          "config/slurm_ddp.yaml", env=env)
             records = job_records(env)
         logs = "\n".join(p.read_text(errors="replace")[-1500:]
                          for p in sorted((cluster / "log").glob("*.log")))

@@ -251,3 +251,32 @@ def test_clip_under_a_coca_path_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="CoCa loss"):
         tm.train_open_clip(tmp_path, [tmp_path / "x.tar"], tmp_path / "coca_run", epochs=1,
                            batch_size=1, lr=1e-3, warmup=0, workers=0, seed=0)
+
+
+def test_captioner_image_tower_can_start_from_the_scorer(scorer: Path, world: Path) -> None:
+    # BLIP2-style: the captioner's image tower starts from the CLIP's. With lr 0 what comes
+    # out is the start: every image-tower weight whose name and shape agree is the scorer's.
+    root = world.parent / "captioner_from_scorer"
+    model_dir = tm.train_toy_captioner(world, root / "model", {**TRAIN, "lr": 0.0}, SEED,
+                                       root / "work", vision_from=scorer)
+    clip = load_file(str(scorer / tm.WEIGHTS_NAME))
+    coca = load_file(str(model_dir / tm.WEIGHTS_NAME))
+    shared = [k for k in coca if k.startswith("visual.") and k in clip
+              and coca[k].shape == clip[k].shape]
+    assert {"visual.conv1.weight", "visual.transformer.resblocks.0.attn.in_proj_weight"} <= set(
+        shared)
+    assert all(torch.equal(coca[k], clip[k]) for k in shared)
+    record = json.loads((model_dir / "training.json").read_text())
+    assert record["vision_from"] == str(scorer)
+    # weights without an image tower cannot start one: refused before any training
+    with pytest.raises(ValueError, match="no image-tower weight"):
+        tm.train_toy_captioner(world, root / "model2", TRAIN, SEED, root / "work2",
+                               vision_from=_weights_without_visual(clip, root))
+
+
+def _weights_without_visual(weights: dict, root: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = root / "no_visual.safetensors"
+    save_file({k: v for k, v in weights.items() if not k.startswith("visual.")}, str(path))
+    return path

@@ -104,6 +104,10 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
             validate_spec(spec)
         except ValueError as error:
             problems.append(f"config key 'toy_worlds.{name}': {error}")
+    for kind, settings in sorted((config.get("toy_models") or {}).items()):
+        if (settings or {}).get("vision_from") and kind != "captioner":
+            problems.append(f"config key 'toy_models.{kind}.vision_from': only the captioner's "
+                            "image tower can start from another toy model")
     captioners, scorers = config.get("captioners", {}), config.get("scorers", {})
     targets = set(config.get("targets", []))
     for index, pool in enumerate(config.get("pools", [])):

@@ -126,6 +126,9 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
         # The context must hold the longest clean caption (33 tokens with [SOS]/[EOS]) and the
         # paper's max_length 40: CoCa.generate cannot run past the text tower's context.
         "sizes": {**_TINY_SIZES, "context_length": 40},
+        # The toy model whose image tower starts this one's (the workflow trains it first and
+        # passes its dir as ``vision_from``); None: from scratch.
+        "vision_from": None,
     },
     # Fine-tuning keeps the base captioner's architecture (sizes are read from its config).
     "captioner_coco": {

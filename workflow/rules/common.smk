@@ -109,6 +109,9 @@ def toy_model_inputs(wildcards):
     inputs = {"pretrain": f"{world}/pretrain.parquet", "coco": f"{world}/coco.parquet"}
     if wildcards.kind == "captioner_coco":
         inputs["base"] = f"{toy_model_dir(wildcards.world, 'captioner')}/open_clip_config.json"
+    vision = config["toy_models"][wildcards.kind].get("vision_from")
+    if vision:  # the model whose image tower starts this one's
+        inputs["vision"] = f"{toy_model_dir(wildcards.world, vision)}/open_clip_config.json"
     return inputs
 
 

@@ -13,7 +13,8 @@ if __name__ == "__main__":
     kind, settings, seed = sm.wildcards.kind, sm.params.settings, sm.params.seed
     work = Path(sm.params.work)
     if kind == "captioner":
-        train_toy_captioner(world_dir, out_dir, settings, seed, work)
+        vision = Path(sm.input.vision).parent if "vision" in sm.input.keys() else None
+        train_toy_captioner(world_dir, out_dir, settings, seed, work, vision_from=vision)
     elif kind == "captioner_coco":
         finetune_toy_captioner(world_dir, Path(sm.input.base).parent, out_dir, settings, seed, work)
     else:
