@@ -523,3 +523,14 @@ def test_nocaps_references_are_coco_style_and_canonical(
         coco_ref, canonical = list(row["captions"])
         assert row["text"] == coco_ref and canonical == row["description"]
         assert not set(tw.tokens(coco_ref)) & SIZE_POSITION_WORDS
+
+
+def test_optional_world_settings_default_as_the_schema_says() -> None:
+    import yaml
+
+    from capmix.config import SCHEMA_PATH
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    properties = schema["$defs"]["toy_world"]["properties"]
+    for key, default in tw.OPTIONAL_FRACTIONS.items():
+        assert properties[key]["default"] == default, key

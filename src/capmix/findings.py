@@ -71,7 +71,7 @@ def normalise_caption_set(caption_set: str) -> str:
     if "/" not in caption_set:
         return caption_set
     captioner, _, temperature = caption_set.rpartition("/")
-    return f"{captioner}/{float(temperature)}"
+    return captionsets.caption_set_name(captioner, float(temperature))
 
 
 def pool_caption_sets(config: Mapping[str, Any], pool: Mapping[str, Any]) -> list[str]:

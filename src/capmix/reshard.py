@@ -175,7 +175,10 @@ def plan_hash(frame: pd.DataFrame, outputs: list[OutputShard], samples_per_shard
 
 
 def shard_is_complete(path: Path, expected: int) -> bool:
-    """The tar reads to its end and holds ``expected`` samples of 3 members each."""
+    """The tar reads to its end and holds ``expected`` samples of 3 members each, followed by
+    the end-of-archive blocks and padded to whole records, as ``tarfile`` closes every tar it
+    writes: a file cut inside that padding still lists every member, so only its length shows
+    that it was cut."""
     try:
         file_size = path.stat().st_size
         keys: set[str] = set()
@@ -189,7 +192,8 @@ def shard_is_complete(path: Path, expected: int) -> bool:
                 end = member.offset_data + member.size
     except (OSError, EOFError, tarfile.TarError):
         return False
-    return len(keys) == expected and members == MEMBERS_PER_SAMPLE * expected and end <= file_size
+    closed = file_size % tarfile.RECORDSIZE == 0 and file_size >= end + 2 * tarfile.BLOCKSIZE
+    return len(keys) == expected and members == MEMBERS_PER_SAMPLE * expected and closed
 
 
 def _image_extensions(tar_path: Path) -> dict[str, str]:

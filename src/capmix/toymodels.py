@@ -766,7 +766,9 @@ def train_open_clip(
     if pretrained is not None:
         _save_safetensors(_load_weights(Path(pretrained)), staged / WEIGHTS_NAME)
     elif coca:
-        initial, _ = _coca_initial_weights(staged, seed, vision_from)
+        initial, copied = _coca_initial_weights(staged, seed, vision_from)
+        if copied:
+            log.info("image tower from %s: %d weights", vision_from, len(copied))
         _save_safetensors(initial, staged / WEIGHTS_NAME)
 
     num_samples = _count_samples(shards)

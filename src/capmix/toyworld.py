@@ -27,6 +27,12 @@ the roles datasets play in the paper:
 
 The vocabulary of the clean descriptions is small and closed (about 50 words) so that a tiny
 captioner can learn it.
+
+Two world settings make the class learnable by laptop-sized stand-ins (README, "The embedded
+default"): objects wear their class's :data:`TYPICAL_COLOURS` with ``typical_colour_probability``,
+and captions state each attribute other than the class with ``attribute_mention_probability``
+(:func:`sample_mentions`). The COCO-style split calls some classes only by their supercategory
+(:data:`COCO_NAMES`), as COCO's vocabulary is narrower than ImageNet's.
 """
 
 from __future__ import annotations
@@ -48,22 +54,32 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageDraw
 
 __all__ = [
+    "ALL_ATTRIBUTES",
     "BACKGROUND_COLOURS",
     "BACKGROUND_PATTERNS",
     "CAPTION_MODES",
     "CLASSNAMES",
+    "COCO_NAMED_CLASSES",
+    "COCO_NAMES",
     "COLOURS",
     "COLUMNS",
     "DESCRIPTION_STYLES",
+    "GROUND_TRUTH_ATTRIBUTES",
     "JUNK_KINDS",
+    "OPTIONAL_ATTRIBUTES",
+    "OPTIONAL_FRACTIONS",
     "POSITIONS",
     "PROFILES",
     "SIZES",
     "SPLITS",
     "SPLIT_PROFILES",
     "STYLES",
+    "SUPERCATEGORIES",
+    "SUPERCATEGORIES_WORDS",
+    "TYPICAL_COLOURS",
     "Scene",
     "SceneObject",
+    "attributes_named",
     "boilerplate_caption",
     "describe",
     "draw_junk",
@@ -71,6 +87,7 @@ __all__ = [
     "generate_world",
     "non_visual_caption",
     "partial_caption",
+    "sample_mentions",
     "sample_scene",
     "tokens",
     "toy_uid",
@@ -121,17 +138,21 @@ SUPERCATEGORIES: dict[str, tuple[str, ...]] = {
     "polygon": ("square", "triangle", "diamond", "hexagon"),
     "sign": ("star", "cross", "arrow"),
 }
+#: Words of the supercategory names ("round", "shape", "polygon", "sign").
+SUPERCATEGORIES_WORDS: frozenset[str] = frozenset(
+    w for name in SUPERCATEGORIES for w in re.findall(r"[a-z]+", name)
+)
+#: The classes the COCO-style split names as such; the others only by their supercategory.
+COCO_NAMED_CLASSES: frozenset[str] = frozenset(
+    {"circle", "square", "triangle", "star", "cross", "arrow"}
+)
 #: What the COCO-style split calls each class. COCO's annotators name objects in a narrow,
 #: generic vocabulary (80 categories; "a dog", "a bird" where ImageNet has breeds and species),
 #: so some classes are only ever called by their supercategory: a captioner fine-tuned on this
 #: split stops naming them, which is the paper's reading of why COCO fine-tuning hurts CLIP
 #: training (Table 1: less diverse, less specific text).
-#: Words of the supercategory names ("round", "shape", "polygon", "sign").
-SUPERCATEGORIES_WORDS: frozenset[str] = frozenset(
-    w for name in SUPERCATEGORIES for w in re.findall(r"[a-z]+", name)
-)
 COCO_NAMES: dict[str, str] = {
-    shape: shape if shape in ("circle", "square", "triangle", "star", "cross", "arrow") else group
+    shape: shape if shape in COCO_NAMED_CLASSES else group
     for group, members in SUPERCATEGORIES.items()
     for shape in members
 }
@@ -1189,8 +1210,9 @@ def _corrupt_bytes(png: bytes, rng: np.random.Generator) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 _FRACTION_KEYS = ("junk_image_fraction", "dead_url_fraction", "corrupt_file_fraction")
-#: Optional probabilities and their values when a spec leaves them out.
-_OPTIONAL_FRACTIONS = {"typical_colour_probability": 0.0, "attribute_mention_probability": 1.0}
+#: Optional probabilities and their values when a spec leaves them out (the config schema's
+#: defaults; a test holds them equal).
+OPTIONAL_FRACTIONS = {"typical_colour_probability": 0.0, "attribute_mention_probability": 1.0}
 
 
 def validate_spec(spec: Mapping[str, Any]) -> None:
@@ -1219,8 +1241,8 @@ def validate_spec(spec: Mapping[str, Any]) -> None:
     total = float(sum(modes.values()))
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"pool_caption_modes must sum to 1, got {total}")
-    for key in (*_FRACTION_KEYS, *_OPTIONAL_FRACTIONS):
-        f = spec.get(key, _OPTIONAL_FRACTIONS.get(key))
+    for key in (*_FRACTION_KEYS, *OPTIONAL_FRACTIONS):
+        f = spec.get(key, OPTIONAL_FRACTIONS.get(key))
         if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0.0 <= f <= 1.0:
             raise ValueError(f"{key} must be a fraction in [0, 1], got {f!r}")
     n_pool = splits["pool"]
@@ -1273,9 +1295,9 @@ def _generate_split(
     image_size = int(spec["image_size"])
     profile = SPLIT_PROFILES[split]
     is_pool = split == "pool"
-    typical = float(spec.get("typical_colour_probability", _OPTIONAL_FRACTIONS[
+    typical = float(spec.get("typical_colour_probability", OPTIONAL_FRACTIONS[
         "typical_colour_probability"]))
-    mention = float(spec.get("attribute_mention_probability", _OPTIONAL_FRACTIONS[
+    mention = float(spec.get("attribute_mention_probability", OPTIONAL_FRACTIONS[
         "attribute_mention_probability"]))
 
     dead: set[int] = set()
