@@ -368,7 +368,7 @@ def compute_findings(plan: Mapping[str, Any], documents: Mapping[str, Any]) -> T
 
 def write_findings(plan: Mapping[str, Any], json_path: Path, md_path: Path) -> Table:
     """The findings rule: read what the plan measures, write the table as JSON and markdown."""
-    from capmix.provenance import provenance_record, write_json
+    from capmix.provenance import provenance_record, write_json, write_text_atomic
 
     files = plan_inputs(plan)
     documents = read_documents(files)
@@ -378,7 +378,7 @@ def write_findings(plan: Mapping[str, Any], json_path: Path, md_path: Path) -> T
         "findings", inputs=readable, params={"pool": plan["pool"], "seed": plan["seed"]},
         packages=())
     write_json(json_path, table)
-    _write_text(md_path, render_markdown(table))
+    write_text_atomic(md_path, render_markdown(table))
     return table
 
 
@@ -437,15 +437,6 @@ def render_markdown(table: Mapping[str, Any]) -> str:
     if notes:
         lines += ["", "## Not measured", "", *notes]
     return "\n".join(lines) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temp file + rename), as provenance.write_json does."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------ across seeds
@@ -572,14 +563,14 @@ def render_combined_markdown(combined: Mapping[str, Any]) -> str:
 
 def write_combined(paths: Sequence[str | Path], out_prefix: str | Path) -> tuple[Table, str]:
     """OUT_PREFIX.json (with provenance) and OUT_PREFIX.md from several findings.json files."""
-    from capmix.provenance import provenance_record, write_json
+    from capmix.provenance import provenance_record, write_json, write_text_atomic
 
     combined = combine(paths)
     markdown = render_combined_markdown(combined)
     combined["provenance"] = provenance_record("findings_combine", inputs=paths, packages=())
     out_prefix = Path(out_prefix)
     write_json(out_prefix.with_name(out_prefix.name + ".json"), combined)
-    _write_text(out_prefix.with_name(out_prefix.name + ".md"), markdown)
+    write_text_atomic(out_prefix.with_name(out_prefix.name + ".md"), markdown)
     return combined, markdown
 
 

@@ -85,15 +85,18 @@ def provenance_record(
     }
 
 
-def write_json(path: Path | str, payload: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a killed job never leaves half a file."""
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Write text atomically (temp file + rename), so a killed job never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: Path | str, payload: Any) -> None:
+    """Write JSON atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path, tags: dict[str, Any]) -> None:

@@ -134,40 +134,40 @@ def caption_set_quality(captions: pd.DataFrame, scores: pd.DataFrame | None = No
     return result
 
 
-def _toy_truth(metadata_dir: Path) -> pd.DataFrame | None:
-    """The toy world's ground truth of the scene images, if the metadata carries it."""
-    import pyarrow.parquet as pq
-
-    from capmix.sources import metadata_parts
-    from capmix.toyworld import GROUND_TRUTH_ATTRIBUTES
-
-    parts = metadata_parts(metadata_dir)
-    wanted = ["uid", "image_kind", *GROUND_TRUTH_ATTRIBUTES]
-    if not parts or not set(wanted) <= set(pq.read_schema(parts[0]).names):
-        return None
-    table = pd.concat([pd.read_parquet(p, columns=wanted) for p in parts], ignore_index=True)
-    return table[table["image_kind"] == "scene"].drop(columns="image_kind")
-
-
 def write_quality(pool: str, caption_set: str, caption_files: Sequence[Path], scores_path: Path,
                   metadata_dir: Path, references_column: str | None, out_path: Path,
                   trigram_sample_size: int = 1000, seed: int = 0) -> dict:
     """The quality rule: measures of one caption set, with references (and, in the toy world,
     the ground truth) from the metadata."""
+    import pyarrow.parquet as pq
+
     from capmix.provenance import provenance_record, write_json
     from capmix.sources import metadata_parts
+    from capmix.toyworld import GROUND_TRUTH_ATTRIBUTES
 
     captions = pd.concat([pd.read_parquet(f, columns=["uid", "caption"]) for f in caption_files],
                          ignore_index=True)
     scores = pd.read_parquet(scores_path, columns=["uid", "cos", "clip_s"])
+    # One read of the metadata: the references (where the pool has them) and, in the toy
+    # world, the ground truth of the scene images.
+    parts = metadata_parts(metadata_dir)
+    names = set(pq.read_schema(parts[0]).names) if parts else set()
+    truth_columns = ["image_kind", *GROUND_TRUTH_ATTRIBUTES]
+    toy = set(truth_columns) <= names
+    columns = ["uid", *([references_column] if references_column else []),
+               *(truth_columns if toy else [])]
+    table = None
+    if len(columns) > 1:  # nothing to read for a real pool without references
+        table = pd.concat([pd.read_parquet(p, columns=columns) for p in parts],
+                          ignore_index=True)
     references = None
     if references_column:
-        frames = [pd.read_parquet(p, columns=["uid", references_column])
-                  for p in metadata_parts(metadata_dir)]
-        table = pd.concat(frames, ignore_index=True)
         references = {u: list(r) for u, r in zip(table["uid"], table[references_column],
                                                   strict=True)}
-    truth = _toy_truth(metadata_dir)
+    truth = None
+    if toy:
+        scenes = table[table["image_kind"] == "scene"]
+        truth = scenes[["uid", *GROUND_TRUTH_ATTRIBUTES]]
     result = {"pool": pool, "caption_set": caption_set,
               **({"toy": True} if truth is not None else {}),
               **caption_set_quality(captions, scores, references, trigram_sample_size, seed,

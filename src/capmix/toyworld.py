@@ -484,9 +484,9 @@ def _object_colour(
     return _choice(rng, tuple(COLOURS))
 
 
-def _fallback_backgrounds(colour: str) -> list[str]:
-    """Neutral backgrounds a colour stands out on (every palette colour has at least one)."""
-    return [b for b in BACKGROUND_COLOURS if colour in _contrasting(b, (colour,))]
+def _backgrounds_for(colour: str, candidates: Sequence[str]) -> list[str]:
+    """The candidate backgrounds a colour stands out on."""
+    return [b for b in candidates if colour in _contrasting(b, (colour,))]
 
 
 def sample_scene(
@@ -544,8 +544,9 @@ def sample_scene(
     else:
         untypical = profile == "rendition"
         colour = _object_colour(rng, main_shape, typical_colour_probability, untypical)
-        bg = _choice(rng, [b for b in backgrounds if colour in _contrasting(b, (colour,))]
-                     or _fallback_backgrounds(colour))
+        # every palette colour stands out on at least one neutral background
+        bg = _choice(rng, _backgrounds_for(colour, backgrounds)
+                     or _backgrounds_for(colour, BACKGROUND_COLOURS))
     palette = _contrasting(bg, tuple(COLOURS))
 
     if n_objects == 1:
