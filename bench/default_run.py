@@ -45,6 +45,29 @@ def stage_times(workdir: Path) -> dict[str, list[float]]:
     return dict(times)
 
 
+def stage_spans(workdir: Path) -> dict[str, tuple[float, float]]:
+    """Rule -> (first start, last end) in seconds from the run's first job start.
+
+    A job's end is its benchmark file's modification time and its start that minus its wall
+    time: what overlaps and what waits (the critical path) shows without Snakemake's log.
+    """
+    spans: dict[str, list[float]] = {}
+    for tsv in (workdir / "benchmarks").rglob("*.tsv"):
+        rule = tsv.relative_to(workdir / "benchmarks").parts[0]
+        with tsv.open() as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        if not rows:
+            continue
+        end = tsv.stat().st_mtime
+        start = end - float(rows[-1]["s"])
+        first, last = spans.get(rule, [start, end])
+        spans[rule] = [min(first, start), max(last, end)]
+    if not spans:
+        return {}
+    origin = min(first for first, _ in spans.values())
+    return {rule: (first - origin, last - origin) for rule, (first, last) in spans.items()}
+
+
 def startup_seconds() -> dict[str, float]:
     """Seconds to start Python and import each kind of job's libraries (median of 3)."""
     out = {}
@@ -68,6 +91,9 @@ def report(workdir: Path, wall: float | None) -> None:
     jobs = sum(len(v) for v in times.values())
     print(f"{'all jobs':16s} {jobs:5d} {total:8.1f}   (summed job wall time; jobs overlap on "
           f"{os.cpu_count()} cores)")
+    print("when each stage ran (s from the first job's start; first start .. last end):")
+    for rule, (first, last) in sorted(stage_spans(workdir).items(), key=lambda kv: kv[1]):
+        print(f"  {rule:16s} {first:7.0f} .. {last:7.0f}")
     if wall is not None:
         print(f"DAG wall time: {wall:.1f} s = {wall / 60:.1f} min")
     print("start-up per job (Python + the job's imports, before any work):")

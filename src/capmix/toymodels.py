@@ -98,7 +98,7 @@ TRAIN_SPLIT, COCO_SPLIT = "pretrain", "coco"
 
 # Defaults measured on 2 CPU cores (bench/toy_models.py; per-run figures in training.json).
 # Shared by both toy worlds, since the pipeline's toy_models settings are per kind, not per
-# world: smoke (pretrain 1,500 / coco 300) and default (8,000 / 1,000) scale linearly.
+# world: smoke (pretrain 1,500 / coco 300) and default (6,400 / 1,000) scale linearly.
 # Measured on 2 cores (captioner context 48 as config.yaml sets it; bench/toy_models.py):
 # captioner ~215-270 samples/s, COCO fine-tune ~180-230/s, scorer ~380-480/s end to end in
 # open_clip_train (one data worker shares the 2 cores). In the calibrated world (typical

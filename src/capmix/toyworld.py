@@ -43,6 +43,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1410,8 +1411,13 @@ def _generate_split(
 _UID_PNG = re.compile(r"^[0-9a-f]{32}\.png$")
 
 
-def generate_world(out_dir: Path, spec: Mapping[str, Any], seed: int) -> dict[str, Any]:
+def generate_world(
+    out_dir: Path, spec: Mapping[str, Any], seed: int, workers: int = 1
+) -> dict[str, Any]:
     """Write the toy world to ``out_dir`` and return its manifest (also ``manifest.json``).
+
+    ``workers`` > 1 draws the splits in that many processes (largest first). Every sample has
+    its own generator (seed, split, index), so the files do not depend on ``workers``.
 
     Layout: ``{split}/{uid}.png`` images, ``{split}.parquet`` tables (columns
     :data:`COLUMNS`, row order = index order), ``classnames.txt`` and ``manifest.json``.
@@ -1430,9 +1436,19 @@ def generate_world(out_dir: Path, spec: Mapping[str, Any], seed: int) -> dict[st
     counts: dict[str, int] = {}
     hashes: dict[str, str] = {}
     pool_cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+    sizes = {split: int(spec["splits"].get(split, 0)) for split in SPLITS}
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as executor:
+            futures = {split: executor.submit(_generate_split, split, sizes[split], spec, seed,
+                                              base)
+                       for split in sorted(SPLITS, key=lambda split: -sizes[split])}
+            drawn = {split: future.result() for split, future in futures.items()}
+    else:
+        drawn = {split: _generate_split(split, sizes[split], spec, seed, base)
+                 for split in SPLITS}
     for split in SPLITS:
-        n = int(spec["splits"].get(split, 0))
-        cols, written = _generate_split(split, n, spec, seed, base)
+        n = sizes[split]
+        cols, written = drawn[split]
         for stale in (base / split).iterdir():
             if _UID_PNG.match(stale.name) and stale.name not in written:
                 stale.unlink()

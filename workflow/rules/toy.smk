@@ -42,6 +42,8 @@ rule toy_model:
     benchmark:
         "benchmarks/toy_model/{world}/{kind}.tsv"
     threads: res("toy_model", "threads")
+    # The stand-ins gate every caption and score of the toy pools: first when a core frees.
+    priority: 10
     resources:
         mem_mb=res("toy_model", "mem_mb"),
         runtime=res("toy_model", "runtime"),

@@ -10,4 +10,5 @@ generate_world(
     Path(snakemake.output.manifest).parent,  # noqa: F821
     snakemake.params.spec,  # noqa: F821
     snakemake.params.seed,  # noqa: F821
+    workers=snakemake.threads,  # noqa: F821
 )
