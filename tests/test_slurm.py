@@ -63,6 +63,11 @@ SLURM_TIMEOUT = 2400
 DDP_MODEL = "results/toy_smoke/models/synthetic_top_50/training.json"
 DDP_CONFIG = {"train_scales": {"toy_smoke": {"processes_per_node": 2}}}
 CONFIGS = ("config/smoke.yaml", "config/slurm_small.yaml", "config/slurm_gpus.yaml")
+# The profile's first status poll comes 20 s after a submission and every quiet poll waits
+# 10 s longer (the plugin's back-off, up to 180 s), sized for a shared cluster. A test cluster
+# that runs short jobs one after another polls from 2 s: the plugin accepts squeue for status
+# while MinJobAge >= 3 x this (the test cluster keeps jobs for an hour).
+FAST_POLLS = ("--slurm-init-seconds-before-status-checks", "2")
 
 
 def copy_workflow(root: Path) -> Path:
@@ -108,13 +113,13 @@ def test_toy_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
     cluster.chmod(0o755)
     try:
         with slurm_cluster(cluster, gpus=1) as env:
-            # Exactly as a user runs it from the repository root.
-            result = run(on_slurm, "--profile", "slurm", "--configfile", *CONFIGS, env=env,
-                         timeout=SLURM_TIMEOUT)
+            # As a user runs it from the repository root, polling sooner (FAST_POLLS).
+            result = run(on_slurm, "--profile", "slurm", *FAST_POLLS, "--configfile", *CONFIGS,
+                         env=env, timeout=SLURM_TIMEOUT)
             ddp = None
             if result.returncode == 0:
-                ddp = run(on_slurm, DDP_MODEL, "--profile", "slurm", "--configfile", *CONFIGS,
-                          "config/slurm_ddp.yaml", env=env)
+                ddp = run(on_slurm, DDP_MODEL, "--profile", "slurm", *FAST_POLLS,
+                          "--configfile", *CONFIGS, "config/slurm_ddp.yaml", env=env)
             records = job_records(env)
         logs = "\n".join(p.read_text(errors="replace")[-1500:]
                          for p in sorted((cluster / "log").glob("*.log")))
