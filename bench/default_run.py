@@ -33,35 +33,37 @@ STARTUP_IMPORTS = {
 }
 
 
-def stage_times(workdir: Path) -> dict[str, list[float]]:
-    """Rule -> wall seconds of each of its jobs, from ``benchmarks/{rule}/...tsv``."""
-    times: dict[str, list[float]] = defaultdict(list)
+def job_runs(workdir: Path) -> list[tuple[str, float, float]]:
+    """(rule, wall seconds, end time) of every job, from ``benchmarks/{rule}/...tsv``.
+
+    A job's end is its benchmark file's modification time (Snakemake writes it as the job
+    ends), so its start is that minus its wall time.
+    """
+    runs = []
     for tsv in sorted((workdir / "benchmarks").rglob("*.tsv")):
         rule = tsv.relative_to(workdir / "benchmarks").parts[0]
         with tsv.open() as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
         if rows:
-            times[rule].append(float(rows[-1]["s"]))
+            runs.append((rule, float(rows[-1]["s"]), tsv.stat().st_mtime))
+    return runs
+
+
+def stage_times(runs: list[tuple[str, float, float]]) -> dict[str, list[float]]:
+    """Rule -> wall seconds of each of its jobs."""
+    times: dict[str, list[float]] = defaultdict(list)
+    for rule, seconds, _ in runs:
+        times[rule].append(seconds)
     return dict(times)
 
 
-def stage_spans(workdir: Path) -> dict[str, tuple[float, float]]:
-    """Rule -> (first start, last end) in seconds from the run's first job start.
-
-    A job's end is its benchmark file's modification time and its start that minus its wall
-    time: what overlaps and what waits (the critical path) shows without Snakemake's log.
-    """
-    spans: dict[str, list[float]] = {}
-    for tsv in (workdir / "benchmarks").rglob("*.tsv"):
-        rule = tsv.relative_to(workdir / "benchmarks").parts[0]
-        with tsv.open() as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-        if not rows:
-            continue
-        end = tsv.stat().st_mtime
-        start = end - float(rows[-1]["s"])
-        first, last = spans.get(rule, [start, end])
-        spans[rule] = [min(first, start), max(last, end)]
+def stage_spans(runs: list[tuple[str, float, float]]) -> dict[str, tuple[float, float]]:
+    """Rule -> (first start, last end) in seconds from the run's first job start: what
+    overlaps and what waits (the critical path) shows without Snakemake's log."""
+    spans: dict[str, tuple[float, float]] = {}
+    for rule, seconds, end in runs:
+        first, last = spans.get(rule, (end - seconds, end))
+        spans[rule] = (min(first, end - seconds), max(last, end))
     if not spans:
         return {}
     origin = min(first for first, _ in spans.values())
@@ -82,7 +84,8 @@ def startup_seconds() -> dict[str, float]:
 
 
 def report(workdir: Path, wall: float | None) -> None:
-    times = stage_times(workdir)
+    runs = job_runs(workdir)
+    times = stage_times(runs)
     total = sum(sum(v) for v in times.values())
     print(f"{'stage (rule)':16s} {'jobs':>5s} {'sum s':>8s} {'mean s':>7s} {'share':>6s}")
     for rule, values in sorted(times.items(), key=lambda kv: -sum(kv[1])):
@@ -92,7 +95,7 @@ def report(workdir: Path, wall: float | None) -> None:
     print(f"{'all jobs':16s} {jobs:5d} {total:8.1f}   (summed job wall time; jobs overlap on "
           f"{os.cpu_count()} cores)")
     print("when each stage ran (s from the first job's start; first start .. last end):")
-    for rule, (first, last) in sorted(stage_spans(workdir).items(), key=lambda kv: kv[1]):
+    for rule, (first, last) in sorted(stage_spans(runs).items(), key=lambda kv: kv[1]):
         print(f"  {rule:16s} {first:7.0f} .. {last:7.0f}")
     if wall is not None:
         print(f"DAG wall time: {wall:.1f} s = {wall / 60:.1f} min")
