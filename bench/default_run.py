@@ -9,6 +9,7 @@ Time it on an idle machine: anything else running inflates every figure.
 
     .venv/bin/python bench/default_run.py                       # fresh run, seed 0
     .venv/bin/python bench/default_run.py --summarise runs/seed1  # an existing run's figures
+    .venv/bin/python bench/default_run.py --configfile config/smoke.yaml  # `make smoke`'s DAG
 """
 
 from __future__ import annotations
@@ -111,22 +112,26 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="results root of the run (default runs/bench_seed{seed}, "
                              "emptied first)")
+    parser.add_argument("--configfile", type=Path, default=None,
+                        help="a config to run instead of the default (e.g. config/smoke.yaml)")
     parser.add_argument("--summarise", type=Path, default=None, metavar="WORKDIR",
                         help="only print the figures of a finished run in WORKDIR")
     args = parser.parse_args()
     if args.summarise:
         report(args.summarise, None)
         return
-    workdir = (args.workdir or REPO / "runs" / f"bench_seed{args.seed}").resolve()
+    name = f"bench_{args.configfile.stem}" if args.configfile else "bench"
+    workdir = (args.workdir or REPO / "runs" / f"{name}_seed{args.seed}").resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     print(f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.2f}; "
           f"results root {workdir}")
+    configfile = ["--configfile", str(args.configfile.resolve())] if args.configfile else []
     start = time.perf_counter()
     subprocess.run([str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--cores", args.cores,
-                    "--directory", str(workdir), "--config", f"seed={args.seed}", "--quiet",
-                    "rules"], check=True, cwd=REPO)
+                    "--directory", str(workdir), *configfile, "--config", f"seed={args.seed}",
+                    "--quiet", "rules"], check=True, cwd=REPO)
     wall = time.perf_counter() - start
     report(workdir, wall)
 

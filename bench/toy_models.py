@@ -8,6 +8,7 @@ their ground truth, and how often the scorer ranks an image's caption above a ra
 above the same caption with the shape or the colour swapped. Prints only; never asserts.
 
     .venv/bin/python bench/toy_models.py --worlds smoke default
+    .venv/bin/python bench/toy_models.py --worlds default --configfile my_toy_models.yaml
 """
 
 from __future__ import annotations
@@ -136,9 +137,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=0.75)
     parser.add_argument("--keep", type=Path, default=None, help="keep the results here")
+    parser.add_argument("--configfile", type=Path, nargs="*", default=[],
+                        help="config files merged over the default (as snakemake --configfile)")
     args = parser.parse_args()
 
-    config = pipeline_config()
+    config = pipeline_config(*args.configfile)
     settings = {k: config.get("toy_models", {}).get(k, {}) for k in tm.DEFAULT_SETTINGS}
     print(f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; settings = "
           f"DEFAULT_SETTINGS updated with config toy_models: {settings}")

@@ -34,6 +34,7 @@ from capmix.evaluate import (
     load_suite,
     read_results,
     run_task,
+    toy_eval_tasks,
     winogavil_metrics,
     winogavil_prompt,
     write_retrieval_task,
@@ -515,3 +516,17 @@ def test_load_model_reads_an_open_clip_train_checkpoint(tmp_path):
     assert len(model.sha256) == 64
     texts = model.tokenizer(["a red circle"])
     assert texts.shape[0] == 1 and math.isfinite(float(model.model.logit_scale))
+
+
+def test_toy_eval_tasks_lists_every_toy_task_once() -> None:
+    """One job per world builds the toy suite's data: it needs every task up front."""
+    config = pipeline_config()
+    tasks = toy_eval_tasks(config)
+    suite = load_suite(config, "toy")
+    assert tasks == {t.data: ("toy", t.name) for t in sorted(suite.tasks, key=lambda t: t.data)}
+    assert list(tasks) == sorted(tasks)
+    # a second toy suite sharing the directories does not build them twice
+    config["eval_suites"]["toy_copy"] = config["eval_suites"]["toy"]
+    assert toy_eval_tasks(config) == tasks
+    config["eval_suites"] = {k: v for k, v in config["eval_suites"].items() if not v.get("toy")}
+    assert toy_eval_tasks(config) == {}

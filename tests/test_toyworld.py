@@ -301,6 +301,11 @@ def test_describe_states_only_the_mentioned_attributes() -> None:
     assert tw.describe(scene, "showing", frozenset({"colour"})) == "an image showing a yellow star"
     assert tw.describe(scene, "colour_first", frozenset({"size", "background"})) == (
         "a star of large size of a striped gray background")
+    # The COCO-like template: never size or position; colour and background when mentioned.
+    assert tw.describe(scene, "coco") == "a yellow star on a striped gray background."
+    assert tw.describe(scene, "coco", frozenset({"size", "position"})) == "a star."
+    assert tw.describe(scene, "coco", frozenset({"background"})) == (
+        "a star on a striped gray background.")
     for style in tw.DESCRIPTION_STYLES:
         for mentions in (frozenset(), frozenset({"position"}), tw.ALL_ATTRIBUTES):
             words = set(tw.tokens(tw.describe(scene, style, mentions)))

@@ -112,11 +112,14 @@ def test_smoke_dag_end_to_end(workdir):
     assert (workdir / "logs/fetch/toy_smoke.log").exists()
     assert (workdir / "benchmarks/fetch/toy_smoke.tsv").exists()
 
-    # Captions, scores and quality for every caption set of both smoke pools.
-    for pool in ("toy_smoke", "toy_smoke_nocaps"):
+    # Captions, scores and quality for every caption set of both smoke pools (the COCO
+    # captioner captions the NoCaps-like pool only).
+    for pool, caption_sets in (
+            ("toy_smoke", ("raw", "toy_captioner/0.75")),
+            ("toy_smoke_nocaps", ("raw", "toy_captioner/0.75", "toy_captioner_coco/0.75"))):
         fetched = pd.read_parquet(workdir / f"results/{pool}/fetch/index.parquet")
         n_fetched = int((fetched.status == "fetched").sum())
-        for caption_set in ("raw", "toy_captioner/0.75", "toy_captioner_coco/0.75"):
+        for caption_set in caption_sets:
             scores = json.loads(
                 (workdir / f"results/{pool}/scores/toy_clip/{caption_set}.json").read_text())
             assert scores["n"] == n_fetched == scores["n_scored"], (pool, caption_set)
@@ -193,12 +196,15 @@ def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> Non
     assert mixed["n_images"] == len(table)  # raw top 30% + synthetic for all the rest
 
 
+#: The CLIPs config/smoke.yaml trains.
+SMOKE_MODELS = ("raw_top_30", "raw_top_synthetic_remaining_filtered_30")
+
+
 def check_models(workdir: Path) -> None:
     """The smoke pool's CLIPs: trained at scale toy_smoke on their strategy's shards."""
     from capmix.train import checkpoint_epoch
 
-    for name in ("raw_no_filter", "synthetic_no_filter", "raw_top_30",
-                 "raw_top_synthetic_remaining_filtered_30"):
+    for name in SMOKE_MODELS:
         folder = workdir / "results/toy_smoke/models" / name
         summary = json.loads((folder / "training.json").read_text())
         shards = json.loads(
@@ -218,8 +224,7 @@ def check_evaluations(workdir: Path) -> None:
     splits = {"toy ImageNet": "eval_in", "toy ImageNet v2": "eval_in_v2",
               "toy ImageNet Sketch": "eval_in_sketch", "toy ImageNet-R": "eval_in_rendition",
               "toy ImageNet clutter": "eval_in_clutter", "toy retrieval": "eval_retrieval"}
-    for name in ("raw_no_filter", "synthetic_no_filter", "raw_top_30",
-                 "raw_top_synthetic_remaining_filtered_30"):
+    for name in SMOKE_MODELS:
         folder = workdir / "results/toy_smoke/eval"
         lines = [json.loads(x) for x in (folder / f"{name}.jsonl").read_text().splitlines()]
         assert [x["dataset"] for x in lines] == list(splits), name

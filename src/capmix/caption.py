@@ -10,6 +10,10 @@ shard), a redone shard gets the same captions it would have got the first time.
 Images are decoded and preprocessed in DataLoader worker processes, so the
 model loop only moves tensors; an image that does not decode is recorded as a
 per-uid failure, not skipped silently.
+
+torch and the captioner backends are imported where captioning runs, not at module level:
+the raw-caption, quality and mixing jobs use this module's file helpers (``caption_files``,
+``raw_caption_sets``) and would otherwise each pay ~2 s of torch import (bench/default_run.py).
 """
 
 from __future__ import annotations
@@ -19,14 +23,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader
 
-from capmix.captioners import Captioner, Decoding, load_captioner
 from capmix.provenance import provenance_record, write_json
 from capmix.shards import (
     Progress,
@@ -39,6 +40,9 @@ from capmix.shards import (
     stable_seed,
     write_parquet_atomic,
 )
+
+if TYPE_CHECKING:
+    from capmix.captioners import Captioner, Decoding
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +66,15 @@ def resolve_device(device: str) -> str:
     """``auto`` = CUDA when torch can use it. CUDA_VISIBLE_DEVICES alone proves nothing
     (SLURM sets it for a fake GPU gres too)."""
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
 def decoding_for(spec: Mapping[str, Any], temperature: float) -> Decoding:
+    from capmix.captioners import Decoding
+
     params = dict(spec.get("decoding", {}))
     return Decoding(temperature=float(temperature), **params)
 
@@ -74,6 +82,8 @@ def decoding_for(spec: Mapping[str, Any], temperature: float) -> Decoding:
 def caption_task(captioner: Captioner, task: ShardTask, decoding: Decoding, seed: int,
                  settings: RunSettings) -> pd.DataFrame:
     """Caption one shard; one row per uid of the shard."""
+    from torch.utils.data import DataLoader
+
     samples = read_shard(task)
     loader = DataLoader(ShardImages(samples, captioner.preprocess), batch_size=settings.batch_size,
                         num_workers=settings.workers, collate_fn=collate,
@@ -106,6 +116,8 @@ def caption_pool(pool: str, captioner_name: str, spec: Mapping[str, Any], temper
     log.info("%s/%s@%s chunk %d/%d: %d shards, %d already done", pool, captioner_name,
              temperature, chunk, n_chunks, len(tasks), len(tasks) - len(todo))
     if todo and captioner is None:
+        from capmix.captioners import load_captioner
+
         captioner = load_captioner({**spec, "name": captioner_name},
                                    device=resolve_device(settings.device),
                                    precision=settings.precision)

@@ -195,6 +195,20 @@ def real_eval_data_dirs(config: Mapping[str, Any]) -> list[str]:
                    if not spec.get("toy") and spec.get("data_dir")})
 
 
+def toy_eval_tasks(config: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Data directory name -> (suite, task) of every toy-suite task, sorted by directory.
+
+    A toy world's task data are built by one job (they are small and read the same world), so
+    the workflow needs the whole list up front; a directory two toy suites share is built once.
+    """
+    tasks: dict[str, tuple[str, str]] = {}
+    for name, spec in sorted((config.get("eval_suites") or {}).items()):
+        if spec.get("toy"):
+            for task in load_suite(config, name).tasks:
+                tasks.setdefault(task.data, (name, task.name))
+    return dict(sorted(tasks.items()))
+
+
 def load_suite(config: Mapping[str, Any], name: str) -> Suite:
     """The suite ``name`` of ``config['eval_suites']``, checked."""
     suites = config.get("eval_suites") or {}

@@ -624,17 +624,18 @@ def describe(
     With the default ``mentions`` every style except "coco" states every attribute (size,
     colour and fill, shape, position, background); they differ only in phrasing. A smaller
     ``mentions`` (see :func:`sample_mentions`) leaves the other attributes out; the shape is
-    always named. "coco" is the deliberately formulaic caption of the COCO-like split: colour,
-    the object's :data:`COCO_NAMES` name (for some classes only their supercategory) and
-    background, but no size and no position.
+    always named. "coco" is the deliberately formulaic caption of the COCO-like split: one
+    template, the object's :data:`COCO_NAMES` name (for some classes only their supercategory),
+    colour and background where ``mentions`` has them, never size or position.
     """
     bg = _with_article(f"{scene.background} background")
+    size, colour = "size" in mentions, "colour" in mentions
     if style == "coco":
         objs = " and ".join(
-            _with_article(_noun_phrase(o, size=False, coco=True)) for o in scene.objects
+            _with_article(_noun_phrase(o, size=False, coco=True, colour=colour))
+            for o in scene.objects
         )
-        return f"{objs} on {bg}."
-    size, colour = "size" in mentions, "colour" in mentions
+        return f"{objs} on {bg}." if "background" in mentions else f"{objs}."
     position, background = "position" in mentions, "background" in mentions
     parts = []
     for o in scene.objects:
@@ -1336,7 +1337,10 @@ def _generate_split(
         if split == "pretrain":
             text = describe(scene, _choice(rng, DESCRIPTION_STYLES), sample_mentions(rng, mention))
         elif split == "coco":
-            text = describe(scene, "coco")
+            # COCO annotators, like everyone in this world, name the object and only sometimes
+            # its colour or setting: the captions are narrow (one template, generic names),
+            # not more complete than the web's.
+            text = describe(scene, "coco", sample_mentions(rng, mention))
         elif split == "eval_retrieval":
             k = int(spec["captions_per_retrieval_image"])
             styles = rng.permutation(len(DESCRIPTION_STYLES))[:k]

@@ -13,7 +13,12 @@ sys.path.insert(0, str(REPO / "src"))
 
 from capmix.captionsets import pool_caption_sets  # noqa: E402
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
-from capmix.evaluate import TASK_MANIFEST, load_suite, real_eval_data_dirs  # noqa: E402
+from capmix.evaluate import (  # noqa: E402
+    TASK_MANIFEST,
+    load_suite,
+    real_eval_data_dirs,
+    toy_eval_tasks,
+)
 from capmix.findings import finding_inputs, plan_findings  # noqa: E402
 from capmix.mix import (  # noqa: E402
     expand_strategies,
@@ -43,6 +48,8 @@ TOY_WORLDS = config["toy_worlds"]
 STRATEGIES = expand_strategies(config["strategies"])
 # Where real suites fetch their task data to (config eval_suites.<suite>.data_dir).
 REAL_EVAL_DATA_DIRS = real_eval_data_dirs(config)
+# Every toy-suite task: data directory -> (suite, task); one job builds them all per world.
+TOY_EVAL_TASKS = toy_eval_tasks(config)
 
 
 wildcard_constraints:
@@ -282,17 +289,6 @@ def eval_resource(wildcards, key):
     """One resource of an evaluation job, from the suite's `resources` (unset if absent)."""
     return (config["eval_suites"][POOLS[wildcards.pool]["eval"]["suite"]].get("resources")
             or {}).get(key)
-
-
-def toy_eval_task(wildcards):
-    """The toy-suite task whose data directory is `wildcards.data`, and its suite."""
-    for name, spec in config["eval_suites"].items():
-        if spec.get("toy"):
-            suite = load_suite(config, name)
-            for task in suite.tasks:
-                if task.data == wildcards.data:
-                    return {"suite": name, "task": task.name}
-    raise WorkflowError(f"no toy evaluation task has the data directory '{wildcards.data}'")
 
 
 def real_eval_task(wildcards):

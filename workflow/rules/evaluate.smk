@@ -34,14 +34,16 @@ rule toy_eval_data:
     input:
         manifest="results/toyworld/{world}/manifest.json",
     output:
-        manifest="results/eval_data/toy/{world}/{data}/capmix_task.json",
+        manifests=expand(
+            "results/eval_data/toy/{{world}}/{data}/capmix_task.json", data=list(TOY_EVAL_TASKS)
+        ),
     params:
-        task=toy_eval_task,
+        tasks=TOY_EVAL_TASKS,
         world_dir=lambda wildcards: f"results/toyworld/{wildcards.world}",
     log:
-        "logs/toy_eval_data/{world}/{data}.log",
+        "logs/toy_eval_data/{world}.log",
     benchmark:
-        "benchmarks/toy_eval_data/{world}/{data}.tsv"
+        "benchmarks/toy_eval_data/{world}.tsv"
     threads: 1
     resources:
         mem_mb=1000,

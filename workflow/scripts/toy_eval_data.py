@@ -1,4 +1,4 @@
-"""Entry point of rule toy_eval_data: one toy-suite task from the toy world's split."""
+"""Entry point of rule toy_eval_data: every toy-suite task from the toy world's splits."""
 
 from pathlib import Path
 
@@ -8,6 +8,8 @@ from capmix.logs import setup_logging
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
-    suite = load_suite(sm.config, sm.params.task["suite"])
-    write_toy_task(suite.task(sm.params.task["task"]), Path(sm.params.world_dir),
-                   Path(sm.output.manifest).parent, suite.templates)
+    for manifest in sm.output.manifests:
+        suite_name, task_name = sm.params.tasks[Path(manifest).parent.name]
+        suite = load_suite(sm.config, suite_name)
+        write_toy_task(suite.task(task_name), Path(sm.params.world_dir), Path(manifest).parent,
+                       suite.templates)
