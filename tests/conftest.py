@@ -51,7 +51,8 @@ def fetched_pool_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rows.append({"uid": f"{i:032x}", "url": path.as_uri(), "text": f"raw caption {i}"})
     table = tmp_path / "t.parquet"
     pd.DataFrame(rows).to_parquet(table, index=False)
-    source = {"type": "table", "path": str(table), "format": "auto", "keep_columns": []}
+    source = {"type": "table", "path": str(table), "format": "auto", "keep_columns": [],
+              "allow_local_urls": True}
     build_metadata("p", source, source_files(source, [table]), tmp_path / "metadata")
     fetch_pool("p", tmp_path / "metadata", tmp_path / "shards", tmp_path / "index.parquet",
                tmp_path / "report.json",

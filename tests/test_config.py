@@ -114,3 +114,71 @@ def test_undefined_toy_world_and_duplicate_pool_names():
     config = base_config()
     config["pools"].append(copy.deepcopy(config["pools"][0]))
     expect_error(config, "'toy_default' is used more than once")
+
+
+def _set(path: str, value):
+    """A mutation that sets one key (dotted path; list items as integers)."""
+    def mutate(config):
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        node = config
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return mutate
+
+
+def _rename(section: str, old: str, new: str):
+    def mutate(config):
+        config[section][new] = config[section].pop(old)
+    return mutate
+
+
+#: Config mistakes, each refused at start-up with the key named (before any job runs).
+CONFIG_MISTAKES = {
+    "captioner name with a space": (_rename("captioners", "toy_captioner", "toy captioner"),
+                                    ["'captioners'", "'toy captioner'"]),
+    "captioner named raw (the raw caption set)": (
+        _rename("captioners", "toy_captioner", "raw"), ["'captioners'", "'raw'"]),
+    "scorer name with a slash": (_rename("scorers", "toy_clip", "toy/clip"),
+                                 ["'scorers'", "'toy/clip'"]),
+    "captioner name in upper case": (_rename("captioners", "blip_large", "BLIP"),
+                                     ["'captioners'", "'BLIP'"]),
+    "pool name with a dash": (_set("pools.0.name", "toy-default"), ["'pools[0].name'"]),
+    "seed as text": (_set("seed", "zero"), ["'seed'", "integer"]),
+    "negative image size": (_set("pools.0.fetch.image_size", -1), ["'pools[0].fetch.image_size'"]),
+    "unknown encode format": (_set("pools.0.fetch.encode_format", "gif"),
+                              ["'pools[0].fetch.encode_format'", "'jpg'"]),
+    "unknown target": (_set("targets", ["fetch", "everything"]), ["'targets[1]'"]),
+    "pool with an unknown captioner": (_set("pools.0.captioners", ["blip3"]),
+                                       ["'pools[0].captioners'", "unknown captioner 'blip3'"]),
+    "pool with an unknown scorer": (_set("pools.0.scorer", "clip_xxl"),
+                                    ["'pools[0].scorer'", "unknown scorer 'clip_xxl'"]),
+    "allow_local_urls not a boolean": (
+        _set("pools.0.source", {"type": "table", "path": "t.csv", "allow_local_urls": "yes"}),
+        ["'pools[0].source.allow_local_urls'", "boolean"]),
+    "allow_local_urls on a toy source": (
+        _set("pools.0.source.allow_local_urls", True), ["'pools[0].source'"]),
+    "table source without a path": (_set("pools.0.source", {"type": "table"}),
+                                    ["'pools[0].source'", "'path'"]),
+    "table format unknown": (
+        _set("pools.0.source", {"type": "table", "path": "t.xlsx", "format": "xlsx"}),
+        ["'pools[0].source.format'", "'csv'"]),
+    "datacomp repo not owner/name": (
+        _set("pools.0.source", {"type": "datacomp", "scale": "small", "hf_repo": "../etc"}),
+        ["'pools[0].source.hf_repo'"]),
+    "references_column not text": (_set("pools.2.references_column", 3),
+                                   ["'pools[2].references_column'"]),
+    "typical colour probability above 1": (
+        _set("toy_worlds.default.typical_colour_probability", 1.5),
+        ["'toy_worlds.default.typical_colour_probability'"]),
+    "temperature a pool names that its captioner lacks": (
+        _set("pools.2.temperatures", {"toy_captioner": [0.3]}), ["'pools[2].temperatures"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_MISTAKES))
+def test_config_mistakes_name_the_key(case):
+    mutate, fragments = CONFIG_MISTAKES[case]
+    config = base_config()
+    mutate(config)
+    expect_error(config, *fragments)

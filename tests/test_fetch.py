@@ -24,7 +24,8 @@ SETTINGS = FetchSettings(image_size=32, samples_per_shard=3, retries=0, threads_
 def make_metadata(table: pd.DataFrame, tmp_path: Path) -> Path:
     path = tmp_path / "table.parquet"
     table.to_parquet(path, index=False)
-    source = {"type": "table", "path": str(path), "format": "auto", "keep_columns": []}
+    source = {"type": "table", "path": str(path), "format": "auto", "keep_columns": [],
+              "allow_local_urls": True}
     build_metadata("p", source, source_files(source, [path]), tmp_path / "metadata")
     return tmp_path / "metadata"
 
@@ -145,7 +146,7 @@ def test_face_bboxes_are_blurred_like_datacomp(tmp_path):
     table_path = tmp_path / "table.parquet"
     table.to_parquet(table_path, index=False)
     source = {"type": "table", "path": str(table_path), "format": "auto",
-              "keep_columns": ["face_bboxes"]}
+              "keep_columns": ["face_bboxes"], "allow_local_urls": True}
     build_metadata("p", source, source_files(source, [table_path]), tmp_path / "metadata")
     settings = FetchSettings(image_size=64, encode_format="png", retries=0, threads_per_process=1)
     report = fetch_pool("p", tmp_path / "metadata", tmp_path / "shards",

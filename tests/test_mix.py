@@ -268,6 +268,22 @@ def test_drop_leaves_unscored_images_out_of_every_strategy(tmp_path):
     assert report["dropped"]["total"] == 1 and report["n_pool"] == 4
 
 
+def test_infinite_scores_are_never_in_a_table(tmp_path):
+    """±inf is as unusable as NaN: an error naming it, or dropped like it (never kept)."""
+    uids = UIDS[:5]
+    inf_set = write_set(tmp_path, "cap/0.75", uids, [0.1, np.inf, 0.3, -np.inf, 0.5],
+                        list("abcde"))
+    raw = write_set(tmp_path, "raw", uids, [0.5, 0.4, 0.3, 0.2, 0.1], list("vwxyz"))
+    with pytest.raises(ScoreTableError, match=r"2 fetched image\(s\) have no score .*"
+                                              r"non_finite_score"):
+        build_mix_table(uids, {"cap/0.75": [inf_set], "raw": [raw]})
+    frame, report = build_mix_table(uids, {"cap/0.75": [inf_set], "raw": [raw]},
+                                    on_missing_score="drop")
+    assert frame["uid"].tolist() == [UIDS[i] for i in (0, 2, 4)]
+    assert np.isfinite(frame[score_column("cap/0.75")]).all()
+    assert report["dropped"]["total"] == 2
+
+
 def test_duplicate_uids_in_a_score_table_always_fail(tmp_path):
     dup = write_set(tmp_path, "raw", [UIDS[0], UIDS[0]], [0.1, 0.2], ["a", "b"])
     with pytest.raises(ScoreTableError, match="appear more than once"):

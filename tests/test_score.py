@@ -112,7 +112,9 @@ def test_shipped_datacomp_embeddings_and_scores_are_used(fetched_pool):
     rng = np.random.default_rng(0)
     l14 = rng.normal(size=(len(table), 8)).astype("float16")
     np.savez(part.with_suffix(".npz"), l14_img=l14)
-    table["clip_l14_similarity_score"] = np.linspace(0.1, 0.3, len(table))
+    shipped_scores = np.linspace(0.1, 0.3, len(table))
+    shipped_scores[:2] = [np.nan, np.inf]  # a row without a shipped score, a corrupt one
+    table["clip_l14_similarity_score"] = shipped_scores
     table.to_parquet(part, index=False)
     manifest = json.loads((metadata / "manifest.json").read_text())
     manifest["parts"][0]["npz"] = "part-00000.npz"
@@ -133,7 +135,11 @@ def test_shipped_datacomp_embeddings_and_scores_are_used(fetched_pool):
                                    embedding_files(fetched_pool), fetched_pool / "r.parquet",
                                    fetched_pool / "r.json", SETTINGS, metadata_dir=metadata)
     shipped = dict(zip(table["uid"], table["clip_l14_similarity_score"], strict=True))
-    assert np.allclose(frame["cos"], [shipped[u] for u in frame["uid"]])
+    assert np.allclose(frame["cos"], [shipped[u] for u in frame["uid"]], equal_nan=True)
+    reasons = dict(zip(frame["uid"], frame["missing"], strict=True))
+    assert reasons[table["uid"][0]] == "no_shipped_score"  # not "no_image_embedding"
+    assert reasons[table["uid"][1]] == "non_finite_score"
+    assert {reasons[u] for u in table["uid"][2:]} == {None}
 
 
 def test_clip_s_definition():

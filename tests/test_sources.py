@@ -82,7 +82,7 @@ def test_missing_mapped_column_names_file_and_column(tmp_path):
 
 def test_malformed_uids_name_the_rows(tmp_path):
     frame = pd.DataFrame({"uid": ["a" * 32, "XYZ", "b" * 31, "c" * 32],
-                          "url": ["u1", "u2", "u3", "u4"], "text": ["t"] * 4})
+                          "url": [f"http://h/{i}" for i in range(4)], "text": ["t"] * 4})
     path = write(frame, tmp_path / "m.parquet", "parquet")
     source = {"type": "table", "path": str(path), "format": "auto", "keep_columns": []}
     with pytest.raises(MetadataError) as info:
@@ -93,8 +93,10 @@ def test_malformed_uids_name_the_rows(tmp_path):
 
 
 def test_duplicate_uids_across_files_name_both_places(tmp_path):
-    one = pd.DataFrame({"uid": ["a" * 32, "b" * 32], "url": ["u1", "u2"], "text": ["x", "y"]})
-    two = pd.DataFrame({"uid": ["c" * 32, "a" * 32], "url": ["u3", "u4"], "text": ["z", "w"]})
+    one = pd.DataFrame({"uid": ["a" * 32, "b" * 32], "url": ["http://h/1", "http://h/2"],
+                        "text": ["x", "y"]})
+    two = pd.DataFrame({"uid": ["c" * 32, "a" * 32], "url": ["http://h/3", "http://h/4"],
+                        "text": ["z", "w"]})
     raw = tmp_path / "raw"
     write(one, raw / "0000.parquet", "parquet")
     write(two, raw / "0001.parquet", "parquet")
@@ -108,7 +110,8 @@ def test_duplicate_uids_across_files_name_both_places(tmp_path):
 
 
 def test_identical_url_and_text_rows_are_duplicates_when_uid_is_derived(tmp_path):
-    frame = pd.DataFrame({"url": ["u1", "u2", "u1"], "text": ["same", "other", "same"]})
+    frame = pd.DataFrame({"url": ["http://h/1", "http://h/2", "http://h/1"],
+                          "text": ["same", "other", "same"]})
     path = write(frame, tmp_path / "d.jsonl", "jsonl")
     source = {"type": "table", "path": str(path), "format": "auto",
               "columns": {"uid": None, "url": "url", "text": "text"}}
@@ -122,7 +125,8 @@ def test_empty_source_and_empty_urls_are_rejected(tmp_path):
     source = {"type": "table", "path": str(empty), "format": "auto"}
     with pytest.raises(MetadataError, match="source is empty"):
         build_metadata("p", source, source_files(source, [empty]), tmp_path / "m1")
-    blank = write(pd.DataFrame({"uid": ["a" * 32, "b" * 32], "url": ["u", " "], "text": ["", ""]}),
+    blank = write(pd.DataFrame({"uid": ["a" * 32, "b" * 32], "url": ["http://h/u", " "],
+                                "text": ["", ""]}),
                   tmp_path / "b.parquet", "parquet")
     source = {"type": "table", "path": str(blank), "format": "auto"}
     with pytest.raises(MetadataError, match=r"1 row\(s\) with an empty url: row 1"):
@@ -201,3 +205,146 @@ def test_read_table_keeps_text_literally(tmp_path):
     path.write_text('url,text\nhttp://x,"null"\nhttp://y,""\n')
     table = read_table(path, "csv")
     assert table.column("text").to_pylist() == ["null", ""]
+
+
+# ----------------------------------------------------- hostile and malformed metadata files
+#
+# Each case: a file's bytes, its name, extra source keys, and what the error must name. Every
+# one fails in the metadata stage, before any fetch, and leaves nothing behind.
+UID = "a" * 32
+HEADER = "uid,url,text\n"
+MALFORMED_METADATA = {
+    "csv row with an extra field": (
+        "t.csv", HEADER + f"{UID},http://h/1,one\n{'b' * 32},http://h/2,two,extra\n", {},
+        r"t\.csv: 1 row\(s\) do not have the header's 3 fields: line 3 \(4 fields\)"),
+    "csv row with a missing field": (
+        "t.csv", HEADER + f"{UID},same\n", {}, r"line 2 \(2 fields\)"),
+    "tsv row with an extra tab": (
+        "t.tsv", "uid\turl\ttext\n" + f"{UID}\thttp://h/1\tone\ttwo\n", {},
+        r"t\.tsv: 1 row\(s\) do not have the header's 3 fields: line 2 \(4 fields\)"),
+    "empty csv": ("t.csv", "", {}, r"t\.csv: is empty \(0 bytes\)"),
+    "csv with a blank first line": ("t.csv", "\n" + f"{UID},http://h/1,one\n", {},
+                                    r"t\.csv: has no header line"),
+    "csv header naming a column twice": (
+        "t.csv", "uid,url,text,text\n" + f"{UID},http://h/1,a,b\n", {},
+        r"t\.csv: the header names column\(s\) \['text'\] more than once"),
+    "csv caption not utf-8": (
+        "t.csv", HEADER.encode() + f"{UID},http://h/1,caf".encode() + b"\xe9\n", {},
+        r"t\.csv: 1 line\(s\) are not UTF-8 text: line 2"),
+    "tsv caption not utf-8": (
+        "t.tsv", b"uid\turl\ttext\n" + f"{UID}\thttp://h/1\tna".encode() + b"\xefve\n", {},
+        r"t\.tsv: 1 line\(s\) are not UTF-8 text: line 2"),
+    "csv declared as parquet": (
+        "t.csv", HEADER + f"{UID},http://h/1,one\n", {"format": "parquet"},
+        r"t\.csv: cannot read as parquet"),
+    "parquet declared as csv": ("t.parquet", "PARQUET", {"format": "csv"},
+                                r"t\.parquet: the header line (is not UTF-8 text|holds control "
+                                r"characters: binary data, not csv text)"),
+    "jsonl caption that is an object": (
+        "t.jsonl", json.dumps({"uid": UID, "url": "http://h/1", "text": {"en": "x"}}) + "\n",
+        {}, r"t\.jsonl: column 'text' \(the text\) holds struct<en: string> values, not text: "
+            r"row 0"),
+    "jsonl caption that is a list": (
+        "t.jsonl", json.dumps({"uid": UID, "url": "http://h/1", "text": ["a", "b"]}) + "\n",
+        {}, r"column 'text' \(the text\) holds list<item: string> values, not text: row 0"),
+    "jsonl caption text on one line, object on another": (
+        "t.jsonl", json.dumps({"uid": UID, "url": "http://h/1", "text": "fine"}) + "\n"
+        + json.dumps({"uid": "b" * 32, "url": "http://h/2", "text": {"a": 1}}) + "\n", {},
+        r"t\.jsonl: column 'text' holds str values but also line 2 \(dict\)"),
+    "jsonl line that is not json": (
+        "t.jsonl", json.dumps({"uid": UID, "url": "http://h/1", "text": "x"}) + "\n{oops\n", {},
+        r"t\.jsonl: 1 unreadable JSON line\(s\): line 2 \(not JSON"),
+    "jsonl line that is a list": (
+        "t.jsonl", json.dumps([UID, "http://h/1", "x"]) + "\n", {},
+        r"line 1 \(a JSON list, not an object\)"),
+    "jsonl line not utf-8": (
+        "t.jsonl", b'{"uid": "' + UID.encode() + b'", "url": "http://h/1", "text": "\xff"}\n',
+        {}, r"line 1 \(not UTF-8\)"),
+    "file url without allow_local_urls": (
+        "t.csv", HEADER + f"{UID},http://h/1,one\n{'b' * 32},file:///etc/passwd,two\n", {},
+        r"1 url\(s\) whose scheme the fetch does not accept \(allowed: http, https \(file:// "
+        r"only with the source's allow_local_urls: true\)\): row 1 \('file:///etc/passwd'\)"),
+    "file url reading /dev/zero": (
+        "t.csv", HEADER + f"{UID},file:///dev/zero,zeros\n", {}, r"row 0 \('file:///dev/zero'\)"),
+    "data, javascript, ftp and schemeless urls": (
+        "t.csv", HEADER + "".join(f"{i:032x},{url},x\n" for i, url in enumerate([
+            '"data:image/png;base64,AAAA"', "javascript:alert(1)", "ftp://h/1.jpg",
+            "example.org/1.jpg", "http://h/ok.jpg"])), {},
+        r"4 url\(s\) whose scheme .*: row 0 \('data:image/png;base64,AAAA'\), row 1 "
+        r"\('javascript:alert\(1\)'\), row 2 \('ftp://h/1.jpg'\), row 3 \('example.org/1.jpg'\)"),
+    "file url still refused for ftp when local urls are allowed": (
+        "t.csv", HEADER + f"{UID},ftp://h/1.jpg,x\n", {"allow_local_urls": True},
+        r"allowed: http, https, file\): row 0"),
+    "a number where the url should be": (
+        "t.jsonl", json.dumps({"uid": UID, "url": 12, "text": "x"}) + "\n", {},
+        r"whose scheme the fetch does not accept .*row 0 \('12'\)"),
+    "header only": ("t.csv", HEADER, {}, r"source is empty \(0 rows in .*t\.csv\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_METADATA))
+def test_malformed_metadata_stops_before_anything_is_written(tmp_path, case):
+    name, content, extra, expected = MALFORMED_METADATA[case]
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "PARQUET":
+        write(pd.DataFrame({"uid": [UID], "url": ["http://h/1"], "text": ["x"]}), path, "parquet")
+    else:
+        path.write_text(content)
+    source = {"type": "table", "path": str(path), "format": "auto", **extra}
+    with pytest.raises(MetadataError, match=expected):
+        build_metadata("p", source, source_files(source, [path]), tmp_path / "meta")
+    assert not (tmp_path / "meta").exists() and not (tmp_path / ".meta.staging").exists()
+
+
+def test_a_directory_as_the_table_is_named(tmp_path):
+    (tmp_path / "t.csv").mkdir()
+    source = {"type": "table", "path": str(tmp_path / "t.csv"), "format": "auto"}
+    with pytest.raises(MetadataError, match=r"t\.csv: is a directory, not a csv file"):
+        build_metadata("p", source, source_files(source, [tmp_path / "t.csv"]), tmp_path / "m")
+
+
+def test_what_is_checked_is_what_is_written(tmp_path):
+    """Quoted commas, quotes and newlines in CSV captions, literal quotes in TSV, upper-case
+    schemes, numbers as captions: each value arrives in the part exactly as the file has it."""
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text(HEADER + f'{UID},HTTPS://h/1,"a, ""quoted""\nline"\n'
+                        f"{'b' * 32},http://h/2,NA\n")
+    tsv_path = tmp_path / "t.tsv"
+    tsv_path.write_text("uid\turl\ttext\n" + f'{UID}\thttp://h/1\tsay "hi\n')
+    jsonl_path = tmp_path / "t.jsonl"
+    jsonl_path.write_text(json.dumps({"uid": UID, "url": "http://h/1", "text": 2019}) + "\n")
+    local = tmp_path / "l.csv"
+    local.write_text(HEADER + f"{UID},file:///srv/img/1.png,x\n")
+    expected = {csv_path: ['a, "quoted"\nline', "NA"], tsv_path: ['say "hi'],
+                jsonl_path: ["2019"], local: ["x"]}
+    for path, texts in expected.items():
+        source = {"type": "table", "path": str(path), "format": "auto",
+                  "allow_local_urls": path == local}
+        out = tmp_path / f"meta_{path.name}"
+        manifest = build_metadata("p", source, source_files(source, [path]), out)
+        part = pd.read_parquet(out / manifest["parts"][0]["part"])
+        assert part["text"].tolist() == texts, path
+        assert part["uid"].iloc[0] == UID
+        assert manifest["url_schemes"] == (["http", "https", "file"] if path == local
+                                           else ["http", "https"])
+
+
+def test_a_column_later_stages_read_is_checked_here(tmp_path):
+    """A pool's references_column must exist and be kept: found before any fetch or caption."""
+    path = write(ROWS, tmp_path / "t.parquet", "parquet")
+    key = "pools[0].references_column"
+    for keep, column, expected in (
+            (["lang"], "refs", r"config key 'pools\[0\]\.references_column' names column 'refs', "
+                               r"which is missing; columns present: \['URL', 'TEXT', 'lang'\]"),
+            ([], "lang", r"names column 'lang', which the source does not keep \(add it to "
+                         r"source.keep_columns\)")):
+        source = {**TABLE, "path": str(path), "keep_columns": keep}
+        with pytest.raises(MetadataError, match=expected):
+            build_metadata("t", source, source_files(source, [path]), tmp_path / "m",
+                           required={key: column})
+    source = {**TABLE, "path": str(path)}
+    manifest = build_metadata("t", source, source_files(source, [path]), tmp_path / "m",
+                              required={key: "lang"})
+    assert manifest["columns"] == ["uid", "url", "text", "lang"]

@@ -273,7 +273,7 @@ def job_stats(out: str) -> dict[str, int]:
 
 def test_broken_metadata_stops_before_any_fetch(workdir, tmp_path):
     table = tmp_path / "broken.csv"
-    table.write_text("uid,url,text\n" + f"{'a' * 32},file:///x.png,one\n" * 2)
+    table.write_text("uid,url,text\n" + f"{'a' * 32},https://example.org/x.png,one\n" * 2)
     pools = json.dumps([{"name": "broken", "source": {"type": "table", "path": str(table)}}])
     result = snakemake(workdir, "--cores", "1", "--config", f"pools={pools}", "targets=[fetch]")
     assert result.returncode != 0

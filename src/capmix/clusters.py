@@ -65,9 +65,14 @@ def load_embedding_file(path: Path) -> np.ndarray:
     elif path.suffix == ".pt":
         import torch
 
-        # DataComp publishes these as pickled torch files; they are trusted inputs named in
-        # the config, so full unpickling is acceptable here.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        # DataComp publishes these as torch files holding a tensor (or a dict of tensors):
+        # weights_only loads exactly that and refuses any other pickled object, which could
+        # run code on load.
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - torch raises UnpicklingError/RuntimeError
+            raise ValueError(f"{path}: not a plain tensor file (torch.load weights_only "
+                             f"refused it: {error}); save the embeddings as .npy") from error
         if isinstance(obj, dict):
             if "image_features" not in obj:
                 raise KeyError(f"{path}: no 'image_features' (has {sorted(obj)})")

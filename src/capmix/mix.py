@@ -429,7 +429,11 @@ def check_scores(set_name: str, path: Path, frame: pd.DataFrame, pool_uids: pd.I
     known = present.reindex(pool_uids.intersection(present.index))
     bad = known[~np.isfinite(known["score"].to_numpy(dtype="float64")) | known["caption"].isna()]
     if len(bad):
-        reasons = Counter(str(r) for r in bad["missing"].fillna("nan_score"))
+        scores = bad["score"].to_numpy(dtype="float64")
+        fallback = np.where(np.isnan(scores), "nan_score",
+                            np.where(np.isinf(scores), "non_finite_score", "no_caption"))
+        reasons = Counter(str(r) if isinstance(r, str) else str(f)
+                          for r, f in zip(bad["missing"], fallback, strict=True))
         problems["nan_scores"] = {"count": int(len(bad)), "examples": _examples(bad.index),
                                   "reasons": dict(reasons)}
     return problems
@@ -479,8 +483,10 @@ def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[Cap
                                                       problems, len(pool_index)))
                 continue
             if problems:
-                lost = pool_index.difference(
-                    frame.dropna(subset=["score", "caption"]).set_index("uid").index)
+                # usable = a finite score and a caption; ±inf are as unusable as NaN
+                usable = np.isfinite(frame["score"].to_numpy(dtype="float64")) & frame[
+                    "caption"].notna().to_numpy()
+                lost = pool_index.difference(pd.Index(frame.loc[usable, "uid"]))
                 report["dropped"][caption_set.name] = {k: v["count"] for k, v in
                                                        problems.items()}
                 unusable = unusable.union(lost)
@@ -491,7 +497,7 @@ def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[Cap
             continue
         if best:
             stacked = np.stack([f["score"].to_numpy(dtype="float64") for f in frames])
-            winner = np.argmax(np.nan_to_num(stacked, nan=-np.inf), axis=0)
+            winner = np.argmax(np.where(np.isfinite(stacked), stacked, -np.inf), axis=0)
             rows = np.arange(len(pool_index))
             table[score_column(source)] = stacked[winner, rows]
             captions = np.stack([f["caption"].to_numpy(dtype=object) for f in frames])

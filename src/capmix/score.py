@@ -285,8 +285,15 @@ def score_caption_set(scorer: Scorer | None, caption_files: Sequence[Path],
         "cos_all": all_cos,
     })
     frame.loc[frame["cos"].isna(), "clip_s"] = np.nan
-    frame["missing"] = np.where(captions["status"] != "ok", "caption_" + captions["status"],
-                                np.where(frame["cos"].isna(), "no_image_embedding", None))
+    # Why a row has no usable score: its caption failed, the shipped score is absent (shipped
+    # scores are not computed here, so no embedding is involved), the image has no embedding,
+    # or the score is not finite.
+    no_score = "no_shipped_score" if shipped_raw is not None else "no_image_embedding"
+    frame["missing"] = np.where(
+        captions["status"] != "ok", "caption_" + captions["status"],
+        np.where(frame["cos"].isna(), no_score,
+                 np.where(~np.isfinite(frame["cos"].to_numpy(dtype="float64")),
+                          "non_finite_score", None)))
     return frame
 
 

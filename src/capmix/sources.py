@@ -14,6 +14,8 @@ the run with the file and the rows named.
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import os
 import shutil
@@ -25,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -67,6 +68,12 @@ class ColumnMap:
 
 
 # --------------------------------------------------------------------------- reading
+#
+# One parser per format, used for both the checks and the write: what is checked is exactly
+# what is written. Third-party tables are parsed strictly: a CSV/TSV row with the wrong number
+# of fields, bytes that are not UTF-8, a JSON line that is not an object, or a value of a
+# mapped column that is not a string stops the run with the file and line named, instead of
+# being read with shifted columns (pandas silently turns extra leading fields into an index).
 
 
 def is_url(path: str) -> bool:
@@ -87,34 +94,167 @@ def table_format(path: Path | str, declared: str = "auto") -> str:
     )
 
 
+def _lines_not_utf8(path: Path | str) -> list[int]:
+    """1-based line numbers whose bytes are not UTF-8 (only called once a read failed)."""
+    bad = []
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(number)
+    return bad
+
+
+def _line_examples(lines: Sequence[Any]) -> str:
+    shown = ", ".join(str(x) for x in list(lines)[:EXAMPLES])
+    return shown + (f" and {len(lines) - EXAMPLES} more" if len(lines) > EXAMPLES else "")
+
+
+def _delimited_header(path: Path | str, fmt: str) -> list[str]:
+    """The header row's names; the same quoting rules as :func:`_read_delimited`."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline().decode("utf-8").rstrip("\r\n")
+        header = next(csv.reader([first], delimiter="," if fmt == "csv" else "\t",
+                                 quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE),
+                      None)
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{path}: the header line is not UTF-8 text") from exc
+    except csv.Error as exc:
+        raise MetadataError(f"{path}: cannot read the header as {fmt}: {exc}") from exc
+    if any(ord(ch) < 32 and ch != "\t" for ch in first):
+        raise MetadataError(f"{path}: the header line holds control characters: binary data, "
+                            f"not {fmt} text (set source.format to the file's real format)")
+    if not header or not any(name.strip() for name in header):
+        raise MetadataError(f"{path}: has no header line (column names)")
+    duplicated = sorted({n for n in header if header.count(n) > 1})
+    if duplicated:
+        raise MetadataError(f"{path}: the header names column(s) {duplicated} more than once")
+    return header
+
+
+def _read_delimited(path: Path | str, fmt: str, columns: Sequence[str] | None) -> pa.Table:
+    """CSV (RFC 4180 quoting) or TSV (no quoting: a quote is text), every column a string.
+
+    pyarrow's reader, because it reports each row whose field count differs from the header's
+    (``invalid_row_handler``) where pandas shifts or drops fields without a word.
+    """
+    import pyarrow.csv as pacsv
+
+    header = _delimited_header(path, fmt)
+    ragged: list[str] = []
+
+    def on_invalid_row(row: Any) -> str:
+        ragged.append(f"line {row.number} ({row.actual_columns} fields)")
+        return "skip"
+
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False),
+        parse_options=pacsv.ParseOptions(delimiter="," if fmt == "csv" else "\t",
+                                         quote_char='"' if fmt == "csv" else False,
+                                         newlines_in_values=fmt == "csv",
+                                         invalid_row_handler=on_invalid_row),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in header},
+            include_columns=list(columns) if columns else None,
+            strings_can_be_null=False, quoted_strings_can_be_null=False),
+    )
+    if ragged:
+        raise MetadataError(f"{path}: {len(ragged)} row(s) do not have the header's "
+                            f"{len(header)} fields: {_line_examples(ragged)}")
+    return table
+
+
+def _read_jsonl(path: Path | str, columns: Sequence[str] | None) -> pa.Table:
+    """JSON lines, one object per line; keys become columns (absent keys are null)."""
+    rows: list[dict[str, Any]] = []
+    line_of_row: list[int] = []
+    problems: list[str] = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                problems.append(f"line {number} (not UTF-8)")
+                continue
+            except json.JSONDecodeError as exc:
+                problems.append(f"line {number} (not JSON: {exc.msg})")
+                continue
+            if not isinstance(value, dict):
+                problems.append(f"line {number} (a JSON {type(value).__name__}, not an object)")
+                continue
+            rows.append(value)
+            line_of_row.append(number)
+    if problems:
+        raise MetadataError(f"{path}: {len(problems)} unreadable JSON line(s): "
+                            f"{_line_examples(problems)}")
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    if columns:
+        names = [c for c in columns if c in names]
+    arrays = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            kinds = [type(v).__name__ for v in values if v is not None]
+            usual = max(set(kinds), key=kinds.count)
+            odd = [f"line {line_of_row[i]} ({type(v).__name__})" for i, v in enumerate(values)
+                   if v is not None and type(v).__name__ != usual]
+            raise MetadataError(f"{path}: column '{name}' holds {usual} values but also "
+                                f"{_line_examples(odd)}") from exc
+    return pa.table(arrays) if arrays else pa.table({})
+
+
 def read_table(path: Path | str, fmt: str, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a metadata file as an Arrow table (text columns as strings, never 'NA' -> null)."""
+    """Read a metadata file as an Arrow table (text columns as strings, never 'NA' -> null).
+
+    Every failure is a :class:`MetadataError` naming the file (and the lines, where the format
+    has lines): a directory, an empty file, a file that is not in the declared format.
+    """
+    path_obj = Path(str(path))
+    if path_obj.is_dir():
+        raise MetadataError(f"{path}: is a directory, not a {fmt} file")
+    if path_obj.exists() and path_obj.stat().st_size == 0:
+        raise MetadataError(f"{path}: is empty (0 bytes)")
     try:
         if fmt == "parquet":
             return pq.read_table(path, columns=list(columns) if columns else None)
         if fmt in ("csv", "tsv"):
-            frame = pd.read_csv(
-                path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False,
-                quoting=0 if fmt == "csv" else 3, usecols=columns,
-            )
-        elif fmt == "jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False)
-            if columns:
-                frame = frame[[c for c in columns if c in frame.columns]]
-        else:
-            raise MetadataError(f"{path}: unknown table format '{fmt}'")
+            return _read_delimited(path, fmt, columns)
+        if fmt == "jsonl":
+            return _read_jsonl(path, columns)
+        raise MetadataError(f"{path}: unknown table format '{fmt}'")
+    except MetadataError:
+        raise
     except (ValueError, OSError, pa.ArrowException) as exc:
-        if isinstance(exc, MetadataError):
-            raise
+        if fmt in ("csv", "tsv") and "UTF8" in str(exc):
+            bad = _lines_not_utf8(path)
+            raise MetadataError(f"{path}: {len(bad)} line(s) are not UTF-8 text: line "
+                                f"{_line_examples(bad)}") from exc
         raise MetadataError(f"{path}: cannot read as {fmt}: {exc}") from exc
-    return pa.Table.from_pandas(frame, preserve_index=False)
 
 
 def file_columns(path: Path | str, fmt: str) -> list[str]:
-    if fmt == "parquet":
-        return list(pq.read_schema(path).names)
-    if fmt in ("csv", "tsv"):
-        return list(pd.read_csv(path, sep="," if fmt == "csv" else "\t", nrows=0).columns)
+    """The column names of a metadata file (header only where the format has one)."""
+    path_obj = Path(str(path))
+    if path_obj.is_dir():
+        raise MetadataError(f"{path}: is a directory, not a {fmt} file")
+    if path_obj.exists() and path_obj.stat().st_size == 0:
+        raise MetadataError(f"{path}: is empty (0 bytes)")
+    try:
+        if fmt == "parquet":
+            return list(pq.read_schema(path).names)
+        if fmt in ("csv", "tsv"):
+            return _delimited_header(path, fmt)
+    except MetadataError:
+        raise
+    except (ValueError, OSError, pa.ArrowException) as exc:
+        raise MetadataError(f"{path}: cannot read as {fmt}: {exc}") from exc
     return list(read_table(path, fmt).column_names)
 
 
@@ -147,20 +287,48 @@ def check_columns(path: Path | str, present: Sequence[str], colmap: ColumnMap,
     return problems
 
 
-def core_columns(table: pa.Table, colmap: ColumnMap) -> tuple[list[str], pa.ChunkedArray,
-                                                               pa.ChunkedArray]:
+def _as_text(path: Path | str, table: pa.Table, column: str, role: str) -> pa.ChunkedArray:
+    """A mapped column as strings; numbers are cast, nested values (lists, objects) refused."""
+    values = table[column]
+    kind = values.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
+        return pc.cast(values, pa.string())
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        return pc.cast(values, pa.string())
+    rows = np.flatnonzero(pc.is_valid(values).to_numpy(zero_copy_only=False))
+    raise MetadataError(f"{path}: column '{column}' (the {role}) holds {kind} values, not text: "
+                        + _examples(rows))
+
+
+def core_columns(path: Path | str, table: pa.Table, colmap: ColumnMap,
+                 ) -> tuple[list[str], pa.ChunkedArray, pa.ChunkedArray]:
     """uids (given or derived), urls and texts of one file, as Python/Arrow values."""
-    urls = pc.cast(table[colmap.url], pa.string())
-    texts = pc.fill_null(pc.cast(table[colmap.text], pa.string()), "")
+    urls = _as_text(path, table, colmap.url, "url")
+    texts = pc.fill_null(_as_text(path, table, colmap.text, "text"), "")
     if colmap.uid is None:
         uids = [derive_uid(u or "", t) for u, t in zip(urls.to_pylist(), texts.to_pylist(),
                                                        strict=True)]
     else:
-        uids = pc.cast(table[colmap.uid], pa.string()).to_pylist()
+        uids = _as_text(path, table, colmap.uid, "uid").to_pylist()
     return uids, urls, texts
 
 
-def check_rows(path: Path | str, uids: Sequence[Any], urls: pa.ChunkedArray) -> list[str]:
+#: URL schemes the fetch accepts from third-party metadata. ``file`` reads this machine's
+#: files, so it is accepted only where the source says so (``allow_local_urls``; the toy world
+#: serves its images that way); anything else (``ftp:``, ``data:``, ``javascript:``, none)
+#: is refused at the metadata stage, before any fetch.
+REMOTE_URL_SCHEMES: tuple[str, ...] = ("http", "https")
+LOCAL_URL_SCHEMES: tuple[str, ...] = ("file",)
+
+
+def allowed_url_schemes(source: Mapping[str, Any]) -> tuple[str, ...]:
+    """The schemes a source's URLs may use (see :data:`REMOTE_URL_SCHEMES`)."""
+    local = source["type"] == "toy" or bool(source.get("allow_local_urls", False))
+    return REMOTE_URL_SCHEMES + (LOCAL_URL_SCHEMES if local else ())
+
+
+def check_rows(path: Path | str, uids: Sequence[Any], urls: pa.ChunkedArray,
+               schemes: Sequence[str] = REMOTE_URL_SCHEMES) -> list[str]:
     problems = []
     uid_array = pa.array(uids, type=pa.string())
     well_formed = pc.fill_null(pc.match_substring_regex(uid_array, r"^[0-9a-f]{32}$"), False)
@@ -174,6 +342,19 @@ def check_rows(path: Path | str, uids: Sequence[Any], urls: pa.ChunkedArray) -> 
     bad_url = np.flatnonzero(empty_url.to_numpy(zero_copy_only=False))
     if len(bad_url):
         problems.append(f"{path}: {len(bad_url)} row(s) with an empty url: " + _examples(bad_url))
+    scheme = pc.utf8_lower(pc.struct_field(pc.extract_regex(
+        pc.fill_null(pc.utf8_trim_whitespace(urls), ""), r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):"),
+        [0]))
+    refused = pc.invert(pc.fill_null(pc.is_in(scheme, pa.array(list(schemes))), False))
+    refused = pc.and_(refused, pc.invert(empty_url))
+    bad_scheme = np.flatnonzero(refused.to_numpy(zero_copy_only=False))
+    if len(bad_scheme):
+        local = (" (file:// only with the source's allow_local_urls: true)"
+                 if "file" not in schemes else "")
+        shown = [str(u)[:80] for u in pc.take(urls, pa.array(bad_scheme[:EXAMPLES])).to_pylist()]
+        problems.append(f"{path}: {len(bad_scheme)} url(s) whose scheme the fetch does not "
+                        f"accept (allowed: {', '.join(schemes)}{local}): "
+                        + _examples(bad_scheme, shown))
     return problems
 
 
@@ -264,60 +445,93 @@ def materialise(src: Path, dst: Path) -> str:
         return "copy"
 
 
+def _is_fast(file: SourceFile, source: Mapping[str, Any], colmap: ColumnMap) -> bool:
+    """A parquet already in our layout is linked, not rewritten (DataComp's 300 GB)."""
+    return (file.fmt == "parquet" and colmap.is_identity()
+            and source.get("keep_columns", "all") == "all"
+            and pq.read_schema(file.path).names[:3] == list(CORE_COLUMNS))
+
+
 def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceFile],
-                   out_dir: Path) -> dict[str, Any]:
-    """Check every file, then write normalised parts and ``manifest.json`` to out_dir."""
+                   out_dir: Path, required: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Check every file, then publish normalised parts and ``manifest.json`` in out_dir.
+
+    Each file is parsed once: the table that is checked is the table that is written (to a
+    temporary part, published only when every file passed), so no row can pass the checks
+    and be written differently. Nothing is published if anything fails. ``required`` maps a
+    config key to a column a later stage reads (e.g. a pool's ``references_column``): it must
+    be in every file and kept, so the mistake shows here and not after captioning.
+    """
     colmap = ColumnMap.from_config(source.get("columns"))
     if not files:
         raise MetadataError(f"pool '{pool}': source has no metadata files")
+    schemes = allowed_url_schemes(source)
+    # Checked parts wait beside out_dir until every file passed: a rejected source leaves
+    # nothing behind.
+    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
 
-    # Pass 1: check everything, write nothing.
     problems: list[str] = []
-    plans = []
+    plans: list[tuple[SourceFile, list[str], int, Path, str]] = []
     all_uids: list[tuple[str, list[str]]] = []
-    for file in files:
-        present = file_columns(file.path, file.fmt)
-        keep = keep_list(source, present, colmap)
-        column_problems = check_columns(file.path, present, colmap, keep)
-        if column_problems:
-            problems += column_problems
-            continue
-        needed = [c for c in dict.fromkeys((colmap.uid, colmap.url, colmap.text)) if c]
-        table = read_table(file.path, file.fmt, needed)
-        uids, urls, _ = core_columns(table, colmap)
-        problems += check_rows(file.path, uids, urls)
-        all_uids.append((str(file.path), uids))
-        plans.append((file, keep, table.num_rows))
-    if not problems:
-        problems += check_duplicates(all_uids)
-    total_rows = sum(rows for _, _, rows in plans)
-    if not problems and total_rows == 0:
-        problems.append(
-            f"pool '{pool}': source is empty (0 rows in {', '.join(str(f.path) for f in files)})"
-        )
-    if problems:
-        raise MetadataError(f"pool '{pool}': metadata rejected before any download:\n  "
-                            + "\n  ".join(problems))
+    try:
+        for index, file in enumerate(files):
+            try:
+                present = file_columns(file.path, file.fmt)
+                keep = keep_list(source, present, colmap)
+                column_problems = check_columns(file.path, present, colmap, keep)
+                for key, column in (required or {}).items():
+                    if column not in present:
+                        column_problems.append(f"{file.path}: config key '{key}' names column "
+                                               f"'{column}', which is missing; columns present: "
+                                               f"{list(present)}")
+                    elif column not in keep and column not in CORE_COLUMNS:
+                        column_problems.append(f"{file.path}: config key '{key}' names column "
+                                               f"'{column}', which the source does not keep "
+                                               f"(add it to source.keep_columns)")
+                if column_problems:
+                    problems += column_problems
+                    continue
+                needed = [c for c in dict.fromkeys((colmap.uid, colmap.url, colmap.text))
+                          if c]
+                fast = _is_fast(file, source, colmap)
+                table = read_table(file.path, file.fmt,
+                                   needed if fast else list(dict.fromkeys(needed + keep)))
+                uids, urls, texts = core_columns(file.path, table, colmap)
+            except MetadataError as exc:
+                problems.append(str(exc))
+                continue
+            row_problems = check_rows(file.path, uids, urls, schemes)
+            problems += row_problems
+            all_uids.append((str(file.path), uids))
+            part = out_dir / f"part-{index:05d}.parquet"
+            how = "hardlink-or-copy" if fast else "rewritten"
+            if not fast and not row_problems:
+                columns = {"uid": pa.array(uids, pa.string()), "url": urls, "text": texts}
+                columns.update({c: table[c] for c in keep})
+                staging.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pa.table(columns), staging / part.name)
+            plans.append((file, keep, table.num_rows, part, how))
+        if not problems:
+            problems += check_duplicates(all_uids)
+        total_rows = sum(rows for _, _, rows, _, _ in plans)
+        if not problems and total_rows == 0:
+            problems.append(f"pool '{pool}': source is empty (0 rows in "
+                            f"{', '.join(str(f.path) for f in files)})")
+        if problems:
+            raise MetadataError(f"pool '{pool}': metadata rejected before any download:\n  "
+                                + "\n  ".join(problems))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
-    # Pass 2: write parts (atomically per file) and the manifest.
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = []
-    for index, (file, keep, rows) in enumerate(plans):
-        part = out_dir / f"part-{index:05d}.parquet"
-        fast = (file.fmt == "parquet" and colmap.is_identity()
-                and source.get("keep_columns", "all") == "all"
-                and pq.read_schema(file.path).names[:3] == list(CORE_COLUMNS))
-        if fast:
-            how = materialise(file.path, part)
+    for file, _keep, rows, part, how in plans:
+        if how == "rewritten":
+            os.replace(staging / part.name, part)
         else:
-            table = read_table(file.path, file.fmt)
-            uids, urls, texts = core_columns(table, colmap)
-            columns = {"uid": pa.array(uids, pa.string()), "url": urls, "text": texts}
-            columns.update({c: table[c] for c in keep})
-            tmp = part.with_name(part.name + ".tmp")
-            pq.write_table(pa.table(columns), tmp)
-            os.replace(tmp, part)
-            how = "rewritten"
+            how = materialise(file.path, part)
         entry = {"part": part.name, "source_file": str(file.path), "rows": rows, "how": how,
                  "source_sha256": sha256_file(file.path)}
         if file.npz is not None:
@@ -325,12 +539,14 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
             entry["npz_how"] = materialise(file.npz, part.with_suffix(".npz"))
         parts.append(entry)
         log.info("metadata part %s: %d rows from %s (%s)", part.name, rows, file.path, how)
+    shutil.rmtree(staging, ignore_errors=True)
 
     manifest = {
         "pool": pool,
         "source": dict(source),
         "rows": total_rows,
         "uid_derived": colmap.uid is None,
+        "url_schemes": list(schemes),
         "columns": list(CORE_COLUMNS) + list(plans[0][1]),
         "parts": parts,
         "toy": source["type"] == "toy",
@@ -341,8 +557,6 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
 
 
 def read_manifest(metadata_dir: Path) -> dict[str, Any]:
-    import json
-
     path = Path(metadata_dir) / "manifest.json"
     if not path.exists():
         raise MetadataError(f"{path}: missing; run the metadata stage first")

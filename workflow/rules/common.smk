@@ -44,6 +44,8 @@ if _reference_problems:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_reference_problems))
 
 POOLS = {pool["name"]: pool for pool in config["pools"]}
+# Captioner and scorer names as the schema allows them (one pattern for both places).
+MODEL_NAME = load_schema(SCHEMA)["$defs"]["model_name"]["pattern"].strip("^$")
 TOY_WORLDS = config["toy_worlds"]
 STRATEGIES = expand_strategies(config["strategies"])
 # Where real suites fetch their task data to (config eval_suites.<suite>.data_dir).
@@ -55,11 +57,11 @@ TOY_EVAL_TASKS = toy_eval_tasks(config)
 wildcard_constraints:
     pool="|".join(POOLS) or "no_pool",
     world="[a-z][a-z0-9_]*",
-    captioner="[a-z][a-z0-9_.]*",
-    scorer="[a-z][a-z0-9_.]*",
+    captioner=MODEL_NAME,
+    scorer=MODEL_NAME,
     temperature="[0-9]+[.][0-9]+",
     chunk="chunk[0-9]+of[0-9]+",
-    caption_set="raw|[a-z][a-z0-9_.]*/[0-9]+[.][0-9]+",
+    caption_set=f"raw|{MODEL_NAME}/[0-9]+[.][0-9]+",
     strategy="|".join(STRATEGIES) or "no_strategy",
     data="[A-Za-z0-9][A-Za-z0-9_.-]*",
     eval_data_dir="|".join(map(re.escape, REAL_EVAL_DATA_DIRS)) or "no_eval_data_dir",
@@ -67,6 +69,13 @@ wildcard_constraints:
 
 def pool_source(wildcards):
     return POOLS[wildcards.pool]["source"]
+
+
+def metadata_required_columns(wildcards):
+    """Columns later stages read, by config key: checked by the metadata stage."""
+    index = list(POOLS).index(wildcards.pool)
+    column = POOLS[wildcards.pool].get("references_column")
+    return {f"pools[{index}].references_column": column} if column else {}
 
 
 def metadata_input(wildcards):

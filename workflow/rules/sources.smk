@@ -28,6 +28,7 @@ rule metadata:
         directory("results/{pool}/metadata"),
     params:
         source=pool_source,
+        required=metadata_required_columns,
     log:
         "logs/metadata/{pool}.log",
     benchmark:

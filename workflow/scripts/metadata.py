@@ -12,4 +12,5 @@ build_metadata(
     source,
     source_files(source, [Path(p) for p in snakemake.input]),  # noqa: F821
     Path(snakemake.output[0]),  # noqa: F821
+    required=snakemake.params.required,  # noqa: F821
 )
