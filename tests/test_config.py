@@ -44,6 +44,7 @@ def test_datacomp_pools_get_datacomp_download_settings():
         "image_size": 512, "resize_mode": "keep_ratio_largest", "resize_only_if_bigger": True,
         "encode_format": "jpg", "encode_quality": None, "samples_per_shard": 10000,
         "retries": 2, "timeout": 10, "threads_per_process": 64, "blur_faces": "auto",
+        "min_image_size": None, "max_image_area": None, "retry_reasons": None,
     }
 
 
@@ -171,6 +172,11 @@ CONFIG_MISTAKES = {
     "typical colour probability above 1": (
         _set("toy_worlds.default.typical_colour_probability", 1.5),
         ["'toy_worlds.default.typical_colour_probability'"]),
+    "a retry reason that does not exist": (
+        _set("pools.0.fetch.retry_reasons", ["timeout", "bad_luck"]),
+        ["'pools[0].fetch.retry_reasons'", "unknown reason(s) ['bad_luck']", "not_found"]),
+    "negative minimum image size": (_set("pools.0.fetch.min_image_size", -1),
+                                    ["'pools[0].fetch.min_image_size'"]),
     "temperature a pool names that its captioner lacks": (
         _set("pools.2.temperatures", {"toy_captioner": [0.3]}), ["'pools[2].temperatures"]),
 }

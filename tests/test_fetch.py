@@ -3,6 +3,7 @@
 import hashlib
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -30,9 +31,9 @@ def make_metadata(table: pd.DataFrame, tmp_path: Path) -> Path:
     return tmp_path / "metadata"
 
 
-def run(tmp_path: Path, metadata: Path) -> dict:
+def run(tmp_path: Path, metadata: Path, settings: FetchSettings = SETTINGS) -> dict:
     return fetch_pool("p", metadata, tmp_path / "shards", tmp_path / "fetch" / "index.parquet",
-                      tmp_path / "fetch" / "report.json", SETTINGS, processes=1)
+                      tmp_path / "fetch" / "report.json", settings, processes=1)
 
 
 def digests(directory: Path) -> dict[str, str]:
@@ -66,10 +67,16 @@ def test_every_uid_is_accounted_for_and_retries_touch_only_failures(tmp_path, im
     assert sorted(shard_uids) == good
     assert (by_uid.loc[good, ["width", "height"]].max(axis=1) == 32).all()
 
-    # A transient failure goes away; re-running retries only the failed rows.
+    # Re-running with the default retry reasons asks for none of these again (a missing file
+    # and a corrupt one are not transient) ...
     round0 = digests(tmp_path / "shards" / "round_0")
     write_image(web / "dead0.png")
     report = run(tmp_path, metadata)
+    assert [r.name for r in round_dirs(tmp_path / "shards")] == ["round_0"]
+    assert report["n_fetched"] == 5
+    # ... unless their reasons are listed: then only the failed rows are retried.
+    report = run(tmp_path, metadata, replace(SETTINGS, retry_reasons=(
+        "not_found", "undecodable_image")))
     assert [r.name for r in round_dirs(tmp_path / "shards")] == ["round_0", "round_1"]
     retried = pd.read_parquet(tmp_path / "shards" / "retry_inputs" / "round_1" / "pending.parquet")
     assert sorted(retried["uid"]) == sorted([f"{0xd0:032x}", f"{0xd1:032x}", f"{0xc0:032x}"])
@@ -118,7 +125,10 @@ def test_nothing_left_to_fetch_downloads_nothing(tmp_path, image_table):
     ("failed_to_download", "HTTP Error 404: Not Found", "not_found"),
     ("failed_to_download", "HTTP Error 403: Forbidden", "forbidden"),
     ("failed_to_download", "The read operation timed out", "timeout"),
-    ("failed_to_download", "HTTP Error 500: Internal Server Error", "http_error"),
+    ("failed_to_download", "HTTP Error 500: Internal Server Error", "server_error"),
+    ("failed_to_download", "HTTP Error 418: I'm a Teapot", "http_error"),
+    ("failed_to_download", "IncompleteRead(40 bytes read, 64 more expected)", "truncated_body"),
+    ("failed_to_resize", "image area too large", "too_large"),
     ("failed_to_download", "<urlopen error [Errno -2] Name or service not known>",
      "connection_error"),
     ("failed_to_download", "Use of image disallowed by X-Robots-Tag directive", "opted_out"),

@@ -108,6 +108,8 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
         if (settings or {}).get("vision_from") and kind != "captioner":
             problems.append(f"config key 'toy_models.{kind}.vision_from': only the captioner's "
                             "image tower can start from another toy model")
+    from capmix.fetch import FAILURE_REASONS
+
     captioners, scorers = config.get("captioners", {}), config.get("scorers", {})
     targets = set(config.get("targets", []))
     for index, pool in enumerate(config.get("pools", [])):
@@ -133,6 +135,11 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
         elif scorer is not None and scorers[scorer].get("toy_model") and source["type"] != "toy":
             problems.append(f"{where}.scorer': '{scorer}' is a toy stand-in but pool "
                             f"'{pool['name']}' is not a toy pool")
+        unknown = sorted(set((pool.get("fetch") or {}).get("retry_reasons") or [])
+                         - set(FAILURE_REASONS))
+        if unknown:
+            problems.append(f"{where}.fetch.retry_reasons': unknown reason(s) {unknown} "
+                            f"(allowed: {', '.join(FAILURE_REASONS)})")
         if targets & {"scores", "quality"} and scorer is None:
             problems.append(f"{where}.scorer': targets {sorted(targets & {'scores', 'quality'})} "
                             f"need a scorer for pool '{pool['name']}'")

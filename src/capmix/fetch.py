@@ -26,7 +26,7 @@ import os
 import re
 import tarfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,15 +50,42 @@ DOWNLOAD_REASONS: tuple[tuple[str, str], ...] = (
     ("not_found", r"No such file|HTTP Error 404|Not Found|HTTP Error 410"),
     ("forbidden", r"HTTP Error 40[13]|Forbidden|Unauthorized"),
     ("opted_out", r"X-Robots-Tag|disallowed"),
+    ("redirect_loop", r"infinite loop"),
+    ("redirect_refused", r"Redirection to url .* is not allowed"),
+    ("rate_limited", r"HTTP Error 429"),
+    ("server_error", r"HTTP Error 5\d\d"),
     ("timeout", r"timed out|[Tt]imeout"),
     ("http_error", r"HTTP Error"),
-    ("connection_error", r"urlopen error|Connection|Name or service|getaddrinfo|SSL"),
+    ("truncated_body", r"IncompleteRead"),
+    ("connection_error", r"urlopen error|Connection|Name or service|getaddrinfo|SSL|"
+                         r"Remote end closed|BrokenPipe|reset by peer"),
 )
 RESIZE_REASONS: tuple[tuple[str, str], ...] = (
-    ("undecodable_image", r"decod|cannot identify|truncated"),
+    ("undecodable_image", r"decod|cannot identify|truncated|imdecode|loadsave"),
     ("too_small", r"too small"),
+    ("too_large", r"area too large"),
     ("bad_aspect_ratio", r"aspect ratio"),
 )
+#: Every per-uid failure reason the fetch reports (index.parquet, report.json).
+FAILURE_REASONS: tuple[str, ...] = (
+    *(reason for reason, _ in DOWNLOAD_REASONS), "download_error",
+    *(reason for reason, _ in RESIZE_REASONS), "resize_error",
+    "missing_in_shard", "not_attempted",
+)
+#: Failures a new fetch round asks for again by default: those the next request may not
+#: repeat. A 404, an opt-out header or an image that does not decode would only cost the
+#: server another request (``fetch.retry_reasons`` changes the list).
+RETRYABLE_REASONS: tuple[str, ...] = (
+    "rate_limited", "server_error", "timeout", "truncated_body", "connection_error",
+    "download_error", "missing_in_shard", "not_attempted",
+)
+#: The smallest side, in pixels, an image must have unless the config says otherwise: 0 for
+#: DataComp pools (DataComp's own download sets none, so its pools stay comparable), this
+#: for every other source (a 1x1 "image" is a tracking pixel, not a picture).
+DEFAULT_MIN_IMAGE_SIZE = 10
+#: The largest decoded image, in pixels, unless the config says otherwise: PIL's decompression-
+#: bomb warning limit (~89.5 MP, e.g. 9,459 x 9,459); one such image decodes to ~270 MB.
+DEFAULT_MAX_IMAGE_AREA = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -75,10 +102,20 @@ class FetchSettings:
     timeout: int = 10
     threads_per_process: int = 64
     blur_faces: str | bool = "auto"
+    min_image_size: int = 0
+    max_image_area: int = DEFAULT_MAX_IMAGE_AREA
+    retry_reasons: tuple[str, ...] = RETRYABLE_REASONS
 
     @classmethod
-    def from_config(cls, fetch: Mapping[str, Any]) -> FetchSettings:
-        return cls(**fetch)
+    def from_config(cls, fetch: Mapping[str, Any], source_type: str = "table") -> FetchSettings:
+        """The pool's ``fetch`` config; unset bounds take their defaults for the source type."""
+        values = dict(fetch)
+        if values.get("min_image_size") is None:
+            values["min_image_size"] = 0 if source_type == "datacomp" else DEFAULT_MIN_IMAGE_SIZE
+        if values.get("max_image_area") is None:
+            values["max_image_area"] = DEFAULT_MAX_IMAGE_AREA
+        values["retry_reasons"] = tuple(values.get("retry_reasons") or RETRYABLE_REASONS)
+        return cls(**values)
 
     @property
     def quality(self) -> int:
@@ -141,6 +178,8 @@ def run_img2dataset(input_dir: Path, output_dir: Path, settings: FetchSettings, 
         retries=settings.retries,
         timeout=settings.timeout,
         enable_wandb=False,
+        min_image_size=settings.min_image_size,
+        max_image_area=settings.max_image_area,
         incremental_mode="incremental",
         distributor="multiprocessing",
     )
@@ -233,11 +272,13 @@ def face_box_column(metadata_dir: Path, settings: FetchSettings) -> str | None:
     return FACE_BOX_COLUMN if present and settings.blur_faces is not False else None
 
 
-def next_round(metadata_dir: Path, shards_dir: Path) -> tuple[int, Path] | None:
+def next_round(metadata_dir: Path, shards_dir: Path,
+               retry_reasons: Sequence[str] = RETRYABLE_REASONS) -> tuple[int, Path] | None:
     """Which round to run now, and its input directory; None when nothing is left.
 
-    An unfinished round is resumed; otherwise a new round covers the rows not
-    fetched yet (all rows for round 0).
+    An unfinished round is resumed; otherwise a new round covers the rows not fetched yet
+    whose last failure is one of ``retry_reasons`` (all rows for round 0). The others keep
+    their failure in the index.
     """
     rounds = round_dirs(shards_dir)
     if not rounds:
@@ -246,8 +287,12 @@ def next_round(metadata_dir: Path, shards_dir: Path) -> tuple[int, Path] | None:
     k = int(last.name[len(ROUND_PREFIX):])
     if not round_is_complete(last):
         return k, (metadata_dir if k == 0 else round_input(shards_dir, k))
-    fetched = set(collect_attempts(shards_dir).query("status == 'success'")["uid"])
-    pending = pending_rows(metadata_dir, fetched)
+    attempts = collect_attempts(shards_dir)
+    fetched = set(attempts.loc[attempts["status"] == "success", "uid"])
+    last = attempts[attempts["status"] != "success"].sort_values("round").drop_duplicates(
+        "uid", keep="last")
+    final = set(last.loc[~last["reason"].isin(retry_reasons), "uid"]) - fetched
+    pending = pending_rows(metadata_dir, fetched | final)
     if pending.empty:
         return None
     input_dir = round_input(shards_dir, k + 1)
@@ -264,9 +309,10 @@ def fetch_pool(pool: str, metadata_dir: Path, shards_dir: Path, index_path: Path
     metadata_dir, shards_dir = Path(metadata_dir), Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
     bbox_col = face_box_column(metadata_dir, settings)
-    step = next_round(metadata_dir, shards_dir)
+    step = next_round(metadata_dir, shards_dir, settings.retry_reasons)
     if step is None:
-        log.info("every uid of %s is fetched already; nothing to download", pool)
+        log.info("%s: nothing left to fetch (every uid is fetched, or failed for a reason "
+                 "not in fetch.retry_reasons)", pool)
     else:
         k, input_dir = step
         round_dir = shards_dir / f"{ROUND_PREFIX}{k}"

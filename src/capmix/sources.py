@@ -21,6 +21,7 @@ import os
 import shutil
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +203,7 @@ def _read_jsonl(path: Path | str, columns: Sequence[str] | None) -> pa.Table:
             arrays[name] = pa.array(values)
         except (pa.ArrowException, TypeError, ValueError) as exc:
             kinds = [type(v).__name__ for v in values if v is not None]
-            usual = max(set(kinds), key=kinds.count)
+            usual = Counter(kinds).most_common(1)[0][0]  # ties: the first line's type
             odd = [f"line {line_of_row[i]} ({type(v).__name__})" for i, v in enumerate(values)
                    if v is not None and type(v).__name__ != usual]
             raise MetadataError(f"{path}: column '{name}' holds {usual} values but also "

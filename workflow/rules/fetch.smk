@@ -11,6 +11,7 @@ rule fetch:
         report="results/{pool}/fetch/report.json",
     params:
         settings=lambda wildcards: POOLS[wildcards.pool]["fetch"],
+        source_type=lambda wildcards: POOLS[wildcards.pool]["source"]["type"],
         shards=lambda wildcards: f"results/{wildcards.pool}/shards",
     log:
         "logs/fetch/{pool}.log",
