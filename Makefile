@@ -19,10 +19,17 @@ $(STAMP): pyproject.toml requirements/lock.txt
 
 setup: $(STAMP)
 
+# Config files are checked before Snakemake parses them (a file that is not UTF-8 or not YAML
+# is named with its line, not a traceback). Extra files: make run CONFIG=my.yaml
+CONFIG ?=
+CONFIGFILE = $(if $(CONFIG),--configfile $(CONFIG))
+
 run: setup
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/python -m capmix.config check $(CONFIG)
+	$(BIN)/snakemake --cores $(CORES) $(CONFIGFILE)
 
 smoke: setup
+	$(BIN)/python -m capmix.config check config/smoke.yaml
 	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml
 
 # The default over several seeds, each into its own results root (runs/seedN/, nothing

@@ -188,3 +188,32 @@ def test_config_mistakes_name_the_key(case):
     config = base_config()
     mutate(config)
     expect_error(config, *fragments)
+
+
+#: Config files Snakemake would stop on with its own traceback: named here with the line.
+BAD_CONFIG_FILES = {
+    "not utf-8": (b"seed: 0\npools: caf\xe9\n", r"bad\.yaml, line 2: not UTF-8 text \(byte 0xe9\)"),
+    "not yaml": (b"seed: 1\npools: [\n", r"bad\.yaml, line 3, column 1: not valid YAML"),
+    "tab indentation": (b"pools:\n\t- name: x\n", r"bad\.yaml, line 2, column 1: not valid YAML"),
+    "empty": (b"", r"bad\.yaml: is empty"),
+    "a list at the top": (b"- seed\n- pools\n", r"the top level is a list, not a mapping"),
+    "a scalar at the top": (b"just text\n", r"the top level is a str, not a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIG_FILES))
+def test_bad_config_files_are_named_with_their_line(tmp_path, case):
+    from capmix.config import main
+
+    content, expected = BAD_CONFIG_FILES[case]
+    (tmp_path / "bad.yaml").write_bytes(content)
+    with pytest.raises(ConfigError, match=expected):
+        pipeline_config(tmp_path / "bad.yaml")
+    assert main(["check", str(tmp_path / "bad.yaml")]) == 2
+
+
+def test_config_check_entry_point_accepts_the_shipped_configs(capsys):
+    from capmix.config import main
+
+    assert main(["check", str(REPO / "config" / "smoke.yaml")]) == 0
+    assert "config OK" in capsys.readouterr().out

@@ -12,7 +12,7 @@ toy world that is not defined, two pools with one name) live in
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,12 +196,45 @@ def pipeline_config(*extra: Path | str, overrides: Mapping[str, Any] | None = No
     return load_config(*BASE_CONFIGS, *extra, overrides=overrides)
 
 
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """One config file as a mapping, or a :class:`ConfigError` naming the file and line.
+
+    Snakemake parses ``--configfile`` itself, before the workflow's checks run, and reports a
+    file that is not UTF-8, not YAML or not a mapping with its own traceback; ``make run`` and
+    ``make smoke`` (and ``python -m capmix.config check FILE``) read the files here first.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"config file {path}: cannot be read ({error.strerror or error})") \
+            from error
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path}, line {line}: not UTF-8 text (byte "
+                          f"{raw[error.start]:#04x})") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({problem})") from error
+    if data is None:
+        raise ConfigError(f"config file {path}: is empty (a config is a mapping of keys)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level is a {type(data).__name__}, not "
+                          f"a mapping of config keys")
+    return data
+
+
 def load_config(*paths: Path | str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Load and merge config files the way Snakemake does (later files update earlier ones)."""
     merged: dict[str, Any] = {}
     for path in paths:
-        with open(path) as handle:
-            update_nested(merged, yaml.safe_load(handle) or {})
+        update_nested(merged, read_config_file(path))
     if overrides:
         update_nested(merged, copy.deepcopy(dict(overrides)))
     return validate_config(merged)
@@ -223,3 +256,27 @@ def pool_by_name(config: Mapping[str, Any], name: str) -> dict[str, Any]:
             return pool
     known = [pool["name"] for pool in config["pools"]]
     raise ConfigError(f"no pool named '{name}' in config (have: {known})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m capmix.config check [FILE ...]``: the config the workflow would run with
+    (the shipped base plus FILEs, as ``--configfile``), checked; problems name file/line/key."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m capmix.config")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="check config files (as snakemake --configfile)")
+    check.add_argument("files", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        pipeline_config(*args.files)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(f"config OK: {', '.join(str(f) for f in args.files) or 'the embedded default'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
