@@ -126,6 +126,12 @@ def _error_then_ok(handler: BaseHTTPRequestHandler, server: FaultServer) -> None
     (_send(b"busy", 503, "text/plain") if first else _send(PNG))(handler, server)
 
 
+def _slow_png(handler: BaseHTTPRequestHandler, server: FaultServer) -> None:
+    """A good image after 0.4 s: a fetch slow enough to be killed part-way."""
+    time.sleep(0.4)
+    _send(PNG)(handler, server)
+
+
 #: fault -> (how the server answers, the fetch's per-uid reason for it).
 FAULTS: dict[str, tuple[Respond, str]] = {
     "png": (_send(PNG), "fetched"),
@@ -154,4 +160,5 @@ FAULTS: dict[str, tuple[Respond, str]] = {
     "tiny_image": (_send(TINY), "too_small"),
     "huge_image": (_send(HUGE), "too_large"),
     "transient_503": (_error_then_ok, "fetched"),
+    "slow_png": (_slow_png, "fetched"),
 }
