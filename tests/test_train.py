@@ -195,7 +195,9 @@ def test_toy_scale_trains_from_scratch_on_the_cpu(toy_inputs, tmp_path: Path) ->
     assert len(again["attempts"]) == 1
 
 
-def test_killed_run_resumes_from_its_latest_checkpoint(toy_inputs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill_9"])
+def test_killed_run_resumes_from_its_latest_checkpoint(toy_inputs, tmp_path: Path,
+                                                       stop: signal.Signals) -> None:
     # Epochs of 1,024 samples take a few seconds, so the stop lands in epoch 2.
     spec = {**TINY, "samples_seen": 3 * 1024}
     out = tmp_path / "model"
@@ -208,15 +210,17 @@ def test_killed_run_resumes_from_its_latest_checkpoint(toy_inputs, tmp_path: Pat
         f"train_clip(scale, manifest_path=Path({str(toy_inputs[1])!r}), work_dir=out, "
         "final_path=out / 'final.pt', summary_path=out / 'training.json', seed=0, model=model)\n"
     )
-    # The first job: stopped like SLURM stops a job at its time limit (SIGTERM), as soon
-    # as the first checkpoint exists.
+    # The first job: stopped like SLURM stops a job at its time limit (SIGTERM), or killed
+    # outright (SIGKILL: no handler runs), as soon as the first checkpoint exists.
+    # open_clip_train writes epoch_latest.pt to a temporary name and renames it, so a kill
+    # during the save leaves the previous checkpoint whole.
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     latest = checkpoint_dir(out) / "epoch_latest.pt"
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if latest.is_file() and checkpoint_epoch(latest) == 1:
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, stop)
                 break
             time.sleep(0.05)
     finally:

@@ -138,14 +138,17 @@ def test_smoke_dag_end_to_end(workdir):
     check_evaluations(workdir)
     check_editing_one_strategy_reruns_only_it(workdir)
 
-    # Forcing the fetch again retries only the failures, in a new round.
+    # Forcing the fetch again starts no new round: the world's failures (dead links, corrupt
+    # files) are not transient, so none is in fetch.retry_reasons; every uid keeps its reason.
     # (targets before the options: --configfile and -R take several values)
     result = snakemake(workdir, "results/toy_smoke/fetch/report.json", "--cores", "2",
                        "--configfile", "config/smoke.yaml", "-R", "fetch")
     assert result.returncode == 0, result.stderr[-5000:]
-    retry = pd.read_parquet(
-        workdir / "results/toy_smoke/shards/retry_inputs/round_1/pending.parquet")
-    assert sorted(retry["uid"]) == sorted(index.loc[index.status == "failed", "uid"])
+    assert not (workdir / "results/toy_smoke/shards/round_1").exists()
+    again = pd.read_parquet(workdir / "results/toy_smoke/fetch/index.parquet")
+    pd.testing.assert_frame_equal(again[["uid", "status", "reason"]],
+                                  index[["uid", "status", "reason"]])
+    assert "nothing left to fetch" in (workdir / "logs/fetch/toy_smoke.log").read_text()
 
 
 def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> None:
