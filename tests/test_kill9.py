@@ -4,11 +4,13 @@ run's and nothing finished is redone.
 Each stage runs in its own process (its own session, so img2dataset's and DataLoader's worker
 processes die with it) on the fetched 12-image pool (4 shards of 3), slowed down per unit of
 work so that the kill lands after the first unit is written and before the last one. The
-re-run happens in this process, as Snakemake re-runs a job.
+re-run happens in this process, as Snakemake re-runs a job. Training under kill -9 is in
+tests/test_train.py (test_killed_run_resumes_from_its_latest_checkpoint[kill_9]).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -206,3 +208,61 @@ def test_fetch_killed_mid_round(tmp_path):
     assert report["n_total"] == 12 and len(report["rounds"]) == 1
     for column in ("uid", "status", "reason"):
         assert index[column].tolist() == expected[column].tolist(), column
+
+
+def test_evaluate_killed_between_tasks(tmp_path):
+    import capmix.evaluate as evaluate
+    from capmix.evaluate import EvalModel, evaluate_model, read_results
+    from tests.test_evaluate import OracleClip, oracle_preprocess, oracle_tokenizer, tiny_suite
+
+    suite, data = tiny_suite(tmp_path)
+
+    def paths(out: Path) -> dict[str, Path]:
+        out.mkdir()
+        return {"progress_path": out / "m.progress.jsonl", "results_path": out / "m.jsonl",
+                "aggregate_path": out / "m.aggregate.json"}
+
+    def model() -> EvalModel:
+        return EvalModel(OracleClip(), oracle_preprocess, oracle_tokenizer, "cpu", "sha-a",
+                         "oracle")
+
+    reference, killed = paths(tmp_path / "reference"), paths(tmp_path / "killed")
+    evaluate_model(suite, model(), data, **reference)
+    kill_9_when(f"""
+        import time
+        from pathlib import Path
+        import capmix.evaluate as evaluate
+        from capmix.evaluate import EvalModel, evaluate_model
+        from tests.test_evaluate import (OracleClip, oracle_preprocess, oracle_tokenizer,
+                                         tiny_suite)
+
+        suite, data = tiny_suite(Path({str(tmp_path / "sub")!r}))
+        run_task = evaluate.run_task
+        def slow(model, task, *args, **kwargs):
+            if task.name == "B":
+                time.sleep(120)  # killed here, with A's line written
+            return run_task(model, task, *args, **kwargs)
+        evaluate.run_task = slow
+        out = Path({str(tmp_path / "killed")!r})
+        evaluate_model(suite, EvalModel(OracleClip(), oracle_preprocess, oracle_tokenizer,
+                                        "cpu", "sha-a", "oracle"), data,
+                       progress_path=out / "m.progress.jsonl", results_path=out / "m.jsonl",
+                       aggregate_path=out / "m.aggregate.json")
+        """, lambda: killed["progress_path"].exists()
+             and "A" in read_results(killed["progress_path"]))
+    assert list(read_results(killed["progress_path"])) == ["A"]
+    assert not killed["results_path"].exists()
+    evaluated = []
+    real_run_task = evaluate.run_task
+    try:
+        evaluate.run_task = lambda m, t, *a, **k: evaluated.append(t.name) or real_run_task(
+            m, t, *a, **k)
+        evaluate_model(suite, model(), data, **killed)
+    finally:
+        evaluate.run_task = real_run_task
+    assert evaluated == ["B"]  # A is not evaluated again
+    strip = [{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "provenance")}
+             for line in killed["results_path"].read_text().splitlines()]
+    expect = [{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "provenance")}
+              for line in reference["results_path"].read_text().splitlines()]
+    assert strip == expect
