@@ -10,8 +10,10 @@ holds a connection longer than ``max_seconds``.
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,11 +26,23 @@ def _image(fmt: str, size: tuple[int, int] = (40, 32)) -> bytes:
     return buffer.getvalue()
 
 
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height but holds almost no data (a decompression-bomb
+    stand-in: refused from its header, it must never reach a decoder)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
 PNG, JPEG = _image("PNG"), _image("JPEG")
 TINY = _image("PNG", (1, 1))
 #: 2,500 x 2,500 (6.25 MP, a few kB as a one-colour PNG): "huge" for a test that sets
 #: fetch.max_image_area below it (a real decompression bomb would cost CI gigabytes).
 HUGE = _image("PNG", (2500, 2500))
+BOMB = _png_header_claiming(30000, 30000)
 
 
 class FaultServer:
@@ -126,6 +140,40 @@ def _error_then_ok(handler: BaseHTTPRequestHandler, server: FaultServer) -> None
     (_send(b"busy", 503, "text/plain") if first else _send(PNG))(handler, server)
 
 
+def _drip(handler: BaseHTTPRequestHandler, server: FaultServer) -> None:
+    """Headers at once, then one byte every 0.2 s: each read is quick, the whole is not."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "image/png")
+    handler.send_header("Content-Length", str(len(PNG)))
+    handler.end_headers()
+    stop = time.monotonic() + server.max_seconds
+    for byte in PNG:
+        if time.monotonic() > stop:
+            break
+        try:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+        except OSError:  # the client gave up
+            break
+        time.sleep(0.2)
+    handler.close_connection = True
+
+
+def _endless(handler: BaseHTTPRequestHandler, server: FaultServer) -> None:
+    """No Content-Length and a body that does not end (bounded by max_seconds)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "image/png")
+    handler.end_headers()
+    stop = time.monotonic() + server.max_seconds
+    block = b"\0" * 65536
+    while time.monotonic() < stop:
+        try:
+            handler.wfile.write(block)
+        except OSError:
+            break
+    handler.close_connection = True
+
+
 def _slow_png(handler: BaseHTTPRequestHandler, server: FaultServer) -> None:
     """A good image after 0.4 s: a fetch slow enough to be killed part-way."""
     time.sleep(0.4)
@@ -160,5 +208,9 @@ FAULTS: dict[str, tuple[Respond, str]] = {
     "tiny_image": (_send(TINY), "too_small"),
     "huge_image": (_send(HUGE), "too_large"),
     "transient_503": (_error_then_ok, "fetched"),
+    "drip": (_drip, "deadline_exceeded"),
+    "huge_content_length": (_send(PNG, length=10**12), "body_too_large"),
+    "endless_body": (_endless, "body_too_large"),
+    "bomb_header": (_send(BOMB), "too_large"),
     "slow_png": (_slow_png, "fetched"),
 }

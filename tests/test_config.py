@@ -44,7 +44,8 @@ def test_datacomp_pools_get_datacomp_download_settings():
         "image_size": 512, "resize_mode": "keep_ratio_largest", "resize_only_if_bigger": True,
         "encode_format": "jpg", "encode_quality": None, "samples_per_shard": 10000,
         "retries": 2, "timeout": 10, "threads_per_process": 64, "blur_faces": "auto",
-        "min_image_size": None, "max_image_area": None, "retry_reasons": None,
+        "min_image_size": None, "max_image_area": None, "max_body_bytes": None,
+        "deadline": None, "retry_reasons": None,
     }
 
 

@@ -15,10 +15,12 @@ pytestmark = pytest.mark.integration
 
 def _settings(**extra) -> FetchSettings:
     # retries=1: a transient 503 succeeds on img2dataset's second try; timeout 2 s < the
-    # server's 4 s stall; max_image_area below the "huge" fault's 6.25 MP.
+    # server's 4 s stall; a 2 s deadline < the 0.2 s/byte drip; max_image_area below the
+    # "huge" fault's 6.25 MP; max_body_bytes below the endless body's 4 s of output.
     return FetchSettings.from_config(dict(
         image_size=16, samples_per_shard=64, retries=1, timeout=2, threads_per_process=16,
-        encode_format="png", max_image_area=4_000_000, **extra), "table")
+        encode_format="png", max_image_area=4_000_000, max_body_bytes=1_000_000, deadline=2,
+        **extra), "table")
 
 
 def _pool(tmp_path, server) -> pd.DataFrame:

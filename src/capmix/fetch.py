@@ -20,6 +20,8 @@ already fetched. The job's outputs are the index and the report.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import logging
 import os
@@ -51,6 +53,9 @@ DOWNLOAD_REASONS: tuple[tuple[str, str], ...] = (
     ("forbidden", r"HTTP Error 40[13]|Forbidden|Unauthorized"),
     ("opted_out", r"X-Robots-Tag|disallowed"),
     ("redirect_loop", r"infinite loop"),
+    ("body_too_large", r"body too large"),
+    ("deadline_exceeded", r"deadline exceeded"),
+    ("too_large", r"area too large"),
     ("redirect_refused", r"Redirection to url .* is not allowed"),
     ("rate_limited", r"HTTP Error 429"),
     ("server_error", r"HTTP Error 5\d\d"),
@@ -67,16 +72,17 @@ RESIZE_REASONS: tuple[tuple[str, str], ...] = (
     ("bad_aspect_ratio", r"aspect ratio"),
 )
 #: Every per-uid failure reason the fetch reports (index.parquet, report.json).
-FAILURE_REASONS: tuple[str, ...] = (
+FAILURE_REASONS: tuple[str, ...] = tuple(dict.fromkeys((
     *(reason for reason, _ in DOWNLOAD_REASONS), "download_error",
     *(reason for reason, _ in RESIZE_REASONS), "resize_error",
     "missing_in_shard", "not_attempted",
-)
+)))
 #: Failures a new fetch round asks for again by default: those the next request may not
 #: repeat. A 404, an opt-out header or an image that does not decode would only cost the
 #: server another request (``fetch.retry_reasons`` changes the list).
 RETRYABLE_REASONS: tuple[str, ...] = (
-    "rate_limited", "server_error", "timeout", "truncated_body", "connection_error",
+    "rate_limited", "server_error", "timeout", "deadline_exceeded", "truncated_body",
+    "connection_error",
     "download_error", "missing_in_shard", "not_attempted",
 )
 #: The smallest side, in pixels, an image must have unless the config says otherwise: 0 for
@@ -86,6 +92,11 @@ DEFAULT_MIN_IMAGE_SIZE = 10
 #: The largest decoded image, in pixels, unless the config says otherwise: PIL's decompression-
 #: bomb warning limit (~89.5 MP, e.g. 9,459 x 9,459); one such image decodes to ~270 MB.
 DEFAULT_MAX_IMAGE_AREA = 89_478_485
+#: The largest body one URL may send (DataComp's images are a few hundred kB; 1% of web
+#: images exceed 5 MB): 50 MB.
+DEFAULT_MAX_BODY_BYTES = 50_000_000
+#: Seconds one URL may take in all (connect, headers, body), on top of ``timeout`` per read.
+DEFAULT_DEADLINE = 60.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,8 @@ class FetchSettings:
     blur_faces: str | bool = "auto"
     min_image_size: int = 0
     max_image_area: int = DEFAULT_MAX_IMAGE_AREA
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    deadline: float = DEFAULT_DEADLINE
     retry_reasons: tuple[str, ...] = RETRYABLE_REASONS
 
     @classmethod
@@ -114,6 +127,10 @@ class FetchSettings:
             values["min_image_size"] = 0 if source_type == "datacomp" else DEFAULT_MIN_IMAGE_SIZE
         if values.get("max_image_area") is None:
             values["max_image_area"] = DEFAULT_MAX_IMAGE_AREA
+        if values.get("max_body_bytes") is None:
+            values["max_body_bytes"] = DEFAULT_MAX_BODY_BYTES
+        if values.get("deadline") is None:
+            values["deadline"] = DEFAULT_DEADLINE
         values["retry_reasons"] = tuple(values.get("retry_reasons") or RETRYABLE_REASONS)
         return cls(**values)
 
@@ -154,10 +171,32 @@ def round_input(shards_dir: Path, k: int) -> Path:
 
 def run_img2dataset(input_dir: Path, output_dir: Path, settings: FetchSettings, processes: int,
                     bbox_col: str | None) -> None:
-    """One img2dataset run (resumes the shards of output_dir that are not finished)."""
+    """One img2dataset run (resumes the shards of output_dir that are not finished).
+
+    Each URL is downloaded under :class:`capmix.fetch_limits.UrlLimits` (body size, total
+    deadline, header-checked image area): img2dataset builds its downloader from
+    ``img2dataset.main.Downloader``, which is ours for the length of this call.
+    """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its update check needs the network
     from img2dataset import download
 
+    # the module, not the function of the same name that img2dataset/__init__ exports
+    img2dataset_main = importlib.import_module("img2dataset.main")
+
+    from capmix.fetch_limits import GuardedDownloader, UrlLimits
+
+    limits = UrlLimits(max_body_bytes=settings.max_body_bytes, deadline_s=settings.deadline,
+                       max_image_area=settings.max_image_area)
+    original = img2dataset_main.Downloader
+    img2dataset_main.Downloader = functools.partial(GuardedDownloader, limits=limits)
+    try:
+        _download(download, input_dir, output_dir, settings, processes, bbox_col)
+    finally:
+        img2dataset_main.Downloader = original
+
+
+def _download(download: Any, input_dir: Path, output_dir: Path, settings: FetchSettings,
+              processes: int, bbox_col: str | None) -> None:
     download(
         url_list=str(input_dir),
         input_format="parquet",
