@@ -92,8 +92,8 @@ DEFAULT_MIN_IMAGE_SIZE = 10
 #: The largest decoded image, in pixels, unless the config says otherwise: PIL's decompression-
 #: bomb warning limit (~89.5 MP, e.g. 9,459 x 9,459); one such image decodes to ~270 MB.
 DEFAULT_MAX_IMAGE_AREA = 89_478_485
-#: The largest body one URL may send (DataComp's images are a few hundred kB; 1% of web
-#: images exceed 5 MB): 50 MB.
+#: The largest body one URL may send: 50 MB, far above an ordinary web image and small enough
+#: that 64 download threads holding one each stay within a worker's memory.
 DEFAULT_MAX_BODY_BYTES = 50_000_000
 #: Seconds one URL may take in all (connect, headers, body), on top of ``timeout`` per read.
 DEFAULT_DEADLINE = 60.0

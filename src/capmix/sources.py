@@ -72,9 +72,10 @@ class ColumnMap:
 #
 # One parser per format, used for both the checks and the write: what is checked is exactly
 # what is written. Third-party tables are parsed strictly: a CSV/TSV row with the wrong number
-# of fields, bytes that are not UTF-8, a JSON line that is not an object, or a value of a
-# mapped column that is not a string stops the run with the file and line named, instead of
+# of fields, bytes that are not UTF-8, a JSON line that is not an object, or a mapped column
+# holding lists or objects stops the run with the file and line (or row) named, instead of
 # being read with shifted columns (pandas silently turns extra leading fields into an index).
+# Numbers in a mapped column are read as their text.
 
 
 def is_url(path: str) -> bool:
