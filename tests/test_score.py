@@ -139,6 +139,8 @@ def test_shipped_datacomp_embeddings_and_scores_are_used(fetched_pool):
     reasons = dict(zip(frame["uid"], frame["missing"], strict=True))
     assert reasons[table["uid"][0]] == "no_shipped_score"  # not "no_image_embedding"
     assert reasons[table["uid"][1]] == "non_finite_score"
+    clip_s_of = dict(zip(frame["uid"], frame["clip_s"], strict=True))
+    assert np.isnan(clip_s_of[table["uid"][0]]) and np.isnan(clip_s_of[table["uid"][1]])
     assert {reasons[u] for u in table["uid"][2:]} == {None}
 
 

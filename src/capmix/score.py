@@ -281,10 +281,10 @@ def score_caption_set(scorer: Scorer | None, caption_files: Sequence[Path],
         "cos": cos,
         "cos_max": [max(c) if c else np.nan for c in all_cos],
         "cos_mean": [float(np.mean(c)) if c else np.nan for c in all_cos],
-        "clip_s": clip_s(np.nan_to_num(cos, nan=-1.0)),
+        "clip_s": clip_s(np.nan_to_num(cos, nan=-1.0, posinf=-1.0, neginf=-1.0)),
         "cos_all": all_cos,
     })
-    frame.loc[frame["cos"].isna(), "clip_s"] = np.nan
+    frame.loc[~np.isfinite(frame["cos"].to_numpy(dtype="float64")), "clip_s"] = np.nan
     # Why a row has no usable score: its caption failed, the shipped score is absent (shipped
     # scores are not computed here, so no embedding is involved), the image has no embedding,
     # or the score is not finite.
