@@ -122,15 +122,15 @@ class FetchSettings:
     @classmethod
     def from_config(cls, fetch: Mapping[str, Any], source_type: str = "table") -> FetchSettings:
         """The pool's ``fetch`` config; unset bounds take their defaults for the source type."""
+        defaults = {
+            "min_image_size": 0 if source_type == "datacomp" else DEFAULT_MIN_IMAGE_SIZE,
+            "max_image_area": DEFAULT_MAX_IMAGE_AREA, "max_body_bytes": DEFAULT_MAX_BODY_BYTES,
+            "deadline": DEFAULT_DEADLINE,
+        }
         values = dict(fetch)
-        if values.get("min_image_size") is None:
-            values["min_image_size"] = 0 if source_type == "datacomp" else DEFAULT_MIN_IMAGE_SIZE
-        if values.get("max_image_area") is None:
-            values["max_image_area"] = DEFAULT_MAX_IMAGE_AREA
-        if values.get("max_body_bytes") is None:
-            values["max_body_bytes"] = DEFAULT_MAX_BODY_BYTES
-        if values.get("deadline") is None:
-            values["deadline"] = DEFAULT_DEADLINE
+        for key, default in defaults.items():
+            if values.get(key) is None:
+                values[key] = default
         values["retry_reasons"] = tuple(values.get("retry_reasons") or RETRYABLE_REASONS)
         return cls(**values)
 

@@ -212,17 +212,22 @@ def _read_jsonl(path: Path | str, columns: Sequence[str] | None) -> pa.Table:
     return pa.table(arrays) if arrays else pa.table({})
 
 
+def _check_is_file(path: Path | str, fmt: str) -> None:
+    """A directory or an empty file is named before any parser sees it."""
+    path_obj = Path(str(path))
+    if path_obj.is_dir():
+        raise MetadataError(f"{path}: is a directory, not a {fmt} file")
+    if path_obj.exists() and path_obj.stat().st_size == 0:
+        raise MetadataError(f"{path}: is empty (0 bytes)")
+
+
 def read_table(path: Path | str, fmt: str, columns: Sequence[str] | None = None) -> pa.Table:
     """Read a metadata file as an Arrow table (text columns as strings, never 'NA' -> null).
 
     Every failure is a :class:`MetadataError` naming the file (and the lines, where the format
     has lines): a directory, an empty file, a file that is not in the declared format.
     """
-    path_obj = Path(str(path))
-    if path_obj.is_dir():
-        raise MetadataError(f"{path}: is a directory, not a {fmt} file")
-    if path_obj.exists() and path_obj.stat().st_size == 0:
-        raise MetadataError(f"{path}: is empty (0 bytes)")
+    _check_is_file(path, fmt)
     try:
         if fmt == "parquet":
             return pq.read_table(path, columns=list(columns) if columns else None)
@@ -243,11 +248,7 @@ def read_table(path: Path | str, fmt: str, columns: Sequence[str] | None = None)
 
 def file_columns(path: Path | str, fmt: str) -> list[str]:
     """The column names of a metadata file (header only where the format has one)."""
-    path_obj = Path(str(path))
-    if path_obj.is_dir():
-        raise MetadataError(f"{path}: is a directory, not a {fmt} file")
-    if path_obj.exists() and path_obj.stat().st_size == 0:
-        raise MetadataError(f"{path}: is empty (0 bytes)")
+    _check_is_file(path, fmt)
     try:
         if fmt == "parquet":
             return list(pq.read_schema(path).names)
@@ -447,11 +448,12 @@ def materialise(src: Path, dst: Path) -> str:
         return "copy"
 
 
-def _is_fast(file: SourceFile, source: Mapping[str, Any], colmap: ColumnMap) -> bool:
+def _is_fast(file: SourceFile, source: Mapping[str, Any], colmap: ColumnMap,
+             present: Sequence[str]) -> bool:
     """A parquet already in our layout is linked, not rewritten (DataComp's 300 GB)."""
     return (file.fmt == "parquet" and colmap.is_identity()
             and source.get("keep_columns", "all") == "all"
-            and pq.read_schema(file.path).names[:3] == list(CORE_COLUMNS))
+            and list(present[:3]) == list(CORE_COLUMNS))
 
 
 def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceFile],
@@ -496,7 +498,7 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                     continue
                 needed = [c for c in dict.fromkeys((colmap.uid, colmap.url, colmap.text))
                           if c]
-                fast = _is_fast(file, source, colmap)
+                fast = _is_fast(file, source, colmap, present)
                 table = read_table(file.path, file.fmt,
                                    needed if fast else list(dict.fromkeys(needed + keep)))
                 uids, urls, texts = core_columns(file.path, table, colmap)
