@@ -129,6 +129,14 @@ def _set(path: str, value):
     return mutate
 
 
+def _set_eval_source(task_name: str, **values):
+    def mutate(config):
+        task = next(t for t in config["eval_suites"]["datacomp"]["tasks"]
+                    if t["name"] == task_name)
+        task["source"].update(values)
+    return mutate
+
+
 def _rename(section: str, old: str, new: str):
     def mutate(config):
         config[section][new] = config[section].pop(old)
@@ -178,6 +186,12 @@ CONFIG_MISTAKES = {
         ["'pools[0].fetch.retry_reasons'", "unknown reason(s) ['bad_luck']", "not_found"]),
     "negative minimum image size": (_set("pools.0.fetch.min_image_size", -1),
                                     ["'pools[0].fetch.min_image_size'"]),
+    "eval source repo not owner/name": (
+        _set_eval_source("Flickr", repo="../../etc"),
+        ["'eval_suites.datacomp.tasks[", "].source.repo'"]),
+    "eval source asking to run the repo's loading script": (
+        _set_eval_source("WinoGAViL", trust_remote_code=True),
+        ["'eval_suites.datacomp.tasks[", "].source'", "trust_remote_code"]),
     "temperature a pool names that its captioner lacks": (
         _set("pools.2.temperatures", {"toy_captioner": [0.3]}), ["'pools[2].temperatures"]),
 }

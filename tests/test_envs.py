@@ -14,11 +14,9 @@ import yaml
 from tests.conftest import REPO
 
 ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
-#: Pins that may differ from the lock, per env file, and why. evaldata.yaml runs only the
-#: network fetch of the evaluation sets (never in tests): `datasets` cannot join the main
-#: environment (its versions that allow huggingface_hub<1, which transformers 4.56 needs,
-#: cap fsspec below the lock's), so that env carries its own datasets/fsspec pair.
-LOCK_EXCEPTIONS = {"evaldata.yaml": {"datasets", "fsspec"}}
+#: Pins that may differ from the lock, per env file, and why (none today: the evaluation
+#: sets are read with huggingface_hub and pyarrow, no `datasets` with its own fsspec pin).
+LOCK_EXCEPTIONS: dict[str, set[str]] = {}
 
 
 def canonical(name: str) -> str:

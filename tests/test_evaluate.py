@@ -10,6 +10,7 @@ import io
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from PIL import Image
 
 from capmix.config import pipeline_config
 from capmix.evaluate import (
+    HF_PARQUET_REVISION,
+    TASK_MANIFEST,
     EvalConfigError,
     EvalDataError,
     EvalModel,
@@ -365,7 +368,7 @@ def test_winogavil_written_and_evaluated(tmp_path, oracle):
 
 def test_retrieval_rows_without_captions_fail_naming_the_row(tmp_path):
     rows = [{"image": grey(1), "caption": ["item1"]}, {"image": grey(2), "caption": []}]
-    with pytest.raises(EvalDataError, match="row 1 has no captions"):
+    with pytest.raises(EvalDataError, match="x@main: row 1: caption must be a non-empty list"):
         write_retrieval_task(rows, tmp_path / "bad", {"repo": "x"})
 
 
@@ -490,12 +493,101 @@ def test_fetch_task_downloads_once_and_checks_the_layout(tmp_path):
     with pytest.raises(EvalDataError, match="task 'Y': .*nshards.txt is missing"):
         fetch_task(broken, tmp_path / "data", snapshot_download=lambda **kw: None)
 
-    rows = [{"image": grey(i), "caption": [f"item{i}"]} for i in range(3)]
-    hf = Task(key="retrieval/z", name="Z", protocol="retrieval", data="hf_z",
+
+
+def hub_parquet(path, rows):
+    """A Parquet file as the Hub's export writes image datasets: images as {bytes, path}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def fake_parquet_hub(files):
+    """A snapshot_download that writes ``files`` ({relative path: rows}) and logs its calls."""
+    calls = []
+
+    def snapshot_download(repo_id, repo_type, local_dir, revision=None, allow_patterns=None):
+        calls.append({"repo": repo_id, "revision": revision, "allow": allow_patterns})
+        assert repo_type == "dataset" and allow_patterns == ["*.parquet"]
+        for relative, rows in files.items():
+            hub_parquet(Path(local_dir) / relative, rows)
+
+    return snapshot_download, calls
+
+
+def test_hf_dataset_tasks_are_read_from_parquet_without_running_repo_code(tmp_path):
+    """The nlphuji sets are script datasets: capmix reads the rows from the Hub's Parquet export
+    (or a pinned revision), never through `datasets`' loading-script path."""
+    rows = [{"image": {"bytes": grey(i), "path": None}, "caption": [f"item{i}", f"thing{i}"],
+             "img_id": str(i)} for i in range(3)]
+    download, calls = fake_parquet_hub({
+        "TEST/test/0000.parquet": rows[:2], "TEST/test/0001.parquet": rows[2:],
+        "TEST/train/0000.parquet": [{"image": {"bytes": grey(9), "path": None},
+                                     "caption": ["not a test row"], "img_id": "9"}]})
+    hf = Task(key="retrieval/z", name="Z", protocol="retrieval", data="hf_z", size=3,
               source={"type": "hf_dataset", "repo": "nlphuji/z"})
-    manifest = fetch_task(hf, tmp_path / "data", load_dataset=lambda repo, split: rows)
+    manifest = fetch_task(hf, tmp_path / "data", snapshot_download=download)
+    assert calls == [{"repo": "nlphuji/z", "revision": HF_PARQUET_REVISION,
+                      "allow": ["*.parquet"]}]
     assert manifest["n_samples"] == 3 and manifest["source"]["repo"] == "nlphuji/z"
+    assert sorted(manifest["source"]["sha256"]) == ["TEST/test/0000.parquet",
+                                                     "TEST/test/0001.parquet"]
     assert (tmp_path / "data" / "hf_z" / "dataset_type.txt").read_text() == "retrieval"
+    samples = list(wds.WebDataset(str(tmp_path / "data" / "hf_z" / "test" / "0.tar"),
+                                  shardshuffle=False))
+    assert [s["txt"].decode() for s in samples] == [f"item{i}\nthing{i}" for i in range(3)]
+    assert [s["png"] for s in samples] == [grey(i) for i in range(3)]  # bytes kept as sent
+
+    pinned = Task(key="retrieval/p", name="P", protocol="retrieval", data="hf_p",
+                  source={"type": "hf_dataset", "repo": "nlphuji/p", "revision": "a" * 40})
+    download, calls = fake_parquet_hub({"data/test-00000-of-00001.parquet": rows})
+    assert fetch_task(pinned, tmp_path / "data", snapshot_download=download)["n_samples"] == 3
+    assert calls[0]["revision"] == "a" * 40
+
+
+@pytest.mark.parametrize("files, size, message", [
+    ({"TEST/train/0000.parquet": [{"image": {"bytes": b"x", "path": None}, "caption": ["a"]}]},
+     None, r"nlphuji/z at revision 'refs/convert/parquet' has no Parquet files for split "
+           r"'test'.*does not run dataset loading scripts"),
+    ({"A/test/0.parquet": [{"caption": ["a"]}], "B/test/0.parquet": [{"caption": ["b"]}]},
+     None, r"several configs \(A, B\); name one as the task's source.config"),
+    ({"T/test/0.parquet": [{"image": {"bytes": None, "path": "/etc/passwd"},
+                            "caption": ["a"]}]},
+     None, r"nlphuji/z@refs/convert/parquet: row 0: image without embedded bytes "
+           r"\(path '/etc/passwd'\)"),
+    ({"T/test/0.parquet": [{"image": {"bytes": b"<html>", "path": None}, "caption": ["a"]}]},
+     None, r"row 0: the image bytes do not decode"),
+    ({"T/test/0.parquet": [{"image": {"bytes": grey(1), "path": None}, "caption": []}]},
+     None, r"row 0: caption must be a non-empty list of one-line captions"),
+    ({"T/test/0.parquet": [{"img": {"bytes": grey(1), "path": None}, "caption": ["a"]}]},
+     None, r"row 0 has no 'image' \(columns: img, caption\)"),
+    ({"T/test/0.parquet": [{"image": {"bytes": grey(1), "path": None}, "caption": ["a"]}]},
+     2, r"split 'test' has 1 rows, the suite says size 2"),
+])
+def test_hf_dataset_rows_that_cannot_be_used_fail_naming_repo_and_row(tmp_path, files, size,
+                                                                       message):
+    download, _ = fake_parquet_hub(files)
+    hf = Task(key="retrieval/z", name="Z", protocol="retrieval", data="hf_z", size=size,
+              source={"type": "hf_dataset", "repo": "nlphuji/z"})
+    with pytest.raises(EvalDataError, match=message):
+        fetch_task(hf, tmp_path / "data", snapshot_download=download)
+    assert not (tmp_path / "data" / "hf_z" / TASK_MANIFEST).exists()  # not marked complete
+
+
+def test_winogavil_rows_from_parquet(tmp_path):
+    rows = [{"cue": "fruit", "candidates": ["apple", "car", "pear"],
+             "associations": ["apple", "pear"], "num_associations": 2,
+             "candidate_images": [{"bytes": grey(i), "path": None} for i in range(3)]}]
+    download, _ = fake_parquet_hub({"TEST/test/0000.parquet": rows})
+    task = Task(key="misc/winogavil", name="WinoGAViL", protocol="winogavil", data="hf_w",
+                size=1, source={"type": "hf_dataset", "repo": "nlphuji/winogavil"})
+    assert fetch_task(task, tmp_path / "data", snapshot_download=download)["n_samples"] == 1
+    (sample,) = wds.WebDataset(str(tmp_path / "data" / "hf_w" / "test" / "0.tar"),
+                               shardshuffle=False)
+    assert json.loads(sample["json"])["associations"] == ["apple", "pear"]
+    assert sorted(k for k in sample if k.endswith(".png")) == ["0.png", "1.png", "2.png"]
 
 
 def test_load_model_reads_an_open_clip_train_checkpoint(tmp_path):

@@ -775,17 +775,43 @@ def evaluate_model(suite: Suite, model: EvalModel, data_dir: Path, progress_path
 # ------------------------------------------------------------------------------ writing tasks
 
 
-def _encode(image: Any) -> tuple[str, bytes]:
+def _source_label(source: Mapping[str, Any]) -> str:
+    """A short name of where task rows come from, for error messages."""
+    if "repo" in source:
+        return f"{source['repo']}@{source.get('revision', 'main')}"
+    return ", ".join(f"{k}={v}" for k, v in source.items() if k != "sha256")
+
+
+def _field(row: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in row:
+        raise EvalDataError(f"{where} has no {key!r} (columns: {', '.join(map(str, row))})")
+    return row[key]
+
+
+def _encode(image: Any, where: str) -> tuple[str, bytes]:
     """(extension, bytes) of an image given as encoded bytes, an HF ``{bytes, path}`` dict or
-    a PIL image; encoded bytes are kept as they are, so pixels match the source exactly."""
-    from PIL import Image
+    a PIL image; encoded bytes are kept as they are, so pixels match the source exactly.
+
+    Rows are third-party data: an image given only as a path is refused (reading it would
+    copy this machine's files into the task), and bytes that are no image name ``where``.
+    """
+    from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, Mapping):
-        image = image.get("bytes") or Path(image["path"]).read_bytes()
+        if not isinstance(image.get("bytes"), bytes | bytearray) or not image["bytes"]:
+            raise EvalDataError(f"{where}: image without embedded bytes (path "
+                                f"{image.get('path')!r}); capmix does not read images by path "
+                                f"from dataset rows")
+        image = image["bytes"]
     if isinstance(image, bytes | bytearray):
-        with Image.open(io.BytesIO(image)) as opened:
-            fmt = (opened.format or "PNG").lower()
+        try:
+            with Image.open(io.BytesIO(image)) as opened:
+                fmt = (opened.format or "PNG").lower()
+        except (UnidentifiedImageError, Image.DecompressionBombError) as error:
+            raise EvalDataError(f"{where}: the image bytes do not decode ({error})") from error
         return {"jpeg": "jpg"}.get(fmt, fmt), bytes(image)
+    if not isinstance(image, Image.Image):
+        raise EvalDataError(f"{where}: the image is a {type(image).__name__}, not image bytes")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "png", buffer.getvalue()
@@ -817,6 +843,15 @@ class _TaskWriter:
         self._sink.write({"__key__": f"{self.n:08d}", **sample})
         self.n += 1
 
+    def __enter__(self) -> _TaskWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """After a bad row, close the open shard; the task stays incomplete (no manifest)."""
+        if exc_info[0] is not None and self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
     def close(self, source: Mapping[str, Any], **files: Sequence[str] | str) -> dict[str, Any]:
         if self._sink is not None:
             self._sink.close()
@@ -838,17 +873,25 @@ def write_retrieval_task(rows: Iterable[Mapping[str, Any]], directory: Path,
     Each sample is the image plus a ``txt`` of its captions, one per line: the layout
     clip_benchmark reads retrieval webdatasets in (``dataset_type.txt`` = ``retrieval``).
     """
-    writer = _TaskWriter(Path(directory))
-    for number, row in enumerate(rows):
-        captions = row.get(captions_key)
-        if isinstance(captions, str):
-            captions = [captions]
-        if not captions or any("\n" in c for c in captions):
-            raise EvalDataError(f"{source}: row {number} has no captions, or a caption with "
-                                f"a line break ({captions_key}={captions!r})")
-        ext, data = _encode(row[image_key])
-        writer.write({ext: data, "txt": "\n".join(c.strip() for c in captions)})
+    with _TaskWriter(Path(directory)) as writer:
+        for number, row in enumerate(rows):
+            _write_retrieval_row(writer, row, f"{_source_label(source)}: row {number}",
+                                 image_key, captions_key)
     return writer.close(source, dataset_type="retrieval")
+
+
+def _write_retrieval_row(writer: _TaskWriter, row: Mapping[str, Any], where: str,
+                         image_key: str, captions_key: str) -> None:
+    captions = _field(row, captions_key, where)
+    if isinstance(captions, str):
+        captions = [captions]
+    if (not isinstance(captions, list) or not captions
+            or not all(isinstance(c, str) and c.strip() and "\n" not in c
+                       for c in captions)):
+        raise EvalDataError(f"{where}: {captions_key} must be a non-empty list of "
+                            f"one-line captions, not {captions!r:.200}")
+    ext, data = _encode(_field(row, image_key, where), where)
+    writer.write({ext: data, "txt": "\n".join(c.strip() for c in captions)})
 
 
 def write_winogavil_task(rows: Iterable[Mapping[str, Any]], directory: Path,
@@ -857,22 +900,26 @@ def write_winogavil_task(rows: Iterable[Mapping[str, Any]], directory: Path,
     one sample per instance, its candidate images as ``{i}.png`` and the rest as ``json``."""
     from PIL import Image
 
-    writer = _TaskWriter(Path(directory))
-    for number, row in enumerate(rows):
-        candidates, images = list(row["candidates"]), list(row["candidate_images"])
-        if len(candidates) != len(images) or not set(row["associations"]) <= set(candidates):
-            raise EvalDataError(f"{source}: instance {number} ({row.get('cue')!r}) has "
-                                f"{len(images)} images for {len(candidates)} candidates, or "
-                                f"associations outside its candidates")
-        sample: dict[str, Any] = {"json": {"cue": row["cue"], "candidates": candidates,
-                                           "associations": list(row["associations"])}}
-        for i, image in enumerate(images):
-            _, data = _encode(image)
-            with Image.open(io.BytesIO(data)) as opened:
-                buffer = io.BytesIO()
-                opened.convert("RGB").save(buffer, format="PNG")
-            sample[f"{i}.png"] = buffer.getvalue()
-        writer.write(sample)
+    with _TaskWriter(Path(directory)) as writer:
+        for number, row in enumerate(rows):
+            where = f"{_source_label(source)}: instance {number}"
+            candidates = list(_field(row, "candidates", where))
+            images = list(_field(row, "candidate_images", where))
+            associations = list(_field(row, "associations", where))
+            if len(candidates) != len(images) or not set(associations) <= set(candidates):
+                raise EvalDataError(f"{where} ({row.get('cue')!r}) has {len(images)} images "
+                                    f"for {len(candidates)} candidates, or associations "
+                                    f"outside its candidates")
+            sample: dict[str, Any] = {"json": {"cue": _field(row, "cue", where),
+                                               "candidates": candidates,
+                                               "associations": associations}}
+            for i, image in enumerate(images):
+                _, data = _encode(image, f"{where}, candidate image {i}")
+                with Image.open(io.BytesIO(data)) as opened:
+                    buffer = io.BytesIO()
+                    opened.convert("RGB").save(buffer, format="PNG")
+                sample[f"{i}.png"] = buffer.getvalue()
+            writer.write(sample)
     return writer.close(source, dataset_type="winogavil")
 
 
@@ -898,12 +945,12 @@ def write_toy_task(task: Task, world_dir: Path, directory: Path,
     if task.protocol != "classification":
         raise EvalConfigError(f"toy task '{task.name}': protocol {task.protocol!r} has no toy "
                               f"data (classification or retrieval)")
-    writer = _TaskWriter(Path(directory))
-    for path, row in zip(paths, table, strict=True):
-        if not 0 <= row["label"] < len(CLASSNAMES):
-            raise EvalDataError(f"toy task '{task.name}': uid {row['uid']} has label "
-                                f"{row['label']} outside the {len(CLASSNAMES)} classes")
-        writer.write({"png": path.read_bytes(), "cls": int(row["label"])})
+    with _TaskWriter(Path(directory)) as writer:
+        for path, row in zip(paths, table, strict=True):
+            if not 0 <= row["label"] < len(CLASSNAMES):
+                raise EvalDataError(f"toy task '{task.name}': uid {row['uid']} has label "
+                                    f"{row['label']} outside the {len(CLASSNAMES)} classes")
+            writer.write({"png": path.read_bytes(), "cls": int(row["label"])})
     return writer.close(source, classnames=list(CLASSNAMES),
                         zeroshot_classification_templates=list(templates))
 
@@ -911,24 +958,68 @@ def write_toy_task(task: Task, world_dir: Path, directory: Path,
 # ------------------------------------------------------------------------------ fetching
 
 
-def fetch_task(task: Task, data_dir: Path, snapshot_download: Callable[..., Any] | None = None,
-               load_dataset: Callable[..., Any] | None = None) -> dict[str, Any]:
+#: Where ``hf_dataset`` sources are read from unless the task names a revision: the Hub's
+#: own Parquet export of a dataset repo. The nlphuji sets DataComp loads are script datasets
+#: (``datasets`` runs their Python loading script, ``trust_remote_code``); capmix never runs
+#: code from a dataset repo, so it reads the same rows from Parquet files instead.
+HF_PARQUET_REVISION = "refs/convert/parquet"
+
+
+def hf_parquet_files(root: Path, split: str, config: str | None = None) -> list[Path]:
+    """The Parquet files of one split (and config) in a downloaded Hub dataset snapshot.
+
+    Understands the Hub's two export layouts, ``{config}/{split}/NNNN.parquet`` and
+    ``{config}/{name}-{split}[-NNNNN-of-NNNNN].parquet``, and a plain repo's
+    ``data/{split}-NNNNN-of-NNNNN.parquet``. Several configs and none chosen is an error: the
+    rows would silently mix.
+    """
+    def in_split(relative: Path) -> bool:
+        stem = relative.stem
+        return (split in relative.parts[:-1] or stem == split or stem.startswith(f"{split}-")
+                or stem.endswith(f"-{split}") or f"-{split}-" in stem)
+
+    files = sorted(p for p in Path(root).rglob("*.parquet")
+                   if not any(part.startswith(".") for part in p.relative_to(root).parts)
+                   and in_split(p.relative_to(root)))
+    if config is not None:
+        files = [p for p in files if p.relative_to(root).parts[0] == config]
+    configs = sorted({p.relative_to(root).parts[0] for p in files
+                      if len(p.relative_to(root).parts) > 1})
+    if config is None and len(configs) > 1:
+        raise EvalDataError(f"{root}: Parquet files of split {split!r} in several configs "
+                            f"({', '.join(configs)}); name one as the task's source.config")
+    return files
+
+
+def iter_parquet_rows(files: Sequence[Path], batch_size: int = 64) -> Iterator[dict[str, Any]]:
+    """Rows of Parquet files as dicts, a batch at a time (the Flickr30k export is GBs)."""
+    import pyarrow.parquet as pq
+
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            yield from batch.to_pylist()
+
+
+def fetch_task(task: Task, data_dir: Path,
+               snapshot_download: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Fetch one real task into ``data_dir`` once; later calls find it complete and return.
 
     ``wds`` sources (default: DataComp's ``djghosh/{data}``) are Hugging Face dataset repos
     already in the task layout, downloaded with ``huggingface_hub.snapshot_download``
-    (resumable; files already there are kept). ``hf_dataset`` sources are loaded as DataComp
-    loads them, ``datasets.load_dataset(repo, split="test")``, with the original image bytes,
-    and converted. The downloaders are parameters so that tests run without a network.
+    (resumable; files already there are kept). ``hf_dataset`` sources are the rows DataComp
+    loads with ``datasets.load_dataset(repo, split="test")``, read from the repo's Parquet
+    files (``source.revision``, default the Hub's export) and converted; images must be
+    embedded bytes, never paths. The downloader is a parameter so that tests run without a
+    network.
     """
     directory = task_dir(data_dir, task)
     marker = directory / TASK_MANIFEST
     if marker.is_file():
         return json.loads(marker.read_text())
+    if snapshot_download is None:
+        from huggingface_hub import snapshot_download
     source = dict(task.source or {"type": "wds", "repo": f"djghosh/{task.data}"})
     if source["type"] == "wds":
-        if snapshot_download is None:
-            from huggingface_hub import snapshot_download
         snapshot_download(repo_id=source["repo"], repo_type="dataset", local_dir=str(directory))
         shards = _shards(directory, task)
         manifest = {"n_samples": task.size, "nshards": len(shards), "source": source,
@@ -937,29 +1028,29 @@ def fetch_task(task: Task, data_dir: Path, snapshot_download: Callable[..., Any]
         return manifest
     if source["type"] != "hf_dataset":
         raise EvalConfigError(f"task '{task.name}': unknown source type {source['type']!r}")
-    if load_dataset is None:
-        try:
-            from datasets import Image, load_dataset
-            from datasets import Sequence as HFSequence
-        except ImportError as error:
-            raise EvalConfigError(
-                f"task '{task.name}' is fetched with the `datasets` package, which the main "
-                f"environment does not carry (it needs huggingface_hub>=1, transformers<1 "
-                f"does not allow it): run the eval_data rule in envs/evaldata.yaml "
-                f"(--sdm conda)") from error
-        dataset = load_dataset(source["repo"], split="test", trust_remote_code=True,
-                               cache_dir=str(Path(data_dir) / "hf_cache"))
-        for column in ("image", "candidate_images"):
-            if column in dataset.column_names:
-                feature = Image(decode=False)
-                dataset = dataset.cast_column(
-                    column, HFSequence(feature) if column == "candidate_images" else feature)
-        rows: Iterable[Mapping[str, Any]] = dataset
-    else:
-        rows = load_dataset(source["repo"], split="test")
-    if task.protocol == "winogavil":
-        return write_winogavil_task(rows, directory, source)
-    return write_retrieval_task(rows, directory, source)
+    source.setdefault("revision", HF_PARQUET_REVISION)
+    split = source.setdefault("split", "test")
+    # Kept beside the task, not inside it: a half-converted task directory is rebuilt from
+    # here without downloading again (snapshot_download keeps complete files).
+    download = Path(data_dir) / "hf_parquet" / task.data
+    snapshot_download(repo_id=source["repo"], repo_type="dataset", revision=source["revision"],
+                      local_dir=str(download), allow_patterns=["*.parquet"])
+    files = hf_parquet_files(download, split, source.get("config"))
+    if not files:
+        raise EvalDataError(
+            f"task '{task.name}': {source['repo']} at revision {source['revision']!r} has no "
+            f"Parquet files for split {split!r} (looked in {download}). capmix does not run "
+            f"dataset loading scripts: set the task's source.revision to a revision with "
+            f"Parquet files (the Hub's export, a converted pull request refs/pr/N, or a commit)")
+    source["sha256"] = {str(p.relative_to(download)): sha256_file(p) for p in files}
+    rows = iter_parquet_rows(files)
+    write = write_winogavil_task if task.protocol == "winogavil" else write_retrieval_task
+    manifest = write(rows, directory, source)
+    if task.size is not None and manifest["n_samples"] != task.size:
+        marker.unlink()  # not complete: evaluating it would score a different test set
+        raise EvalDataError(f"task '{task.name}': {_source_label(source)} split {split!r} has "
+                            f"{manifest['n_samples']} rows, the suite says size {task.size}")
+    return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
