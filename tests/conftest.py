@@ -57,7 +57,8 @@ def fetched_pool_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fetch_pool("p", tmp_path / "metadata", tmp_path / "shards", tmp_path / "index.parquet",
                tmp_path / "report.json",
                FetchSettings(image_size=16, samples_per_shard=3, retries=0,
-                             threads_per_process=2, encode_format="png"), processes=1)
+                             threads_per_process=2, encode_format="png",
+                             allow_internal_addresses=True), processes=1)
     return tmp_path
 
 

@@ -67,7 +67,7 @@ class FaultServer:
                     self.close_connection = True
                     return
                 fault = self.path.strip("/").split("/")[0]
-                handler = FAULTS.get(fault, FAULTS["not_found"])[0]
+                handler = {**FAULTS, **INWARD_REDIRECTS}.get(fault, FAULTS["not_found"])[0]
                 handler(self, server)
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -213,4 +213,24 @@ FAULTS: dict[str, tuple[Respond, str]] = {
     "endless_body": (_endless, "body_too_large"),
     "bomb_header": (_send(BOMB), "too_large"),
     "slow_png": (_slow_png, "fetched"),
+}
+
+
+#: Redirects from a (public-looking) server to this machine or a private network, and the
+#: reason a source without ``allow_local_urls`` gives them; kept out of FAULTS, whose suite
+#: runs with local URLs allowed (the server itself is on 127.0.0.1).
+INWARD_REDIRECTS: dict[str, tuple[Respond, str]] = {
+    "redirect_to_metadata_service": (
+        _redirect(lambda h, s: "http://169.254.169.254/latest/meta-data/"), "internal_address"),
+    "redirect_to_other_loopback": (
+        _redirect(lambda h, s: s.base.replace("127.0.0.1", "127.0.0.2") + "/png/1.img"),
+        "internal_address"),
+    "redirect_to_private_network": (_redirect(lambda h, s: "http://10.1.2.3/x.png"),
+                                    "internal_address"),
+    "redirect_to_ipv6_loopback": (_redirect(lambda h, s: "http://[::1]:9/x.png"),
+                                  "internal_address"),
+    "redirect_to_mapped_loopback": (_redirect(lambda h, s: "http://[::ffff:127.0.0.1]:9/x.png"),
+                                    "internal_address"),
+    "redirect_to_ftp": (_redirect(lambda h, s: "ftp://example.org/x.png"), "redirect_refused"),
+    "redirect_to_file": FAULTS["redirect_to_file"],
 }

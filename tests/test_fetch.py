@@ -19,7 +19,8 @@ from capmix.fetch import (
 from capmix.sources import build_metadata, source_files
 from tests.conftest import write_image
 
-SETTINGS = FetchSettings(image_size=32, samples_per_shard=3, retries=0, threads_per_process=4)
+SETTINGS = FetchSettings(image_size=32, samples_per_shard=3, retries=0, threads_per_process=4,
+                         allow_internal_addresses=True)  # the images are file:// URLs
 
 
 def make_metadata(table: pd.DataFrame, tmp_path: Path) -> Path:
@@ -158,7 +159,8 @@ def test_face_bboxes_are_blurred_like_datacomp(tmp_path):
     source = {"type": "table", "path": str(table_path), "format": "auto",
               "keep_columns": ["face_bboxes"], "allow_local_urls": True}
     build_metadata("p", source, source_files(source, [table_path]), tmp_path / "metadata")
-    settings = FetchSettings(image_size=64, encode_format="png", retries=0, threads_per_process=1)
+    settings = FetchSettings(image_size=64, encode_format="png", retries=0, threads_per_process=1,
+                             allow_internal_addresses=True)
     report = fetch_pool("p", tmp_path / "metadata", tmp_path / "shards",
                         tmp_path / "index.parquet", tmp_path / "report.json", settings)
     assert report["n_fetched"] == 1

@@ -172,14 +172,16 @@ def test_fetch_killed_mid_round(tmp_path):
         def pool(root: Path) -> Path:
             root.mkdir()
             pd.DataFrame(rows).to_parquet(root / "t.parquet", index=False)
-            source = {"type": "table", "path": str(root / "t.parquet"), "format": "auto"}
+            source = {"type": "table", "path": str(root / "t.parquet"), "format": "auto",
+                      "allow_local_urls": True}
             build_metadata("p", source, source_files(source, [root / "t.parquet"]),
                            root / "metadata")
             return root
 
         def fetch(root: Path) -> dict:
             return fetch_pool("p", root / "metadata", root / "shards", root / "index.parquet",
-                              root / "report.json", FetchSettings.from_config(settings, "table"))
+                              root / "report.json",
+                              FetchSettings.from_config(settings, "table", True))
 
         reference, killed = pool(tmp_path / "reference"), pool(tmp_path / "killed")
         fetch(reference)
@@ -192,7 +194,7 @@ def test_fetch_killed_mid_round(tmp_path):
             if __name__ == "__main__":
                 fetch_pool("p", root / "metadata", root / "shards", root / "index.parquet",
                            root / "report.json",
-                           FetchSettings.from_config({settings!r}, "table"))
+                           FetchSettings.from_config({settings!r}, "table", True))
             """, lambda: len(list(round0.glob("*_stats.json"))) >= 1)
         done = sorted(round0.glob("*.tar"))
         finished = [p for p in done if (round0 / f"{p.stem}_stats.json").exists()]

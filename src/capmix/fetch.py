@@ -57,6 +57,7 @@ DOWNLOAD_REASONS: tuple[tuple[str, str], ...] = (
     ("deadline_exceeded", r"deadline exceeded"),
     ("too_large", r"area too large"),
     ("redirect_refused", r"Redirection to url .* is not allowed"),
+    ("internal_address", r"internal address"),
     ("rate_limited", r"HTTP Error 429"),
     ("server_error", r"HTTP Error 5\d\d"),
     ("timeout", r"timed out|[Tt]imeout"),
@@ -118,9 +119,13 @@ class FetchSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     deadline: float = DEFAULT_DEADLINE
     retry_reasons: tuple[str, ...] = RETRYABLE_REASONS
+    #: Whether URLs (and redirects) may reach loopback, private or link-local addresses: the
+    #: source's ``allow_local_urls`` (capmix.sources.allows_local_urls).
+    allow_internal_addresses: bool = False
 
     @classmethod
-    def from_config(cls, fetch: Mapping[str, Any], source_type: str = "table") -> FetchSettings:
+    def from_config(cls, fetch: Mapping[str, Any], source_type: str = "table",
+                    allow_local_urls: bool = False) -> FetchSettings:
         """The pool's ``fetch`` config; unset bounds take their defaults for the source type."""
         defaults = {
             "min_image_size": 0 if source_type == "datacomp" else DEFAULT_MIN_IMAGE_SIZE,
@@ -132,7 +137,7 @@ class FetchSettings:
             if values.get(key) is None:
                 values[key] = default
         values["retry_reasons"] = tuple(values.get("retry_reasons") or RETRYABLE_REASONS)
-        return cls(**values)
+        return cls(**values, allow_internal_addresses=allow_local_urls)
 
     @property
     def quality(self) -> int:
@@ -186,7 +191,8 @@ def run_img2dataset(input_dir: Path, output_dir: Path, settings: FetchSettings, 
     from capmix.fetch_limits import GuardedDownloader, UrlLimits
 
     limits = UrlLimits(max_body_bytes=settings.max_body_bytes, deadline_s=settings.deadline,
-                       max_image_area=settings.max_image_area)
+                       max_image_area=settings.max_image_area,
+                       allow_internal=settings.allow_internal_addresses)
     original = img2dataset_main.Downloader
     img2dataset_main.Downloader = functools.partial(GuardedDownloader, limits=limits)
     try:

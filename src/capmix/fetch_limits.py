@@ -1,11 +1,18 @@
 """Per-URL limits img2dataset 1.47 does not have: a body-size cap, a total deadline per URL,
-and the image area checked from the file header before anything is decoded.
+the image area checked from the file header before anything is decoded, and no request (or
+redirect) to this machine or its private networks unless the source allows local URLs.
 
 Why not img2dataset alone: its ``download_image`` reads the whole body with one
 ``response.read()`` (no size limit; its ``timeout`` bounds each socket read, so a server that
 drips a byte every few seconds is read for ever) and its ``max_image_area`` is checked after
-OpenCV has decoded the image (a 30,000 x 30,000 PNG of a few kB decodes to 2.7 GB first).
+OpenCV has decoded the image (a 30,000 x 30,000 PNG of a few kB decodes to 2.7 GB first);
+and it follows any URL or redirect, to ``http://127.0.0.1:.../`` or a cloud metadata service
+(``169.254.169.254``) as readily as to the web, and urllib follows redirects to ``ftp://``.
 Third-party URLs are hostile, so these bounds are ours.
+
+The address check resolves the host before the request; a DNS server that answers a public
+address to the check and an internal one to the connection a moment later (DNS rebinding)
+is not caught. Run fetch jobs where the network itself confines them if that matters.
 
 How, without forking img2dataset: ``capmix.fetch`` hands img2dataset a
 :class:`GuardedDownloader` (its ``Downloader`` with the limits attached) in place of its own.
@@ -20,7 +27,10 @@ drives both through a misbehaving server.
 from __future__ import annotations
 
 import io
+import ipaddress
+import socket
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +51,9 @@ class UrlLimits:
     max_body_bytes: int
     deadline_s: float
     max_image_area: int
+    #: True: URLs may reach loopback/private/link-local hosts and use file:// (the source's
+    #: ``allow_local_urls``); False: only http(s) to public addresses, redirects included.
+    allow_internal: bool = False
 
 
 #: The limits of the shard this worker process is downloading (set by GuardedDownloader).
@@ -65,6 +78,55 @@ def _oversized(data: bytes, max_image_area: int) -> str | None:
     return None
 
 
+class RefusedUrl(Exception):
+    """A URL or redirect the limits refuse; the message is the per-uid failure reason."""
+
+
+def is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether an address is this machine or a network that is not the public internet:
+    loopback, private, link-local (cloud metadata), shared, reserved, multicast, unspecified.
+    An IPv4-mapped IPv6 address is judged by its IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
+
+
+def check_url(url: str) -> None:
+    """Refuse (:class:`RefusedUrl`) a URL that is not http(s) or whose host resolves to an
+    internal address. A host that does not resolve passes: the request then fails as a
+    connection error, as it would have."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme.lower() not in ("http", "https"):
+        raise RefusedUrl(f"Redirection to url {url!r} is not allowed: scheme "
+                         f"{parsed.scheme!r} (http and https only)")
+    host = parsed.hostname or ""
+    try:
+        resolved = socket.getaddrinfo(host, parsed.port or None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError, ValueError):
+        return
+    for *_, sockaddr in resolved:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if is_internal(address):
+            raise RefusedUrl(f"internal address: {host} resolves to {address} (a source may "
+                             f"reach local or private hosts only with allow_local_urls: true)")
+
+
+class _ConfinedRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirect handling, each new location checked by :func:`check_url` first."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> Any:
+        check_url(urllib.parse.urljoin(req.full_url, newurl))
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _open(request: urllib.request.Request, timeout: int, limits: UrlLimits | None) -> Any:
+    if limits is None or limits.allow_internal:
+        return urllib.request.urlopen(request, timeout=timeout)
+    check_url(request.full_url)
+    return urllib.request.build_opener(_ConfinedRedirects()).open(request, timeout=timeout)
+
+
 def guarded_download_image(row: tuple[int, str], timeout: int, user_agent_token: str | None,
                            disallowed_header_directives: list[str] | None,
                            ) -> tuple[int, io.BytesIO | None, str | None]:
@@ -78,7 +140,7 @@ def guarded_download_image(row: tuple[int, str], timeout: int, user_agent_token:
                   "+https://github.com/rom1504/img2dataset)")
     try:
         request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _open(request, timeout, limits) as response:
             if disallowed_header_directives and is_disallowed(
                     response.headers, user_agent_token, disallowed_header_directives):
                 return key, None, "Use of image disallowed by X-Robots-Tag directive"

@@ -324,10 +324,15 @@ REMOTE_URL_SCHEMES: tuple[str, ...] = ("http", "https")
 LOCAL_URL_SCHEMES: tuple[str, ...] = ("file",)
 
 
+def allows_local_urls(source: Mapping[str, Any]) -> bool:
+    """Whether a source's URLs may reach this machine: ``file://`` URLs, and hosts on loopback
+    or private networks (the toy world always; others only with ``allow_local_urls: true``)."""
+    return source["type"] == "toy" or bool(source.get("allow_local_urls", False))
+
+
 def allowed_url_schemes(source: Mapping[str, Any]) -> tuple[str, ...]:
     """The schemes a source's URLs may use (see :data:`REMOTE_URL_SCHEMES`)."""
-    local = source["type"] == "toy" or bool(source.get("allow_local_urls", False))
-    return REMOTE_URL_SCHEMES + (LOCAL_URL_SCHEMES if local else ())
+    return REMOTE_URL_SCHEMES + (LOCAL_URL_SCHEMES if allows_local_urls(source) else ())
 
 
 def check_rows(path: Path | str, uids: Sequence[Any], urls: pa.ChunkedArray,

@@ -12,6 +12,7 @@ rule fetch:
     params:
         settings=lambda wildcards: POOLS[wildcards.pool]["fetch"],
         source_type=lambda wildcards: POOLS[wildcards.pool]["source"]["type"],
+        allow_local_urls=lambda wildcards: allows_local_urls(POOLS[wildcards.pool]["source"]),
         shards=lambda wildcards: f"results/{wildcards.pool}/shards",
     log:
         "logs/fetch/{pool}.log",

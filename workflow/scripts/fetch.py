@@ -19,6 +19,7 @@ if __name__ == "__main__":
         Path(snakemake.output.index),  # noqa: F821
         Path(snakemake.output.report),  # noqa: F821
         FetchSettings.from_config(snakemake.params.settings,  # noqa: F821
-                                  snakemake.params.source_type),  # noqa: F821
+                                  snakemake.params.source_type,  # noqa: F821
+                                  snakemake.params.allow_local_urls),  # noqa: F821
         processes=snakemake.threads,  # noqa: F821
     )
