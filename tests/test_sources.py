@@ -58,6 +58,23 @@ def test_table_in_every_format_gives_the_same_metadata(tmp_path, fmt):
     assert on_disk["provenance"]["code"]["capmix"]
 
 
+def test_each_file_is_parsed_once(tmp_path, monkeypatch):
+    """The table that is checked is the table that is written: one parse per file (a CSV's
+    header read aside), JSON lines included, whose keys are known only from the whole file."""
+    import capmix.sources as sources
+
+    parsed = []
+    for name in ("_read_jsonl", "_read_delimited"):
+        original = getattr(sources, name)
+        monkeypatch.setattr(sources, name, lambda path, *a, _o=original: (
+            parsed.append(Path(path).name), _o(path, *a))[1])
+    paths = [write(ROWS, tmp_path / f"t.{fmt}", fmt) for fmt in ("jsonl", "csv")]
+    for path in paths:
+        source = {**TABLE, "path": str(path)}
+        build_metadata("t", source, source_files(source, [path]), tmp_path / path.suffix[1:])
+    assert parsed == ["t.jsonl", "t.csv"]
+
+
 def test_table_from_a_url_is_downloaded_once(tmp_path):
     path = write(ROWS, tmp_path / "remote" / "cc.tsv", "tsv")
     source = {**TABLE, "path": path.as_uri()}

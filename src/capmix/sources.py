@@ -486,7 +486,11 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
     try:
         for index, file in enumerate(files):
             try:
-                present = file_columns(file.path, file.fmt)
+                # JSON lines have no header: their keys are known only from the whole file,
+                # so that one parse is kept and its columns selected below.
+                whole = read_table(file.path, file.fmt) if file.fmt == "jsonl" else None
+                present = (whole.column_names if whole is not None
+                           else file_columns(file.path, file.fmt))
                 keep = keep_list(source, present, colmap)
                 column_problems = check_columns(file.path, present, colmap, keep)
                 for key, column in (required or {}).items():
@@ -504,8 +508,9 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                 needed = [c for c in dict.fromkeys((colmap.uid, colmap.url, colmap.text))
                           if c]
                 fast = _is_fast(file, source, colmap, present)
-                table = read_table(file.path, file.fmt,
-                                   needed if fast else list(dict.fromkeys(needed + keep)))
+                wanted = needed if fast else list(dict.fromkeys(needed + keep))
+                table = (whole.select(wanted) if whole is not None
+                         else read_table(file.path, file.fmt, wanted))
                 uids, urls, texts = core_columns(file.path, table, colmap)
             except MetadataError as exc:
                 problems.append(str(exc))
