@@ -110,13 +110,16 @@ def test_redirects_inward_are_refused(monkeypatch):
     public here); its redirects to this machine, private networks, cloud metadata or other
     schemes are refused, and one to another public URL (itself) is followed."""
     monkeypatch.setattr(fetch_limits, "is_internal", lambda address: str(address) != "127.0.0.1")
-    monkeypatch.setattr(fetch_limits, "_limits", UrlLimits(
-        max_body_bytes=10**6, deadline_s=5, max_image_area=10**7, allow_internal=False))
-    with FaultServer(max_seconds=4) as server:
-        _, body, error = guarded_download_image((0, server.url("redirect")), 2, None, None)
-        assert error is None and body is not None and server.requested("png") == 1
-        for fault, (_, reason) in INWARD_REDIRECTS.items():
-            _, body, error = guarded_download_image((0, server.url(fault)), 2, None, None)
-            assert body is None and failure_reason("failed_to_download", error) == reason, (
-                fault, error)
-        assert server.requested("png") == 1  # 127.0.0.2 (same port) never reached
+    fetch_limits.set_limits(UrlLimits(max_body_bytes=10**6, deadline_s=5, max_image_area=10**7,
+                                      allow_internal=False))
+    try:
+        with FaultServer(max_seconds=4) as server:
+            _, body, error = guarded_download_image((0, server.url("redirect")), 2, None, None)
+            assert error is None and body is not None and server.requested("png") == 1
+            for fault, (_, reason) in INWARD_REDIRECTS.items():
+                _, body, error = guarded_download_image((0, server.url(fault)), 2, None, None)
+                assert body is None and failure_reason("failed_to_download", error) == reason, (
+                    fault, error)
+            assert server.requested("png") == 1  # 127.0.0.2 (same port) never reached
+    finally:
+        fetch_limits.set_limits(None)

@@ -60,6 +60,12 @@ class UrlLimits:
 _limits: UrlLimits | None = None
 
 
+def set_limits(limits: UrlLimits | None) -> None:
+    """Set the limits :func:`guarded_download_image` applies in this process (None: none)."""
+    global _limits
+    _limits = limits
+
+
 def _oversized(data: bytes, max_image_area: int) -> str | None:
     """Why the image is too large to decode, from its header alone; None if it is not (or if
     PIL cannot read the header: img2dataset's decoder then decides)."""
@@ -181,7 +187,6 @@ class GuardedDownloader(Downloader):
         self.limits = limits
 
     def __call__(self, row: Any) -> Any:
-        global _limits
-        _limits = self.limits
+        set_limits(self.limits)
         img2dataset_downloader.download_image = guarded_download_image
         return super().__call__(row)
