@@ -36,10 +36,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from capmix.caption import RunSettings, caption_files, caption_pool, resolve_device  # noqa: E402
+from capmix.caption import RunSettings, caption_files, caption_pool  # noqa: E402
 from capmix.captioners import Blip2Captioner, load_captioner  # noqa: E402
 from capmix.config import pipeline_config  # noqa: E402
 from capmix.fetch import FetchSettings, fetch_pool  # noqa: E402
+from capmix.modelrun import resolve_device  # noqa: E402
 from capmix.score import (  # noqa: E402
     embed_pool_images,
     load_scorer,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from capmix.modelrun import resolve_device
 from capmix.provenance import provenance_record, write_json
 from capmix.shards import (
     Progress,
@@ -60,16 +61,6 @@ class RunSettings:
     def from_config(cls, settings: Mapping[str, Any]) -> RunSettings:
         return cls(**{k: settings[k] for k in ("batch_size", "device", "precision", "workers")
                       if k in settings})
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` = CUDA when torch can use it. CUDA_VISIBLE_DEVICES alone proves nothing
-    (SLURM sets it for a fake GPU gres too)."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def decoding_for(spec: Mapping[str, Any], temperature: float) -> Decoding:

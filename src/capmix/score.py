@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
-from capmix.caption import RunSettings, resolve_device
+from capmix.caption import RunSettings
+from capmix.modelrun import autocast, load_open_clip, low_precision_dtype, resolve_device
 from capmix.provenance import provenance_record, write_json
 from capmix.shards import (
     Progress,
@@ -61,14 +62,9 @@ class Scorer:
     device: str
     autocast_dtype: torch.dtype | None = None
 
-    def _autocast(self):  # type: ignore[no-untyped-def]
-        if self.autocast_dtype is None:
-            return torch.autocast("cpu", enabled=False)
-        return torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype)
-
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
-        with self._autocast():
+        with autocast(self.device, self.autocast_dtype):
             features = self.model.encode_image(pixels.to(self.device), normalize=True)
         return features.float().cpu().numpy()
 
@@ -77,7 +73,7 @@ class Scorer:
         chunks = []
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
-            with self._autocast():
+            with autocast(self.device, self.autocast_dtype):
                 chunks.append(self.model.encode_text(tokens, normalize=True).float().cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), "float32")
 
@@ -85,22 +81,14 @@ class Scorer:
 def load_scorer(name: str, spec: Mapping[str, Any], device: str = "cpu",
                 precision: str = "fp32") -> Scorer:
     """Load an open_clip scorer (a built-in name + pretrained tag, or ``local-dir:``)."""
-    import open_clip
-
     model_name, pretrained = spec["model"], spec.get("pretrained")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device)
-        tokenizer = open_clip.get_tokenizer(model_name)
+        loaded = load_open_clip(model_name, pretrained, device)
     except Exception as error:  # noqa: BLE001 - any load failure becomes one clear message
         raise ScorerLoadError(f"scorer '{name}': cannot load model '{model_name}' "
                               f"(pretrained={pretrained!r}): {error}") from error
-    model.eval()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    if dtype is not None and not device.startswith("cuda"):
-        log.info("scorer %s: precision %s requested on %s; running fp32", name, precision, device)
-        dtype = None
-    return Scorer(name, model, preprocess, tokenizer, device, dtype)
+    dtype = low_precision_dtype(precision, device, f"scorer {name}")
+    return Scorer(name, loaded.model, loaded.preprocess, loaded.tokenizer, device, dtype)
 
 
 # ------------------------------------------------------------------ image embeddings

@@ -1,0 +1,87 @@
+"""Running an open_clip model: which device, which precision, and loading it with its tokenizer.
+
+The scoring stage (:class:`capmix.score.Scorer`) and the evaluation stage
+(:class:`capmix.evaluate.EvalModel`) both run an open_clip CLIP; they choose the device, the
+low-precision dtype and the autocast context here, once, so that ``auto``, ``fp16`` and
+``bf16`` mean the same in every stage. The captioning stage resolves ``auto`` here too.
+
+torch and open_clip are imported inside the functions: the captioning module imports
+:func:`resolve_device` at module level, and its file helpers are used by jobs that never load
+a model (and would otherwise each pay torch's import time).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` = CUDA when torch can use it. CUDA_VISIBLE_DEVICES alone proves nothing
+    (SLURM sets it for a fake GPU gres too)."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def torch_device_type(device: str) -> str:
+    """The device type torch's autocast and clip_benchmark take: ``cuda:1`` -> ``cuda``."""
+    return device.split(":")[0]
+
+
+def low_precision_dtype(precision: str, device: str, who: str) -> torch.dtype | None:
+    """The dtype to autocast to for ``precision`` (``fp16``, ``bf16``), or None for fp32.
+
+    Low precision is a CUDA setting: on any other device (and for any other precision name)
+    the model runs fp32, and a requested fp16/bf16 is logged as not applied, naming ``who``.
+    """
+    import torch
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    if dtype is not None and not device.startswith("cuda"):
+        log.info("%s: precision %s requested on %s; running fp32", who, precision, device)
+        dtype = None
+    return dtype
+
+
+def autocast(device: str, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    """The context a forward pass runs in: autocast to ``dtype`` on ``device``, or, for None,
+    autocast explicitly off (fp32 even inside a caller's autocast region)."""
+    import torch
+
+    if dtype is None:
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast(torch_device_type(device), dtype=dtype)
+
+
+@dataclass(frozen=True)
+class OpenClipParts:
+    """An open_clip model in eval mode with the image transform and tokenizer made for it."""
+
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+
+
+def load_open_clip(model_name: str, pretrained: str | None, device: str) -> OpenClipParts:
+    """open_clip's model ``model_name`` (a built-in name or ``local-dir:PATH``) with its
+    validation transform and tokenizer, the weights of ``pretrained`` (a tag or a file; None
+    for open_clip's initialisation) on ``device``, in eval mode.
+
+    Errors are open_clip's own; callers name what they were loading.
+    """
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        model_name, pretrained=pretrained, device=device)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return OpenClipParts(model.eval(), preprocess, tokenizer)
