@@ -18,30 +18,27 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from capmix.config import pipeline_config
-from capmix.evaluate import (
+from capmix.config import load_schema, pipeline_config
+from capmix.evaldata import (
     HF_PARQUET_REVISION,
+    EvalDataError,
+    fetch_task,
+    write_retrieval_task,
+    write_toy_task,
+)
+from capmix.evalmetrics import face_metrics, group_metric, winogavil_metrics, winogavil_prompt
+from capmix.evaluate import EvalModel, evaluate_model, load_model, run_task
+from capmix.suites import (
+    PROTOCOLS,
     TASK_MANIFEST,
     EvalConfigError,
-    EvalDataError,
-    EvalModel,
     Suite,
     Task,
     aggregate,
     eval_problems,
-    evaluate_model,
-    face_metrics,
-    fetch_task,
-    group_metric,
-    load_model,
     load_suite,
     read_results,
-    run_task,
     toy_eval_tasks,
-    winogavil_metrics,
-    winogavil_prompt,
-    write_retrieval_task,
-    write_toy_task,
 )
 
 DIM = 16  # embedding size of the oracle model (items 0..14, dimension 15 = "maybe")
@@ -127,6 +124,13 @@ def test_suite_config_errors_name_suite_and_task(config):
     assert "unknown suite 'no_such_suite'" in problems
     with pytest.raises(EvalConfigError, match="unknown eval suite 'nope'"):
         load_suite(config, "nope")
+
+
+def test_schema_allows_exactly_the_protocols_evaluation_runs():
+    # PROTOCOLS is defined once (capmix.suites); the schema's enum must not drift from it.
+    schema = load_schema()
+    task = schema["$defs"]["eval_suite"]["properties"]["tasks"]["items"]
+    assert task["properties"]["protocol"]["enum"] == list(PROTOCOLS)
 
 
 # ------------------------------------------------------------------ the aggregator
@@ -346,7 +350,7 @@ def test_retrieval_written_and_read_in_clip_benchmark_format(tmp_path, oracle):
 
 
 def test_winogavil_written_and_evaluated(tmp_path, oracle):
-    from capmix.evaluate import write_winogavil_task
+    from capmix.evaldata import write_winogavil_task
 
     # Instance 1: 5 candidates, the cue names c0's image, which is the association.
     # Instance 2: 6 candidates, the cue names c2's image, but the association is c1.

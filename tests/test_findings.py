@@ -92,7 +92,7 @@ def pool_config():
 
 
 def aggregate(average, imagenet, retrieval, missing=None):
-    """An eval aggregate JSON as capmix.evaluate.aggregate writes it (the fields read)."""
+    """An eval aggregate JSON as capmix.suites.aggregate writes it (the fields read)."""
     return {"aggregates": {"Average": average, "ImageNet": imagenet, "Retrieval": retrieval},
             "main_metrics": {"toy ImageNet": imagenet, "toy retrieval": retrieval},
             "missing": missing or {}, "toy": True}

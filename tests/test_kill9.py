@@ -214,7 +214,8 @@ def test_fetch_killed_mid_round(tmp_path):
 
 def test_evaluate_killed_between_tasks(tmp_path):
     import capmix.evaluate as evaluate
-    from capmix.evaluate import EvalModel, evaluate_model, read_results
+    from capmix.evaluate import EvalModel, evaluate_model
+    from capmix.suites import read_results
     from tests.test_evaluate import OracleClip, oracle_preprocess, oracle_tokenizer, tiny_suite
 
     suite, data = tiny_suite(tmp_path)

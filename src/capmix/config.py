@@ -144,9 +144,9 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"{where}.scorer': targets {sorted(targets & {'scores', 'quality'})} "
                             f"need a scorer for pool '{pool['name']}'")
     from capmix.captionsets import temperature_problems
-    from capmix.evaluate import eval_problems
     from capmix.findings import findings_problems
     from capmix.mix import strategy_problems
+    from capmix.suites import eval_problems
     from capmix.train import train_problems
 
     return (problems + temperature_problems(config) + strategy_problems(config)

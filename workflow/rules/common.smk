@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from capmix.captionsets import pool_caption_sets  # noqa: E402
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
-from capmix.evaluate import (  # noqa: E402
+from capmix.suites import (  # noqa: E402
     TASK_MANIFEST,
     load_suite,
     real_eval_data_dirs,
@@ -269,7 +269,7 @@ def train_inputs(wildcards):
 
 
 def pool_suite(pool):
-    """The evaluation suite of a pool (capmix.evaluate.Suite)."""
+    """The evaluation suite of a pool (capmix.suites.Suite)."""
     evaluation = POOLS[pool]["eval"]
     if not evaluation:
         raise WorkflowError(f"pool '{pool}' has no eval.suite, so it evaluates no models")

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from capmix.evaluate import fetch_task, load_suite
+from capmix.evaldata import fetch_task
 from capmix.logs import setup_logging
+from capmix.suites import load_suite
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821

@@ -3,8 +3,9 @@
 import json
 from pathlib import Path
 
-from capmix.evaluate import evaluate_model, load_model, load_suite
+from capmix.evaluate import evaluate_model, load_model
 from capmix.logs import setup_logging
+from capmix.suites import load_suite
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821

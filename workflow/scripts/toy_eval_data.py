@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from capmix.evaluate import load_suite, write_toy_task
+from capmix.evaldata import write_toy_task
 from capmix.logs import setup_logging
+from capmix.suites import load_suite
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
