@@ -24,15 +24,13 @@ from capmix.mix import (
     Selection,
     build_mix_table,
     caption_column,
-    expand_strategies,
-    parse_strategy,
-    pool_strategy_names,
     run_mix_table,
     run_subset,
     score_column,
     select,
     sort_scores,
 )
+from capmix.strategies import expand_strategies, parse_strategy, pool_strategy_names
 
 UIDS = [f"{i:032x}" for i in range(10)]
 RAW = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]

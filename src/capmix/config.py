@@ -146,7 +146,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     from capmix.captionsets import temperature_problems
     from capmix.evaluate import eval_problems
     from capmix.findings import findings_problems
-    from capmix.mix import strategy_problems
+    from capmix.strategies import strategy_problems
     from capmix.train import train_problems
 
     return (problems + temperature_problems(config) + strategy_problems(config)

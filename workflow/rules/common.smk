@@ -20,7 +20,7 @@ from capmix.evaluate import (  # noqa: E402
     toy_eval_tasks,
 )
 from capmix.findings import finding_inputs, plan_findings  # noqa: E402
-from capmix.mix import (  # noqa: E402
+from capmix.strategies import (  # noqa: E402
     expand_strategies,
     pool_needs_clusters,
     pool_sources,
