@@ -97,7 +97,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"config key 'pools': pool name '{name}' is used more than once")
     worlds = config.get("toy_worlds", {})
-    from capmix.toyworld import validate_spec
+    from capmix.toyspec import validate_spec
 
     for name, spec in sorted(worlds.items()):
         try:

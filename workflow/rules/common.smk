@@ -27,7 +27,7 @@ from capmix.strategies import (  # noqa: E402
     pool_strategy_names,
 )
 from capmix.sources import allows_local_urls, needs_download  # noqa: E402
-from capmix.toyworld import SPLITS  # noqa: E402
+from capmix.toyspec import SPLITS  # noqa: E402
 from capmix.train import load_scale, pool_train_strategies  # noqa: E402
 from capmix.workflow import export_package_path  # noqa: E402
 
