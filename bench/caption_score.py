@@ -47,7 +47,8 @@ from capmix.score import (  # noqa: E402
     score_pool_caption_set,
 )
 from capmix.sources import build_metadata, source_files  # noqa: E402
-from capmix.toyworld import SPLITS, generate_world  # noqa: E402
+from capmix.toyspec import SPLITS  # noqa: E402
+from capmix.toyworld import generate_world  # noqa: E402
 
 
 def real_size_blip2(device: str, precision: str) -> Blip2Captioner:

@@ -20,7 +20,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from capmix.config import pipeline_config  # noqa: E402
 from capmix.fetch import FetchSettings, fetch_pool  # noqa: E402
 from capmix.sources import build_metadata, source_files  # noqa: E402
-from capmix.toyworld import SPLITS, generate_world  # noqa: E402
+from capmix.toyspec import SPLITS  # noqa: E402
+from capmix.toyworld import generate_world  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

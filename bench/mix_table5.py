@@ -48,16 +48,14 @@ import pandas as pd
 from capmix.config import pipeline_config
 from capmix.mix import (
     CLUSTER_COLUMN,
-    Strategy,
     caption_column,
-    expand_strategies,
-    parse_strategy,
     score_column,
     select,
     sort_scores,
     write_subset,
 )
 from capmix.provenance import provenance_record
+from capmix.strategies import Strategy, expand_strategies, parse_strategy
 
 TABLE5_FAMILIES = (
     "raw_top",

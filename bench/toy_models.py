@@ -29,14 +29,15 @@ from PIL import Image
 
 from capmix import toymodels as tm
 from capmix.config import pipeline_config
-from capmix.toyworld import CLASSNAMES, COLOURS, tokens
+from capmix.toyspec import CLASSNAMES, COLOURS, tokens
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = 200  # held-out images per quality check
 
 
 def _world(root: Path, config: dict[str, Any], name: str, seed: int) -> Path:
-    from capmix.toyworld import SPLITS, generate_world
+    from capmix.toyspec import SPLITS
+    from capmix.toyworld import generate_world
 
     spec = json.loads(json.dumps(config["toy_worlds"][name]))
     kept = {"pretrain", "coco"}

@@ -6,7 +6,7 @@ from capmix.captionsets import (
     pool_temperatures,
     temperature_problems,
 )
-from capmix.mix import source_caption_sets
+from capmix.strategies import source_caption_sets
 
 CAPTIONERS = {"cap": {"temperatures": [0.5, 0.75, 1, 1.5]}, "coco": {"temperatures": [0.75]}}
 

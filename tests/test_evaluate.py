@@ -451,7 +451,8 @@ def test_missing_or_short_data_fails_before_any_task_runs(tmp_path, oracle):
 def test_toy_tasks_from_a_toy_world(tmp_path, config):
     from clip_benchmark.datasets.builder import build_wds_dataset
 
-    from capmix.toyworld import CLASSNAMES, generate_world
+    from capmix.toyspec import CLASSNAMES
+    from capmix.toyworld import generate_world
 
     spec = json.loads(json.dumps(config["toy_worlds"]["smoke"]))
     spec["splits"] = {k: 0 for k in spec["splits"]}

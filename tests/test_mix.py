@@ -24,15 +24,13 @@ from capmix.mix import (
     Selection,
     build_mix_table,
     caption_column,
-    expand_strategies,
-    parse_strategy,
-    pool_strategy_names,
     run_mix_table,
     run_subset,
     score_column,
     select,
     sort_scores,
 )
+from capmix.strategies import expand_strategies, parse_strategy, pool_strategy_names
 
 UIDS = [f"{i:032x}" for i in range(10)]
 RAW = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
@@ -487,3 +485,16 @@ def test_set_algebra_of_the_mixing_strategies(frame, fraction):
     for family in ("raw_top_plus_synthetic_top", "synthetic_top_in1k"):
         selection = family_select(family, fraction, frame)
         assert list(selection.image_uids) == sorted(set(selection.samples["uid"]))
+
+
+def test_strategies_as_data_stay_light() -> None:
+    """The config checker and the Snakefile import capmix.strategies: no numpy, pandas, ..."""
+    import subprocess
+    import sys
+
+    code = ("import sys, capmix.strategies; "
+            "print(sorted(m for m in ('numpy', 'PIL', 'pandas', 'pyarrow', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

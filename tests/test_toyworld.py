@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from capmix import toycaptions, toydraw, toyscenes, toyspec
 from capmix import toyworld as tw
 
 SEED = 7
@@ -54,8 +55,8 @@ SPEC: dict[str, Any] = {
 
 SIZE_POSITION_WORDS = {"small", "medium", "large", "left", "right", "top", "bottom", "center"}
 SIZE_POSITION_WORDS.add("corner")
-COLOUR_WORDS = set(tw.COLOURS) | set(tw.NEUTRALS)
-SHAPE_WORDS = set(tw.CLASSNAMES)
+COLOUR_WORDS = set(toyspec.COLOURS) | set(toyspec.NEUTRALS)
+SHAPE_WORDS = set(toyspec.CLASSNAMES)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -74,7 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
 @pytest.fixture(scope="module")
 def tables(world: tuple[Path, dict[str, Any]]) -> dict[str, pd.DataFrame]:
     out, _ = world
-    return {split: pd.read_parquet(out / f"{split}.parquet") for split in tw.SPLITS}
+    return {split: pd.read_parquet(out / f"{split}.parquet") for split in toyspec.SPLITS}
 
 
 def test_toy_uid_is_md5_of_coordinates() -> None:
@@ -100,7 +101,7 @@ def test_same_seed_same_bytes_other_seed_differs(
     copy_files = _files(other)
     pngs = {k: v for k, v in before.items() if k.endswith(".png")}
     assert pngs and pngs == {k: v for k, v in copy_files.items() if k.endswith(".png")}
-    for split in tw.SPLITS:
+    for split in toyspec.SPLITS:
         a = pd.read_parquet(out / f"{split}.parquet").drop(columns="url")
         b = pd.read_parquet(other / f"{split}.parquet").drop(columns="url")
         pd.testing.assert_frame_equal(a, b)
@@ -121,7 +122,7 @@ def test_every_split_has_columns_and_rows(
     world: tuple[Path, dict[str, Any]], tables: dict[str, pd.DataFrame]
 ) -> None:
     out, _ = world
-    assert tw.SPLITS == (
+    assert toyspec.SPLITS == (
         "pretrain",
         "coco",
         "pool",
@@ -153,7 +154,7 @@ def test_every_split_has_columns_and_rows(
             assert set(df["caption_mode"]) <= {"right"}
             assert set(df["url_state"]) <= {"ok"}
             assert set(df["image_kind"]) <= {"scene"}
-    assert (out / "classnames.txt").read_text().split("\n")[:-1] == list(tw.CLASSNAMES)
+    assert (out / "classnames.txt").read_text().split("\n")[:-1] == list(toyspec.CLASSNAMES)
 
 
 def test_uids_unique_across_splits(tables: dict[str, pd.DataFrame]) -> None:
@@ -172,9 +173,9 @@ def test_pool_noise_counts_and_files(
     assert states.get("dead", 0) == round(SPEC["dead_url_fraction"] * n)
     assert states.get("corrupt", 0) == round(SPEC["corrupt_file_fraction"] * n)
     assert (pool["image_kind"] == "junk").sum() == round(SPEC["junk_image_fraction"] * n)
-    assert set(pool["caption_mode"]) <= set(tw.CAPTION_MODES)
+    assert set(pool["caption_mode"]) <= set(toyspec.CAPTION_MODES)
     # every mode with a decent probability shows up in 200 rows
-    assert set(pool["caption_mode"]) == set(tw.CAPTION_MODES)
+    assert set(pool["caption_mode"]) == set(toyspec.CAPTION_MODES)
 
     s = SPEC["image_size"]
     for row in pool.itertuples():
@@ -219,19 +220,19 @@ def test_labels_and_attributes(tables: dict[str, pd.DataFrame]) -> None:
                 assert row.shape == row.colour == row.size == row.position == ""
                 assert row.n_objects == 0
                 continue
-            assert 0 <= row.label < len(tw.CLASSNAMES)
-            assert row.classname == tw.CLASSNAMES[row.label] == row.shape
-            assert row.colour in COLOUR_WORDS and row.size in tw.SIZES
-            assert row.position in tw.POSITIONS and row.background
+            assert 0 <= row.label < len(toyspec.CLASSNAMES)
+            assert row.classname == toyspec.CLASSNAMES[row.label] == row.shape
+            assert row.colour in COLOUR_WORDS and row.size in toyspec.SIZES
+            assert row.position in toyspec.POSITIONS and row.background
             assert row.n_objects in (1, 2)
-            words = tw.tokens(row.description)
+            words = toyspec.tokens(row.description)
             assert {row.shape, row.colour, row.size} <= set(words), (split, row.description)
-            assert tw.POSITION_PHRASE[row.position] in row.description
+            assert toyspec.POSITION_PHRASE[row.position] in row.description
             assert row.description.endswith(f"{row.background} background")
     for split in ("in_train", "eval_in", "eval_in_sketch", "eval_in_rendition", "eval_in_clutter"):
         df = tables[split]
         assert (df["n_objects"] == 1).all()
-        assert list(df["label"]) == [i % len(tw.CLASSNAMES) for i in range(len(df))]
+        assert list(df["label"]) == [i % len(toyspec.CLASSNAMES) for i in range(len(df))]
         assert list(df["text"]) == list(df["description"])
     assert (tables["pretrain"]["n_objects"] == 2).any()
     assert (tables["eval_in_sketch"]["colour"] == "black").all()
@@ -242,14 +243,14 @@ def test_labels_and_attributes(tables: dict[str, pd.DataFrame]) -> None:
 def test_coco_captions_are_formulaic(tables: dict[str, pd.DataFrame]) -> None:
     coco = tables["coco"]
     for row in coco.itertuples():
-        words = set(tw.tokens(row.text))
+        words = set(toyspec.tokens(row.text))
         assert not words & SIZE_POSITION_WORDS, row.text
-        assert {row.colour, *tw.tokens(tw.COCO_NAMES[row.shape])} <= words
+        assert {row.colour, *toyspec.tokens(toyspec.COCO_NAMES[row.shape])} <= words
         article = "an" if row.colour[0] in "aeiou" else "a"
-        name = tw.COCO_NAMES[row.shape]
+        name = toyspec.COCO_NAMES[row.shape]
         expected = f"{article} {row.colour} {name} on a {row.background} background."
         assert row.text == expected
-        assert row.n_objects == 1 and row.background in tw.BACKGROUND_COLOURS
+        assert row.n_objects == 1 and row.background in toyspec.BACKGROUND_COLOURS
 
 
 def test_pretrain_captions_are_diverse_but_complete(tables: dict[str, pd.DataFrame]) -> None:
@@ -257,58 +258,59 @@ def test_pretrain_captions_are_diverse_but_complete(tables: dict[str, pd.DataFra
     starts = {" ".join(t.split()[:2]) for t in pretrain["text"]}
     assert len(starts) >= 4  # several templates in use
     for row in pretrain.itertuples():
-        assert {row.shape, row.colour, row.size} <= set(tw.tokens(row.text))
+        assert {row.shape, row.colour, row.size} <= set(toyspec.tokens(row.text))
 
 
 def test_coco_names_narrow_the_vocabulary() -> None:
     # Some classes are only called by their supercategory in the COCO-style split, as COCO
     # says "a bird" where ImageNet has species; every class belongs to exactly one group.
-    members = [s for group in tw.SUPERCATEGORIES.values() for s in group]
-    assert sorted(members) == sorted(tw.CLASSNAMES)
-    coarse = {s for s, name in tw.COCO_NAMES.items() if name != s}
-    assert coarse and coarse != set(tw.CLASSNAMES)
+    members = [s for group in toyspec.SUPERCATEGORIES.values() for s in group]
+    assert sorted(members) == sorted(toyspec.CLASSNAMES)
+    coarse = {s for s, name in toyspec.COCO_NAMES.items() if name != s}
+    assert coarse and coarse != set(toyspec.CLASSNAMES)
     for shape in coarse:
-        assert tw.COCO_NAMES[shape] in tw.SUPERCATEGORIES
-        assert shape in tw.SUPERCATEGORIES[tw.COCO_NAMES[shape]]
+        assert toyspec.COCO_NAMES[shape] in toyspec.SUPERCATEGORIES
+        assert shape in toyspec.SUPERCATEGORIES[toyspec.COCO_NAMES[shape]]
 
 
 def test_captions_leave_out_attributes_but_always_name_the_class(tmp_path: Path) -> None:
     spec = copy.deepcopy(SPEC)
-    spec["splits"] = {split: 0 for split in tw.SPLITS} | {"pretrain": 300}
+    spec["splits"] = {split: 0 for split in toyspec.SPLITS} | {"pretrain": 300}
     spec["attribute_mention_probability"] = 0.5
     tw.generate_world(tmp_path / "w", spec, SEED)
     pretrain = pd.read_parquet(tmp_path / "w" / "pretrain.parquet")
     stated = {"size": 0, "colour": 0}
     for row in pretrain.itertuples():
-        words = set(tw.tokens(row.text))
+        words = set(toyspec.tokens(row.text))
         assert row.shape in words, row.text
         stated["size"] += row.size in words
         stated["colour"] += row.colour in words
-        assert {row.shape, row.colour, row.size} <= set(tw.tokens(row.description))
+        assert {row.shape, row.colour, row.size} <= set(toyspec.tokens(row.description))
     for attribute, count in stated.items():
         assert 0.3 < count / len(pretrain) < 0.7, attribute
     rng = np.random.default_rng(0)
-    assert tw.sample_mentions(rng, 1.0) == tw.ALL_ATTRIBUTES
-    assert tw.sample_mentions(rng, 0.0) == frozenset()
+    assert toycaptions.sample_mentions(rng, 1.0) == toycaptions.ALL_ATTRIBUTES
+    assert toycaptions.sample_mentions(rng, 0.0) == frozenset()
 
 
 def test_describe_states_only_the_mentioned_attributes() -> None:
-    obj = tw.SceneObject("star", "yellow", "large", "top left")
-    scene = tw.Scene((obj,), "gray", "striped")
-    full = tw.describe(scene)
+    obj = toyscenes.SceneObject("star", "yellow", "large", "top left")
+    scene = toyscenes.Scene((obj,), "gray", "striped")
+    full = toycaptions.describe(scene)
     assert full == "a large yellow star in the top left corner of a striped gray background"
-    assert tw.describe(scene, "canonical", frozenset()) == "a star"
-    assert tw.describe(scene, "showing", frozenset({"colour"})) == "an image showing a yellow star"
-    assert tw.describe(scene, "colour_first", frozenset({"size", "background"})) == (
+    assert toycaptions.describe(scene, "canonical", frozenset()) == "a star"
+    assert toycaptions.describe(scene, "showing", frozenset({"colour"})) == (
+        "an image showing a yellow star")
+    assert toycaptions.describe(scene, "colour_first", frozenset({"size", "background"})) == (
         "a star of large size of a striped gray background")
     # The COCO-like template: never size or position; colour and background when mentioned.
-    assert tw.describe(scene, "coco") == "a yellow star on a striped gray background."
-    assert tw.describe(scene, "coco", frozenset({"size", "position"})) == "a star."
-    assert tw.describe(scene, "coco", frozenset({"background"})) == (
+    assert toycaptions.describe(scene, "coco") == "a yellow star on a striped gray background."
+    assert toycaptions.describe(scene, "coco", frozenset({"size", "position"})) == "a star."
+    assert toycaptions.describe(scene, "coco", frozenset({"background"})) == (
         "a star on a striped gray background.")
-    for style in tw.DESCRIPTION_STYLES:
-        for mentions in (frozenset(), frozenset({"position"}), tw.ALL_ATTRIBUTES):
-            words = set(tw.tokens(tw.describe(scene, style, mentions)))
+    for style in toyspec.DESCRIPTION_STYLES:
+        for mentions in (frozenset(), frozenset({"position"}), toycaptions.ALL_ATTRIBUTES):
+            words = set(toyspec.tokens(toycaptions.describe(scene, style, mentions)))
             assert "star" in words
             assert ("yellow" in words) == ("colour" in mentions)
             assert ("large" in words) == ("size" in mentions)
@@ -317,32 +319,35 @@ def test_describe_states_only_the_mentioned_attributes() -> None:
 
 
 def test_typical_colours() -> None:
-    assert set(tw.TYPICAL_COLOURS) == set(tw.CLASSNAMES)
-    assert set(tw.TYPICAL_COLOURS.values()) <= set(tw.COLOURS)
+    assert set(toyspec.TYPICAL_COLOURS) == set(toyspec.CLASSNAMES)
+    assert set(toyspec.TYPICAL_COLOURS.values()) <= set(toyspec.COLOURS)
     rng = np.random.default_rng(3)
     for profile, expected in (("imagenet", 0.8), ("coco", 0.8), ("web", 0.8)):
-        scenes = [tw.sample_scene(rng, profile, shape="hexagon", typical_colour_probability=0.8)
+        scenes = [toyscenes.sample_scene(rng, profile, shape="hexagon",
+                                         typical_colour_probability=0.8)
                   for _ in range(400)]
         typical = np.mean([s.main.colour == "brown" for s in scenes])
         # the typical colour, plus the 1/8 of the rest that draw it by chance
-        assert abs(typical - (expected + (1 - expected) / len(tw.COLOURS))) < 0.06, profile
+        assert abs(typical - (expected + (1 - expected) / len(toyspec.COLOURS))) < 0.06, profile
         for s in scenes:  # the background is always one the object stands out on
-            assert s.main.colour in tw._contrasting(s.background_colour, (s.main.colour,))
-    renditions = [tw.sample_scene(rng, "rendition", shape="hexagon",
-                                  typical_colour_probability=1.0) for _ in range(100)]
+            assert s.main.colour in toyscenes.contrasting_colours(s.background_colour,
+                                                                  (s.main.colour,))
+    renditions = [toyscenes.sample_scene(rng, "rendition", shape="hexagon",
+                                         typical_colour_probability=1.0) for _ in range(100)]
     assert all(s.main.colour != "brown" for s in renditions)
-    sketches = [tw.sample_scene(rng, "sketch", typical_colour_probability=1.0) for _ in range(20)]
+    sketches = [toyscenes.sample_scene(rng, "sketch", typical_colour_probability=1.0)
+                for _ in range(20)]
     assert all(s.main.colour == "black" for s in sketches)
-    plain = [tw.sample_scene(rng, "imagenet", shape="circle") for _ in range(400)]
+    plain = [toyscenes.sample_scene(rng, "imagenet", shape="circle") for _ in range(400)]
     assert np.mean([s.main.colour == "red" for s in plain]) < 0.25
 
 
 def test_pool_caption_modes_mean_what_they_say(tables: dict[str, pd.DataFrame]) -> None:
     pool = tables["pool"]
-    visual = tw.visual_words()
+    visual = toyspec.visual_words()
     seen = set()
     for row in pool.itertuples():
-        words = set(tw.tokens(row.text))
+        words = set(toyspec.tokens(row.text))
         mode = row.caption_mode
         seen.add((mode, row.image_kind))
         if mode in ("non_visual", "boilerplate"):
@@ -365,23 +370,24 @@ def test_pool_caption_modes_mean_what_they_say(tables: dict[str, pd.DataFrame]) 
 
 
 def test_noise_generators_never_leak_visual_words() -> None:
-    visual = tw.visual_words()
+    visual = toyspec.visual_words()
     rng = np.random.default_rng(0)
     for _ in range(3000):
-        for text in (tw.non_visual_caption(rng), tw.boilerplate_caption(rng)):
-            assert text and not set(tw.tokens(text)) & visual, text
+        for text in (toycaptions.non_visual_caption(rng), toycaptions.boilerplate_caption(rng)):
+            assert text and not set(toyspec.tokens(text)) & visual, text
 
 
 def test_partial_captions_are_partly_right() -> None:
     rng = np.random.default_rng(1)
     for _ in range(300):
-        scene = tw.sample_scene(rng, "web")
-        text = tw.partial_caption(scene, rng)
-        words = set(tw.tokens(text))
+        scene = toyscenes.sample_scene(rng, "web")
+        text = toycaptions.partial_caption(scene, rng)
+        words = set(toyspec.tokens(text))
         assert words & {scene.main.shape, scene.main.colour}, text
-        if scene.main.shape in words and words & set(tw.COLOURS) - {scene.main.colour}:
+        if scene.main.shape in words and words & set(toyspec.COLOURS) - {scene.main.colour}:
             continue  # wrong colour (or a second object's colour)
-        assert text.lower().rstrip(".! ") != tw.describe(scene) or " - " in text or "|" in text
+        assert (text.lower().rstrip(".! ") != toycaptions.describe(scene) or " - " in text
+                or "|" in text)
 
 
 def test_retrieval_captions(tables: dict[str, pd.DataFrame]) -> None:
@@ -391,7 +397,7 @@ def test_retrieval_captions(tables: dict[str, pd.DataFrame]) -> None:
         assert len(caps) == k == len(set(caps))
         assert row.text == caps[0]
         for cap in caps:
-            assert {row.shape, row.colour, row.size} <= set(tw.tokens(cap))
+            assert {row.shape, row.colour, row.size} <= set(toyspec.tokens(cap))
 
 
 def test_manifest_agrees_with_tables(
@@ -411,7 +417,7 @@ def test_manifest_agrees_with_tables(
         counts = {k: v for k, v in manifest[key].items() if v}
         assert counts == pool[col].value_counts().to_dict(), key
     assert sum(manifest["pool_caption_mode_counts"].values()) == len(pool)
-    for split in tw.SPLITS:
+    for split in toyspec.SPLITS:
         digest = hashlib.sha256((out / f"{split}.parquet").read_bytes()).hexdigest()
         assert manifest["sha256"][f"{split}.parquet"] == digest
     text = (out / "manifest.json").read_text()
@@ -420,7 +426,7 @@ def test_manifest_agrees_with_tables(
 
 def test_regenerating_removes_stale_images(tmp_path: Path) -> None:
     spec = copy.deepcopy(SPEC)
-    spec["splits"] = {s: 0 for s in tw.SPLITS} | {"pool": 40, "coco": 5}
+    spec["splits"] = {s: 0 for s in toyspec.SPLITS} | {"pool": 40, "coco": 5}
     spec["dead_url_fraction"] = 0.25
     tw.generate_world(tmp_path, spec, 1)
     tw.generate_world(tmp_path, spec, 2)
@@ -453,17 +459,17 @@ def test_invalid_spec_names_the_key(tmp_path: Path, key: str, value: Any) -> Non
 
 def _object_pixels(img: Image.Image, colour: str) -> np.ndarray:
     arr = np.asarray(img).astype(int)
-    return np.abs(arr - np.array(tw.COLOURS[colour])).sum(axis=-1) < 40
+    return np.abs(arr - np.array(toyspec.COLOURS[colour])).sum(axis=-1) < 40
 
 
-@pytest.mark.parametrize("shape", tw.CLASSNAMES)
+@pytest.mark.parametrize("shape", toyspec.CLASSNAMES)
 def test_drawn_objects_are_visible_where_described(shape: str) -> None:
     areas = {}
-    for size in tw.SIZES:
-        for position in tw.POSITIONS:
-            obj = tw.SceneObject(shape, "red", size, position)
-            scene = tw.Scene((obj,), "white", "plain", detail_seed=3)
-            img = tw.draw_scene(scene, 64)
+    for size in toyspec.SIZES:
+        for position in toyspec.POSITIONS:
+            obj = toyscenes.SceneObject(shape, "red", size, position)
+            scene = toyscenes.Scene((obj,), "white", "plain", detail_seed=3)
+            img = toydraw.draw_scene(scene, 64)
             assert img.mode == "RGB" and img.size == (64, 64)
             mask = _object_pixels(img, "red")
             assert mask.mean() > 0.02, (shape, size, position)
@@ -490,33 +496,33 @@ def test_drawn_objects_are_visible_where_described(shape: str) -> None:
 def test_two_object_scenes_keep_objects_apart() -> None:
     rng = np.random.default_rng(5)
     for _ in range(40):
-        scene = tw.sample_scene(rng, "web")
+        scene = toyscenes.sample_scene(rng, "web")
         if len(scene.objects) != 2:
             continue
         a, b = scene.objects
-        scene = tw.Scene(
+        scene = toyscenes.Scene(
             (
-                tw.SceneObject(a.shape, "red", a.size, a.position),
-                tw.SceneObject(b.shape, "blue", b.size, b.position),
+                toyscenes.SceneObject(a.shape, "red", a.size, a.position),
+                toyscenes.SceneObject(b.shape, "blue", b.size, b.position),
             ),
             "white",
         )
-        img = tw.draw_scene(scene, 64, 96)
+        img = toydraw.draw_scene(scene, 64, 96)
         assert _object_pixels(img, "red").sum() > 50 and _object_pixels(img, "blue").sum() > 50
         assert not a.size == b.size == "large"
 
 
 def test_draw_scene_is_deterministic_and_profiles_differ() -> None:
     rng = np.random.default_rng(0)
-    for profile in tw.PROFILES:
-        scene = tw.sample_scene(rng, profile)
+    for profile in toyspec.PROFILES:
+        scene = toyscenes.sample_scene(rng, profile)
         assert np.array_equal(
-            np.asarray(tw.draw_scene(scene, 48)), np.asarray(tw.draw_scene(scene, 48))
+            np.asarray(toydraw.draw_scene(scene, 48)), np.asarray(toydraw.draw_scene(scene, 48))
         )
-    sketch = tw.draw_scene(tw.sample_scene(rng, "sketch", shape="star"), 64)
+    sketch = toydraw.draw_scene(toyscenes.sample_scene(rng, "sketch", shape="star"), 64)
     assert np.asarray(sketch).mean() > 180  # dark lines on a light background
-    for kind in tw.JUNK_KINDS:
-        img = tw.draw_junk(kind, 70, 50, np.random.default_rng(0))
+    for kind in toyspec.JUNK_KINDS:
+        img = toydraw.draw_junk(kind, 70, 50, np.random.default_rng(0))
         assert img.mode == "RGB" and img.size == (70, 50)
 
 
@@ -528,7 +534,7 @@ def test_nocaps_references_are_coco_style_and_canonical(
     for _, row in nocaps.iterrows():
         coco_ref, canonical = list(row["captions"])
         assert row["text"] == coco_ref and canonical == row["description"]
-        assert not set(tw.tokens(coco_ref)) & SIZE_POSITION_WORDS
+        assert not set(toyspec.tokens(coco_ref)) & SIZE_POSITION_WORDS
 
 
 def test_optional_world_settings_default_as_the_schema_says() -> None:
@@ -538,5 +544,35 @@ def test_optional_world_settings_default_as_the_schema_says() -> None:
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     properties = schema["$defs"]["toy_world"]["properties"]
-    for key, default in tw.OPTIONAL_FRACTIONS.items():
+    for key, default in toyspec.OPTIONAL_FRACTIONS.items():
         assert properties[key]["default"] == default, key
+
+
+def test_the_schema_lists_the_toy_splits_of_the_code() -> None:
+    """The splits are defined once (toyspec.SPLITS); the schema's two lists must agree."""
+    import yaml
+
+    from capmix.config import SCHEMA_PATH
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    world_splits = schema["$defs"]["toy_world"]["properties"]["splits"]
+    assert tuple(world_splits["properties"]) == toyspec.SPLITS
+    assert set(world_splits["required"]) <= set(toyspec.SPLITS)
+    toy_source = next(branch["then"] for branch in schema["$defs"]["source"]["allOf"]
+                      if branch["if"]["properties"]["type"]["const"] == "toy")
+    assert tuple(toy_source["properties"]["split"]["enum"]) == toyspec.SPLITS
+    assert tuple(toyspec.SPLIT_PROFILES) == toyspec.SPLITS
+    assert set(toyspec.SPLIT_PROFILES.values()) <= set(toyspec.PROFILES)
+
+
+def test_the_vocabulary_module_stays_light() -> None:
+    """The config checker and the Snakefile import toyspec: it must not load numpy or PIL."""
+    import subprocess
+    import sys
+
+    code = ("import sys, capmix.toyspec; "
+            "print(sorted(m for m in ('numpy', 'PIL', 'pandas', 'pyarrow', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

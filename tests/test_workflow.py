@@ -157,7 +157,7 @@ def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> Non
     import webdataset as wds
 
     from capmix.config import pipeline_config
-    from capmix.mix import pool_strategy_names
+    from capmix.strategies import pool_strategy_names
 
     config = pipeline_config(workdir / "config" / "smoke.yaml")
     strategies = pool_strategy_names(config, config["pools"][0])

@@ -97,7 +97,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"config key 'pools': pool name '{name}' is used more than once")
     worlds = config.get("toy_worlds", {})
-    from capmix.toyworld import validate_spec
+    from capmix.toyspec import validate_spec
 
     for name, spec in sorted(worlds.items()):
         try:
@@ -145,7 +145,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
                             f"need a scorer for pool '{pool['name']}'")
     from capmix.captionsets import temperature_problems
     from capmix.findings import findings_problems
-    from capmix.mix import strategy_problems
+    from capmix.strategies import strategy_problems
     from capmix.suites import eval_problems
     from capmix.train import train_problems
 

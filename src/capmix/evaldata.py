@@ -249,7 +249,7 @@ def write_toy_task(task: Task, world_dir: Path, directory: Path,
     """
     import pyarrow.parquet as pq
 
-    from capmix.toyworld import CLASSNAMES
+    from capmix.toyspec import CLASSNAMES
 
     table = pq.read_table(Path(world_dir) / f"{task.split}.parquet",
                           columns=["uid", "url", "label", "captions"]).to_pylist()

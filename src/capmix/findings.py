@@ -196,7 +196,7 @@ def _resolve(config: Mapping[str, Any], pool: Mapping[str, Any], spec: Mapping[s
 def _resolve_eval(config: Mapping[str, Any], target: Mapping[str, Any],
                   spec: Mapping[str, Any], side: dict[str, Any], results: str) -> dict[str, Any]:
     """An aggregate or task of one model's evaluation (results/{pool}/eval/*.aggregate.json)."""
-    from capmix.mix import expand_strategies
+    from capmix.strategies import expand_strategies
     from capmix.suites import load_suite
     from capmix.train import pool_train_strategies
 

@@ -13,7 +13,7 @@
   that sets of different sizes compare at equal sample size (trigram counts grow with n).
 * **Ground-truth attributes** (toy world only): how often the set names each attribute of
   the image's main object (shape, colour, size, position, background) at all, and rightly
-  (:func:`capmix.toyworld.attributes_named`): a column no real benchmark can give.
+  (:func:`capmix.toycaptions.attributes_named`): a column no real benchmark can give.
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ def attribute_accuracy(captions: pd.DataFrame, truth: pd.DataFrame) -> dict[str,
     """Toy world: per ground-truth attribute, the share of captions naming it, naming it
     right, and the share right among those naming it.
 
-    ``truth``: uid + the columns of :data:`capmix.toyworld.GROUND_TRUTH_ATTRIBUTES` for the
+    ``truth``: uid + the columns of :data:`capmix.toycaptions.GROUND_TRUTH_ATTRIBUTES` for the
     images that show a scene (junk images have no attributes to name). Only images with a
     caption count.
     """
-    from capmix.toyworld import GROUND_TRUTH_ATTRIBUTES, attributes_named
+    from capmix.toycaptions import GROUND_TRUTH_ATTRIBUTES, attributes_named
 
     joined = truth.merge(captions.dropna(subset=["caption"]), on="uid", how="inner")
     named = {a: [0, 0] for a in GROUND_TRUTH_ATTRIBUTES}
@@ -143,7 +143,7 @@ def write_quality(pool: str, caption_set: str, caption_files: Sequence[Path], sc
 
     from capmix.provenance import provenance_record, write_json
     from capmix.sources import metadata_parts
-    from capmix.toyworld import GROUND_TRUTH_ATTRIBUTES
+    from capmix.toycaptions import GROUND_TRUTH_ATTRIBUTES
 
     captions = pd.concat([pd.read_parquet(f, columns=["uid", "caption"]) for f in caption_files],
                          ignore_index=True)

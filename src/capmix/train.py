@@ -170,7 +170,7 @@ def load_scale(config: Mapping[str, Any], name: str) -> Scale:
 
 def pool_train_strategies(config: Mapping[str, Any], pool: Mapping[str, Any]) -> list[str]:
     """The strategies a pool trains a CLIP on: ``train.strategies`` (families expand), or all."""
-    from capmix.mix import expand_strategies, pool_strategy_names
+    from capmix.strategies import expand_strategies, pool_strategy_names
 
     available = pool_strategy_names(config, pool)
     wanted = (pool.get("train") or {}).get("strategies")
@@ -188,7 +188,7 @@ def pool_train_strategies(config: Mapping[str, Any], pool: Mapping[str, Any]) ->
 
 def train_problems(config: Mapping[str, Any]) -> list[str]:
     """Config checks for training: every scale runs, every pool's scale and strategies exist."""
-    from capmix.mix import expand_strategies, pool_strategy_names
+    from capmix.strategies import expand_strategies, pool_strategy_names
 
     problems = []
     scales = config.get("train_scales") or {}

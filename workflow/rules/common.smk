@@ -20,14 +20,14 @@ from capmix.suites import (  # noqa: E402
     toy_eval_tasks,
 )
 from capmix.findings import finding_inputs, plan_findings  # noqa: E402
-from capmix.mix import (  # noqa: E402
+from capmix.strategies import (  # noqa: E402
     expand_strategies,
     pool_needs_clusters,
     pool_sources,
     pool_strategy_names,
 )
 from capmix.sources import allows_local_urls, needs_download  # noqa: E402
-from capmix.toyworld import SPLITS  # noqa: E402
+from capmix.toyspec import SPLITS  # noqa: E402
 from capmix.train import load_scale, pool_train_strategies  # noqa: E402
 from capmix.workflow import export_package_path  # noqa: E402
 
