@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 
 from capmix import fetch_limits  # noqa: E402
-from capmix.fetch import FetchSettings, failure_reason, fetch_pool  # noqa: E402
+from capmix.fetch import FetchSettings, fetch_pool  # noqa: E402
+from capmix.fetch_reasons import failure_reason  # noqa: E402
 from capmix.sources import build_metadata, source_files  # noqa: E402
 from tests.fault_server import FAULTS, INWARD_REDIRECTS, FaultServer  # noqa: E402
 

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from capmix import fetch_limits
-from capmix.fetch import RETRYABLE_REASONS, FetchSettings, failure_reason, fetch_pool
+from capmix.fetch import FetchSettings, fetch_pool
 from capmix.fetch_limits import UrlLimits, guarded_download_image
+from capmix.fetch_reasons import RETRYABLE_REASONS, failure_reason
 from capmix.sources import build_metadata, source_files
 from tests.fault_server import FAULTS, INWARD_REDIRECTS, FaultServer
 

@@ -137,11 +137,11 @@ def test_train_shards_killed_mid_strategy(fetched_pool, tmp_path):
         import pandas as pd
         import capmix.reshard as rs
 
-        write_shard = rs._write_shard
+        write_shard = rs.write_shard
         def slow(job):
             time.sleep(0.5)
             return write_shard(job)
-        rs._write_shard = slow
+        rs.write_shard = slow
         rs.reshard(pd.read_parquet({str(tmp_path / "samples.parquet")!r}),
                    Path({str(fetched_pool / "index.parquet")!r}),
                    Path({str(fetched_pool / "shards")!r}), Path({str(out)!r}),

@@ -108,7 +108,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
         if (settings or {}).get("vision_from") and kind != "captioner":
             problems.append(f"config key 'toy_models.{kind}.vision_from': only the captioner's "
                             "image tower can start from another toy model")
-    from capmix.fetch import FAILURE_REASONS
+    from capmix.fetch_reasons import FAILURE_REASONS
 
     captioners, scorers = config.get("captioners", {}), config.get("scorers", {})
     targets = set(config.get("targets", []))

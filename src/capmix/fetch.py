@@ -25,7 +25,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from capmix.fetch_reasons import RETRYABLE_REASONS, failure_reason
 from capmix.provenance import provenance_record, write_json
 from capmix.sources import metadata_parts, read_manifest
 
@@ -47,45 +47,6 @@ DEFAULT_QUALITY = {"jpg": 95, "webp": 95, "png": 9}
 ROUND_DONE = "_capmix_round.json"
 FACE_BOX_COLUMN = "face_bboxes"
 
-#: (reason, regex on img2dataset's error message), first match wins.
-DOWNLOAD_REASONS: tuple[tuple[str, str], ...] = (
-    ("not_found", r"No such file|HTTP Error 404|Not Found|HTTP Error 410"),
-    ("forbidden", r"HTTP Error 40[13]|Forbidden|Unauthorized"),
-    ("opted_out", r"X-Robots-Tag|disallowed"),
-    ("redirect_loop", r"infinite loop"),
-    ("body_too_large", r"body too large"),
-    ("deadline_exceeded", r"deadline exceeded"),
-    ("too_large", r"area too large"),
-    ("redirect_refused", r"Redirection to url .* is not allowed"),
-    ("internal_address", r"internal address"),
-    ("rate_limited", r"HTTP Error 429"),
-    ("server_error", r"HTTP Error 5\d\d"),
-    ("timeout", r"timed out|[Tt]imeout"),
-    ("http_error", r"HTTP Error"),
-    ("truncated_body", r"IncompleteRead"),
-    ("connection_error", r"urlopen error|Connection|Name or service|getaddrinfo|SSL|"
-                         r"Remote end closed|BrokenPipe|reset by peer"),
-)
-RESIZE_REASONS: tuple[tuple[str, str], ...] = (
-    ("undecodable_image", r"decod|cannot identify|truncated|imdecode|loadsave"),
-    ("too_small", r"too small"),
-    ("too_large", r"area too large"),
-    ("bad_aspect_ratio", r"aspect ratio"),
-)
-#: Every per-uid failure reason the fetch reports (index.parquet, report.json).
-FAILURE_REASONS: tuple[str, ...] = tuple(dict.fromkeys((
-    *(reason for reason, _ in DOWNLOAD_REASONS), "download_error",
-    *(reason for reason, _ in RESIZE_REASONS), "resize_error",
-    "missing_in_shard", "not_attempted",
-)))
-#: Failures a new fetch round asks for again by default: those the next request may not
-#: repeat. A 404, an opt-out header or an image that does not decode would only cost the
-#: server another request (``fetch.retry_reasons`` changes the list).
-RETRYABLE_REASONS: tuple[str, ...] = (
-    "rate_limited", "server_error", "timeout", "deadline_exceeded", "truncated_body",
-    "connection_error",
-    "download_error", "missing_in_shard", "not_attempted",
-)
 #: The smallest side, in pixels, an image must have unless the config says otherwise: 0 for
 #: DataComp pools (DataComp's own download sets none, so its pools stay comparable), this
 #: for every other source (a 1x1 "image" is a tracking pixel, not a picture).
@@ -145,18 +106,6 @@ class FetchSettings:
         if self.encode_quality is not None:
             return self.encode_quality
         return DEFAULT_QUALITY[self.encode_format]
-
-
-def failure_reason(status: str, message: str | None) -> str:
-    """Map img2dataset's status and error text to a short, countable reason."""
-    if status == "success":
-        return "fetched"
-    message = message or ""
-    table = RESIZE_REASONS if status == "failed_to_resize" else DOWNLOAD_REASONS
-    for reason, pattern in table:
-        if re.search(pattern, message):
-            return reason
-    return "resize_error" if status == "failed_to_resize" else "download_error"
 
 
 def round_dirs(shards_dir: Path) -> list[Path]:

@@ -17,11 +17,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:
+    import pandas as pd
 
 from capmix import __version__
 
@@ -100,7 +99,13 @@ def write_json(path: Path | str, payload: Any) -> None:
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path, tags: dict[str, Any]) -> None:
-    """Write a parquet with ``tags`` (provenance) in its key-value metadata; rename into place."""
+    """Write a parquet with ``tags`` (provenance) in its key-value metadata; rename into place.
+
+    pyarrow is imported here, not with the module: every stage, and the config checker,
+    imports this module for its JSON and hashing helpers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata(

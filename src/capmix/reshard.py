@@ -89,7 +89,7 @@ class _Row:
 
 
 @dataclass(frozen=True)
-class _Job:
+class ShardJob:
     """What one writer needs for one output shard (picklable for spawn)."""
 
     path: Path
@@ -211,7 +211,7 @@ def _image_extensions(tar_path: Path) -> dict[str, str]:
     return extensions
 
 
-def _write_shard(job: _Job) -> tuple[str, int, float]:
+def write_shard(job: ShardJob) -> tuple[str, int, float]:
     """Write one output shard (temp file, then rename); returns (name, samples, seconds)."""
     start = time.perf_counter()
     tmp = job.path.with_name(job.path.name + TMP_SUFFIX)
@@ -323,7 +323,7 @@ def reshard(samples: pd.DataFrame, index_path: Path, shards_dir: Path, out_dir: 
                 _Row(k, u, c, s, int(p)) for k, u, c, s, p in zip(
                     part["key"], part["uid"], part["caption"], part["source"], part["part"],
                     strict=True))))
-        jobs.append(_Job(out_dir / output.name, tuple(inputs)))
+        jobs.append(ShardJob(out_dir / output.name, tuple(inputs)))
 
     _run_jobs(jobs, workers, total=len(outputs), skipped=skipped)
 
@@ -349,7 +349,7 @@ def reshard(samples: pd.DataFrame, index_path: Path, shards_dir: Path, out_dir: 
     return manifest
 
 
-def _run_jobs(jobs: list[_Job], workers: int, total: int, skipped: int) -> None:
+def _run_jobs(jobs: list[ShardJob], workers: int, total: int, skipped: int) -> None:
     """Write the shards in-process (workers <= 1) or in a spawn pool; log progress."""
     if not jobs:
         return
@@ -367,10 +367,10 @@ def _run_jobs(jobs: list[_Job], workers: int, total: int, skipped: int) -> None:
 
     if workers <= 1 or len(jobs) == 1:
         for job in jobs:
-            name, count, _ = _write_shard(job)
+            name, count, _ = write_shard(job)
             report(name, count)
         return
     context = multiprocessing.get_context("spawn")
     with context.Pool(min(workers, len(jobs))) as pool:
-        for name, count, _ in pool.imap_unordered(_write_shard, jobs, chunksize=1):
+        for name, count, _ in pool.imap_unordered(write_shard, jobs, chunksize=1):
             report(name, count)
