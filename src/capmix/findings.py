@@ -198,7 +198,7 @@ def _resolve_eval(config: Mapping[str, Any], target: Mapping[str, Any],
     """An aggregate or task of one model's evaluation (results/{pool}/eval/*.aggregate.json)."""
     from capmix.evaluate import load_suite
     from capmix.mix import expand_strategies
-    from capmix.train import pool_train_strategies
+    from capmix.scales import pool_train_strategies
 
     strategy, metric, name = spec["eval"], spec["metric"], target["name"]
     side["strategy"] = strategy
