@@ -29,6 +29,7 @@ from PIL import Image
 
 from capmix import toymodels as tm
 from capmix.config import pipeline_config
+from capmix.toykinds import CAPTIONER, SCORER
 from capmix.toyspec import CLASSNAMES, COLOURS, tokens
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def _world(root: Path, config: dict[str, Any], name: str, seed: int) -> Path:
 
 
 def _images(frame: pd.DataFrame, preprocess: Any) -> torch.Tensor:
-    return torch.stack([preprocess(Image.open(tm._url_to_path(u)).convert("RGB"))
+    return torch.stack([preprocess(Image.open(tm.file_url_path(u)).convert("RGB"))
                         for u in frame["url"]])
 
 
@@ -155,12 +156,12 @@ def main() -> None:
                   f"coco {len(pd.read_parquet(world / 'coco.parquet'))}")
             total = time.perf_counter()
             # the scorer first: the captioner's image tower may start from it (vision_from)
-            scorer = tm.train_toy_scorer(world, out / "scorer", settings["scorer"], args.seed,
-                                         out / "_work" / "scorer")
-            vision = scorer if settings["captioner"].get("vision_from") == "scorer" else None
-            captioner = tm.train_toy_captioner(world, out / "captioner", settings["captioner"],
-                                               args.seed, out / "_work" / "captioner",
-                                               vision_from=vision)
+            scorer = tm.train_toy_model(SCORER, world, out / "scorer", settings[SCORER],
+                                        args.seed, out / "_work" / "scorer")
+            vision = scorer if settings[CAPTIONER].get("vision_from") == SCORER else None
+            captioner = tm.train_toy_model(CAPTIONER, world, out / "captioner",
+                                           settings[CAPTIONER], args.seed,
+                                           out / "_work" / "captioner", vision_from=vision)
             coco = tm.finetune_toy_captioner(world, captioner, out / "captioner_coco",
                                              settings["captioner_coco"], args.seed,
                                              out / "_work" / "captioner_coco")

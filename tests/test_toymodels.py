@@ -23,7 +23,16 @@ import webdataset as wds
 from safetensors.torch import load_file
 
 from capmix import toymodels as tm
+from capmix.config import load_schema
+from capmix.toykinds import (
+    CAPTIONER,
+    SCORER,
+    TOY_CAPTIONER_KINDS,
+    TOY_CLIP_KINDS,
+    TOY_MODEL_KINDS,
+)
 from capmix.toyworld import generate_world
+from capmix.train import RUN_NAME, checkpoint_epoch, parse_train_log
 
 SEED = 3
 SPEC: dict[str, Any] = {
@@ -68,13 +77,13 @@ def _texts(world: Path, *splits: str) -> list[str]:
 @pytest.fixture(scope="session")
 def captioner(world: Path) -> Path:
     root = world.parent / "captioner"
-    return tm.train_toy_captioner(world, root / "model", TRAIN, SEED, root / "work")
+    return tm.train_toy_model(CAPTIONER, world, root / "model", TRAIN, SEED, root / "work")
 
 
 @pytest.fixture(scope="session")
 def scorer(world: Path) -> Path:
     root = world.parent / "scorer"
-    return tm.train_toy_scorer(world, root / "model", TRAIN, SEED, root / "work")
+    return tm.train_toy_model(SCORER, world, root / "model", TRAIN, SEED, root / "work")
 
 
 # ------------------------------------------------------------------ tokenizer and shards
@@ -142,20 +151,40 @@ def test_shards_are_webdatasets_matching_the_parquet(world: Path, tmp_path: Path
     assert first["png"] == Path(table["url"][0].removeprefix("file://")).read_bytes()
 
 
-def test_train_data_spec_is_brace_expanded(tmp_path: Path) -> None:
-    shards = [tmp_path / f"shard-{i:05d}.tar" for i in range(3)]
-    assert tm._train_data_spec(shards) == f"{tmp_path}/shard-{{00000..00002}}.tar"
-    assert tm._train_data_spec(shards[:1]) == str(shards[0])
-    gap = [shards[0], shards[2]]
-    assert tm._train_data_spec(gap) == "::".join(str(p) for p in gap)
-
-
 def test_unknown_setting_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown setting 'epoch'"):
-        tm._settings("captioner", {"epoch": 3})
-    merged = tm._settings("scorer", {"sizes": {"width": 32}})
+        tm.training_settings("captioner", {"epoch": 3})
+    merged = tm.training_settings("scorer", {"sizes": {"width": 32}})
     assert merged["sizes"]["width"] == 32
     assert merged["sizes"]["layers"] == tm.DEFAULT_SETTINGS["scorer"]["sizes"]["layers"]
+
+
+def test_the_kinds_are_listed_once() -> None:
+    # The schema must spell the kinds out; it says exactly what capmix.toykinds says.
+    schema = load_schema()
+    defs = schema["$defs"]
+    assert tuple(schema["properties"]["toy_models"]["properties"]) == TOY_MODEL_KINDS
+    assert defs["captioner"]["properties"]["toy_model"]["enum"] == [*TOY_CAPTIONER_KINDS, None]
+    needs_model = defs["captioner"]["allOf"][0]["else"]["anyOf"]
+    assert [alt["properties"]["toy_model"]["enum"] for alt in needs_model
+            if "toy_model" in alt.get("properties", {})] == [list(TOY_CAPTIONER_KINDS)]
+    assert defs["scorer"]["properties"]["toy_model"]["enum"] == [*TOY_CLIP_KINDS, None]
+    assert defs["train_scale"]["properties"]["toy_model"]["enum"] == list(TOY_CLIP_KINDS)
+    assert defs["toy_training"]["properties"]["vision_from"]["enum"] == [*TOY_CLIP_KINDS, None]
+    # a default per kind, and the kinds split into CoCas and CLIPs
+    assert tuple(tm.DEFAULT_SETTINGS) == TOY_MODEL_KINDS
+    assert sorted(TOY_CAPTIONER_KINDS + TOY_CLIP_KINDS) == sorted(TOY_MODEL_KINDS)
+
+
+def test_only_the_from_scratch_kinds_train_from_scratch(tmp_path: Path) -> None:
+    # Refused before anything is read or written.
+    with pytest.raises(ValueError, match="is not trained from scratch"):
+        tm.train_toy_model("captioner_coco", tmp_path / "world", tmp_path / "model", {}, 0,
+                           tmp_path / "work")
+    with pytest.raises(ValueError, match="only a CoCa's image tower"):
+        tm.train_toy_model(SCORER, tmp_path / "world", tmp_path / "model", {}, 0,
+                           tmp_path / "work", vision_from=tmp_path / "clip")
+    assert not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------ trained stand-ins
@@ -216,10 +245,10 @@ def test_second_call_resumes_from_the_last_epoch(scorer: Path, world: Path) -> N
     args = {"batch_size": 16, "lr": 1e-3, "warmup": 2, "workers": 1, "seed": SEED}
     # First run in a separate process, like a job that is later killed after epoch 1.
     first = tm.train_open_clip(work / "init_model", shards, out, epochs=1, isolated=True, **args)
-    assert first.name == "epoch_1.pt" and tm._checkpoint_epoch(first) == 1
+    assert first.name == "epoch_1.pt" and checkpoint_epoch(first) == 1
     final = tm.train_open_clip(work / "init_model", shards, out, epochs=2, **args)
-    assert final.name == "epoch_2.pt" and tm._checkpoint_epoch(final) == 2
-    summary = tm.parse_train_log(out / tm.RUN_NAME / "out.log")
+    assert final.name == "epoch_2.pt" and checkpoint_epoch(final) == 2
+    summary = parse_train_log(out / RUN_NAME / "out.log")
     assert summary["resumed_from_epochs"] == [1]
     assert summary["epochs_logged"] == [0, 1]  # epoch 0 was not trained again
     # --delete-previous-checkpoint + --save-most-recent: only the last epoch and "latest"
@@ -257,8 +286,8 @@ def test_captioner_image_tower_can_start_from_the_scorer(scorer: Path, world: Pa
     # BLIP2-style: the captioner's image tower starts from the CLIP's. With lr 0 what comes
     # out is the start: every image-tower weight whose name and shape agree is the scorer's.
     root = world.parent / "captioner_from_scorer"
-    model_dir = tm.train_toy_captioner(world, root / "model", {**TRAIN, "lr": 0.0}, SEED,
-                                       root / "work", vision_from=scorer)
+    model_dir = tm.train_toy_model(CAPTIONER, world, root / "model", {**TRAIN, "lr": 0.0},
+                                   SEED, root / "work", vision_from=scorer)
     clip = load_file(str(scorer / tm.WEIGHTS_NAME))
     coca = load_file(str(model_dir / tm.WEIGHTS_NAME))
     shared = [k for k in coca if k.startswith("visual.") and k in clip
@@ -270,8 +299,8 @@ def test_captioner_image_tower_can_start_from_the_scorer(scorer: Path, world: Pa
     assert record["vision_from"] == str(scorer)
     # weights without an image tower cannot start one: refused before any training
     with pytest.raises(ValueError, match="no image-tower weight"):
-        tm.train_toy_captioner(world, root / "model2", TRAIN, SEED, root / "work2",
-                               vision_from=_weights_without_visual(clip, root))
+        tm.train_toy_model(CAPTIONER, world, root / "model2", TRAIN, SEED, root / "work2",
+                           vision_from=_weights_without_visual(clip, root))
 
 
 def _weights_without_visual(weights: dict, root: Path) -> Path:

@@ -14,18 +14,18 @@ import pytest
 
 from capmix import toymodels as tm
 from capmix.config import ConfigError, pipeline_config
+from capmix.scales import Scale, TrainConfigError, load_scale
+from capmix.toykinds import SCORER
+from capmix.toymodels import stage_toy_model
 from capmix.toyworld import generate_world
 from capmix.train import (
     RUN_NAME,
-    Scale,
-    TrainConfigError,
     checkpoint_dir,
     checkpoint_epoch,
     launch_plan,
-    load_scale,
     open_clip_argv,
-    stage_toy_model,
     train_clip,
+    train_data_spec,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +133,14 @@ def test_launch_plans(config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert plan.env == {"MASTER_ADDR": "gpu07", "MASTER_PORT": str(20000 + 4242)}
 
 
+def test_train_data_spec_is_brace_expanded(tmp_path: Path) -> None:
+    shards = [tmp_path / f"shard-{i:05d}.tar" for i in range(3)]
+    assert train_data_spec(shards) == f"{tmp_path}/shard-{{00000..00002}}.tar"
+    assert train_data_spec(shards[:1]) == str(shards[0])
+    gap = [shards[0], shards[2]]
+    assert train_data_spec(gap) == "::".join(str(p) for p in gap)
+
+
 # ------------------------------------------------------------------ training on the CPU
 
 SEED = 0
@@ -160,11 +168,12 @@ def toy_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     generate_world(root / "world", WORLD, SEED)
     train = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup": 2, "workers": 1,
              "sizes": SIZES}
-    scorer = tm.train_toy_scorer(root / "world", root / "scorer", train, SEED, root / "work")
+    scorer = tm.train_toy_model(SCORER, root / "world", root / "scorer", train, SEED,
+                                root / "work")
     shards = sorted((root / "work" / "shards_pretrain").glob("shard-*.tar"))
     manifest = root / "manifest.json"
     manifest.write_text(json.dumps({"num_samples": 64,
-                                    "train_data": tm._train_data_spec(shards)}))
+                                    "train_data": train_data_spec(shards)}))
     return scorer, manifest
 
 
@@ -203,7 +212,8 @@ def test_killed_run_resumes_from_its_latest_checkpoint(toy_inputs, tmp_path: Pat
     out = tmp_path / "model"
     script = (
         "import sys, json\nfrom pathlib import Path\n"
-        "from capmix.train import Scale, stage_toy_model, train_clip\n"
+        "from capmix.scales import Scale\nfrom capmix.toymodels import stage_toy_model\n"
+        "from capmix.train import train_clip\n"
         f"scale = Scale.from_config('tiny', json.loads({json.dumps(json.dumps(spec))}))\n"
         f"out = Path({str(out)!r})\n"
         f"model = stage_toy_model(Path({str(toy_inputs[0])!r}), out)\n"

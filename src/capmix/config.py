@@ -20,6 +20,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from capmix.toykinds import CAPTIONER
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 #: What the Snakefile loads (`configfile:`), in order: the strategy catalogue, the training
@@ -105,7 +107,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
         except ValueError as error:
             problems.append(f"config key 'toy_worlds.{name}': {error}")
     for kind, settings in sorted((config.get("toy_models") or {}).items()):
-        if (settings or {}).get("vision_from") and kind != "captioner":
+        if (settings or {}).get("vision_from") and kind != CAPTIONER:
             problems.append(f"config key 'toy_models.{kind}.vision_from': only the captioner's "
                             "image tower can start from another toy model")
     from capmix.fetch_reasons import FAILURE_REASONS
@@ -145,9 +147,9 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
                             f"need a scorer for pool '{pool['name']}'")
     from capmix.captionsets import temperature_problems
     from capmix.findings import findings_problems
+    from capmix.scales import train_problems
     from capmix.strategies import strategy_problems
     from capmix.suites import eval_problems
-    from capmix.train import train_problems
 
     return (problems + temperature_problems(config) + strategy_problems(config)
             + train_problems(config)

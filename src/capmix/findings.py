@@ -196,9 +196,9 @@ def _resolve(config: Mapping[str, Any], pool: Mapping[str, Any], spec: Mapping[s
 def _resolve_eval(config: Mapping[str, Any], target: Mapping[str, Any],
                   spec: Mapping[str, Any], side: dict[str, Any], results: str) -> dict[str, Any]:
     """An aggregate or task of one model's evaluation (results/{pool}/eval/*.aggregate.json)."""
+    from capmix.scales import pool_train_strategies
     from capmix.strategies import expand_strategies
     from capmix.suites import load_suite
-    from capmix.train import pool_train_strategies
 
     strategy, metric, name = spec["eval"], spec["metric"], target["name"]
     side["strategy"] = strategy

@@ -10,9 +10,14 @@ splits (never on the candidate pool, whose captions are what the stand-ins judge
    BLIP2-COCO / CoCa-COCO, which the paper finds less diverse and less useful);
 3. ``scorer``: a tiny open_clip **CLIP** trained on ``pretrain`` (stand-in for ViT-L/14).
 
+(The kinds are listed once, in :mod:`capmix.toykinds`.) The first and last are trained from
+scratch by :func:`train_toy_model`, the fine-tune by :func:`finetune_toy_captioner`.
+
 Training is open_clip's own training loop (``open_clip_train.main``) on webdataset shards, so
 the stand-ins go through the same code path, flags and checkpoint format as a real open_clip
-run; only the architecture is small. Each result is a self-contained open_clip ``local-dir:``
+run; only the architecture is small. This module builds the tokenizer, the configs, the shards
+and the starting weights; :mod:`capmix.train` runs ``open_clip_train`` and reads what the run
+leaves behind (checkpoints, ``out.log``). Each result is a self-contained open_clip ``local-dir:``
 model directory (``open_clip_config.json`` + word-level tokenizer files + safetensors weights)
 that loads offline with ``open_clip.create_model_and_transforms("local-dir:" + dir)`` and
 ``open_clip.get_tokenizer("local-dir:" + dir)``.
@@ -31,25 +36,28 @@ CLS embedding and always pools that, so it is unaffected.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import random
-import re
 import shutil
-import subprocess
-import sys
 import tarfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from copy import deepcopy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from capmix.train import RUN_NAME
-from capmix.train import checkpoint_epoch as _checkpoint_epoch
+from capmix.toykinds import CAPTIONER, CAPTIONER_COCO, SCORER
+from capmix.train import (
+    finished_checkpoint,
+    parse_train_log,
+    preserved_rng,
+    require_loss_by_name,
+    run_params,
+    train_cpu_epochs,
+    train_log_path,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -57,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CONFIG_NAME",
     "DEFAULT_SETTINGS",
     "EOS_TOKEN",
     "PAD_TOKEN",
@@ -69,13 +78,14 @@ __all__ = [
     "captioner_config",
     "decode_captions",
     "export_model_dir",
+    "file_url_path",
     "finetune_toy_captioner",
     "generation_token_ids",
-    "parse_train_log",
     "scorer_config",
+    "stage_toy_model",
     "train_open_clip",
-    "train_toy_captioner",
-    "train_toy_scorer",
+    "train_toy_model",
+    "training_settings",
     "write_training_shards",
 ]
 
@@ -90,6 +100,8 @@ TOKENIZER_FILES: tuple[str, ...] = (
 )
 #: open_clip's preferred weights name in a local dir (factory._find_checkpoint_in_dir).
 WEIGHTS_NAME = "open_clip_model.safetensors"
+#: open_clip's local-dir model config; written last, so a model dir that has one is complete
+#: (the workflow's rules track a trained stand-in by it).
 CONFIG_NAME = "open_clip_config.json"
 #: Marks the tokenizer as "next to this config": get_tokenizer("local-dir:...") only needs the
 #: key to be non-empty and then always reads the tokenizer files from the local dir itself.
@@ -117,7 +129,7 @@ _TINY_SIZES: dict[str, int] = {
     "context_length": 32,
 }
 DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
-    "captioner": {
+    CAPTIONER: {
         "epochs": 3,
         "batch_size": 64,
         "lr": 2e-3,
@@ -131,7 +143,7 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
         "vision_from": None,
     },
     # Fine-tuning keeps the base captioner's architecture (sizes are read from its config).
-    "captioner_coco": {
+    CAPTIONER_COCO: {
         "epochs": 3,
         "batch_size": 32,
         "lr": 5e-4,
@@ -139,7 +151,7 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
         "workers": 1,
         "sizes": {},
     },
-    "scorer": {
+    SCORER: {
         "epochs": 3,
         "batch_size": 128,
         "lr": 2e-3,
@@ -148,12 +160,6 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
         "sizes": dict(_TINY_SIZES),
     },
 }
-
-# open_clip's defaults for ViT models (params.get_default_params): it picks them by the
-# substring "vit" in the model name, which a local-dir path need not contain, so pass them.
-_OPTIMIZER_ARGS = ("--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6", "--wd", "0.1")
-# CoCa's own weighting (open_clip's CoCa recipes): captioning dominates, contrastive helps.
-_COCA_LOSS_ARGS = ("--coca-contrastive-loss-weight", "1.0", "--coca-caption-loss-weight", "2.0")
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +453,9 @@ def _write_json(path: Path, data: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _url_to_path(url: str) -> Path:
+def file_url_path(url: str) -> Path:
+    """The local file a toy split's ``url`` names (the toy world's images are ``file://``
+    URLs, or plain paths); anything else is refused."""
     parsed = urlparse(url)
     if parsed.scheme not in ("", "file"):
         raise ValueError(f"not a local file URL: {url}")
@@ -492,7 +500,7 @@ def write_training_shards(
     # An int mtime: a float one makes tarfile add a PAX header to every member (slower reads).
     with wds.ShardWriter(pattern, maxcount=samples_per_shard, verbose=0, mtime=0) as sink:
         for row in table:
-            path = _url_to_path(row["url"])
+            path = file_url_path(row["url"])
             data = path.read_bytes()
             if image_size is not None:
                 with Image.open(io.BytesIO(data)) as img:
@@ -523,37 +531,9 @@ def _count_samples(shards: Sequence[Path]) -> int:
     return total
 
 
-def _train_data_spec(shards: Sequence[Path]) -> str:
-    """``dir/shard-{00000..00007}.tar`` when the shards are one numbered run, else ``a::b``.
-
-    Brace notation is what webdataset (and DataComp's launch scripts) expect; ``::`` is
-    open_clip_train's separator for lists that are not one brace range.
-    """
-    paths = [Path(s).resolve() for s in shards]
-    if not paths:
-        raise ValueError("no training shards")
-    parsed = [re.fullmatch(r"(.*?)(\d+)(\.tar)", p.name) for p in paths]
-    if all(parsed) and len({p.parent for p in paths}) == 1:
-        matches = [m for m in parsed if m is not None]
-        prefixes = {(m.group(1), m.group(3), len(m.group(2))) for m in matches}
-        numbers = [int(m.group(2)) for m in matches]
-        if len(prefixes) == 1 and numbers == list(range(numbers[0], numbers[0] + len(numbers))):
-            prefix, suffix, digits = prefixes.pop()
-            if len(paths) == 1:
-                return str(paths[0])
-            first, last = matches[0].group(2), matches[-1].group(2)
-            assert len(first) == len(last) == digits
-            return f"{paths[0].parent}/{prefix}{{{first}..{last}}}{suffix}"
-    return "::".join(str(p) for p in paths)
-
-
 # --------------------------------------------------------------------------------------------
-# open_clip_train
+# Weights and training
 # --------------------------------------------------------------------------------------------
-
-
-def _checkpoint_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / RUN_NAME / "checkpoints"
 
 
 def _load_weights(source: Path) -> dict[str, Any]:
@@ -582,20 +562,6 @@ def _save_safetensors(state_dict: Mapping[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def _preserved_rng() -> Iterator[None]:
-    import numpy as np
-    import torch
-
-    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    try:
-        yield
-    finally:
-        random.setstate(state[0])
-        np.random.set_state(state[1])
-        torch.set_rng_state(state[2])
-
-
 def _coca_initial_weights(
     model_dir: Path, seed: int, vision_from: Path | None = None
 ) -> tuple[dict[str, Any], list[str]]:
@@ -618,7 +584,7 @@ def _coca_initial_weights(
     import torch
     from torch import nn
 
-    with _preserved_rng():
+    with preserved_rng():
         torch.manual_seed(seed)
         model = open_clip.create_model(f"local-dir:{model_dir}", load_weights=False)
         decoder = model.text_decoder
@@ -646,62 +612,6 @@ def _coca_initial_weights(
     return state, copied
 
 
-@contextlib.contextmanager
-def _contained_side_effects() -> Iterator[None]:
-    """Undo what ``open_clip_train.main`` does to the process, for in-process runs.
-
-    It adds stderr and ``out.log`` handlers to the root logger, sets *every* logger to INFO and
-    reseeds Python's, NumPy's and torch's global RNGs. The caller's root handlers are detached
-    meanwhile (open_clip_train's own stderr handler already reaches the same log, so lines are
-    not doubled) and everything is restored afterwards.
-    """
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-    root_level = root.level
-    levels = {
-        name: lg.level
-        for name, lg in logging.root.manager.loggerDict.items()
-        if isinstance(lg, logging.Logger)
-    }
-    for handler in handlers:
-        root.removeHandler(handler)
-    try:
-        with _preserved_rng():
-            yield
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-            handler.close()
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(root_level)
-        for name, lg in logging.root.manager.loggerDict.items():
-            if isinstance(lg, logging.Logger):
-                lg.setLevel(levels.get(name, logging.NOTSET))
-
-
-def _run_open_clip_train(argv: list[str], out_dir: Path, isolated: bool) -> None:
-    if isolated:
-        console = Path(out_dir) / "open_clip_train.console.log"
-        with console.open("ab") as sink:
-            proc = subprocess.run(
-                [sys.executable, "-m", "open_clip_train.main", *argv],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        if proc.returncode != 0:
-            tail = console.read_text(encoding="utf-8", errors="replace")[-3000:]
-            raise RuntimeError(f"open_clip_train failed (exit {proc.returncode}):\n{tail}")
-        return
-    from open_clip_train.main import main as open_clip_train_main
-
-    with _contained_side_effects():
-        status = open_clip_train_main(argv)
-    if status not in (None, 0):
-        raise RuntimeError(f"open_clip_train returned {status}; see {out_dir}/{RUN_NAME}/out.log")
-
-
 def train_open_clip(
     model_dir: Path,
     shards: Sequence[Path],
@@ -719,7 +629,7 @@ def train_open_clip(
     extra_args: Sequence[str] = (),
     isolated: bool = False,
 ) -> Path:
-    """Train (or resume training) an open_clip model with ``open_clip_train``; return the final
+    """Train (or resume training) a stand-in with ``open_clip_train``; return the final
     checkpoint (``out_dir/run/checkpoints/epoch_{epochs}.pt``).
 
     ``model_dir`` supplies the architecture and tokenizer (its weights, if any, are ignored);
@@ -730,34 +640,29 @@ def train_open_clip(
     which out.log records as "Loading full pretrained weights from: ..."). A CoCa trained from
     scratch may take its image tower from a CLIP (``vision_from``). The staged name
     also matters because ``open_clip.create_loss`` picks the CoCa loss only when "coca" occurs
-    in ``--model``.
+    in ``--model`` (:func:`capmix.train.require_loss_by_name`).
 
-    Runs with ``--resume latest --save-most-recent`` under the fixed ``--name run``: calling
-    again on the same ``out_dir`` after a kill (or with more ``epochs``) continues from the last
-    finished epoch; ``epoch_latest.pt`` is written atomically, so a kill mid-save cannot leave a
-    truncated resume point. A run that already reached ``epochs`` returns at once.
+    The run itself is :func:`capmix.train.train_cpu_epochs`: under ``--resume latest
+    --save-most-recent`` and the fixed ``--name run``, calling again on the same ``out_dir``
+    after a kill (or with more ``epochs``) continues from the last finished epoch;
+    ``epoch_latest.pt`` is written atomically, so a kill mid-save cannot leave a truncated
+    resume point. A run that already reached ``epochs`` returns at once, before any staging.
 
-    In-process by default (``open_clip_train.main.main(argv)``): a subprocess would re-import
-    torch, open_clip and transformers, ~7 s per run on 2 cores, a third of the smoke budget for
-    three models; the logging and RNG side effects of ``main`` are undone afterwards.
-    ``isolated=True`` runs ``python -m open_clip_train.main`` instead (output to
+    In-process by default (a subprocess would re-import torch, open_clip and transformers,
+    ~7 s per run on 2 cores, a third of the smoke budget for three models); ``isolated=True``
+    runs ``python -m open_clip_train.main`` instead (output to
     ``open_clip_train.console.log``).
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = [Path(s) for s in shards]
-    final = _checkpoint_dir(out_dir) / f"epoch_{epochs}.pt"
-    if final.is_file() and _checkpoint_epoch(final) == epochs:
-        log.info("training in %s already reached epoch %d", out_dir, epochs)
-        return final
+    finished = finished_checkpoint(out_dir, epochs)
+    if finished is not None:
+        return finished
 
     staged = out_dir / ("coca_model" if coca else "clip_model")
     model_name = f"local-dir:{staged}"
-    if ("coca" in model_name.lower()) != coca:
-        raise ValueError(
-            f"open_clip picks the CoCa loss by the substring 'coca' in --model; {model_name!r} "
-            "would get the wrong loss: train this CLIP under a path without 'coca'"
-        )
+    require_loss_by_name(model_name, coca=coca)
     staged.mkdir(parents=True, exist_ok=True)
     for old in [*staged.glob("*.safetensors"), *staged.glob("*.bin"), *staged.glob("*.pth")]:
         old.unlink()
@@ -771,51 +676,30 @@ def train_open_clip(
             log.info("image tower from %s: %d weights", vision_from, len(copied))
         _save_safetensors(initial, staged / WEIGHTS_NAME)
 
-    num_samples = _count_samples(shards)
-    if num_samples < 1:
-        raise ValueError("the training shards hold no samples")
-    if batch_size > num_samples:
-        log.warning("batch size %d > %d samples: using %d", batch_size, num_samples, num_samples)
-        batch_size = num_samples
-    if workers > len(shards):
-        # open_clip_train asserts shards >= workers (each worker reads whole shards).
-        log.warning("%d workers > %d shards: using %d", workers, len(shards), len(shards))
-        workers = len(shards)
+    return train_cpu_epochs(
+        model_name, shards, out_dir, num_samples=_count_samples(shards), epochs=epochs,
+        batch_size=batch_size, lr=lr, warmup=warmup, workers=workers, seed=seed, coca=coca,
+        extra_args=extra_args, isolated=isolated,
+    )
 
-    argv = [
-        "--model", model_name,
-        "--train-data", _train_data_spec(shards),
-        "--dataset-type", "webdataset",
-        "--train-num-samples", str(num_samples),
-        "--device", "cpu",
-        "--precision", "fp32",
-        "--logs", str(out_dir),
-        "--name", RUN_NAME,
-        "--save-frequency", "1",
-        "--save-most-recent",
-        "--delete-previous-checkpoint",
-        "--resume", "latest",
-        "--epochs", str(epochs),
-        "--batch-size", str(batch_size),
-        "--lr", repr(float(lr)),
-        "--warmup", str(warmup),
-        "--workers", str(workers),
-        "--seed", str(seed),
-        "--log-every-n-steps", "10",
-        *_OPTIMIZER_ARGS,
-        *(_COCA_LOSS_ARGS if coca else ()),
-        *extra_args,
-    ]  # fmt: skip
-    log.info("open_clip_train %s", " ".join(argv))
-    _run_open_clip_train(argv, out_dir, isolated)
-    if not final.is_file():
-        latest = _checkpoint_dir(out_dir) / "epoch_latest.pt"
-        reached = _checkpoint_epoch(latest) if latest.is_file() else None
-        raise RuntimeError(
-            f"open_clip_train finished without {final} (latest checkpoint: epoch {reached}); "
-            f"see {out_dir}/{RUN_NAME}/out.log"
-        )
-    return final
+
+def stage_toy_model(toy_model_dir: Path, work_dir: Path) -> str:
+    """A toy stand-in's architecture as a weightless local-dir model; returns ``--model``.
+
+    What a toy training scale trains (:func:`capmix.train.train_clip`): only the config and
+    tokenizer are copied, so open_clip initialises the weights from scratch (as DataComp
+    trains from scratch). The directory name avoids "coca": open_clip picks its loss by that
+    substring in ``--model``.
+    """
+    staged = Path(work_dir) / "clip_model"
+    staged.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_NAME, *TOKENIZER_FILES):
+        source = Path(toy_model_dir) / name
+        if source.is_file():
+            shutil.copyfile(source, staged / name)
+    if not (staged / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in the toy model {toy_model_dir}")
+    return f"local-dir:{staged.resolve()}"
 
 
 def export_model_dir(model_dir: Path, checkpoint: Path, out_dir: Path) -> Path:
@@ -837,69 +721,16 @@ def export_model_dir(model_dir: Path, checkpoint: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-_TRAIN_LINE = re.compile(
-    r"Train Epoch: (?P<epoch>\d+) \[\s*(?P<seen>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\)\]"
-    r".*?Batch \(t\): (?P<batch_t>[\d.]+), (?P<sps>[\d.eE+-]+)/s"
-    r".*?Logit Scale: \S+ (?P<losses>.*)$"
-)
-_LOSS = re.compile(r"(\w+): ([-+\w.]+) \(([-+\w.]+)\)")
-
-
-def parse_train_log(log_path: Path) -> dict[str, Any]:
-    """Summarise open_clip_train's ``out.log``: samples seen per epoch, losses, resumes.
-
-    The log is appended to across resumed runs; for each epoch the last progress line wins
-    (a retried epoch restarts its count). Losses are open_clip's per-epoch running averages
-    over the logged steps (``Loss`` is the weighted total).
-    """
-    per_epoch: dict[int, dict[str, Any]] = {}
-    resumed: list[int] = []
-    loaded_weights: list[str] = []
-    log_path = Path(log_path)
-    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
-    for line in text.splitlines():
-        match = _TRAIN_LINE.search(line)
-        if match:
-            losses = {
-                name.lower(): {"last": float(val), "epoch_mean": float(avg)}
-                for name, val, avg in _LOSS.findall(match.group("losses"))
-            }
-            per_epoch[int(match.group("epoch"))] = {
-                "samples": int(match.group("seen")),
-                "losses": losses,
-            }
-            continue
-        found = re.search(r"=> resuming checkpoint '.*' \(epoch (\d+)\)", line)
-        if found:
-            resumed.append(int(found.group(1)))
-        found = re.search(r"Loading full pretrained weights from: (.*)$", line)
-        if found:
-            loaded_weights.append(found.group(1).strip())
-    # samples/s as open_clip reports it (per logged step), averaged over the log.
-    rates = [float(m.group("sps")) for m in map(_TRAIN_LINE.search, text.splitlines()) if m]
-    last = per_epoch[max(per_epoch)] if per_epoch else None
-    return {
-        "epochs_logged": sorted(per_epoch),
-        "samples_per_epoch": {str(e): per_epoch[e]["samples"] for e in sorted(per_epoch)},
-        "samples_seen": sum(v["samples"] for v in per_epoch.values()),
-        "final_losses": {k: v["epoch_mean"] for k, v in last["losses"].items()} if last else {},
-        "final_loss": last["losses"].get("loss", {}).get("epoch_mean") if last else None,
-        "first_loss": (
-            per_epoch[min(per_epoch)]["losses"].get("loss", {}).get("last") if per_epoch else None
-        ),
-        "logged_step_samples_per_s": sum(rates) / len(rates) if rates else None,
-        "resumed_from_epochs": resumed,
-        "loaded_pretrained_weights": loaded_weights,
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # The toy stand-ins
 # --------------------------------------------------------------------------------------------
 
 
-def _settings(kind: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``DEFAULT_SETTINGS[kind]`` updated with ``settings`` (``sizes`` merged key by key)."""
+def training_settings(kind: str, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A stand-in's training settings: ``DEFAULT_SETTINGS[kind]`` updated with ``settings``
+    (config ``toy_models.<kind>``; ``sizes`` merged key by key, so a config can change one
+    size). An unknown key is an error rather than ignored: a misspelt setting would otherwise
+    train with the default silently."""
     merged = deepcopy(DEFAULT_SETTINGS[kind])
     for key, value in dict(settings or {}).items():
         if key == "sizes":
@@ -961,12 +792,12 @@ def _train_and_export(
     shards = write_training_shards(parquet, work_dir / f"shards_{parquet.stem}",
                                    image_size=image_size)
     shards_s = time.perf_counter() - start
-    run_dir = work_dir / "train"
+    train_dir = work_dir / "train"
     train_start = time.perf_counter()
     checkpoint = train_open_clip(
         model_dir,
         shards,
-        run_dir,
+        train_dir,
         epochs=int(settings["epochs"]),
         batch_size=int(settings["batch_size"]),
         lr=float(settings["lr"]),
@@ -980,8 +811,7 @@ def _train_and_export(
     train_s = time.perf_counter() - train_start
     out_dir = Path(out_dir)
     export_model_dir(model_dir, checkpoint, out_dir)
-    summary = parse_train_log(run_dir / RUN_NAME / "out.log")
-    params = (run_dir / RUN_NAME / "params.txt").read_text(encoding="utf-8").splitlines()
+    summary = parse_train_log(train_log_path(train_dir))
     num_samples = _count_samples(shards)
     n_params = sum(v.numel() for v in _load_weights(out_dir / WEIGHTS_NAME).values())
     record = {
@@ -1007,7 +837,7 @@ def _train_and_export(
         "seed": seed,
         "model_cfg": config["model_cfg"],
         "checkpoint": str(checkpoint),
-        "open_clip_train_args": [line for line in params if line.strip()],
+        "open_clip_train_args": run_params(train_dir),
         "versions": _versions(),
         **extra,
     }
@@ -1017,7 +847,16 @@ def _train_and_export(
     return out_dir
 
 
-def train_toy_captioner(
+#: The stand-ins trained from scratch: how each one's ``open_clip_config.json`` is built, and
+#: whether it is a CoCa (trained with the captioning loss) rather than a CLIP.
+_FROM_SCRATCH: dict[str, tuple[Callable[[Path, int, Mapping[str, int]], dict[str, Any]], bool]] = {
+    CAPTIONER: (captioner_config, True),
+    SCORER: (scorer_config, False),
+}
+
+
+def train_toy_model(
+    kind: str,
     world_dir: Path,
     out_dir: Path,
     settings: Mapping[str, Any],
@@ -1025,25 +864,36 @@ def train_toy_captioner(
     work_dir: Path,
     vision_from: Path | None = None,
 ) -> Path:
-    """Train the BLIP2 stand-in: a tiny CoCa on the ``pretrain`` split; returns ``out_dir``.
+    """Train a stand-in from scratch on the ``pretrain`` split; returns ``out_dir``.
 
-    The tokenizer is built from ``pretrain`` + ``coco`` texts, so the COCO fine-tune shares the
-    vocabulary (and the output layer) of its base. ``vision_from`` (the toy scorer's model dir)
-    initialises its image tower, as BLIP2 starts from a pre-trained CLIP image encoder: a tiny
+    ``kind`` is ``captioner`` (the BLIP2 stand-in, a tiny CoCa) or ``scorer`` (the ViT-L/14
+    stand-in, a tiny CLIP); ``captioner_coco`` starts from a trained captioner instead
+    (:func:`finetune_toy_captioner`). All stand-ins share one word vocabulary, built from
+    ``pretrain`` + ``coco`` texts, so the COCO fine-tune keeps the vocabulary (and the output
+    layer) of its base. ``vision_from`` (a CoCa only; the toy scorer's model dir) initialises
+    the captioner's image tower, as BLIP2 starts from a pre-trained CLIP image encoder: a tiny
     CoCa trained from scratch on a laptop's budget names colours but guesses shapes, while the
     CLIP's contrastive training has already learned them (bench/toy_models.py).
     """
-    merged = _settings("captioner", settings)
+    if kind not in _FROM_SCRATCH:
+        raise ValueError(f"toy model {kind!r} is not trained from scratch (those are "
+                         f"{sorted(_FROM_SCRATCH)}; {CAPTIONER_COCO} is a fine-tune)")
+    build_config, coca = _FROM_SCRATCH[kind]
+    if vision_from is not None and not coca:
+        raise ValueError(f"toy model {kind!r}: only a CoCa's image tower starts from another "
+                         "model (vision_from)")
+    merged = training_settings(kind, settings)
     work_dir = Path(work_dir)
     tokenizer_dir = work_dir / "tokenizer"
     build_tokenizer(_split_texts(world_dir, (TRAIN_SPLIT, COCO_SPLIT)), tokenizer_dir)
     sizes = merged["sizes"]
-    config = captioner_config(tokenizer_dir, _size(sizes, "image_size"), sizes)
+    config = build_config(tokenizer_dir, _size(sizes, "image_size"), sizes)
     model_dir = _write_model_dir(work_dir / "init_model", config, tokenizer_dir)
+    # A CoCa's training.json records where its image tower started (None: from scratch).
+    extra = {"vision_from": str(vision_from) if vision_from else None} if coca else {}
     return _train_and_export(
-        "captioner", model_dir, _split_parquet(world_dir, TRAIN_SPLIT), Path(out_dir), work_dir,
-        merged, seed, coca=True, pretrained=None,
-        extra={"vision_from": str(vision_from) if vision_from else None},
+        kind, model_dir, _split_parquet(world_dir, TRAIN_SPLIT), Path(out_dir), work_dir,
+        merged, seed, coca=coca, pretrained=None, extra=extra,
         vision_from=Path(vision_from) if vision_from else None,
     )
 
@@ -1061,34 +911,10 @@ def finetune_toy_captioner(
     Starts from ``base_model_dir``'s weights with its architecture and tokenizer; ``sizes`` in
     the settings are ignored (a fine-tune cannot change the architecture).
     """
-    merged = _settings("captioner_coco", settings)
+    merged = training_settings(CAPTIONER_COCO, settings)
     base_model_dir = Path(base_model_dir)
     return _train_and_export(
-        "captioner_coco", base_model_dir, _split_parquet(world_dir, COCO_SPLIT), Path(out_dir),
+        CAPTIONER_COCO, base_model_dir, _split_parquet(world_dir, COCO_SPLIT), Path(out_dir),
         Path(work_dir), merged, seed, coca=True, pretrained=base_model_dir,
         extra={"base_model_dir": str(base_model_dir)},
-    )
-
-
-def train_toy_scorer(
-    world_dir: Path,
-    out_dir: Path,
-    settings: Mapping[str, Any],
-    seed: int,
-    work_dir: Path,
-) -> Path:
-    """Train the ViT-L/14 stand-in: a tiny CLIP on the ``pretrain`` split; returns ``out_dir``.
-
-    Uses the same word vocabulary as the captioners (built from ``pretrain`` + ``coco``).
-    """
-    merged = _settings("scorer", settings)
-    work_dir = Path(work_dir)
-    tokenizer_dir = work_dir / "tokenizer"
-    build_tokenizer(_split_texts(world_dir, (TRAIN_SPLIT, COCO_SPLIT)), tokenizer_dir)
-    sizes = merged["sizes"]
-    config = scorer_config(tokenizer_dir, _size(sizes, "image_size"), sizes)
-    model_dir = _write_model_dir(work_dir / "init_model", config, tokenizer_dir)
-    return _train_and_export(
-        "scorer", model_dir, _split_parquet(world_dir, TRAIN_SPLIT), Path(out_dir), work_dir,
-        merged, seed, coca=False, pretrained=None, extra={},
     )

@@ -1,43 +1,54 @@
-"""CLIP training per (pool, strategy) with ``open_clip_train``, at a scale defined as data.
+"""Running and reading ``open_clip_train`` runs: arguments, launch, resume, checkpoints, log.
 
-The paper trains one CLIP per training set with DataComp's fixed recipe per scale. A scale
-(config ``train_scales``) holds that recipe and what it asks of the cluster; this module turns
-it into ``open_clip_train.main`` arguments, picks how to launch them, and makes the run
-resumable:
+Every model the pipeline trains goes through open_clip's own training loop
+(``open_clip_train.main``), as the paper's CLIPs did through DataComp's: the CLIP per
+(pool, strategy) at a training scale (:func:`train_clip`) and the toy world's small stand-ins
+(:func:`train_cpu_epochs`, called by :mod:`capmix.toymodels`). This module is the one place
+that knows how such a run is driven and what it leaves behind, as ``open_clip_train`` is
+split from the ``open_clip`` library; what a scale asks for is :mod:`capmix.scales`.
 
 * **Arguments** (:func:`open_clip_argv`) are DataComp's ``train.py`` ones: the per-process
   batch is ``global_batch_size / (world_size * accum_freq)``; ``--epochs`` is the number of
   checkpoints, each of ``samples_seen / checkpoints`` samples; ``--dataset-resampled``;
-  ``--save-most-recent --resume latest`` under a fixed ``--name``.
+  ``--save-most-recent --resume latest`` under a fixed ``--name``. The stand-ins' runs
+  (:func:`cpu_epochs_argv`) are whole epochs over fixed shards on the CPU.
 * **Launch** (:func:`launch_plan`): one process runs ``open_clip_train.main`` in this
   process; several on one machine run under ``torchrun``; inside a SLURM allocation,
   ``srun`` starts one task per GPU across the allocation's nodes, with the rendezvous
   (``MASTER_ADDR``/``MASTER_PORT``) taken from the allocation. open_clip reads the rank and
   world size from SLURM's variables itself.
-* **Resume**: checkpoints live in ``work_dir/run/checkpoints`` (not a Snakemake output, so a
-  failed or killed job keeps them); a re-run continues from ``epoch_latest.pt``. The final
-  checkpoint is hard-linked to the rule's output once its stored epoch is the last one.
+* **Resume**: checkpoints live in ``work_dir/run/checkpoints`` (:func:`checkpoint_dir`; not a
+  Snakemake output, so a failed or killed job keeps them); a re-run continues from
+  ``epoch_latest.pt``. The final checkpoint is hard-linked to the rule's output once its
+  stored epoch is the last one.
+* **Reading**: a checkpoint's stored epoch (:func:`checkpoint_epoch`) and the run's
+  ``out.log`` (:func:`parse_train_log`: samples seen, losses, resumes).
 
-Nothing here imports torch at module level: config checks run in Snakemake's process.
+Nothing here imports torch or open_clip at module level, only the functions that run or read
+a run do: the Snakemake job that launches torchrun/srun needs torch only to read a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import random
+import re
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from capmix.provenance import provenance_record, write_json
+from capmix.scales import Scale, TrainConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,180 +63,155 @@ ARGV_NAME = "open_clip_argv.json"
 FINAL_NAME = "final.pt"
 SUMMARY_NAME = "training.json"
 ATTEMPTS_NAME = "attempts.json"
-#: The CLIP architecture a toy scale trains: the toy scorer's (config + tokenizer).
-TOY_MODEL_KINDS = ("scorer",)
+#: Where a run started in a child process (torchrun, srun, isolated) writes its console.
+CONSOLE_NAME = "open_clip_train.console.log"
+#: How much of that console a failure quotes.
+_CONSOLE_TAIL_CHARS = 3000
+
+# open_clip's Adam defaults for ViT models (params.get_default_params): it picks them by the
+# substring "vit" in the model name, which a local-dir path need not contain, so pass them.
+_VIT_BETA1, _VIT_BETA2, _VIT_EPS = "0.9", "0.98", "1e-6"
+# CoCa's own weighting (open_clip's CoCa recipes): captioning dominates, contrastive helps.
+_COCA_LOSS_ARGS = ("--coca-contrastive-loss-weight", "1.0", "--coca-caption-loss-weight", "2.0")
 
 
-class TrainConfigError(ValueError):
-    """A training scale that cannot run as configured; the message names the scale."""
+# --------------------------------------------------------------------------------------------
+# What a run leaves behind
+# --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scale:
-    """One training recipe and its cluster request (a ``train_scales`` entry)."""
+def run_dir(work_dir: Path) -> Path:
+    """Where open_clip_train writes a run started with ``--logs work_dir --name run``."""
+    return Path(work_dir) / RUN_NAME
 
-    name: str
-    global_batch_size: int
-    lr: float
-    warmup: int
-    samples_seen: int
-    beta2: float | None
-    weight_decay: float
-    precision: str
-    checkpoints: int
-    accum_freq: int
-    workers: int
-    dataset_resampled: bool
-    nodes: int
-    gpus_per_node: int
-    cpus_per_process: int
-    mem_mb_per_process: int
-    runtime: int
-    model: str | None = None
-    toy_model: str | None = None
-    processes_per_node: int = 1
-    extra_args: tuple[str, ...] = ()
-    description: str = ""
 
-    @classmethod
-    def from_config(cls, name: str, spec: Mapping[str, Any]) -> Scale:
-        fields = {k: v for k, v in spec.items() if k in cls.__dataclass_fields__}
-        fields["extra_args"] = tuple(spec.get("extra_args", ()))
-        scale = cls(name=name, **fields)
-        problem = scale.problem()
-        if problem:
-            raise TrainConfigError(f"train_scales.{name}: {problem}")
-        return scale
+def checkpoint_dir(work_dir: Path) -> Path:
+    """The run's checkpoints (``epoch_N.pt``, ``epoch_latest.pt``)."""
+    return run_dir(work_dir) / "checkpoints"
 
-    @property
-    def on_gpu(self) -> bool:
-        return self.gpus_per_node > 0
 
-    @property
-    def processes_per_node_total(self) -> int:
-        """One process per GPU; on the CPU, ``processes_per_node``."""
-        return self.gpus_per_node if self.on_gpu else self.processes_per_node
+def epoch_checkpoint(work_dir: Path, epoch: int) -> Path:
+    """The checkpoint saved after ``epoch`` epochs (``--save-frequency 1``)."""
+    return checkpoint_dir(work_dir) / f"epoch_{epoch}.pt"
 
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.processes_per_node_total
 
-    @property
-    def per_process_batch_size(self) -> int:
-        return self.global_batch_size // (self.world_size * self.accum_freq)
+def latest_checkpoint(work_dir: Path) -> Path:
+    """The resume point ``--save-most-recent`` keeps (written atomically by open_clip_train)."""
+    return checkpoint_dir(work_dir) / "epoch_latest.pt"
 
-    @property
-    def samples_per_checkpoint(self) -> int:
-        return self.samples_seen // self.checkpoints
 
-    def problem(self) -> str | None:
-        """Why this scale cannot run as written (None when it can)."""
-        if (self.model is None) == (self.toy_model is None):
-            return "give exactly one of model and toy_model"
-        if self.toy_model is not None and self.toy_model not in TOY_MODEL_KINDS:
-            return f"toy_model must be one of {list(TOY_MODEL_KINDS)}"
-        split = self.world_size * self.accum_freq
-        if self.global_batch_size % split:
-            return (f"global batch {self.global_batch_size} does not divide by world size "
-                    f"{self.world_size} (nodes {self.nodes} x "
-                    f"{'gpus_per_node' if self.on_gpu else 'processes_per_node'} "
-                    f"{self.processes_per_node_total}) x accum_freq {self.accum_freq}")
-        if self.samples_seen < self.checkpoints * self.global_batch_size:
-            return (f"samples_seen {self.samples_seen} is less than one global batch "
-                    f"({self.global_batch_size}) per checkpoint ({self.checkpoints})")
-        if not self.on_gpu and self.precision not in ("fp32", "bf16"):
-            return f"precision {self.precision} needs a GPU (gpus_per_node is 0): use fp32"
+def train_log_path(work_dir: Path) -> Path:
+    """open_clip_train's ``out.log``, appended to by every (resumed) attempt."""
+    return run_dir(work_dir) / "out.log"
+
+
+def run_params(work_dir: Path) -> list[str]:
+    """The ``name: value`` lines of the run's ``params.txt`` (the arguments as parsed)."""
+    text = (run_dir(work_dir) / "params.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The ``epoch`` stored in an open_clip_train checkpoint (None when it does not load)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a truncated/corrupt file counts as "no checkpoint"
         return None
-
-    def slurm_resources(self) -> dict[str, Any]:
-        """What one training job asks SLURM for (snakemake-executor-plugin-slurm names).
-
-        Several processes: an ``mpi`` job, so that the plugin runs the rule's command once
-        on the allocation and the command itself starts one task per GPU with ``srun``
-        (``tasks_per_node`` / ``tasks``); one process: an ordinary job that the plugin runs
-        in a one-task step. GPUs: ``gpu`` (``--gpus``) on one node, ``gres`` per node on
-        several. Memory is per node (``--mem``). Unset keys are None (Snakemake drops them).
-        """
-        per_node = self.processes_per_node_total
-        distributed = self.world_size > 1
-        return {
-            "nodes": self.nodes,
-            "mem_mb": self.mem_mb_per_process * per_node,
-            "runtime": self.runtime,
-            "cpus_per_task": self.cpus_per_process,
-            "gpu": self.gpus_per_node if self.on_gpu and self.nodes == 1 else None,
-            "gres": f"gpu:{self.gpus_per_node}" if self.on_gpu and self.nodes > 1 else None,
-            "mpi": "srun" if distributed else None,
-            "tasks_per_node": per_node if distributed and per_node > 1 else None,
-            "tasks": self.world_size if distributed and per_node == 1 else None,
-        }
+    return int(ckpt["epoch"]) if isinstance(ckpt, dict) and "epoch" in ckpt else None
 
 
-def load_scale(config: Mapping[str, Any], name: str) -> Scale:
-    scales = config.get("train_scales") or {}
-    if name not in scales:
-        raise TrainConfigError(f"unknown training scale {name!r} (defined: {sorted(scales)})")
-    return Scale.from_config(name, scales[name])
+def reached_epoch(work_dir: Path) -> int | None:
+    """The epoch the run's resume point holds (None: no usable checkpoint yet)."""
+    latest = latest_checkpoint(work_dir)
+    return checkpoint_epoch(latest) if latest.is_file() else None
 
 
-def pool_train_strategies(config: Mapping[str, Any], pool: Mapping[str, Any]) -> list[str]:
-    """The strategies a pool trains a CLIP on: ``train.strategies`` (families expand), or all."""
-    from capmix.strategies import expand_strategies, pool_strategy_names
-
-    available = pool_strategy_names(config, pool)
-    wanted = (pool.get("train") or {}).get("strategies")
-    if wanted is None:
-        return available
-    families = config.get("strategies") or {}
-    expanded: list[str] = []
-    for name in wanted:
-        if name in families and "fractions" in families[name]:
-            expanded += list(expand_strategies({name: families[name]}))
-        else:
-            expanded.append(name)
-    return [name for name in available if name in set(expanded)]
+_TRAIN_LINE = re.compile(
+    r"Train Epoch: (?P<epoch>\d+) \[\s*(?P<seen>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\)\]"
+    r".*?Batch \(t\): (?P<batch_t>[\d.]+), (?P<sps>[\d.eE+-]+)/s"
+    r".*?Logit Scale: \S+ (?P<losses>.*)$"
+)
+_LOSS = re.compile(r"(\w+): ([-+\w.]+) \(([-+\w.]+)\)")
 
 
-def train_problems(config: Mapping[str, Any]) -> list[str]:
-    """Config checks for training: every scale runs, every pool's scale and strategies exist."""
-    from capmix.strategies import expand_strategies, pool_strategy_names
+def parse_train_log(log_path: Path) -> dict[str, Any]:
+    """Summarise open_clip_train's ``out.log``: samples seen per epoch, losses, resumes.
 
-    problems = []
-    scales = config.get("train_scales") or {}
-    for name, spec in scales.items():
-        try:
-            Scale.from_config(name, spec)
-        except TrainConfigError as error:
-            problems.append(str(error))
-    catalogue = set(expand_strategies(config.get("strategies") or {}))
-    catalogue |= {n for n, s in (config.get("strategies") or {}).items() if "fractions" in s}
-    for i, pool in enumerate(config.get("pools", [])):
-        train = pool.get("train")
-        if not train:
-            if "models" in (pool.get("targets") or []):
-                problems.append(f"pools[{i}] ({pool['name']}): target 'models' needs "
-                                "pools[].train (a scale)")
+    The log is appended to across resumed runs; for each epoch the last progress line wins
+    (a retried epoch restarts its count). Losses are open_clip's per-epoch running averages
+    over the logged steps (``Loss`` is the weighted total).
+    """
+    per_epoch: dict[int, dict[str, Any]] = {}
+    resumed: list[int] = []
+    loaded_weights: list[str] = []
+    log_path = Path(log_path)
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
+    for line in text.splitlines():
+        match = _TRAIN_LINE.search(line)
+        if match:
+            losses = {
+                name.lower(): {"last": float(val), "epoch_mean": float(avg)}
+                for name, val, avg in _LOSS.findall(match.group("losses"))
+            }
+            per_epoch[int(match.group("epoch"))] = {
+                "samples": int(match.group("seen")),
+                "losses": losses,
+            }
             continue
-        where = f"pools[{i}].train ({pool['name']})"
-        if train["scale"] not in scales:
-            problems.append(f"{where}: unknown scale {train['scale']!r} "
-                            f"(train_scales: {sorted(scales)})")
-        elif scales[train["scale"]].get("toy_model") and pool["source"]["type"] != "toy":
-            problems.append(f"{where}: scale {train['scale']!r} trains the toy world's "
-                            "architecture, but the pool is not a toy pool")
-        running = set(pool_strategy_names(config, pool))
-        for name in train.get("strategies") or []:
-            if name not in catalogue:
-                problems.append(f"{where}: unknown strategy {name!r}")
-            elif name not in running and not any(s.startswith(f"{name}_") for s in running):
-                problems.append(f"{where}: strategy {name!r} is not among the pool's "
-                                "mix.strategies, so it has no training shards")
-    return problems
+        found = re.search(r"=> resuming checkpoint '.*' \(epoch (\d+)\)", line)
+        if found:
+            resumed.append(int(found.group(1)))
+        found = re.search(r"Loading full pretrained weights from: (.*)$", line)
+        if found:
+            loaded_weights.append(found.group(1).strip())
+    # samples/s as open_clip reports it (per logged step), averaged over the log.
+    rates = [float(m.group("sps")) for m in map(_TRAIN_LINE.search, text.splitlines()) if m]
+    last = per_epoch[max(per_epoch)] if per_epoch else None
+    return {
+        "epochs_logged": sorted(per_epoch),
+        "samples_per_epoch": {str(e): per_epoch[e]["samples"] for e in sorted(per_epoch)},
+        "samples_seen": sum(v["samples"] for v in per_epoch.values()),
+        "final_losses": {k: v["epoch_mean"] for k, v in last["losses"].items()} if last else {},
+        "final_loss": last["losses"].get("loss", {}).get("epoch_mean") if last else None,
+        "first_loss": (
+            per_epoch[min(per_epoch)]["losses"].get("loss", {}).get("last") if per_epoch else None
+        ),
+        "logged_step_samples_per_s": sum(rates) / len(rates) if rates else None,
+        "resumed_from_epochs": resumed,
+        "loaded_pretrained_weights": loaded_weights,
+    }
 
 
 # --------------------------------------------------------------------------------------------
-# Arguments and launch
+# Arguments
 # --------------------------------------------------------------------------------------------
+
+
+def train_data_spec(shards: Sequence[Path]) -> str:
+    """``--train-data`` for a list of shard files.
+
+    ``dir/shard-{00000..00007}.tar`` when the shards are one numbered run, else ``a::b``:
+    brace notation is what webdataset (and DataComp's launch scripts) expect; ``::`` is
+    open_clip_train's separator for lists that are not one brace range.
+    """
+    paths = [Path(s).resolve() for s in shards]
+    if not paths:
+        raise ValueError("no training shards")
+    parsed = [re.fullmatch(r"(.*?)(\d+)(\.tar)", p.name) for p in paths]
+    if all(parsed) and len({p.parent for p in paths}) == 1:
+        matches = [m for m in parsed if m is not None]
+        prefixes = {(m.group(1), m.group(3), len(m.group(2))) for m in matches}
+        numbers = [int(m.group(2)) for m in matches]
+        if len(prefixes) == 1 and numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            prefix, suffix, digits = prefixes.pop()
+            if len(paths) == 1:
+                return str(paths[0])
+            first, last = matches[0].group(2), matches[-1].group(2)
+            assert len(first) == len(last) == digits
+            return f"{paths[0].parent}/{prefix}{{{first}..{last}}}{suffix}"
+    return "::".join(str(p) for p in paths)
 
 
 def open_clip_argv(scale: Scale, *, model: str, train_data: str, logs_dir: Path, seed: int,
@@ -263,12 +249,66 @@ def open_clip_argv(scale: Scale, *, model: str, train_data: str, logs_dir: Path,
     if scale.beta2 is not None:
         argv += ["--beta2", repr(float(scale.beta2))]
     if model.startswith("local-dir:"):
-        argv += ["--beta1", "0.9", "--eps", "1e-6"]
+        argv += ["--beta1", _VIT_BETA1, "--eps", _VIT_EPS]
         if scale.beta2 is None:
-            argv += ["--beta2", "0.98"]
+            argv += ["--beta2", _VIT_BETA2]
     if dist_backend:
         argv += ["--dist-backend", dist_backend]
     return argv + list(scale.extra_args)
+
+
+def require_loss_by_name(model: str, *, coca: bool) -> None:
+    """Refuse a ``--model`` under which open_clip_train would pick the wrong loss.
+
+    ``open_clip.create_loss`` picks the CoCa loss only when "coca" occurs in ``--model``, so a
+    CoCa must be trained under such a name and a CLIP under one without it.
+    """
+    if ("coca" in model.lower()) != coca:
+        raise ValueError(
+            f"open_clip picks the CoCa loss by the substring 'coca' in --model; {model!r} "
+            "would get the wrong loss: train this CLIP under a path without 'coca'"
+        )
+
+
+def cpu_epochs_argv(model: str, shards: Sequence[Path], logs_dir: Path, *, num_samples: int,
+                    epochs: int, batch_size: int, lr: float, warmup: int, workers: int,
+                    seed: int, coca: bool, extra_args: Sequence[str] = ()) -> list[str]:
+    """``open_clip_train.main`` arguments for whole epochs over fixed shards on the CPU.
+
+    How the toy stand-ins train: fp32, a checkpoint per epoch of which only the last is kept
+    (``--delete-previous-checkpoint``) beside ``epoch_latest.pt``, resumable under the fixed
+    ``--name``; ViT optimizer defaults for a local-dir ``model``, and CoCa's loss weights when
+    ``coca``.
+    """
+    return [
+        "--model", model,
+        "--train-data", train_data_spec(shards),
+        "--dataset-type", "webdataset",
+        "--train-num-samples", str(num_samples),
+        "--device", "cpu",
+        "--precision", "fp32",
+        "--logs", str(logs_dir),
+        "--name", RUN_NAME,
+        "--save-frequency", "1",
+        "--save-most-recent",
+        "--delete-previous-checkpoint",
+        "--resume", "latest",
+        "--epochs", str(epochs),
+        "--batch-size", str(batch_size),
+        "--lr", repr(float(lr)),
+        "--warmup", str(warmup),
+        "--workers", str(workers),
+        "--seed", str(seed),
+        "--log-every-n-steps", "10",
+        "--beta1", _VIT_BETA1, "--beta2", _VIT_BETA2, "--eps", _VIT_EPS, "--wd", "0.1",
+        *(_COCA_LOSS_ARGS if coca else ()),
+        *extra_args,
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Launch
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -323,64 +363,160 @@ def launch_plan(scale: Scale, env: Mapping[str, str] | None = None) -> Launch:
     return Launch("torchrun", prefix, {"OMP_NUM_THREADS": str(scale.cpus_per_process)})
 
 
-# --------------------------------------------------------------------------------------------
-# One run
-# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's global RNG states on exit.
 
-
-def checkpoint_dir(work_dir: Path) -> Path:
-    return Path(work_dir) / RUN_NAME / "checkpoints"
-
-
-def checkpoint_epoch(path: Path) -> int | None:
-    """The ``epoch`` stored in an open_clip_train checkpoint (None when it does not load)."""
+    For code that must seed or draw (open_clip_train reseeds everything; building a model
+    initialises weights) without changing what the caller draws afterwards.
+    """
+    import numpy as np
     import torch
 
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a truncated/corrupt file counts as "no checkpoint"
-        return None
-    return int(ckpt["epoch"]) if isinstance(ckpt, dict) and "epoch" in ckpt else None
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
 
 
-def stage_toy_model(toy_model_dir: Path, work_dir: Path) -> str:
-    """The toy architecture as a weightless local-dir model; returns the ``--model`` value.
+@contextlib.contextmanager
+def _contained_side_effects() -> Iterator[None]:
+    """Undo what ``open_clip_train.main`` does to the process, for in-process runs.
 
-    Only the config and tokenizer are copied, so open_clip initialises the weights from
-    scratch (as DataComp trains from scratch). The directory name avoids "coca": open_clip
-    picks its loss by that substring in ``--model``.
+    It adds stderr and ``out.log`` handlers to the root logger, sets *every* logger to INFO and
+    reseeds Python's, NumPy's and torch's global RNGs. The caller's root handlers are detached
+    meanwhile (open_clip_train's own stderr handler already reaches the same log, so lines are
+    not doubled) and everything is restored afterwards.
     """
-    from capmix.toymodels import CONFIG_NAME, TOKENIZER_FILES
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    root_level = root.level
+    levels = {
+        name: lg.level
+        for name, lg in logging.root.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger)
+    }
+    for handler in handlers:
+        root.removeHandler(handler)
+    try:
+        with preserved_rng():
+            yield
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(root_level)
+        for name, lg in logging.root.manager.loggerDict.items():
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
 
-    staged = Path(work_dir) / "clip_model"
-    staged.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_NAME, *TOKENIZER_FILES):
-        source = Path(toy_model_dir) / name
-        if source.is_file():
-            shutil.copyfile(source, staged / name)
-    if not (staged / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in the toy model {toy_model_dir}")
-    return f"local-dir:{staged.resolve()}"
+
+def _run_to_console(command: list[str], work_dir: Path,
+                    env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Run ``command`` with its output appended to the work dir's console log.
+
+    Returns the exit status and, when it failed, the console's tail for the error message
+    (open_clip_train's own out.log misses a crash before its logging starts).
+    """
+    console = Path(work_dir) / CONSOLE_NAME
+    with console.open("ab") as sink:
+        proc = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
+                              env=None if env is None else dict(env), check=False)
+    if proc.returncode == 0:
+        return 0, ""
+    tail = console.read_text(encoding="utf-8", errors="replace")[-_CONSOLE_TAIL_CHARS:]
+    return proc.returncode, tail
 
 
-def _run(launch: Launch, argv: list[str], work_dir: Path) -> None:
-    if launch.kind == "in-process":
-        from capmix.toymodels import _run_open_clip_train
+def run_open_clip_train(argv: list[str], work_dir: Path, *, isolated: bool = False) -> None:
+    """Run ``open_clip_train.main`` with ``argv`` once; raise when it fails.
 
-        _run_open_clip_train(argv, work_dir, isolated=False)
+    In-process by default: a subprocess would re-import torch, open_clip and transformers,
+    ~7 s per run on 2 cores; the logging and RNG side effects of ``main`` are undone
+    afterwards. ``isolated=True`` runs ``python -m open_clip_train.main`` instead (output to
+    ``open_clip_train.console.log`` in ``work_dir``).
+    """
+    if isolated:
+        status, tail = _run_to_console([sys.executable, "-m", "open_clip_train.main", *argv],
+                                       work_dir)
+        if status != 0:
+            raise RuntimeError(f"open_clip_train failed (exit {status}):\n{tail}")
         return
-    console = Path(work_dir) / "open_clip_train.console.log"
+    from open_clip_train.main import main as open_clip_train_main
+
+    with _contained_side_effects():
+        status = open_clip_train_main(argv)
+    if status not in (None, 0):
+        raise RuntimeError(f"open_clip_train returned {status}; see {train_log_path(work_dir)}")
+
+
+def _launch(launch: Launch, argv: list[str], work_dir: Path) -> None:
+    """Run ``argv`` as ``launch`` says: in this process, or through torchrun/srun."""
+    if launch.kind == "in-process":
+        run_open_clip_train(argv, work_dir, isolated=False)
+        return
     argv_file = Path(work_dir) / ARGV_NAME
     write_json(argv_file, argv)
     command = launch.command(argv_file)
     log.info("launching (%s): %s", launch.kind, shlex.join(command))
-    with console.open("ab") as sink:
-        proc = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
-                              env={**os.environ, **launch.env}, check=False)
-    if proc.returncode != 0:
-        tail = console.read_text(encoding="utf-8", errors="replace")[-3000:]
+    status, tail = _run_to_console(command, work_dir, {**os.environ, **launch.env})
+    if status != 0:
         raise RuntimeError(f"open_clip_train ({launch.kind}) failed with exit "
-                           f"{proc.returncode}; {console}:\n{tail}")
+                           f"{status}; {Path(work_dir) / CONSOLE_NAME}:\n{tail}")
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------------
+
+
+def finished_checkpoint(work_dir: Path, epochs: int) -> Path | None:
+    """The run's ``epoch_{epochs}.pt`` when it already holds that epoch, else None."""
+    final = epoch_checkpoint(work_dir, epochs)
+    if final.is_file() and checkpoint_epoch(final) == epochs:
+        log.info("training in %s already reached epoch %d", work_dir, epochs)
+        return final
+    return None
+
+
+def train_cpu_epochs(model: str, shards: Sequence[Path], work_dir: Path, *, num_samples: int,
+                     epochs: int, batch_size: int, lr: float, warmup: int, workers: int,
+                     seed: int, coca: bool, extra_args: Sequence[str] = (),
+                     isolated: bool = False) -> Path:
+    """Train (or resume) ``model`` for ``epochs`` whole epochs over ``shards`` on the CPU;
+    return the final checkpoint (``work_dir/run/checkpoints/epoch_{epochs}.pt``).
+
+    ``model`` is the ``--model`` value (a staged ``local-dir:``); ``num_samples`` the samples
+    the shards hold. A batch larger than the data, or more workers than shards (open_clip_train
+    asserts shards >= workers), is cut down with a warning. Arguments: :func:`cpu_epochs_argv`;
+    a re-run on the same ``work_dir`` continues from the last finished epoch.
+    """
+    if num_samples < 1:
+        raise ValueError("the training shards hold no samples")
+    if batch_size > num_samples:
+        log.warning("batch size %d > %d samples: using %d", batch_size, num_samples, num_samples)
+        batch_size = num_samples
+    if workers > len(shards):
+        # open_clip_train asserts shards >= workers (each worker reads whole shards).
+        log.warning("%d workers > %d shards: using %d", workers, len(shards), len(shards))
+        workers = len(shards)
+    argv = cpu_epochs_argv(model, shards, work_dir, num_samples=num_samples, epochs=epochs,
+                           batch_size=batch_size, lr=lr, warmup=warmup, workers=workers,
+                           seed=seed, coca=coca, extra_args=extra_args)
+    log.info("open_clip_train %s", " ".join(argv))
+    run_open_clip_train(argv, work_dir, isolated=isolated)
+    final = epoch_checkpoint(work_dir, epochs)
+    if not final.is_file():
+        raise RuntimeError(
+            f"open_clip_train finished without {final} (latest checkpoint: epoch "
+            f"{reached_epoch(work_dir)}); see {train_log_path(work_dir)}"
+        )
+    return final
 
 
 def _link_final(latest: Path, final: Path) -> None:
@@ -401,8 +537,6 @@ def train_clip(scale: Scale, *, manifest_path: Path, work_dir: Path, final_path:
     """Train (or resume) one CLIP on a strategy's training shards; write the final
     checkpoint and the training summary. ``model`` overrides ``scale.model`` (toy scales
     pass their staged local-dir model)."""
-    from capmix.toymodels import parse_train_log
-
     manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
     if not manifest.get("num_samples"):
         raise ValueError(f"{manifest_path}: the training shards hold no samples")
@@ -413,8 +547,7 @@ def train_clip(scale: Scale, *, manifest_path: Path, work_dir: Path, final_path:
     launch = launch_plan(scale)
     argv = open_clip_argv(scale, model=model, train_data=manifest["train_data"],
                           logs_dir=work_dir, seed=seed)
-    latest = checkpoint_dir(work_dir) / "epoch_latest.pt"
-    start_epoch = checkpoint_epoch(latest) if latest.is_file() else None
+    start_epoch = reached_epoch(work_dir)
     attempts_path = work_dir / ATTEMPTS_NAME
     attempts = (json.loads(attempts_path.read_text(encoding="utf-8"))
                 if attempts_path.is_file() else [])
@@ -428,15 +561,15 @@ def train_clip(scale: Scale, *, manifest_path: Path, work_dir: Path, final_path:
                    "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         attempts.append(attempt)
         write_json(attempts_path, attempts)
-        _run(launch, argv, work_dir)
+        _launch(launch, argv, work_dir)
         attempt["wall_s"] = time.time() - started
         write_json(attempts_path, attempts)
-    reached = checkpoint_epoch(latest) if latest.is_file() else None
+    reached = reached_epoch(work_dir)
     if reached != scale.checkpoints:
         raise RuntimeError(f"open_clip_train stopped at epoch {reached} of {scale.checkpoints}"
-                           f"; see {work_dir / RUN_NAME / 'out.log'}")
-    _link_final(latest, Path(final_path))
-    trained = parse_train_log(work_dir / RUN_NAME / "out.log")
+                           f"; see {train_log_path(work_dir)}")
+    _link_final(latest_checkpoint(work_dir), Path(final_path))
+    trained = parse_train_log(train_log_path(work_dir))
     summary = {
         "scale": scale.name, "model": model, "world_size": scale.world_size,
         "per_process_batch_size": scale.per_process_batch_size,
@@ -457,6 +590,11 @@ def train_clip(scale: Scale, *, manifest_path: Path, work_dir: Path, final_path:
                                            "seed": seed})
     write_json(summary_path, {**summary, "provenance": provenance})
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# One training process under torchrun/srun
+# --------------------------------------------------------------------------------------------
 
 
 def _allow_cpu_ddp() -> None:

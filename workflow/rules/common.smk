@@ -26,9 +26,11 @@ from capmix.strategies import (  # noqa: E402
     pool_sources,
     pool_strategy_names,
 )
+from capmix.scales import load_scale, pool_train_strategies  # noqa: E402
 from capmix.sources import allows_local_urls, needs_download  # noqa: E402
+from capmix.toykinds import FINETUNED_FROM, TOY_MODEL_KINDS  # noqa: E402
+from capmix.toymodels import CONFIG_NAME  # noqa: E402
 from capmix.toyspec import SPLITS  # noqa: E402
-from capmix.train import load_scale, pool_train_strategies  # noqa: E402
 from capmix.workflow import export_package_path  # noqa: E402
 
 export_package_path(REPO / "src")
@@ -104,11 +106,16 @@ def toy_model_dir(world, kind):
     return f"results/toymodels/{world}/{kind}"
 
 
+def toy_model_config(world, kind):
+    """The file that marks a trained stand-in (its local-dir config, written last)."""
+    return f"{toy_model_dir(world, kind)}/{CONFIG_NAME}"
+
+
 def model_input(pool, spec):
     """The toy stand-in a captioner/scorer needs (trained by the pipeline), else nothing."""
     if spec.get("toy_model"):
         world = POOLS[pool]["source"]["world"]
-        return f"{toy_model_dir(world, spec['toy_model'])}/open_clip_config.json"
+        return toy_model_config(world, spec["toy_model"])
     return []
 
 
@@ -123,11 +130,12 @@ def resolved_spec(spec, model_config):
 def toy_model_inputs(wildcards):
     world = f"results/toyworld/{wildcards.world}"
     inputs = {"pretrain": f"{world}/pretrain.parquet", "coco": f"{world}/coco.parquet"}
-    if wildcards.kind == "captioner_coco":
-        inputs["base"] = f"{toy_model_dir(wildcards.world, 'captioner')}/open_clip_config.json"
+    base = FINETUNED_FROM.get(wildcards.kind)
+    if base:  # a fine-tune starts from its base model's weights
+        inputs["base"] = toy_model_config(wildcards.world, base)
     vision = config["toy_models"][wildcards.kind].get("vision_from")
     if vision:  # the model whose image tower starts this one's
-        inputs["vision"] = f"{toy_model_dir(wildcards.world, vision)}/open_clip_config.json"
+        inputs["vision"] = toy_model_config(wildcards.world, vision)
     return inputs
 
 
@@ -254,7 +262,7 @@ def train_scale_name(pool):
 
 
 def train_resource(wildcards, key):
-    """One resource of a training job, from the pool's scale (capmix.train.Scale)."""
+    """One resource of a training job, from the pool's scale (capmix.scales.Scale)."""
     return load_scale(config, train_scale_name(wildcards.pool)).slurm_resources()[key]
 
 
@@ -264,7 +272,7 @@ def train_inputs(wildcards):
     kind = config["train_scales"][train_scale_name(pool)].get("toy_model")
     if kind:
         world = POOLS[pool]["source"]["world"]
-        inputs["toy_model"] = f"{toy_model_dir(world, kind)}/open_clip_config.json"
+        inputs["toy_model"] = toy_model_config(world, kind)
     return inputs
 
 

@@ -29,10 +29,10 @@ rule toy_model:
     input:
         unpack(toy_model_inputs),
     output:
-        config="results/toymodels/{world}/{kind}/open_clip_config.json",
+        config=toy_model_config("{world}", "{kind}"),
         summary="results/toymodels/{world}/{kind}/training.json",
     wildcard_constraints:
-        kind="captioner|captioner_coco|scorer",
+        kind="|".join(TOY_MODEL_KINDS),
     params:
         settings=lambda wildcards: config["toy_models"][wildcards.kind],
         seed=config["seed"],

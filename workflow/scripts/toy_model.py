@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from capmix.logs import setup_logging
-from capmix.toymodels import finetune_toy_captioner, train_toy_captioner, train_toy_scorer
+from capmix.toykinds import FINETUNED_FROM
+from capmix.toymodels import finetune_toy_captioner, train_toy_model
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
@@ -12,10 +13,8 @@ if __name__ == "__main__":
     out_dir = Path(sm.output.config).parent
     kind, settings, seed = sm.wildcards.kind, sm.params.settings, sm.params.seed
     work = Path(sm.params.work)
-    if kind == "captioner":
-        vision = Path(sm.input.vision).parent if "vision" in sm.input.keys() else None
-        train_toy_captioner(world_dir, out_dir, settings, seed, work, vision_from=vision)
-    elif kind == "captioner_coco":
+    if kind in FINETUNED_FROM:
         finetune_toy_captioner(world_dir, Path(sm.input.base).parent, out_dir, settings, seed, work)
     else:
-        train_toy_scorer(world_dir, out_dir, settings, seed, work)
+        vision = Path(sm.input.vision).parent if "vision" in sm.input.keys() else None
+        train_toy_model(kind, world_dir, out_dir, settings, seed, work, vision_from=vision)

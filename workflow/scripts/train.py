@@ -4,7 +4,9 @@ from pathlib import Path
 
 from capmix.config import pool_by_name
 from capmix.logs import setup_logging
-from capmix.train import load_scale, stage_toy_model, train_clip
+from capmix.scales import load_scale
+from capmix.toymodels import stage_toy_model
+from capmix.train import train_clip
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
