@@ -3,7 +3,14 @@ import copy
 import pytest
 import yaml
 
-from capmix.config import BASE_CONFIGS, ConfigError, pipeline_config, update_nested, validate_config
+from capmix.config import (
+    BASE_CONFIGS,
+    ConfigError,
+    load_schema,
+    pipeline_config,
+    update_nested,
+    validate_config,
+)
 from tests.conftest import REPO
 
 CONFIGS = ["config.yaml", "smoke.yaml", "datacomp_small.yaml", "datacomp_medium.yaml",
@@ -33,6 +40,16 @@ def test_defaults_come_from_the_schema():
     assert fetch["blur_faces"] == "auto"
     assert config["toy_worlds"]["smoke"]["pool_caption_modes"]["right"] == 0.3
     assert config["resources"]["fetch"]["threads"] >= 1
+
+
+def test_targets_are_listed_once_in_the_schema():
+    """`targets` and `pools[].targets` allow one list, $defs.target (the workflow reads it and
+    checks at start-up that it says what each target builds)."""
+    schema = load_schema()
+    one_list = {"$ref": "#/$defs/target"}
+    assert schema["properties"]["targets"]["items"] == one_list
+    assert schema["$defs"]["pool"]["properties"]["targets"]["items"] == one_list
+    assert "findings" in schema["$defs"]["target"]["enum"]
 
 
 def test_datacomp_pools_get_datacomp_download_settings():

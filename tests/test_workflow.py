@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,26 @@ def test_dry_run_builds_the_dag(workdir, configfile):
         assert stats["train"] == stats["subset"]
         # Each model on DataComp's suite, whose 40 task directories are fetched once.
         assert stats["evaluate"] == stats["train"] and stats["eval_data"] == 40
+
+
+def test_rules_only_wire_and_ask_for_their_own_resources():
+    """No lambdas in the rules (helpers of `wildcards` live in common.smk), and each rule's
+    threads and resources come from resource(<its name>, key): config `resources.<rule>`
+    (defaults in the schema), or the pool's scale / suite for train / evaluate."""
+    from capmix.config import load_schema
+
+    stages = set(load_schema()["properties"]["resources"]["properties"]) | {"train", "evaluate"}
+    rules = []
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        text = smk.read_text()
+        assert "lambda" not in text, smk.name
+        for block in re.split(r"^rule ", text, flags=re.M)[1:]:
+            name = block.split(":", 1)[0]
+            rules.append(name)
+            assert set(re.findall(r'resource\("(\w+)"', block)) == {name}, (smk.name, name)
+            assert re.search(r"^ +threads: resource\(", block, re.M), name
+            assert name in stages, name
+    assert len(rules) >= 19 and "train" in rules and "raw_captions" in rules
 
 
 def test_bad_config_fails_at_start_naming_the_key(workdir):

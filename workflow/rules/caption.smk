@@ -6,19 +6,19 @@
 
 rule raw_captions:
     input:
-        index="results/{pool}/fetch/index.parquet",
+        index=FETCH_INDEX,
     output:
-        manifest="results/{pool}/captions/raw/manifest.json",
+        manifest=RAW_CAPTIONS,
     params:
-        shards=lambda wildcards: f"results/{wildcards.pool}/shards",
+        shards=SHARDS,
     log:
         "logs/raw_captions/{pool}.log",
     benchmark:
         "benchmarks/raw_captions/{pool}.tsv"
-    threads: 1
+    threads: resource("raw_captions", "threads")
     resources:
-        mem_mb=res("quality", "mem_mb"),
-        runtime=res("quality", "runtime"),
+        mem_mb=resource("raw_captions", "mem_mb"),
+        runtime=resource("raw_captions", "runtime"),
     conda:
         "../../envs/torch.yaml"
     script:
@@ -27,28 +27,24 @@ rule raw_captions:
 
 rule caption:
     input:
-        index="results/{pool}/fetch/index.parquet",
-        model=lambda wildcards: model_input(
-            wildcards.pool, config["captioners"][wildcards.captioner]
-        ),
+        index=FETCH_INDEX,
+        model=captioner_model,
     output:
-        manifest="results/{pool}/captions/{captioner}/{temperature}/{chunk}.json",
+        manifest=CAPTION_CHUNK,
     params:
-        spec=lambda wildcards, input: resolved_spec(
-            config["captioners"][wildcards.captioner], input.model
-        ),
+        spec=captioner_spec,
         settings=config["caption"],
-        shards=lambda wildcards: f"results/{wildcards.pool}/shards",
+        shards=SHARDS,
         seed=config["seed"],
     log:
         "logs/caption/{pool}/{captioner}/{temperature}/{chunk}.log",
     benchmark:
         "benchmarks/caption/{pool}/{captioner}/{temperature}/{chunk}.tsv"
-    threads: res("caption", "threads")
+    threads: resource("caption", "threads")
     resources:
-        mem_mb=res("caption", "mem_mb"),
-        runtime=res("caption", "runtime"),
-        gpu=res("caption", "gpus"),
+        mem_mb=resource("caption", "mem_mb"),
+        runtime=resource("caption", "runtime"),
+        gpu=resource("caption", "gpu"),
     conda:
         "../../envs/torch.yaml"
     script:

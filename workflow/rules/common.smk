@@ -1,5 +1,7 @@
 # Start-up: validate the config against the schema (defaults filled in), check
-# cross-references, and helpers that turn config data into file paths.
+# cross-references; then what the rules are wired with: the paths several rules or helpers
+# name (one pattern each), what each job asks for (`resource`), and helpers that take a
+# job's `wildcards` and turn config data into its inputs and params.
 import re
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
 from capmix.captionsets import pool_caption_sets  # noqa: E402
+from capmix.chunks import CHUNK_PATTERN, chunk_names  # noqa: E402
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
 from capmix.suites import (  # noqa: E402
     TASK_MANIFEST,
@@ -45,9 +48,13 @@ _reference_problems = check_references(config)
 if _reference_problems:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_reference_problems))
 
+# ---- Allowed values: from the schema and capmix, never restated here ---------------------
+SCHEMA_DEFS = load_schema(SCHEMA)["$defs"]
 POOLS = {pool["name"]: pool for pool in config["pools"]}
 # Captioner and scorer names as the schema allows them (one pattern for both places).
-MODEL_NAME = load_schema(SCHEMA)["$defs"]["model_name"]["pattern"].strip("^$")
+MODEL_NAME = SCHEMA_DEFS["model_name"]["pattern"].strip("^$")
+# What `targets` and `pools[].targets` may name (TARGET_FILES says what each builds).
+TARGETS = SCHEMA_DEFS["target"]["enum"]
 TOY_WORLDS = config["toy_worlds"]
 STRATEGIES = expand_strategies(config["strategies"])
 # Where real suites fetch their task data to (config eval_suites.<suite>.data_dir).
@@ -62,15 +69,102 @@ wildcard_constraints:
     captioner=MODEL_NAME,
     scorer=MODEL_NAME,
     temperature="[0-9]+[.][0-9]+",
-    chunk="chunk[0-9]+of[0-9]+",
+    chunk=CHUNK_PATTERN,
     caption_set=f"raw|{MODEL_NAME}/[0-9]+[.][0-9]+",
     strategy="|".join(STRATEGIES) or "no_strategy",
     data="[A-Za-z0-9][A-Za-z0-9_.-]*",
     eval_data_dir="|".join(map(re.escape, REAL_EVAL_DATA_DIRS)) or "no_eval_data_dir",
 
 
+# ---- Paths that more than one rule or helper names -------------------------------------
+# One pattern each: rules use them as they are (Snakemake fills in the wildcards, in params
+# too), helpers with .format(). Paths only one rule names stay in that rule.
+TOY_WORLD_DIR = "results/toyworld/{world}"
+TOY_WORLD_SPLIT = f"{TOY_WORLD_DIR}/{{split}}.parquet"
+TOY_WORLD_MANIFEST = f"{TOY_WORLD_DIR}/manifest.json"
+TOY_MODEL_CONFIG = f"results/toymodels/{{world}}/{{kind}}/{CONFIG_NAME}"
+DOWNLOAD_RECORD = "results/{pool}/metadata_raw/download.json"
+METADATA = "results/{pool}/metadata"
+FETCH_INDEX = "results/{pool}/fetch/index.parquet"
+FETCH_REPORT = "results/{pool}/fetch/report.json"
+SHARDS = "results/{pool}/shards"  # img2dataset's rounds; read by every stage that decodes
+RAW_CAPTIONS = "results/{pool}/captions/raw/manifest.json"
+CAPTION_CHUNK = "results/{pool}/captions/{captioner}/{temperature}/{chunk}.json"
+IMAGE_EMBEDDINGS = "results/{pool}/scores/{scorer}/images/{chunk}.json"
+SCORES = "results/{pool}/scores/{scorer}/{caption_set}.parquet"
+QUALITY = "results/{pool}/quality/{scorer}/{caption_set}.json"
+IMAGE_CLUSTERS = "results/{pool}/mix/image_clusters.parquet"
+MIX_TABLE = "results/{pool}/mix/table.parquet"
+SORTED_SCORES = "results/{pool}/mix/sorted_scores.npz"
+SUBSET_SAMPLES = "results/{pool}/subsets/{strategy}/samples.parquet"
+SUBSET_SUMMARY = "results/{pool}/subsets/{strategy}/summary.json"
+TRAIN_SHARDS_DIR = "results/{pool}/train_shards/{strategy}"
+TRAIN_SHARDS = f"{TRAIN_SHARDS_DIR}/manifest.json"
+MODEL_DIR = "results/{pool}/models/{strategy}"  # checkpoints of a run in progress live here
+CHECKPOINT = f"{MODEL_DIR}/final.pt"
+TRAINING = f"{MODEL_DIR}/training.json"
+EVAL_AGGREGATE = "results/{pool}/eval/{strategy}.aggregate.json"
+TOY_EVAL_DATA_DIR = "results/eval_data/toy/{world}"
+EVAL_TASK = f"{{eval_data_dir}}/{{data}}/{TASK_MANIFEST}"  # a task's directory and manifest
+FINDINGS = "results/{pool}/findings.json"
+
+
+# ---- Resources: every rule's threads and resources come from here --------------------
+# Training and evaluation ask for what the pool's scale and suite say; the other stages for
+# config `resources.<stage>` (one entry per rule; defaults in the schema).
+PER_POOL_RESOURCES = ("train", "evaluate")
+# What a suite's `resources` may set; unset ones are None (Snakemake leaves them out).
+SUITE_RESOURCES = list(SCHEMA_DEFS["eval_suite"]["properties"]["resources"]["properties"])
+# Keys of config `resources.<stage>` -> the Snakemake resource they set, where they differ.
+RESOURCE_NAMES = {"gpus": "gpu"}  # SLURM's --gpus
+
+
+def stage_resources(stage, wildcards):
+    """Every resource one job of `stage` asks for, by Snakemake name, threads included."""
+    if stage == "train":  # capmix.train.Scale: nodes, GPUs, CPUs and memory per process
+        requested = load_scale(config, train_scale_name(wildcards.pool)).slurm_resources()
+        return {"threads": requested["cpus_per_task"], **requested}
+    if stage == "evaluate":
+        suite = config["eval_suites"][POOLS[wildcards.pool]["eval"]["suite"]]
+        requested = {key: (suite.get("resources") or {}).get(key) for key in SUITE_RESOURCES}
+        return {"threads": requested["cpus_per_task"] or 1, **requested}
+    settings = config["resources"][stage]
+    return {RESOURCE_NAMES.get(key, key): value for key, value in settings.items()}
+
+
+def resource(stage, key):
+    """One resource of `stage`'s jobs, as a function of a job's wildcards (threads: key
+    "threads"); see stage_resources."""
+    if stage not in PER_POOL_RESOURCES and stage not in config["resources"]:
+        raise WorkflowError(f"stage '{stage}' has no entry in config `resources`")
+
+    def job_resource(wildcards):
+        return stage_resources(stage, wildcards)[key]
+
+    job_resource.__name__ = f"resource_{stage}_{key}"
+    return job_resource
+
+
+# ---- Pools and sources -----------------------------------------------------------------
+def pool_setting(*keys):
+    """A function of a job's wildcards giving `POOLS[pool][key][subkey]...`."""
+
+    def setting(wildcards):
+        value = POOLS[wildcards.pool]
+        for key in keys:
+            value = value[key]
+        return value
+
+    setting.__name__ = "pool_" + "_".join(keys)
+    return setting
+
+
 def pool_source(wildcards):
     return POOLS[wildcards.pool]["source"]
+
+
+def local_urls_allowed(wildcards):
+    return allows_local_urls(pool_source(wildcards))
 
 
 def metadata_required_columns(wildcards):
@@ -84,38 +178,50 @@ def metadata_input(wildcards):
     """What the metadata stage reads: a toy split, a local file/dir, or a download record."""
     source = pool_source(wildcards)
     if source["type"] == "toy":
-        return f"results/toyworld/{source['world']}/{source['split']}.parquet"
+        return TOY_WORLD_SPLIT.format(world=source["world"], split=source["split"])
     if needs_download(source):
-        return f"results/{wildcards.pool}/metadata_raw/download.json"
+        return DOWNLOAD_RECORD.format(pool=wildcards.pool)
     if source["type"] == "datacomp":
         return source["local_dir"]
     return source["path"]
 
 
-def res(stage, key):
-    """A stage's resource setting (config `resources`, defaults from the schema)."""
-    return config["resources"][stage][key]
+# ---- Toy world and stand-in models -----------------------------------------------------
+def input_manifest_dir(wildcards, input):
+    """The folder of the job's `manifest` input (a toy world's, for its task data)."""
+    return str(Path(input.manifest).parent)
 
 
-def chunk_names(stage):
-    jobs = config[stage]["jobs"]
-    return [f"chunk{i}of{jobs}" for i in range(jobs)]
-
-
-def toy_model_dir(world, kind):
-    return f"results/toymodels/{world}/{kind}"
+def toy_world_spec(wildcards):
+    return TOY_WORLDS[wildcards.world]
 
 
 def toy_model_config(world, kind):
     """The file that marks a trained stand-in (its local-dir config, written last)."""
-    return f"{toy_model_dir(world, kind)}/{CONFIG_NAME}"
+    return TOY_MODEL_CONFIG.format(world=world, kind=kind)
+
+
+def toy_model_settings(wildcards):
+    return config["toy_models"][wildcards.kind]
+
+
+def toy_model_inputs(wildcards):
+    world = wildcards.world
+    inputs = {"pretrain": TOY_WORLD_SPLIT.format(world=world, split="pretrain"),
+              "coco": TOY_WORLD_SPLIT.format(world=world, split="coco")}
+    base = FINETUNED_FROM.get(wildcards.kind)
+    if base:  # a fine-tune starts from its base model's weights
+        inputs["base"] = toy_model_config(world, base)
+    vision = config["toy_models"][wildcards.kind].get("vision_from")
+    if vision:  # the model whose image tower starts this one's
+        inputs["vision"] = toy_model_config(world, vision)
+    return inputs
 
 
 def model_input(pool, spec):
     """The toy stand-in a captioner/scorer needs (trained by the pipeline), else nothing."""
     if spec.get("toy_model"):
-        world = POOLS[pool]["source"]["world"]
-        return toy_model_config(world, spec["toy_model"])
+        return toy_model_config(POOLS[pool]["source"]["world"], spec["toy_model"])
     return []
 
 
@@ -127,19 +233,20 @@ def resolved_spec(spec, model_config):
     return spec
 
 
-def toy_model_inputs(wildcards):
-    world = f"results/toyworld/{wildcards.world}"
-    inputs = {"pretrain": f"{world}/pretrain.parquet", "coco": f"{world}/coco.parquet"}
-    base = FINETUNED_FROM.get(wildcards.kind)
-    if base:  # a fine-tune starts from its base model's weights
-        inputs["base"] = toy_model_config(wildcards.world, base)
-    vision = config["toy_models"][wildcards.kind].get("vision_from")
-    if vision:  # the model whose image tower starts this one's
-        inputs["vision"] = toy_model_config(wildcards.world, vision)
-    return inputs
+# ---- Captions and scores ---------------------------------------------------------------
+def captioner_model(wildcards):
+    return model_input(wildcards.pool, config["captioners"][wildcards.captioner])
 
 
-def pool_scorer_spec(wildcards, input):
+def captioner_spec(wildcards, input):
+    return resolved_spec(config["captioners"][wildcards.captioner], input.model)
+
+
+def scorer_model(wildcards):
+    return model_input(wildcards.pool, config["scorers"][wildcards.scorer])
+
+
+def scorer_spec(wildcards, input):
     return resolved_spec(config["scorers"][wildcards.scorer], input.model)
 
 
@@ -149,49 +256,68 @@ def caption_sets(pool):
 
 
 def caption_manifests(pool, caption_set):
+    """The manifests of a caption set: raw's one, a synthetic set's one per chunk."""
     if caption_set == "raw":
-        return [f"results/{pool}/captions/raw/manifest.json"]
-    return [f"results/{pool}/captions/{caption_set}/{chunk}.json" for chunk in chunk_names("caption")]
+        return [RAW_CAPTIONS.format(pool=pool)]
+    captioner, temperature = caption_set.split("/")
+    return [CAPTION_CHUNK.format(pool=pool, captioner=captioner, temperature=temperature,
+                                 chunk=chunk) for chunk in chunk_names(config["caption"]["jobs"])]
 
 
 def embedding_manifests(pool, scorer):
-    return [f"results/{pool}/scores/{scorer}/images/{chunk}.json" for chunk in chunk_names("score")]
+    return [IMAGE_EMBEDDINGS.format(pool=pool, scorer=scorer, chunk=chunk)
+            for chunk in chunk_names(config["score"]["jobs"])]
 
 
-def mix_sources(pool):
-    """Concrete caption source -> the caption sets it reads, for the pool's strategies."""
-    return pool_sources(config, POOLS[pool])
+def caption_set_manifests(wildcards):
+    return caption_manifests(wildcards.pool, wildcards.caption_set)
 
 
-def mix_caption_sets(pool):
-    return sorted({s for sets in mix_sources(pool).values() for s in sets})
+def image_embeddings(wildcards):
+    return embedding_manifests(wildcards.pool, wildcards.scorer)
 
 
-def mix_table_inputs(wildcards):
-    pool = wildcards.pool
+def pool_scores(pool, sets):
+    """Caption set -> its scores parquet (by the pool's scorer), for the caption sets `sets`."""
     scorer = POOLS[pool]["scorer"]
-    inputs = {
-        "index": f"results/{pool}/fetch/index.parquet",
-        "scores": [f"results/{pool}/scores/{scorer}/{s}.parquet" for s in mix_caption_sets(pool)],
-        "captions": [m for s in mix_caption_sets(pool) for m in caption_manifests(pool, s)],
-    }
-    if pool_needs_clusters(config, POOLS[pool]):
-        inputs["clusters"] = f"results/{pool}/mix/image_clusters.parquet"
-    return inputs
+    return {s: SCORES.format(pool=pool, scorer=scorer, caption_set=s) for s in sets}
+
+
+# ---- Filtering and mixing --------------------------------------------------------------
+def mix_sources(wildcards):
+    """Concrete caption source -> the caption sets it reads, for the pool's strategies."""
+    return pool_sources(config, POOLS[wildcards.pool])
+
+
+def mix_caption_sets(wildcards):
+    return sorted({s for sets in mix_sources(wildcards).values() for s in sets})
 
 
 def mix_score_paths(wildcards):
-    scorer = POOLS[wildcards.pool]["scorer"]
-    return {s: f"results/{wildcards.pool}/scores/{scorer}/{s}.parquet"
-            for s in mix_caption_sets(wildcards.pool)}
+    """Caption set -> scores parquet, for the sets the pool's strategies read."""
+    return pool_scores(wildcards.pool, mix_caption_sets(wildcards))
 
 
 def mix_caption_manifests(wildcards):
-    return {s: caption_manifests(wildcards.pool, s) for s in mix_caption_sets(wildcards.pool)}
+    """Caption set -> its caption manifests, for the sets the pool's strategies read."""
+    return {s: caption_manifests(wildcards.pool, s) for s in mix_caption_sets(wildcards)}
 
 
-def image_cluster_spec(pool):
-    return POOLS[pool]["mix"]["image_clusters"] or {}
+def mix_table_inputs(wildcards):
+    """The files of mix_score_paths and mix_caption_manifests (its params), as inputs."""
+    pool = wildcards.pool
+    inputs = {
+        "index": FETCH_INDEX.format(pool=pool),
+        "scores": list(mix_score_paths(wildcards).values()),
+        "captions": [m for ms in mix_caption_manifests(wildcards).values() for m in ms],
+    }
+    if pool_needs_clusters(config, POOLS[pool]):
+        inputs["clusters"] = IMAGE_CLUSTERS.format(pool=pool)
+    return inputs
+
+
+def image_cluster_spec(wildcards):
+    return POOLS[wildcards.pool]["mix"]["image_clusters"] or {}
 
 
 def listed(value):
@@ -202,7 +328,7 @@ def listed(value):
 
 
 def image_cluster_inputs(wildcards):
-    spec = image_cluster_spec(wildcards.pool)
+    spec = image_cluster_spec(wildcards)
     scorer = POOLS[wildcards.pool]["scorer"]
     reference = spec.get("reference_pool")
     return {
@@ -221,39 +347,7 @@ def pool_aliases(wildcards):
     return POOLS[wildcards.pool]["mix"]["sources"]
 
 
-def pool_targets(pool, target):
-    if target == "findings":
-        # Only pools that opt in (pools[].findings) check the paper's findings.
-        return [f"results/{pool}/findings.json"] if POOLS[pool]["findings"] else []
-    if target == "metadata":
-        return [f"results/{pool}/metadata"]
-    if target == "fetch":
-        return [f"results/{pool}/fetch/report.json"]
-    if target == "captions":
-        return [m for s in caption_sets(pool) for m in caption_manifests(pool, s)]
-    scorer = POOLS[pool]["scorer"]
-    if target == "scores":
-        return [f"results/{pool}/scores/{scorer}/{s}.parquet" for s in caption_sets(pool)]
-    if target == "quality":
-        return [f"results/{pool}/quality/{scorer}/{s}.json" for s in caption_sets(pool)]
-    strategies = pool_strategy_names(config, POOLS[pool])
-    if target == "subsets":
-        return [f"results/{pool}/subsets/{s}/summary.json" for s in strategies]
-    if target == "train_shards":
-        return [f"results/{pool}/train_shards/{s}/manifest.json" for s in strategies]
-    if target == "models":
-        if not POOLS[pool]["train"]:
-            return []  # a pool without a training scale trains nothing
-        return [f"results/{pool}/models/{s}/training.json"
-                for s in pool_train_strategies(config, POOLS[pool])]
-    if target == "eval":
-        if not (POOLS[pool]["train"] and POOLS[pool]["eval"]):
-            return []  # nothing trained, or no suite: nothing to evaluate
-        return [f"results/{pool}/eval/{s}.aggregate.json"
-                for s in pool_train_strategies(config, POOLS[pool])]
-    raise ValueError(target)
-
-
+# ---- Training and evaluation -----------------------------------------------------------
 def train_scale_name(pool):
     train = POOLS[pool]["train"]
     if not train:
@@ -261,18 +355,16 @@ def train_scale_name(pool):
     return train["scale"]
 
 
-def train_resource(wildcards, key):
-    """One resource of a training job, from the pool's scale (capmix.scales.Scale)."""
-    return load_scale(config, train_scale_name(wildcards.pool)).slurm_resources()[key]
+def train_scale(wildcards):
+    return train_scale_name(wildcards.pool)
 
 
 def train_inputs(wildcards):
     pool = wildcards.pool
-    inputs = {"manifest": f"results/{pool}/train_shards/{wildcards.strategy}/manifest.json"}
+    inputs = {"manifest": TRAIN_SHARDS.format(pool=pool, strategy=wildcards.strategy)}
     kind = config["train_scales"][train_scale_name(pool)].get("toy_model")
     if kind:
-        world = POOLS[pool]["source"]["world"]
-        inputs["toy_model"] = toy_model_config(world, kind)
+        inputs["toy_model"] = toy_model_config(POOLS[pool]["source"]["world"], kind)
     return inputs
 
 
@@ -284,28 +376,24 @@ def pool_suite(pool):
     return load_suite(config, evaluation["suite"])
 
 
-def eval_data_dir(pool):
+def suite_data_dir(wildcards):
     """Task data of the pool's suite: the toy suite is built per toy world."""
+    pool = wildcards.pool
     suite = pool_suite(pool)
     if suite.toy:
-        return f"results/eval_data/toy/{POOLS[pool]['source']['world']}"
+        return TOY_EVAL_DATA_DIR.format(world=POOLS[pool]["source"]["world"])
     return suite.data_dir
 
 
 def eval_inputs(wildcards):
     pool, strategy = wildcards.pool, wildcards.strategy
-    data_dir = eval_data_dir(pool)
+    data_dir = suite_data_dir(wildcards)
     return {
-        "checkpoint": f"results/{pool}/models/{strategy}/final.pt",
-        "training": f"results/{pool}/models/{strategy}/training.json",
-        "tasks": [f"{data_dir}/{t.data}/{TASK_MANIFEST}" for t in pool_suite(pool).tasks],
+        "checkpoint": CHECKPOINT.format(pool=pool, strategy=strategy),
+        "training": TRAINING.format(pool=pool, strategy=strategy),
+        "tasks": [EVAL_TASK.format(eval_data_dir=data_dir, data=t.data)
+                  for t in pool_suite(pool).tasks],
     }
-
-
-def eval_resource(wildcards, key):
-    """One resource of an evaluation job, from the suite's `resources` (unset if absent)."""
-    return (config["eval_suites"][POOLS[wildcards.pool]["eval"]["suite"]].get("resources")
-            or {}).get(key)
 
 
 def real_eval_task(wildcards):
@@ -322,6 +410,7 @@ def real_eval_task(wildcards):
                         f"the data directory '{wildcards.data}'")
 
 
+# ---- Findings --------------------------------------------------------------------------
 def findings_plan(wildcards):
     """Every finding resolved for the pool: files and fields, or why it is not measured."""
     return plan_findings(config, wildcards.pool)
@@ -332,6 +421,72 @@ def findings_inputs(wildcards):
     return finding_inputs(config, wildcards.pool)
 
 
+# ---- Targets: what `rule all` builds ---------------------------------------------------
+def pool_strategies(pool):
+    return pool_strategy_names(config, POOLS[pool])
+
+
+def trained_strategies(pool):
+    """The strategies a pool trains a CLIP on; none without a training scale."""
+    return pool_train_strategies(config, POOLS[pool]) if POOLS[pool]["train"] else []
+
+
+def evaluated_strategies(pool):
+    """The trained strategies, if the pool has a suite to evaluate them on."""
+    return trained_strategies(pool) if POOLS[pool]["eval"] else []
+
+
+def all_caption_manifests(pool):
+    return [m for s in caption_sets(pool) for m in caption_manifests(pool, s)]
+
+
+def pool_file(pattern, only_if=None):
+    """Target files: one per pool (those whose `only_if` setting is set, if given)."""
+
+    def files(pool):
+        return [pattern.format(pool=pool)] if only_if is None or POOLS[pool][only_if] else []
+
+    return files
+
+
+def caption_set_files(pattern):
+    """Target files: one per caption set of the pool (by its scorer)."""
+
+    def files(pool):
+        scorer = POOLS[pool]["scorer"]
+        return [pattern.format(pool=pool, scorer=scorer, caption_set=s) for s in caption_sets(pool)]
+
+    return files
+
+
+def strategy_files(pattern, strategies):
+    """Target files: one per strategy of `strategies(pool)`."""
+
+    def files(pool):
+        return [pattern.format(pool=pool, strategy=s) for s in strategies(pool)]
+
+    return files
+
+
+# Target -> its files for a pool, one entry per target the schema allows, in its order.
+TARGET_FILES = {
+    "metadata": pool_file(METADATA),
+    "fetch": pool_file(FETCH_REPORT),
+    "captions": all_caption_manifests,
+    "scores": caption_set_files(SCORES),
+    "quality": caption_set_files(QUALITY),
+    "subsets": strategy_files(SUBSET_SUMMARY, pool_strategies),
+    "train_shards": strategy_files(TRAIN_SHARDS, pool_strategies),
+    "models": strategy_files(TRAINING, trained_strategies),
+    "eval": strategy_files(EVAL_AGGREGATE, evaluated_strategies),
+    # Only pools that opt in (pools[].findings) check the paper's findings.
+    "findings": pool_file(FINDINGS, only_if="findings"),
+}
+if list(TARGET_FILES) != TARGETS:
+    raise WorkflowError(f"common.smk: TARGET_FILES covers {list(TARGET_FILES)}, but the schema's "
+                        f"targets ($defs.target) are {TARGETS}")
+
+
 def all_targets():
     return [f for pool in POOLS for t in (POOLS[pool]["targets"] or config["targets"])
-            for f in pool_targets(pool, t)]
+            for f in TARGET_FILES[t](pool)]

@@ -13,17 +13,17 @@ localrules:
 
 rule eval_data:
     output:
-        manifest="{eval_data_dir}/{data}/capmix_task.json",
+        manifest=EVAL_TASK,
     params:
         task=real_eval_task,
     log:
         "{eval_data_dir}/{data}/capmix_fetch.log",
     benchmark:
         "{eval_data_dir}/{data}/capmix_fetch.benchmark.tsv"
-    threads: 1
+    threads: resource("eval_data", "threads")
     resources:
-        mem_mb=8000,
-        runtime=1440,
+        mem_mb=resource("eval_data", "mem_mb"),
+        runtime=resource("eval_data", "runtime"),
     conda:
         "../../envs/evaldata.yaml"
     script:
@@ -32,22 +32,20 @@ rule eval_data:
 
 rule toy_eval_data:
     input:
-        manifest="results/toyworld/{world}/manifest.json",
+        manifest=TOY_WORLD_MANIFEST,
     output:
-        manifests=expand(
-            "results/eval_data/toy/{{world}}/{data}/capmix_task.json", data=list(TOY_EVAL_TASKS)
-        ),
+        manifests=expand(EVAL_TASK, eval_data_dir=TOY_EVAL_DATA_DIR, data=list(TOY_EVAL_TASKS)),
     params:
         tasks=TOY_EVAL_TASKS,
-        world_dir=lambda wildcards: f"results/toyworld/{wildcards.world}",
+        world_dir=input_manifest_dir,
     log:
         "logs/toy_eval_data/{world}.log",
     benchmark:
         "benchmarks/toy_eval_data/{world}.tsv"
-    threads: 1
+    threads: resource("toy_eval_data", "threads")
     resources:
-        mem_mb=1000,
-        runtime=30,
+        mem_mb=resource("toy_eval_data", "mem_mb"),
+        runtime=resource("toy_eval_data", "runtime"),
     conda:
         "../../envs/torch.yaml"
     script:
@@ -59,22 +57,22 @@ rule evaluate:
         unpack(eval_inputs),
     output:
         results="results/{pool}/eval/{strategy}.jsonl",
-        aggregate="results/{pool}/eval/{strategy}.aggregate.json",
+        aggregate=EVAL_AGGREGATE,
     params:
-        suite=lambda wildcards: POOLS[wildcards.pool]["eval"]["suite"],
-        data_dir=lambda wildcards: eval_data_dir(wildcards.pool),
+        suite=pool_setting("eval", "suite"),
+        data_dir=suite_data_dir,
         progress="results/{pool}/eval/{strategy}.progress.jsonl",
         settings=config["eval"],
     log:
         "logs/evaluate/{pool}/{strategy}.log",
     benchmark:
         "benchmarks/evaluate/{pool}/{strategy}.tsv"
-    threads: lambda wildcards: eval_resource(wildcards, "cpus_per_task") or 1
+    threads: resource("evaluate", "threads")
     resources:
-        mem_mb=lambda wildcards: eval_resource(wildcards, "mem_mb"),
-        runtime=lambda wildcards: eval_resource(wildcards, "runtime"),
-        gpu=lambda wildcards: eval_resource(wildcards, "gpu"),
-        cpus_per_task=lambda wildcards: eval_resource(wildcards, "cpus_per_task"),
+        mem_mb=resource("evaluate", "mem_mb"),
+        runtime=resource("evaluate", "runtime"),
+        gpu=resource("evaluate", "gpu"),
+        cpus_per_task=resource("evaluate", "cpus_per_task"),
     conda:
         "../../envs/torch.yaml"
     script:

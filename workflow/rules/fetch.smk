@@ -5,23 +5,23 @@
 
 rule fetch:
     input:
-        "results/{pool}/metadata",
+        METADATA,
     output:
-        index="results/{pool}/fetch/index.parquet",
-        report="results/{pool}/fetch/report.json",
+        index=FETCH_INDEX,
+        report=FETCH_REPORT,
     params:
-        settings=lambda wildcards: POOLS[wildcards.pool]["fetch"],
-        source_type=lambda wildcards: POOLS[wildcards.pool]["source"]["type"],
-        allow_local_urls=lambda wildcards: allows_local_urls(POOLS[wildcards.pool]["source"]),
-        shards=lambda wildcards: f"results/{wildcards.pool}/shards",
+        settings=pool_setting("fetch"),
+        source_type=pool_setting("source", "type"),
+        allow_local_urls=local_urls_allowed,
+        shards=SHARDS,
     log:
         "logs/fetch/{pool}.log",
     benchmark:
         "benchmarks/fetch/{pool}.tsv"
-    threads: res("fetch", "threads")
+    threads: resource("fetch", "threads")
     resources:
-        mem_mb=res("fetch", "mem_mb"),
-        runtime=res("fetch", "runtime"),
+        mem_mb=resource("fetch", "mem_mb"),
+        runtime=resource("fetch", "runtime"),
     conda:
         "../../envs/core.yaml"
     script:

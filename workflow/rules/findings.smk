@@ -8,7 +8,7 @@ rule findings:
     input:
         findings_inputs,
     output:
-        json="results/{pool}/findings.json",
+        json=FINDINGS,
         md="results/{pool}/findings.md",
     params:
         plan=findings_plan,
@@ -16,10 +16,10 @@ rule findings:
         "logs/findings/{pool}.log",
     benchmark:
         "benchmarks/findings/{pool}.tsv"
-    threads: 1
+    threads: resource("findings", "threads")
     resources:
-        mem_mb=res("findings", "mem_mb"),
-        runtime=res("findings", "runtime"),
+        mem_mb=resource("findings", "mem_mb"),
+        runtime=resource("findings", "runtime"),
     conda:
         "../../envs/core.yaml"
     script:

@@ -8,46 +8,47 @@ rule image_clusters:
     input:
         unpack(image_cluster_inputs),
     output:
-        clusters="results/{pool}/mix/image_clusters.parquet",
+        clusters=IMAGE_CLUSTERS,
         summary="results/{pool}/mix/image_clusters.json",
     params:
-        spec=lambda wildcards: image_cluster_spec(wildcards.pool),
+        spec=image_cluster_spec,
         seed=config["seed"],
     log:
         "logs/image_clusters/{pool}.log",
     benchmark:
         "benchmarks/image_clusters/{pool}.tsv"
-    threads: res("image_clusters", "threads")
+    threads: resource("image_clusters", "threads")
     resources:
-        mem_mb=res("image_clusters", "mem_mb"),
-        runtime=res("image_clusters", "runtime"),
-        gpu=res("image_clusters", "gpus"),
+        mem_mb=resource("image_clusters", "mem_mb"),
+        runtime=resource("image_clusters", "runtime"),
+        gpu=resource("image_clusters", "gpu"),
     conda:
         "../../envs/mix.yaml"
     script:
         "../scripts/image_clusters.py"
 
 
+# The params map each caption set to its files (the inputs, listed flat).
 rule mix_table:
     input:
         unpack(mix_table_inputs),
     output:
-        table="results/{pool}/mix/table.parquet",
-        sorted="results/{pool}/mix/sorted_scores.npz",
+        table=MIX_TABLE,
+        sorted=SORTED_SCORES,
         report="results/{pool}/mix/table.json",
     params:
-        sources=lambda wildcards: mix_sources(wildcards.pool),
+        sources=mix_sources,
         score_paths=mix_score_paths,
         caption_manifests=mix_caption_manifests,
-        on_missing_score=lambda wildcards: POOLS[wildcards.pool]["mix"]["on_missing_score"],
+        on_missing_score=pool_setting("mix", "on_missing_score"),
     log:
         "logs/mix_table/{pool}.log",
     benchmark:
         "benchmarks/mix_table/{pool}.tsv"
-    threads: res("mix_table", "threads")
+    threads: resource("mix_table", "threads")
     resources:
-        mem_mb=res("mix_table", "mem_mb"),
-        runtime=res("mix_table", "runtime"),
+        mem_mb=resource("mix_table", "mem_mb"),
+        runtime=resource("mix_table", "runtime"),
     conda:
         "../../envs/mix.yaml"
     script:
@@ -56,12 +57,12 @@ rule mix_table:
 
 rule subset:
     input:
-        table="results/{pool}/mix/table.parquet",
-        sorted="results/{pool}/mix/sorted_scores.npz",
+        table=MIX_TABLE,
+        sorted=SORTED_SCORES,
     output:
         uids="results/{pool}/subsets/{strategy}/uids.npy",
-        samples="results/{pool}/subsets/{strategy}/samples.parquet",
-        summary="results/{pool}/subsets/{strategy}/summary.json",
+        samples=SUBSET_SAMPLES,
+        summary=SUBSET_SUMMARY,
     params:
         spec=strategy_spec,
         aliases=pool_aliases,
@@ -69,10 +70,10 @@ rule subset:
         "logs/subset/{pool}/{strategy}.log",
     benchmark:
         "benchmarks/subset/{pool}/{strategy}.tsv"
-    threads: res("subset", "threads")
+    threads: resource("subset", "threads")
     resources:
-        mem_mb=res("subset", "mem_mb"),
-        runtime=res("subset", "runtime"),
+        mem_mb=resource("subset", "mem_mb"),
+        runtime=resource("subset", "runtime"),
     conda:
         "../../envs/mix.yaml"
     script:
@@ -83,22 +84,22 @@ rule subset:
 # job): a killed job resumes from the shards already written (capmix.reshard).
 rule train_shards:
     input:
-        samples="results/{pool}/subsets/{strategy}/samples.parquet",
-        index="results/{pool}/fetch/index.parquet",
+        samples=SUBSET_SAMPLES,
+        index=FETCH_INDEX,
     output:
-        manifest="results/{pool}/train_shards/{strategy}/manifest.json",
+        manifest=TRAIN_SHARDS,
     params:
-        shards=lambda wildcards: f"results/{wildcards.pool}/shards",
-        out=lambda wildcards: f"results/{wildcards.pool}/train_shards/{wildcards.strategy}/shards",
-        samples_per_shard=lambda wildcards: POOLS[wildcards.pool]["mix"]["samples_per_shard"],
+        shards=SHARDS,
+        out=f"{TRAIN_SHARDS_DIR}/shards",
+        samples_per_shard=pool_setting("mix", "samples_per_shard"),
     log:
         "logs/train_shards/{pool}/{strategy}.log",
     benchmark:
         "benchmarks/train_shards/{pool}/{strategy}.tsv"
-    threads: res("train_shards", "threads")
+    threads: resource("train_shards", "threads")
     resources:
-        mem_mb=res("train_shards", "mem_mb"),
-        runtime=res("train_shards", "runtime"),
+        mem_mb=resource("train_shards", "mem_mb"),
+        runtime=resource("train_shards", "runtime"),
     conda:
         "../../envs/mix.yaml"
     script:

@@ -5,24 +5,24 @@
 
 rule embed_images:
     input:
-        index="results/{pool}/fetch/index.parquet",
-        metadata="results/{pool}/metadata",
-        model=lambda wildcards: model_input(wildcards.pool, config["scorers"][wildcards.scorer]),
+        index=FETCH_INDEX,
+        metadata=METADATA,
+        model=scorer_model,
     output:
-        manifest="results/{pool}/scores/{scorer}/images/{chunk}.json",
+        manifest=IMAGE_EMBEDDINGS,
     params:
-        spec=pool_scorer_spec,
+        spec=scorer_spec,
         settings=config["score"],
-        shards=lambda wildcards: f"results/{wildcards.pool}/shards",
+        shards=SHARDS,
     log:
         "logs/embed_images/{pool}/{scorer}/{chunk}.log",
     benchmark:
         "benchmarks/embed_images/{pool}/{scorer}/{chunk}.tsv"
-    threads: res("embed_images", "threads")
+    threads: resource("embed_images", "threads")
     resources:
-        mem_mb=res("embed_images", "mem_mb"),
-        runtime=res("embed_images", "runtime"),
-        gpu=res("embed_images", "gpus"),
+        mem_mb=resource("embed_images", "mem_mb"),
+        runtime=resource("embed_images", "runtime"),
+        gpu=resource("embed_images", "gpu"),
     conda:
         "../../envs/torch.yaml"
     script:
@@ -31,25 +31,25 @@ rule embed_images:
 
 rule score:
     input:
-        captions=lambda wildcards: caption_manifests(wildcards.pool, wildcards.caption_set),
-        images=lambda wildcards: embedding_manifests(wildcards.pool, wildcards.scorer),
-        metadata="results/{pool}/metadata",
-        model=lambda wildcards: model_input(wildcards.pool, config["scorers"][wildcards.scorer]),
+        captions=caption_set_manifests,
+        images=image_embeddings,
+        metadata=METADATA,
+        model=scorer_model,
     output:
-        scores="results/{pool}/scores/{scorer}/{caption_set}.parquet",
+        scores=SCORES,
         summary="results/{pool}/scores/{scorer}/{caption_set}.json",
     params:
-        spec=pool_scorer_spec,
+        spec=scorer_spec,
         settings=config["score"],
     log:
         "logs/score/{pool}/{scorer}/{caption_set}.log",
     benchmark:
         "benchmarks/score/{pool}/{scorer}/{caption_set}.tsv"
-    threads: res("score", "threads")
+    threads: resource("score", "threads")
     resources:
-        mem_mb=res("score", "mem_mb"),
-        runtime=res("score", "runtime"),
-        gpu=res("score", "gpus"),
+        mem_mb=resource("score", "mem_mb"),
+        runtime=resource("score", "runtime"),
+        gpu=resource("score", "gpu"),
     conda:
         "../../envs/torch.yaml"
     script:
@@ -58,23 +58,23 @@ rule score:
 
 rule quality:
     input:
-        captions=lambda wildcards: caption_manifests(wildcards.pool, wildcards.caption_set),
-        scores="results/{pool}/scores/{scorer}/{caption_set}.parquet",
-        metadata="results/{pool}/metadata",
+        captions=caption_set_manifests,
+        scores=SCORES,
+        metadata=METADATA,
     output:
-        "results/{pool}/quality/{scorer}/{caption_set}.json",
+        QUALITY,
     params:
-        references_column=lambda wildcards: POOLS[wildcards.pool]["references_column"],
+        references_column=pool_setting("references_column"),
         trigram_sample_size=config["quality"]["trigram_sample_size"],
         seed=config["seed"],
     log:
         "logs/quality/{pool}/{scorer}/{caption_set}.log",
     benchmark:
         "benchmarks/quality/{pool}/{scorer}/{caption_set}.tsv"
-    threads: res("quality", "threads")
+    threads: resource("quality", "threads")
     resources:
-        mem_mb=res("quality", "mem_mb"),
-        runtime=res("quality", "runtime"),
+        mem_mb=resource("quality", "mem_mb"),
+        runtime=resource("quality", "runtime"),
     conda:
         "../../envs/torch.yaml"
     script:

@@ -4,17 +4,17 @@
 
 rule download_metadata:
     output:
-        "results/{pool}/metadata_raw/download.json",
+        DOWNLOAD_RECORD,
     params:
         source=pool_source,
     log:
         "logs/download_metadata/{pool}.log",
     benchmark:
         "benchmarks/download_metadata/{pool}.tsv"
-    threads: res("download_metadata", "threads")
+    threads: resource("download_metadata", "threads")
     resources:
-        mem_mb=res("download_metadata", "mem_mb"),
-        runtime=res("download_metadata", "runtime"),
+        mem_mb=resource("download_metadata", "mem_mb"),
+        runtime=resource("download_metadata", "runtime"),
     conda:
         "../../envs/core.yaml"
     script:
@@ -25,7 +25,7 @@ rule metadata:
     input:
         metadata_input,
     output:
-        directory("results/{pool}/metadata"),
+        directory(METADATA),
     params:
         source=pool_source,
         required=metadata_required_columns,
@@ -33,10 +33,10 @@ rule metadata:
         "logs/metadata/{pool}.log",
     benchmark:
         "benchmarks/metadata/{pool}.tsv"
-    threads: res("metadata", "threads")
+    threads: resource("metadata", "threads")
     resources:
-        mem_mb=res("metadata", "mem_mb"),
-        runtime=res("metadata", "runtime"),
+        mem_mb=resource("metadata", "mem_mb"),
+        runtime=resource("metadata", "runtime"),
     conda:
         "../../envs/core.yaml"
     script:

@@ -6,19 +6,19 @@
 
 rule toy_world:
     output:
-        parquets=expand("results/toyworld/{{world}}/{split}.parquet", split=SPLITS),
-        manifest="results/toyworld/{world}/manifest.json",
+        parquets=expand(TOY_WORLD_SPLIT, split=SPLITS, allow_missing=True),
+        manifest=TOY_WORLD_MANIFEST,
     params:
-        spec=lambda wildcards: TOY_WORLDS[wildcards.world],
+        spec=toy_world_spec,
         seed=config["seed"],
     log:
         "logs/toy_world/{world}.log",
     benchmark:
         "benchmarks/toy_world/{world}.tsv"
-    threads: res("toy_world", "threads")
+    threads: resource("toy_world", "threads")
     resources:
-        mem_mb=res("toy_world", "mem_mb"),
-        runtime=res("toy_world", "runtime"),
+        mem_mb=resource("toy_world", "mem_mb"),
+        runtime=resource("toy_world", "runtime"),
     conda:
         "../../envs/core.yaml"
     script:
@@ -29,24 +29,24 @@ rule toy_model:
     input:
         unpack(toy_model_inputs),
     output:
-        config=toy_model_config("{world}", "{kind}"),
+        config=TOY_MODEL_CONFIG,
         summary="results/toymodels/{world}/{kind}/training.json",
     wildcard_constraints:
         kind="|".join(TOY_MODEL_KINDS),
     params:
-        settings=lambda wildcards: config["toy_models"][wildcards.kind],
+        settings=toy_model_settings,
         seed=config["seed"],
-        work=lambda wildcards: f"results/toymodels/{wildcards.world}/_work/{wildcards.kind}",
+        work="results/toymodels/{world}/_work/{kind}",
     log:
         "logs/toy_model/{world}/{kind}.log",
     benchmark:
         "benchmarks/toy_model/{world}/{kind}.tsv"
-    threads: res("toy_model", "threads")
+    threads: resource("toy_model", "threads")
     # The stand-ins gate every caption and score of the toy pools: first when a core frees.
     priority: 10
     resources:
-        mem_mb=res("toy_model", "mem_mb"),
-        runtime=res("toy_model", "runtime"),
+        mem_mb=resource("toy_model", "mem_mb"),
+        runtime=resource("toy_model", "runtime"),
     conda:
         "../../envs/torch.yaml"
     script:

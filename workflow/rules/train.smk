@@ -8,27 +8,27 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        checkpoint="results/{pool}/models/{strategy}/final.pt",
-        summary="results/{pool}/models/{strategy}/training.json",
+        checkpoint=CHECKPOINT,
+        summary=TRAINING,
     params:
-        scale=lambda wildcards: train_scale_name(wildcards.pool),
+        scale=train_scale,
         seed=config["seed"],
-        work=lambda wildcards: f"results/{wildcards.pool}/models/{wildcards.strategy}",
+        work=MODEL_DIR,
     log:
         "logs/train/{pool}/{strategy}.log",
     benchmark:
         "benchmarks/train/{pool}/{strategy}.tsv"
-    threads: lambda wildcards: train_resource(wildcards, "cpus_per_task")
+    threads: resource("train", "threads")
     resources:
-        mem_mb=lambda wildcards: train_resource(wildcards, "mem_mb"),
-        runtime=lambda wildcards: train_resource(wildcards, "runtime"),
-        nodes=lambda wildcards: train_resource(wildcards, "nodes"),
-        gpu=lambda wildcards: train_resource(wildcards, "gpu"),
-        gres=lambda wildcards: train_resource(wildcards, "gres"),
-        mpi=lambda wildcards: train_resource(wildcards, "mpi"),
-        tasks=lambda wildcards: train_resource(wildcards, "tasks"),
-        tasks_per_node=lambda wildcards: train_resource(wildcards, "tasks_per_node"),
-        cpus_per_task=lambda wildcards: train_resource(wildcards, "cpus_per_task"),
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
+        nodes=resource("train", "nodes"),
+        gpu=resource("train", "gpu"),
+        gres=resource("train", "gres"),
+        mpi=resource("train", "mpi"),
+        tasks=resource("train", "tasks"),
+        tasks_per_node=resource("train", "tasks_per_node"),
+        cpus_per_task=resource("train", "cpus_per_task"),
     conda:
         "../../envs/torch.yaml"
     script:

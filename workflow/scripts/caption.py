@@ -4,16 +4,16 @@ The ``__main__`` guard keeps DataLoader / img2dataset-style spawned workers,
 which re-import this file, from running the stage again.
 """
 
-import re
 from pathlib import Path
 
 from capmix.caption import RunSettings, caption_pool, caption_released
+from capmix.chunks import parse_chunk
 from capmix.logs import setup_logging
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
-    chunk, n_chunks = map(int, re.fullmatch(r"chunk(\d+)of(\d+)", sm.wildcards.chunk).groups())
+    chunk, n_chunks = parse_chunk(sm.wildcards.chunk)
     manifest = Path(sm.output.manifest)
     common = dict(
         pool=sm.wildcards.pool,

@@ -1,16 +1,16 @@
 """Entry point of rule embed_images: image embeddings of one chunk, once per pool and scorer."""
 
-import re
 from pathlib import Path
 
 from capmix.caption import RunSettings
+from capmix.chunks import parse_chunk
 from capmix.logs import setup_logging
 from capmix.score import embed_pool_images
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
-    chunk, n_chunks = map(int, re.fullmatch(r"chunk(\d+)of(\d+)", sm.wildcards.chunk).groups())
+    chunk, n_chunks = parse_chunk(sm.wildcards.chunk)
     manifest = Path(sm.output.manifest)
     embed_pool_images(sm.wildcards.pool, sm.wildcards.scorer, sm.params.spec,
                       Path(sm.input.index), Path(sm.params.shards), manifest.parent, manifest,

@@ -1,0 +1,37 @@
+"""Chunk names: how a stage's shards are split into jobs.
+
+A stage with ``jobs: n`` (config ``caption.jobs``, ``score.jobs``) runs n jobs per pool; job i
+takes shard k when ``k mod n == i`` (capmix.shards.plan_tasks). Job i is named
+``chunk{i}of{n}`` in its output paths and its ``{chunk}`` wildcard. This module is the one
+place that builds such names (the workflow's inputs), constrains them (its wildcard
+constraint) and parses them (the jobs' scripts). Imports nothing heavy: the workflow reads
+it at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUMBER = "[0-9]+"
+#: The ``{chunk}`` wildcard's constraint: a chunk name, nothing else.
+CHUNK_PATTERN = f"chunk{_NUMBER}of{_NUMBER}"
+_CHUNK = re.compile(f"chunk({_NUMBER})of({_NUMBER})")
+
+
+def chunk_name(chunk: int, n_chunks: int) -> str:
+    """The name of job ``chunk`` of ``n_chunks``: ``chunk0of4``."""
+    return f"chunk{chunk}of{n_chunks}"
+
+
+def chunk_names(n_chunks: int) -> list[str]:
+    """Every chunk of a stage that runs ``n_chunks`` jobs per pool, in order."""
+    return [chunk_name(i, n_chunks) for i in range(n_chunks)]
+
+
+def parse_chunk(name: str) -> tuple[int, int]:
+    """``chunk0of4`` -> ``(0, 4)``; anything else is a ValueError naming it."""
+    match = _CHUNK.fullmatch(name)
+    if match is None:
+        raise ValueError(f"not a chunk name: {name!r} (expected chunk<i>of<n>)")
+    chunk, n_chunks = map(int, match.groups())
+    return chunk, n_chunks
