@@ -316,3 +316,12 @@ def test_helpers():
     assert drop_prefix(ids, torch.tensor([[4, 4, 0]])).tolist() == [[7, 8], [9, 2]]
     # a version of generate that returns only new tokens: nothing is cut
     assert drop_prefix(ids[:, 3:], torch.tensor([[4, 4, 0]])).tolist() == [[7, 8], [9, 2]]
+
+
+def test_the_schema_allows_exactly_the_captioner_backends():
+    """One list of backends: the model backends here, plus the released-captions reader."""
+    from capmix.config import load_schema
+    from capmix.released import BACKEND as RELEASED_BACKEND
+
+    enum = load_schema()["$defs"]["captioner"]["properties"]["backend"]["enum"]
+    assert enum == [*BACKENDS, RELEASED_BACKEND]

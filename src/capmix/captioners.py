@@ -34,6 +34,8 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from capmix.released import BACKEND as RELEASED_BACKEND
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("hf_blip", "hf_blip2", "open_clip_coca")
@@ -389,7 +391,8 @@ def load_captioner(spec: Mapping[str, Any], device: str = "cpu",
     backend = spec.get("backend")
     name = str(spec.get("name") or spec.get("model") or backend)
     if backend not in BACKENDS:
-        hint = " (released captions are read by capmix.released)" if backend == "released" else ""
+        hint = (" (released captions are read by capmix.released)"
+                if backend == RELEASED_BACKEND else "")
         raise ValueError(f"captioner '{name}': unknown backend {backend!r}; allowed: "
                          f"{', '.join(BACKENDS)}{hint}")
     if not spec.get("model"):

@@ -33,6 +33,9 @@ from typing import Any
 
 import pandas as pd
 
+#: The captioner ``backend`` that reads released captions instead of running a model (the
+#: model backends are :data:`capmix.captioners.BACKENDS`; the schema allows exactly both).
+BACKEND = "released"
 RELEASED_REPOS = {
     "medium": "thaottn/DataComp_medium_pool_BLIP2_captions",
     "large": "thaottn/DataComp_large_pool_BLIP2_captions",

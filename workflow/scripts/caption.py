@@ -9,6 +9,7 @@ from pathlib import Path
 from capmix.caption import RunSettings, caption_pool, caption_released
 from capmix.chunks import parse_chunk
 from capmix.logs import setup_logging
+from capmix.released import BACKEND as RELEASED_BACKEND
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
@@ -27,7 +28,7 @@ if __name__ == "__main__":
         chunk=chunk,
         n_chunks=n_chunks,
     )
-    if sm.params.spec["backend"] == "released":
+    if sm.params.spec["backend"] == RELEASED_BACKEND:
         slug = sm.params.spec["repo"].replace("/", "__")
         caption_released(**common, download_dir=Path("results/released") / slug)
     else:
