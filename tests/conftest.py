@@ -68,3 +68,18 @@ def fetched_pool(fetched_pool_template: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(fetched_pool_template, tmp_path / "pool"))
+
+
+def copy_workflow(root: Path, extra: tuple[str, ...] = ()) -> Path:
+    """A copy of the workflow (Snakefile, rules, config, package, envs, ``extra``) in root, so
+    that test runs never touch the checkout's results/."""
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config", "src", "envs", *extra):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    return root

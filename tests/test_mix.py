@@ -498,3 +498,12 @@ def test_strategies_as_data_stay_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_schema_allows_exactly_the_keep_rules():
+    """A part's ``keep`` keys in the schema are the keep rules (``all`` = no key), plus ``by``."""
+    from capmix.config import load_schema
+    from capmix.strategies import KEEP_RULES
+
+    keys = set(load_schema()["$defs"]["strategy_part"]["properties"]["keep"]["properties"])
+    assert keys == {*KEEP_RULES, "by"} - {"all"}

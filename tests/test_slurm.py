@@ -24,11 +24,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import copy_workflow
 from tests.slurm_cluster import slurm_cluster
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-COPIED = ("Snakefile", "workflow", "config", "src", "envs", "slurm")
 # In the SLURM run the captioner and the scorer ask for one GPU (the fake one): the toy
 # models still run on the CPU (device auto), as on a GPU node without CUDA.
 GPU_RULES = {"caption", "embed_images", "score"}
@@ -70,14 +69,9 @@ CONFIGS = ("config/smoke.yaml", "config/slurm_small.yaml", "config/slurm_gpus.ya
 FAST_POLLS = ("--slurm-init-seconds-before-status-checks", "2")
 
 
-def copy_workflow(root: Path) -> Path:
-    root.mkdir(parents=True)
-    for name in COPIED:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
+def slurm_workflow(root: Path) -> Path:
+    """The workflow and the SLURM profile, with the test configs beside the shipped ones."""
+    copy_workflow(root, extra=("slurm",))
     (root / "config" / "slurm_small.yaml").write_text(json.dumps(SMALL_CONFIG))
     (root / "config" / "slurm_gpus.yaml").write_text(json.dumps(GPU_CONFIG))
     (root / "config" / "slurm_ddp.yaml").write_text(json.dumps(DDP_CONFIG))
@@ -103,11 +97,11 @@ def job_records(env: dict[str, str]) -> list[dict[str, str]]:
 @pytest.mark.integration
 @pytest.mark.slurm
 def test_toy_dag_through_slurm_matches_the_local_run(tmp_path: Path) -> None:
-    local = copy_workflow(tmp_path / "local")
+    local = slurm_workflow(tmp_path / "local")
     result = run(local, "--cores", "2", "--configfile", *CONFIGS)
     assert result.returncode == 0, result.stderr[-4000:]
 
-    on_slurm = copy_workflow(tmp_path / "slurm_run")
+    on_slurm = slurm_workflow(tmp_path / "slurm_run")
     # The daemons run as `slurm`, which cannot enter pytest's private tmp_path.
     cluster = Path(tempfile.mkdtemp(prefix="capmix-slurm-"))
     cluster.chmod(0o755)

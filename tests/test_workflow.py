@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,23 +14,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_workflow
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-COPIED = ("Snakefile", "workflow", "config", "src", "envs")
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """A copy of the workflow, so runs never touch the checkout's results/."""
-    root = tmp_path_factory.mktemp("workflow")
-    for name in COPIED:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
-    return root
+    return copy_workflow(tmp_path_factory.mktemp("workflow"))
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:

@@ -180,6 +180,17 @@ def _shape_mask(
     return mask
 
 
+def _along(words: list[str], ends: tuple[str, str], low: float, high: float,
+           centre: float) -> float:
+    """One axis of a position: at the low or high end when a position word names it
+    (left/top, right/bottom), else the (jittered) centre."""
+    if ends[0] in words:
+        return low
+    if ends[1] in words:
+        return high
+    return centre
+
+
 def _layout(
     scene: Scene, w: int, h: int, rng: np.random.Generator
 ) -> list[tuple[float, float, float]]:
@@ -201,18 +212,10 @@ def _layout(
         if not single:
             jx = jy = 0.0
         words = obj.position.split()
-        if "left" in words:
-            cx = margin + r + inward
-        elif "right" in words:
-            cx = w - margin - r - inward
-        else:
-            cx = w / 2 + jx
-        if "top" in words:
-            cy = margin + r + inward
-        elif "bottom" in words:
-            cy = h - margin - r - inward
-        else:
-            cy = h / 2 + jy
+        cx = _along(words, ("left", "right"), margin + r + inward, w - margin - r - inward,
+                    w / 2 + jx)
+        cy = _along(words, ("top", "bottom"), margin + r + inward, h - margin - r - inward,
+                    h / 2 + jy)
         out.append((cx, cy, r))
     return out
 
