@@ -15,9 +15,10 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "src" / "capmix"
 #: Modules the config checker and the Snakefile import: they must stay cheap to import and
-#: must not pull a stage (torch, open_clip, PIL, pandas, webdataset) in.
-LIGHT_MODULES = ("config", "strategies", "suites", "toyspec", "captionsets", "scales", "chunks")
-HEAVY_PACKAGES = ("torch", "open_clip", "PIL", "pandas", "webdataset", "transformers")
+#: must not pull a stage (torch, open_clip, PIL, pandas, pyarrow, webdataset) in.
+LIGHT_MODULES = ("config", "strategies", "suites", "toyspec", "captionsets", "scales", "chunks",
+                 "sourcespec", "toykinds", "fetch_reasons")
+HEAVY_PACKAGES = ("torch", "open_clip", "PIL", "pandas", "pyarrow", "webdataset", "transformers")
 
 
 def capmix_imports(path: Path) -> list[tuple[str, list[str], int]]:
@@ -105,6 +106,21 @@ def test_config_layer_modules_import_no_stage(module):
 def test_config_checks_import_no_stage():
     """Validating the shipped config (what the Snakefile does at start-up) loads no stage."""
     probe = ("import sys; from capmix.config import pipeline_config; pipeline_config(); "
+             f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+             f"{HEAVY_PACKAGES!r})))")
+    loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                            text=True, cwd=REPO).stdout.split()
+    assert loaded == []
+
+
+def test_the_snakefile_imports_no_stage():
+    """Every capmix module workflow/rules/*.smk imports, loaded together: no stage comes in
+    (a dry run, a lint or a SLURM submission does not pay for torch or pyarrow)."""
+    modules = sorted({line.split()[1] for smk in (REPO / "workflow" / "rules").glob("*.smk")
+                      for line in smk.read_text().splitlines()
+                      if line.startswith("from capmix.")})
+    assert modules
+    probe = (f"import sys; import {', '.join(modules)}; "
              f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
              f"{HEAVY_PACKAGES!r})))")
     loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,

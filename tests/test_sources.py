@@ -365,3 +365,10 @@ def test_a_column_later_stages_read_is_checked_here(tmp_path):
     manifest = build_metadata("t", source, source_files(source, [path]), tmp_path / "m",
                               required={key: "lang"})
     assert manifest["columns"] == ["uid", "url", "text", "lang"]
+
+
+def test_the_schema_allows_exactly_the_source_types():
+    from capmix.config import load_schema
+    from capmix.sourcespec import SOURCE_TYPES
+
+    assert load_schema()["$defs"]["source"]["properties"]["type"]["enum"] == list(SOURCE_TYPES)

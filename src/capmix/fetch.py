@@ -81,7 +81,7 @@ class FetchSettings:
     deadline: float = DEFAULT_DEADLINE
     retry_reasons: tuple[str, ...] = RETRYABLE_REASONS
     #: Whether URLs (and redirects) may reach loopback, private or link-local addresses: the
-    #: source's ``allow_local_urls`` (capmix.sources.allows_local_urls).
+    #: source's ``allow_local_urls`` (capmix.sourcespec.allows_local_urls).
     allow_internal_addresses: bool = False
 
     @classmethod

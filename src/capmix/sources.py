@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capmix.provenance import provenance_record, sha256_file, write_json
+from capmix.sourcespec import REMOTE_URL_SCHEMES, allowed_url_schemes
 from capmix.uids import derive_uid, duplicate_positions, uids_to_pairs
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,6 @@ class ColumnMap:
 # holding lists or objects stops the run with the file and line (or row) named, instead of
 # being read with shifted columns (pandas silently turns extra leading fields into an index).
 # Numbers in a mapped column are read as their text.
-
-
-def is_url(path: str) -> bool:
-    return urllib.parse.urlparse(path).scheme in ("http", "https", "file", "ftp")
 
 
 def table_format(path: Path | str, declared: str = "auto") -> str:
@@ -314,25 +311,6 @@ def core_columns(path: Path | str, table: pa.Table, colmap: ColumnMap,
     else:
         uids = _as_text(path, table, colmap.uid, "uid").to_pylist()
     return uids, urls, texts
-
-
-#: URL schemes the fetch accepts from third-party metadata. ``file`` reads this machine's
-#: files, so it is accepted only where the source says so (``allow_local_urls``; the toy world
-#: serves its images that way); anything else (``ftp:``, ``data:``, ``javascript:``, none)
-#: is refused at the metadata stage, before any fetch.
-REMOTE_URL_SCHEMES: tuple[str, ...] = ("http", "https")
-LOCAL_URL_SCHEMES: tuple[str, ...] = ("file",)
-
-
-def allows_local_urls(source: Mapping[str, Any]) -> bool:
-    """Whether a source's URLs may reach this machine: ``file://`` URLs, and hosts on loopback
-    or private networks (the toy world always; others only with ``allow_local_urls: true``)."""
-    return source["type"] == "toy" or bool(source.get("allow_local_urls", False))
-
-
-def allowed_url_schemes(source: Mapping[str, Any]) -> tuple[str, ...]:
-    """The schemes a source's URLs may use (see :data:`REMOTE_URL_SCHEMES`)."""
-    return REMOTE_URL_SCHEMES + (LOCAL_URL_SCHEMES if allows_local_urls(source) else ())
 
 
 def check_rows(path: Path | str, uids: Sequence[Any], urls: pa.ChunkedArray,
@@ -652,11 +630,3 @@ def download_source(source: Mapping[str, Any], dest_dir: Path, workers: int = 8)
     record["provenance"] = provenance_record("download_metadata", params={"source": dict(source)},
                                              packages=("huggingface_hub",))
     write_json(dest_dir / "download.json", record)
-
-
-def needs_download(source: Mapping[str, Any]) -> bool:
-    if source["type"] == "datacomp":
-        return not source.get("local_dir")
-    if source["type"] == "table":
-        return is_url(source["path"])
-    return False

@@ -30,7 +30,7 @@ from capmix.strategies import (  # noqa: E402
     pool_strategy_names,
 )
 from capmix.scales import load_scale, pool_train_strategies  # noqa: E402
-from capmix.sources import allows_local_urls, needs_download  # noqa: E402
+from capmix.sourcespec import allows_local_urls, needs_download  # noqa: E402
 from capmix.toykinds import FINETUNED_FROM, TOY_MODEL_KINDS  # noqa: E402
 from capmix.toymodels import CONFIG_NAME  # noqa: E402
 from capmix.toyspec import SPLITS  # noqa: E402

@@ -1,0 +1,50 @@
+"""What a pool's ``source`` config means, without reading any data: its types, whether its
+metadata must be downloaded, which URL schemes and addresses its rows may use.
+
+A light module (standard library only): the config checker and the Snakefile read sources
+through it, and must not import the metadata stage (pyarrow, numpy) to do so.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+#: The source types (``pools[].source.type``); the schema lists exactly these (a test holds
+#: them equal). ``capmix.sources`` reads each.
+SOURCE_TYPES: tuple[str, ...] = ("toy", "datacomp", "table")
+
+
+def is_url(path: str) -> bool:
+    """Whether a metadata ``path`` is a URL (downloaded first), not a local file."""
+    return urllib.parse.urlparse(path).scheme in ("http", "https", "file", "ftp")
+
+
+#: URL schemes the fetch accepts from third-party metadata. ``file`` reads this machine's
+#: files, so it is accepted only where the source says so (``allow_local_urls``; the toy world
+#: serves its images that way); anything else (``ftp:``, ``data:``, ``javascript:``, none)
+#: is refused at the metadata stage, before any fetch.
+REMOTE_URL_SCHEMES: tuple[str, ...] = ("http", "https")
+LOCAL_URL_SCHEMES: tuple[str, ...] = ("file",)
+
+
+def allows_local_urls(source: Mapping[str, Any]) -> bool:
+    """Whether a source's URLs may reach this machine: ``file://`` URLs, and hosts on loopback
+    or private networks (the toy world always; others only with ``allow_local_urls: true``)."""
+    return source["type"] == "toy" or bool(source.get("allow_local_urls", False))
+
+
+def allowed_url_schemes(source: Mapping[str, Any]) -> tuple[str, ...]:
+    """The schemes a source's URLs may use (see :data:`REMOTE_URL_SCHEMES`)."""
+    return REMOTE_URL_SCHEMES + (LOCAL_URL_SCHEMES if allows_local_urls(source) else ())
+
+
+def needs_download(source: Mapping[str, Any]) -> bool:
+    """Whether the metadata stage reads a download record (``download_metadata``'s output)
+    instead of local files: DataComp without ``local_dir``, a table given by URL."""
+    if source["type"] == "datacomp":
+        return not source.get("local_dir")
+    if source["type"] == "table":
+        return is_url(source["path"])
+    return False
