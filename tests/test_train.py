@@ -268,3 +268,10 @@ def test_two_processes_on_one_machine_train_under_torchrun(toy_inputs, tmp_path:
     out_log = (tmp_path / "model" / RUN_NAME / "out.log").read_text()
     assert "Running in distributed mode with multiple processes" in out_log
     assert "world size: 2" in out_log.lower() or "world_size: 2" in out_log
+
+
+def test_a_toy_clip_is_not_staged_under_a_path_that_says_coca(toy_inputs, tmp_path: Path) -> None:
+    """open_clip picks the CoCa loss by the substring "coca" in --model: a strategy named
+    e.g. coca_captions would train the CLIP with the captioning loss; refused before."""
+    with pytest.raises(ValueError, match="substring 'coca'"):
+        stage_toy_model(toy_inputs[0], tmp_path / "models" / "raw_vs_coca_captions")

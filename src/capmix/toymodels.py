@@ -689,7 +689,7 @@ def stage_toy_model(toy_model_dir: Path, work_dir: Path) -> str:
     What a toy training scale trains (:func:`capmix.train.train_clip`): only the config and
     tokenizer are copied, so open_clip initialises the weights from scratch (as DataComp
     trains from scratch). The directory name avoids "coca": open_clip picks its loss by that
-    substring in ``--model``.
+    substring in ``--model``; a work dir whose path contains it is refused here.
     """
     staged = Path(work_dir) / "clip_model"
     staged.mkdir(parents=True, exist_ok=True)
@@ -699,7 +699,11 @@ def stage_toy_model(toy_model_dir: Path, work_dir: Path) -> str:
             shutil.copyfile(source, staged / name)
     if not (staged / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in the toy model {toy_model_dir}")
-    return f"local-dir:{staged.resolve()}"
+    model = f"local-dir:{staged.resolve()}"
+    # The work dir's own path may still say "coca" (a strategy or pool named so): refuse
+    # before training rather than train a CLIP with the captioning loss.
+    require_loss_by_name(model, coca=False)
+    return model
 
 
 def export_model_dir(model_dir: Path, checkpoint: Path, out_dir: Path) -> Path:
