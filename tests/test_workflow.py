@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from capmix.toymodels import CONFIG_NAME
 from tests.conftest import REPO, copy_workflow
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -143,7 +144,7 @@ def test_smoke_dag_end_to_end(workdir):
                                "chunk0of1.json").read_text())
         assert manifest["n_captioned"] == n_fetched and manifest["decoding"]["top_k"] == 50
     for kind in ("captioner", "captioner_coco", "scorer"):
-        assert (workdir / f"results/toymodels/smoke/{kind}/open_clip_config.json").exists()
+        assert (workdir / f"results/toymodels/smoke/{kind}/{CONFIG_NAME}").exists()
 
     check_subsets_and_training_shards(workdir, world)
     check_models(workdir)

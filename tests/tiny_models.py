@@ -22,6 +22,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from capmix.toymodels import CONFIG_NAME  # noqa: E402
+
 # A closed caption vocabulary, the same spirit as the toy world's descriptions.
 WORDS = (
     "a an the of on in with and photo picture image drawing red green blue yellow black white "
@@ -182,7 +184,7 @@ def _open_clip_dir(directory: Path, model_cfg: dict, seed: int) -> Path:
         "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
                            "interpolation": "bicubic", "resize_mode": "shortest"},
     }
-    (directory / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     word_level_tokenizer(add_eos=True).save_pretrained(directory)
     _seed(seed)
     model = open_clip.create_model(f"local-dir:{directory}", pretrained=None)
