@@ -92,7 +92,7 @@ def test_datacomp_task_table_matches_datacomp(datacomp):
     assert len(datacomp.aggregates["VTAB"]) == 13
     keys = {t.name: t.key for t in datacomp.tasks}
     assert keys["ImageNet 1k"] == "imagenet1k" and keys["SVHN"] == "vtab/svhn"
-    assert keys["Flickr"] == "retrieval/flickr30k"
+    assert keys["Flickr"] == "retrieval/flickr_1k_test_image_text_retrieval"
     data = {t.name: t.data for t in datacomp.tasks}
     # DataComp's download names: wds_{key with / as -}_test, fairness/ dropped.
     assert data["Caltech-101"] == "wds_vtab-caltech101_test"
@@ -100,10 +100,39 @@ def test_datacomp_task_table_matches_datacomp(datacomp):
     assert data["Dollar Street"] == "wds_dollar_street_test"
     sources = {t.name: t.source for t in datacomp.tasks if t.source}
     assert sources == {
-        "Flickr": {"type": "hf_dataset", "repo": "nlphuji/flickr30k"},
+        "Flickr": {"type": "hf_dataset", "repo": "nlphuji/flickr_1k_test_image_text_retrieval"},
         "MSCOCO": {"type": "hf_dataset",
                    "repo": "nlphuji/mscoco_2014_5k_test_image_text_retrieval"},
         "WinoGAViL": {"type": "hf_dataset", "repo": "nlphuji/winogavil"}}
+
+
+#: DataComp's tasklist.yml entries of its three Hugging Face tasks (mlfoundations/datacomp
+#: at and after 50f09fe "Update with correct Flickr30k test set", May 2023: Flickr is the
+#: 1k-image test split, no longer all 31,014 images of nlphuji/flickr30k).
+DATACOMP_HF_TASKS = {
+    "retrieval/flickr_1k_test_image_text_retrieval":
+        {"name": "Flickr", "size": 1000, "main_metric": "mean_recall@1"},
+    "retrieval/mscoco_2014_5k_test_image_text_retrieval":
+        {"name": "MSCOCO", "size": 5000, "main_metric": "mean_recall@1"},
+    "misc/winogavil": {"name": "WinoGAViL", "size": 3563, "main_metric": "jaccard_score_10-12"},
+}
+
+
+def test_hf_tasks_equal_datacomps_entries(datacomp):
+    # DataComp loads these with datasets.load_dataset(f"nlphuji/{key after the prefix}",
+    # split="test") (eval_utils/retr_eval.py, wino_eval.py, download_evalsets.py).
+    by_key = {t.key: t for t in datacomp.tasks if t.source}
+    assert set(by_key) == set(DATACOMP_HF_TASKS)
+    for key, entry in DATACOMP_HF_TASKS.items():
+        task = by_key[key]
+        repo = "nlphuji/" + key.split("/", 1)[1]
+        assert {"name": task.name, "size": task.size, "main_metric": task.main_metric} == entry
+        assert task.source == {"type": "hf_dataset", "repo": repo}
+        assert task.data == f"hf_{repo.replace('/', '-')}_test"
+    flickr = by_key["retrieval/flickr_1k_test_image_text_retrieval"]
+    assert (flickr.name, flickr.protocol, flickr.size, flickr.main_metric,
+            flickr.source["repo"]) == ("Flickr", "retrieval", 1000, "mean_recall@1",
+                                       "nlphuji/flickr_1k_test_image_text_retrieval")
 
 
 def test_toy_suite_mirrors_the_real_one(config):
