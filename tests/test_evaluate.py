@@ -346,11 +346,9 @@ def test_winogavil_summary_by_hand():
 # ------------------------------------------------------------------ retrieval
 
 
-def test_retrieval_written_and_read_in_clip_benchmark_format(tmp_path, oracle):
-    from clip_benchmark.datasets.builder import build_wds_dataset
-
-    # 12 images (grey levels 0..11), captions naming them; image 3's second caption
-    # names image 4 ("maybe": a weaker match), image 7 has a single caption.
+def retrieval_rows() -> list[dict]:
+    """12 images (grey levels 0..11), captions naming them; image 3's second caption names
+    image 4 ("maybe": a weaker match), image 7 has a single caption."""
     rows = []
     for i in range(12):
         captions = [f"item{i}", f"photo of item{i}"]
@@ -360,6 +358,18 @@ def test_retrieval_written_and_read_in_clip_benchmark_format(tmp_path, oracle):
             captions = ["item7"]
         image = grey(i) if i % 2 else Image.open(io.BytesIO(grey(i)))  # bytes or PIL
         rows.append({"image": image, "caption": captions})
+    return rows
+
+
+#: The oracle's retrieval metrics on :func:`retrieval_rows`, derived in the test below.
+ORACLE_RETRIEVAL = {"image_retrieval_recall@1": 22 / 23, "text_retrieval_recall@1": 1.0,
+                    "mean_recall@1": 0.5 * (1 + 22 / 23), "image_retrieval_recall@10": 1.0}
+
+
+def test_retrieval_written_and_read_in_clip_benchmark_format(tmp_path, oracle):
+    from clip_benchmark.datasets.builder import build_wds_dataset
+
+    rows = retrieval_rows()
     directory = tmp_path / "wds_retrieval_test"
     manifest = write_retrieval_task(rows, directory, {"type": "test"})
     assert manifest["n_samples"] == 12
@@ -378,15 +388,19 @@ def test_retrieval_written_and_read_in_clip_benchmark_format(tmp_path, oracle):
     assert m["image_retrieval_recall@10"] == 1.0
 
 
-def test_winogavil_written_and_evaluated(tmp_path, oracle):
-    from capmix.evaldata import write_winogavil_task
-
-    # Instance 1: 5 candidates, the cue names c0's image, which is the association.
-    # Instance 2: 6 candidates, the cue names c2's image, but the association is c1.
-    rows = [{"cue": "item3", "candidates": [f"c{i}" for i in range(5)], "associations": ["c0"],
+def winogavil_rows() -> list[dict]:
+    """Instance 1: 5 candidates, the cue names c0's image, which is the association.
+    Instance 2: 6 candidates, the cue names c2's image, but the association is c1."""
+    return [{"cue": "item3", "candidates": [f"c{i}" for i in range(5)], "associations": ["c0"],
              "candidate_images": [grey(v) for v in (3, 0, 1, 2, 4)]},
             {"cue": "item5", "candidates": [f"c{i}" for i in range(6)], "associations": ["c1"],
              "candidate_images": [grey(v) for v in (0, 1, 5, 2, 4, 6)]}]
+
+
+def test_winogavil_written_and_evaluated(tmp_path, oracle):
+    from capmix.evaldata import write_winogavil_task
+
+    rows = winogavil_rows()
     directory = tmp_path / "hf_winogavil_test"
     assert write_winogavil_task(rows, directory, {"repo": "nlphuji/winogavil"})["n_samples"] == 2
     task = Task(key="misc/winogavil", name="WinoGAViL", protocol="winogavil",
@@ -397,6 +411,141 @@ def test_winogavil_written_and_evaluated(tmp_path, oracle):
     bad = [dict(rows[0], associations=["c9"])]
     with pytest.raises(EvalDataError, match="instance 0 .*associations outside"):
         write_winogavil_task(bad, tmp_path / "bad", {"repo": "x"})
+
+
+# ------------------------------------------------------------------ precision: DataComp's autocast
+
+
+class AutocastSpy(torch.nn.Module):
+    """Delegates to a CLIP and records, at each encoder call, the autocast dtype in effect on
+    ``device_type`` (None: off) and the dtype of the features returned."""
+
+    def __init__(self, inner, device_type="cpu"):
+        super().__init__()
+        self.inner, self.device_type, self.calls = inner, device_type, []
+
+    def _record(self, features):
+        on = torch.is_autocast_enabled(self.device_type)
+        self.calls.append((torch.get_autocast_dtype(self.device_type) if on else None,
+                           features.dtype))
+        return features
+
+    def encode_image(self, images, normalize=False):
+        return self._record(self.inner.encode_image(images, normalize=normalize))
+
+    def encode_text(self, tokens, normalize=False):
+        return self._record(self.inner.encode_text(tokens, normalize=normalize))
+
+
+def oracle_tasks(tmp_path) -> dict[str, tuple[Task, Path]]:
+    """A classification, a retrieval and a WinoGAViL task with the oracle's hand-derived
+    data (as in the tests above), by protocol."""
+    from capmix.evaldata import write_winogavil_task
+
+    classification = write_classification_dir(tmp_path / "wds_c_test", [0, 0, 0, 0, 0, 1, 2, 2],
+                                              [0, 0, 0, 0, 1, 1, 2, 3],
+                                              ["item0", "item1", "item2", "item3"])
+    write_retrieval_task(retrieval_rows(), tmp_path / "r", {"type": "test"})
+    write_winogavil_task(winogavil_rows(), tmp_path / "w", {"repo": "nlphuji/winogavil"})
+    return {"classification": (Task(key="c", name="C", size=8), classification),
+            "retrieval": (Task(key="r", name="R", protocol="retrieval",
+                               main_metric="mean_recall@1"), tmp_path / "r"),
+            "winogavil": (Task(key="misc/winogavil", name="W", protocol="winogavil",
+                               main_metric="avg_jaccard_score"), tmp_path / "w")}
+
+
+def assert_oracle_metrics(lines):
+    """The hand-derived numbers of the classification, retrieval and WinoGAViL tests."""
+    assert lines["classification"]["metrics"]["acc1"] == pytest.approx(6 / 8)
+    assert lines["classification"]["metrics"]["mean_per_class_recall"] == pytest.approx(2.5 / 4)
+    retrieval = lines["retrieval"]["metrics"]
+    assert {k: retrieval[k] for k in ORACLE_RETRIEVAL} == pytest.approx(ORACLE_RETRIEVAL)
+    wino = lines["winogavil"]["metrics"]
+    assert (wino["jaccard_score_5"], wino["jaccard_score_6"], wino["avg_jaccard_score"]) == \
+        (1, 0, 0.5)
+
+
+def test_datacomp_autocasts_retrieval_and_winogavil_on_cuda_only():
+    # DataComp: retr_eval -> clip_benchmark zeroshot_retrieval.evaluate(amp=True default);
+    # wino_eval -> torch.cuda.amp.autocast(); classification run_classification(amp=False).
+    from capmix.evaluate import AMP_DEVICE_TYPES, AMP_PROTOCOLS, uses_amp
+
+    assert AMP_PROTOCOLS == {"retrieval", "winogavil"} and AMP_DEVICE_TYPES == ("cuda",)
+    for device in ("cuda", "cuda:1", "cpu"):
+        model = EvalModel(OracleClip(), oracle_preprocess, oracle_tokenizer, device, "s", "o")
+        on = {p for p in PROTOCOLS if uses_amp(model, Task(key="k", name="T", protocol=p))}
+        assert on == (AMP_PROTOCOLS if device.startswith("cuda") else set()), device
+
+
+def test_evaluation_on_the_cpu_stays_fp32(tmp_path):
+    # DataComp's autocast is CUDA's: on the CPU it does nothing, so every protocol runs fp32
+    # and the numbers are the hand-derived ones.
+    spy = AutocastSpy(OracleClip())
+    model = EvalModel(spy, oracle_preprocess, oracle_tokenizer, "cpu", "sha-a", "oracle")
+    lines = {}
+    for protocol, (task, directory) in oracle_tasks(tmp_path).items():
+        spy.calls.clear()
+        lines[protocol] = run_task(model, task, directory, batch_size=5)
+        assert spy.calls and {c for c, _ in spy.calls} == {None}, protocol
+        assert lines[protocol]["precision"] == "fp32"
+    assert_oracle_metrics(lines)
+
+
+def test_retrieval_and_winogavil_run_under_autocast_classification_does_not(tmp_path,
+                                                                           monkeypatch):
+    # A device type where the autocast acts (CUDA's fp16 on a GPU; here the CPU's bf16, by
+    # letting autocast act on the CPU): retrieval and WinoGAViL encode under it,
+    # classification does not; the oracle's one-hot embeddings are exact in bf16.
+    import capmix.evaluate
+
+    monkeypatch.setattr(capmix.evaluate, "AMP_DEVICE_TYPES", ("cpu",))
+    spy = AutocastSpy(OracleClip())
+    model = EvalModel(spy, oracle_preprocess, oracle_tokenizer, "cpu", "sha-a", "oracle")
+    expected = {"classification": None, "retrieval": torch.bfloat16,
+                "winogavil": torch.bfloat16}
+    lines = {}
+    for protocol, (task, directory) in oracle_tasks(tmp_path).items():
+        spy.calls.clear()
+        lines[protocol] = run_task(model, task, directory, batch_size=5)
+        assert spy.calls and {c for c, _ in spy.calls} == {expected[protocol]}, protocol
+        assert lines[protocol]["precision"] == ("amp" if expected[protocol] else "fp32")
+    assert_oracle_metrics(lines)
+
+
+def test_retrieval_and_winogavil_under_amp_on_a_tiny_open_clip(tmp_path, monkeypatch):
+    # A real open_clip CLIP: its towers compute in the autocast dtype, and clip_benchmark's
+    # retrieval and our WinoGAViL scoring take those features through to the metrics.
+    import capmix.evaluate
+    from capmix.evaldata import write_winogavil_task
+    from capmix.modelrun import load_open_clip
+    from tests.tiny_models import make_tiny_clip
+
+    torch.manual_seed(0)
+    parts = load_open_clip(f"local-dir:{make_tiny_clip(tmp_path / 'clip')}", None, "cpu")
+    spy = AutocastSpy(parts.model)
+    model = EvalModel(spy, parts.preprocess, parts.tokenizer, "cpu", "sha-t", "tiny")
+    words = ["dog", "cat", "bird", "car", "tree", "house", "boat", "person", "man", "woman"]
+    write_retrieval_task([{"image": grey(2 * i), "caption": [f"a photo of a {w}", f"a {w}"]}
+                          for i, w in enumerate(words)], tmp_path / "r", {"type": "test"})
+    write_winogavil_task([{"cue": w, "candidates": [f"c{i}" for i in range(5)],
+                           "associations": ["c0", "c2"],
+                           "candidate_images": [grey(v + k) for v in range(5)]}
+                          for k, w in enumerate(words[:3])], tmp_path / "w", {"repo": "x"})
+    tasks = {"retrieval": (Task(key="r", name="R", protocol="retrieval",
+                                main_metric="mean_recall@1", size=10), tmp_path / "r"),
+             "winogavil": (Task(key="misc/winogavil", name="W", protocol="winogavil",
+                                main_metric="avg_jaccard_score", size=3), tmp_path / "w")}
+    for amp_devices, dtype in (((), torch.float32), (("cpu",), torch.bfloat16)):
+        monkeypatch.setattr(capmix.evaluate, "AMP_DEVICE_TYPES", amp_devices)
+        for protocol, (task, directory) in tasks.items():
+            spy.calls.clear()
+            line = run_task(model, task, directory, batch_size=3)
+            assert {d for _, d in spy.calls} <= {dtype, torch.float32}, protocol
+            assert dtype in {d for _, d in spy.calls}, protocol
+            assert line["precision"] == ("amp" if amp_devices else "fp32")
+            assert line["n_samples"] == task.size
+            values = [v for v in line["metrics"].values() if v is not None]
+            assert values and all(0 <= v <= 1 for v in values), line["metrics"]
 
 
 def test_retrieval_rows_without_captions_fail_naming_the_row(tmp_path):

@@ -16,11 +16,12 @@ beside it:
   ``zeroshot_retrieval.evaluate``) plus those of :mod:`capmix.evalmetrics` (top-k and
   balanced accuracy, the WILDS/fairness group metrics, WinoGAViL's Jaccard summary).
 * **The model** is an ``open_clip_train`` checkpoint loaded with :mod:`capmix.modelrun`
-  (:func:`load_model`).
+  (:func:`load_model`). It runs fp32, except where DataComp autocasts: retrieval and
+  WinoGAViL on CUDA (:data:`AMP_PROTOCOLS`, :data:`AMP_DEVICE_TYPES`).
 * **Results** are one JSON line per task (DataComp's ``key``/``dataset``/``metrics`` plus the
-  model's checksum and the sample count), appended as each task finishes to a progress file
-  outside Snakemake's outputs; a re-run skips tasks already there for the same checkpoint
-  (:func:`evaluate_model`).
+  model's checksum, the sample count and the ``precision`` it ran in), appended as each task
+  finishes to a progress file outside Snakemake's outputs; a re-run skips tasks already there
+  for the same checkpoint (:func:`evaluate_model`).
 
 ``python -m capmix.evaluate RESULTS.jsonl --suite datacomp`` prints a results file's
 aggregates (:func:`main`). Torch, open_clip and clip_benchmark are imported inside functions.
@@ -74,6 +75,18 @@ log = logging.getLogger(__name__)
 RETRIEVAL_RECALL_K: tuple[int, ...] = (1, 5, 10)
 #: The sample keys an image may be stored under in a task's shards, in the order tried.
 IMAGE_EXTENSIONS: tuple[str, ...] = ("webp", "png", "jpg", "jpeg")
+#: The protocols DataComp runs under autocast: retrieval (``eval_utils/retr_eval.py`` calls
+#: clip_benchmark's ``zeroshot_retrieval.evaluate`` with its default ``amp=True``) and
+#: WinoGAViL (``eval_utils/wino_eval.py``: ``torch.cuda.amp.autocast()`` around both
+#: encoders and the similarities). Both run here in the autocast clip_benchmark's retrieval
+#: enters, ``torch.autocast(device, enabled=amp)``, not in a precision setting of
+#: :mod:`capmix.modelrun`: DataComp fixes it per protocol. Classification runs fp32, its
+#: images as DataComp's (``run_classification(..., amp=False)``) and its class prompts too
+#: (DataComp leaves ``zero_shot_classifier`` at clip_benchmark's default ``amp=True``).
+AMP_PROTOCOLS: frozenset[str] = frozenset({"retrieval", "winogavil"})
+#: The device types DataComp's autocast acts on: ``torch.cuda.amp.autocast`` is CUDA's (fp16,
+#: torch's default there), a no-op for a model on the CPU, so there every protocol runs fp32.
+AMP_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 
 
 # ------------------------------------------------------------------------------ the model
@@ -99,7 +112,8 @@ def load_model(model_name: str, checkpoint: Path, device: str | None = None) -> 
     """The architecture ``model_name`` (open_clip name or ``local-dir:``) with the weights of
     an ``open_clip_train`` checkpoint (``state_dict``, DDP's ``module.`` prefix stripped).
 
-    ``device`` None (or ``auto``): CUDA when torch can use it. The model runs fp32.
+    ``device`` None (or ``auto``): CUDA when torch can use it. The weights stay fp32;
+    :func:`uses_amp` says which tasks run under autocast.
     """
     import open_clip
     import torch
@@ -111,6 +125,13 @@ def load_model(model_name: str, checkpoint: Path, device: str | None = None) -> 
     loaded.model.eval().to(device)
     return EvalModel(loaded.model, loaded.preprocess, loaded.tokenizer, device,
                      sha256_file(checkpoint), model_name)
+
+
+def uses_amp(model: EvalModel, task: Task) -> bool:
+    """Whether ``task`` runs under autocast (torch's default dtype for the device: fp16 on
+    CUDA), as DataComp runs it: its protocol is in :data:`AMP_PROTOCOLS` and the model is on
+    a device type in :data:`AMP_DEVICE_TYPES`."""
+    return task.protocol in AMP_PROTOCOLS and model.device_type in AMP_DEVICE_TYPES
 
 
 # ------------------------------------------------------------------------------ protocols
@@ -177,21 +198,22 @@ def _classify(model: EvalModel, task: Task, directory: Path, batch_size: int, wo
 
 
 def _retrieval(model: EvalModel, task: Task, directory: Path, batch_size: int,
-               workers: int) -> tuple[dict[str, Any], int]:
+               workers: int, amp: bool) -> tuple[dict[str, Any], int]:
     from clip_benchmark.datasets.builder import image_captions_collate_fn
     from clip_benchmark.metrics import zeroshot_retrieval as zsr
 
     dataset = _wds(task_shards(directory, task)).decode("pil") \
         .to_tuple(";".join(IMAGE_EXTENSIONS), "txt").map_tuple(model.preprocess, str.splitlines)
     loader = _Counted(_loader(dataset, batch_size, workers, image_captions_collate_fn))
-    metrics = zsr.evaluate(model.model, loader, model.tokenizer, model.device_type, amp=False,
+    metrics = zsr.evaluate(model.model, loader, model.tokenizer, model.device_type, amp=amp,
                            recall_k_list=list(RETRIEVAL_RECALL_K))
     metrics["mean_recall@1"] = 0.5 * (metrics["text_retrieval_recall@1"]
                                       + metrics["image_retrieval_recall@1"])
     return metrics, loader.n
 
 
-def _winogavil(model: EvalModel, task: Task, directory: Path) -> tuple[dict[str, Any], int]:
+def _winogavil(model: EvalModel, task: Task, directory: Path,
+               amp: bool) -> tuple[dict[str, Any], int]:
     import torch
     from sklearn.metrics import jaccard_score
 
@@ -200,7 +222,9 @@ def _winogavil(model: EvalModel, task: Task, directory: Path) -> tuple[dict[str,
         info = sample["json"]
         images = [sample[f"{i}.png"] for i in range(len(info["candidates"]))]
         y_true = np.isin(info["candidates"], info["associations"])
-        with torch.no_grad():
+        # The autocast clip_benchmark's retrieval enters (torch.autocast(device, enabled=amp)),
+        # around what DataComp's wino_eval autocasts: both encoders and the similarities.
+        with torch.no_grad(), torch.autocast(model.device_type, enabled=amp):
             pixels = torch.stack([model.preprocess(im) for im in images]).to(model.device)
             image_features = model.model.encode_image(pixels, normalize=True)
             text = model.tokenizer([winogavil_prompt(info["cue"])]).to(model.device)
@@ -254,10 +278,11 @@ def run_task(model: EvalModel, task: Task, directory: Path, batch_size: int = 64
     """Evaluate one task; returns its result line (without the model's checksum)."""
     started = time.monotonic()
     groups: list[dict] = []
+    amp = uses_amp(model, task)
     if task.protocol == "retrieval":
-        metrics, n = _retrieval(model, task, directory, batch_size, workers)
+        metrics, n = _retrieval(model, task, directory, batch_size, workers, amp)
     elif task.protocol == "winogavil":
-        metrics, n = _winogavil(model, task, directory)
+        metrics, n = _winogavil(model, task, directory, amp)
     elif task.protocol == "faces":
         metrics, groups, n = _faces(model, task, directory, batch_size, workers)
     else:
@@ -273,7 +298,8 @@ def run_task(model: EvalModel, task: Task, directory: Path, batch_size: int = 64
     metrics = _clean(metrics)
     metrics["main_metric"] = metrics.get(task.main_metric) if task.main_metric else None
     line: dict[str, Any] = {"key": task.key, "dataset": task.name, "metrics": metrics,
-                            "n_samples": n, "wall_s": round(time.monotonic() - started, 3)}
+                            "n_samples": n, "precision": "amp" if amp else "fp32",
+                            "wall_s": round(time.monotonic() - started, 3)}
     if groups:
         line["groups"] = _clean(groups)
     return line
