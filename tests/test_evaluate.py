@@ -26,7 +26,13 @@ from capmix.evaldata import (
     write_retrieval_task,
     write_toy_task,
 )
-from capmix.evalmetrics import face_metrics, group_metric, winogavil_metrics, winogavil_prompt
+from capmix.evalmetrics import (
+    face_metrics,
+    group_metric,
+    per_class_accuracy,
+    winogavil_metrics,
+    winogavil_prompt,
+)
 from capmix.evaluate import EvalModel, evaluate_model, load_model, run_task
 from capmix.suites import (
     PROTOCOLS,
@@ -285,6 +291,41 @@ def test_classification_on_a_datacomp_format_webdataset(tmp_path, oracle):
     assert metrics["main_metric"] == metrics["acc1"]
 
 
+def test_per_class_accuracies_of_a_classification_task(tmp_path, oracle):
+    # Five class names, class 4 without test samples. Labels vs the oracle's predictions
+    # (= grey levels): class 0 4/4 right, class 1 1/2, class 2 1/1, class 3 0/1.
+    labels = [0, 0, 0, 0, 1, 1, 2, 3]
+    levels = [0, 0, 0, 0, 0, 1, 2, 2]
+    names = ["item0", "item1", "item2", "item3", "item4"]
+    directory = write_classification_dir(tmp_path / "wds_pc_test", levels, labels, names)
+    line = run_task(oracle, Task(key="k", name="T", size=8), directory, batch_size=3)
+    per_class = json.loads(json.dumps(line))["per_class"]  # as the results file holds it
+    assert per_class == {"classnames": names, "acc1": [1.0, 0.5, 1.0, 0.0, None],
+                         "n_samples": [4, 2, 1, 1, 0]}
+    # a figure pairs them by name; their mean over classes with samples is the balanced one
+    by_name = dict(zip(per_class["classnames"], per_class["acc1"], strict=True))
+    assert by_name["item1"] == 0.5
+    present = [a for a in per_class["acc1"] if a is not None]
+    assert sum(present) / len(present) == pytest.approx(line["metrics"]["mean_per_class_recall"])
+    # only classification tasks carry them
+    for protocol, (task, task_directory) in oracle_tasks(tmp_path / "other").items():
+        assert ("per_class" in run_task(oracle, task, task_directory)) == \
+            (protocol == "classification")
+    # labels beyond the class names fail naming the task
+    bad = write_classification_dir(tmp_path / "wds_bad_test", levels, [0, 0, 0, 0, 1, 1, 2, 7],
+                                   names[:4])
+    with pytest.raises(EvalDataError, match="task 'T': labels outside 0..3"):
+        run_task(oracle, Task(key="k", name="T", size=8), bad)
+
+
+def test_per_class_accuracy_by_hand():
+    logits = torch.tensor([[2.0, 1, 0], [0, 2, 1], [0, 2, 1], [1, 0, 2]])
+    acc1, counts = per_class_accuracy(logits, torch.tensor([0, 1, 2, 2]))
+    assert (acc1, counts) == ([1.0, 1.0, 0.5], [1, 1, 2])
+    with pytest.raises(ValueError, match="labels outside the 3 classes"):
+        per_class_accuracy(logits, torch.tensor([0, 1, 2, 3]))
+
+
 def test_group_metrics_of_a_geode_like_task(tmp_path, oracle):
     # GeoDE metadata = (region, country); accuracy per region, worst region.
     labels = [0, 1, 2, 0, 1, 2]
@@ -300,6 +341,7 @@ def test_group_metrics_of_a_geode_like_task(tmp_path, oracle):
     assert m["main_metric"] == m["acc_wg"] == pytest.approx(2 / 3)
     assert {"metric": "acc", "region": 0, "value": pytest.approx(2 / 3), "count": 3} in \
         line["groups"]
+    assert line["per_class"]["acc1"] == [1.0, 1.0, 0.5]  # class 2: row 2 wrong
 
 
 def test_group_metric_and_fmow_worst_region_by_hand():

@@ -2,7 +2,8 @@
 
 * clip_benchmark's top-k accuracy (:func:`topk_accuracy`, restated because the library's
   breaks under NumPy 2.4) and scikit-learn's balanced accuracy
-  (:func:`classification_metrics`);
+  (:func:`classification_metrics`), and the accuracy of each class behind the latter
+  (:func:`per_class_accuracy`; the paper's Figure 11 compares them on ImageNet);
 * the group metrics of WILDS and the fairness sets (:func:`group_metric`,
   :func:`protocol_group_metrics`, :func:`face_metrics`): worst-group accuracy and per-group
   numbers, computed with numpy rather than the ``wilds`` package (DataComp uses only its
@@ -54,6 +55,22 @@ def classification_metrics(logits: Any, target: Any) -> dict[str, float | None]:
         (acc1,) = topk_accuracy(logits, target, (1,))
     return {"acc1": acc1, "acc5": acc5,
             "mean_per_class_recall": float(balanced_accuracy_score(target.numpy(), pred.numpy()))}
+
+
+def per_class_accuracy(logits: Any, target: Any) -> tuple[list[float | None], list[int]]:
+    """Top-1 accuracy of each class (the share of its samples predicted as it; None for a
+    class with no samples) and its sample count, in class-index order (the task's
+    ``classnames.txt``). Their mean over the classes with samples is
+    ``mean_per_class_recall``."""
+    n_classes = int(logits.shape[1])
+    y = target.numpy().astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"labels outside the {n_classes} classes scored")
+    hit = logits.argmax(dim=1).numpy() == y
+    counts = np.bincount(y, minlength=n_classes)
+    hits = np.bincount(y[hit], minlength=n_classes)
+    return ([float(h / c) if c else None for h, c in zip(hits, counts, strict=True)],
+            [int(c) for c in counts])
 
 
 def group_metric(values: np.ndarray, metadata: np.ndarray, fields: Sequence[str],

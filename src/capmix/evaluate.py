@@ -13,15 +13,17 @@ beside it:
   clip_benchmark's webdataset layout; :mod:`capmix.evaldata` writes and fetches those
   directories and checks them. Evaluation reads local files only, through one code path.
 * **Metrics** are clip_benchmark's (``zero_shot_classifier``, ``run_classification``,
-  ``zeroshot_retrieval.evaluate``) plus those of :mod:`capmix.evalmetrics` (top-k and
-  balanced accuracy, the WILDS/fairness group metrics, WinoGAViL's Jaccard summary).
+  ``zeroshot_retrieval.evaluate``) plus those of :mod:`capmix.evalmetrics` (top-k,
+  balanced and per-class accuracy, the WILDS/fairness group metrics, WinoGAViL's Jaccard
+  summary).
 * **The model** is an ``open_clip_train`` checkpoint loaded with :mod:`capmix.modelrun`
   (:func:`load_model`). It runs fp32, except where DataComp autocasts: retrieval and
   WinoGAViL on CUDA (:data:`AMP_PROTOCOLS`, :data:`AMP_DEVICE_TYPES`).
 * **Results** are one JSON line per task (DataComp's ``key``/``dataset``/``metrics`` plus the
-  model's checksum, the sample count and the ``precision`` it ran in), appended as each task
-  finishes to a progress file outside Snakemake's outputs; a re-run skips tasks already there
-  for the same checkpoint (:func:`evaluate_model`).
+  model's checksum, the sample count and the ``precision`` it ran in; classification tasks
+  add ``per_class``: ``classnames``, ``acc1`` and ``n_samples``, lists in class-index order),
+  appended as each task finishes to a progress file outside Snakemake's outputs; a re-run
+  skips tasks already there for the same checkpoint (:func:`evaluate_model`).
 
 ``python -m capmix.evaluate RESULTS.jsonl --suite datacomp`` prints a results file's
 aggregates (:func:`main`). Torch, open_clip and clip_benchmark are imported inside functions.
@@ -53,6 +55,7 @@ from capmix.evalmetrics import (
     FACE_OBJECTIVES,
     classification_metrics,
     face_metrics,
+    per_class_accuracy,
     protocol_group_metrics,
     winogavil_metrics,
     winogavil_prompt,
@@ -167,8 +170,9 @@ class _Counted:
 
 
 def _classify(model: EvalModel, task: Task, directory: Path, batch_size: int, workers: int,
-              metadata: bool) -> tuple[Any, Any, np.ndarray | None, int]:
-    """Logits, targets (and per-sample metadata) of zero-shot classification on one task."""
+              metadata: bool) -> tuple[Any, Any, np.ndarray | None, int, list[str]]:
+    """Logits, targets (and per-sample metadata) of zero-shot classification on one task,
+    the number of samples read and the class names."""
     from clip_benchmark.metrics import zeroshot_classification as zsc
 
     shards = task_shards(directory, task)
@@ -184,6 +188,9 @@ def _classify(model: EvalModel, task: Task, directory: Path, batch_size: int, wo
     if logits.shape[1] != len(classnames):
         raise EvalDataError(f"task '{task.name}': {logits.shape[1]} classes scored, "
                             f"{len(classnames)} class names")
+    if len(target) and not 0 <= int(target.min()) <= int(target.max()) < len(classnames):
+        raise EvalDataError(f"task '{task.name}': labels outside 0..{len(classnames) - 1}, "
+                            f"the {len(classnames)} class names ({directory})")
     meta = None
     if metadata:
         # Second pass over the labels and metadata only (no image decoding), as DataComp does.
@@ -194,7 +201,7 @@ def _classify(model: EvalModel, task: Task, directory: Path, batch_size: int, wo
             raise EvalDataError(f"task '{task.name}': labels of the metadata pass differ from "
                                 f"the image pass ({directory})")
         meta = np.stack([m for _, m in rows]) if rows else np.zeros((0, 0))
-    return logits, target, meta, loader.n
+    return logits, target, meta, loader.n, classnames
 
 
 def _retrieval(model: EvalModel, task: Task, directory: Path, batch_size: int,
@@ -278,6 +285,7 @@ def run_task(model: EvalModel, task: Task, directory: Path, batch_size: int = 64
     """Evaluate one task; returns its result line (without the model's checksum)."""
     started = time.monotonic()
     groups: list[dict] = []
+    per_class: dict[str, list] | None = None
     amp = uses_amp(model, task)
     if task.protocol == "retrieval":
         metrics, n = _retrieval(model, task, directory, batch_size, workers, amp)
@@ -287,9 +295,11 @@ def run_task(model: EvalModel, task: Task, directory: Path, batch_size: int = 64
         metrics, groups, n = _faces(model, task, directory, batch_size, workers)
     else:
         with_meta = task.protocol in METADATA_FIELDS
-        logits, target, meta, n = _classify(model, task, directory, batch_size, workers,
-                                            with_meta)
+        logits, target, meta, n, classnames = _classify(model, task, directory, batch_size,
+                                                        workers, with_meta)
         metrics = classification_metrics(logits, target)
+        acc1, counts = per_class_accuracy(logits, target)
+        per_class = {"classnames": classnames, "acc1": acc1, "n_samples": counts}
         if with_meta:
             assert meta is not None
             extra, groups = protocol_group_metrics(task.protocol, logits, target, meta)
@@ -302,6 +312,8 @@ def run_task(model: EvalModel, task: Task, directory: Path, batch_size: int = 64
                             "wall_s": round(time.monotonic() - started, 3)}
     if groups:
         line["groups"] = _clean(groups)
+    if per_class is not None:
+        line["per_class"] = per_class
     return line
 
 
