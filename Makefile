@@ -9,7 +9,7 @@ CORES ?= all
 # The SLURM tests start a real single-node cluster: Debian's daemons, installed as root.
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
 
-.PHONY: setup run smoke replicates test lint report clean-results slurm-deps
+.PHONY: setup run smoke replicates cost test lint report clean-results slurm-deps
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "capmix needs Python 3.11"'
@@ -31,6 +31,11 @@ run: setup
 smoke: setup
 	$(BIN)/python -m capmix.config check config/smoke.yaml
 	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml
+
+# What a config will cost on GPUs, per pool and stage, before it runs (README: "Cost before
+# commitment"; every `snakemake -n` prints the same table): make cost CONFIG=config/datacomp_medium.yaml
+cost: setup
+	$(BIN)/python -m capmix.cost $(CONFIG)
 
 # The default over several seeds, each into its own results root (runs/seedN/, nothing
 # overwritten; a finished seed is not re-run), then the findings table across seeds.

@@ -5,8 +5,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The strategy catalogue, the training scales, the evaluation suites and the paper's
-# findings first, then the embedded default (capmix.config.BASE_CONFIGS). Paths from the
+# The strategy catalogue, the training scales, the evaluation suites, the costs and the
+# paper's findings first, then the embedded default (capmix.config.BASE_CONFIGS). Paths from the
 # Snakefile's folder, so that `--directory DIR` runs the workflow into another results root
 # (the replicates over seeds do).
 configfile: f"{workflow.basedir}/config/strategies.yaml"
@@ -16,6 +16,9 @@ configfile: f"{workflow.basedir}/config/train_scales.yaml"
 
 
 configfile: f"{workflow.basedir}/config/eval_suites.yaml"
+
+
+configfile: f"{workflow.basedir}/config/costs.yaml"
 
 
 configfile: f"{workflow.basedir}/config/findings.yaml"

@@ -25,9 +25,10 @@ from capmix.toykinds import CAPTIONER
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 #: What the Snakefile loads (`configfile:`), in order: the strategy catalogue, the training
-#: scales, the evaluation suites, the paper's findings, the embedded default.
+#: scales, the evaluation suites, the costs, the paper's findings, the embedded default.
 BASE_CONFIGS = tuple(REPO_ROOT / "config" / name for name in (
-    "strategies.yaml", "train_scales.yaml", "eval_suites.yaml", "findings.yaml", "config.yaml"))
+    "strategies.yaml", "train_scales.yaml", "eval_suites.yaml", "costs.yaml", "findings.yaml",
+    "config.yaml"))
 
 
 class ConfigError(ValueError):
@@ -145,6 +146,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
         if targets & {"scores", "quality"} and scorer is None:
             problems.append(f"{where}.scorer': targets {sorted(targets & {'scores', 'quality'})} "
                             f"need a scorer for pool '{pool['name']}'")
+    problems += cost_problems(config)
     from capmix.captionsets import temperature_problems
     from capmix.findings import findings_problems
     from capmix.scales import train_problems
@@ -154,6 +156,20 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     return (problems + temperature_problems(config) + strategy_problems(config)
             + train_problems(config)
             + eval_problems(config) + findings_problems(config))
+
+
+def cost_problems(config: Mapping[str, Any]) -> list[str]:
+    """Every figure in ``costs`` names a captioner, scorer, training scale or suite that the
+    config defines (a misspelt name would otherwise price its stage as unknown)."""
+    problems = []
+    costs = config.get("costs") or {}
+    for part, defined in (("captioners", "captioners"), ("scorers", "scorers"),
+                          ("train", "train_scales"), ("eval", "eval_suites")):
+        known = config.get(defined) or {}
+        for name in sorted(set(costs.get(part) or {}) - set(known)):
+            problems.append(f"config key 'costs.{part}.{name}': '{name}' is not in `{defined}` "
+                            f"(allowed: one of {', '.join(sorted(known)) or 'none defined'})")
+    return problems
 
 
 def fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO / "src"))
 from capmix.captionsets import pool_caption_sets  # noqa: E402
 from capmix.chunks import CHUNK_PATTERN, chunk_names  # noqa: E402
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
+from capmix.cost import cost_table, dry_run_requested  # noqa: E402
 from capmix.suites import (  # noqa: E402
     TASK_MANIFEST,
     load_suite,
@@ -47,6 +48,11 @@ except WorkflowError as error:
 _reference_problems = check_references(config)
 if _reference_problems:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_reference_problems))
+# A dry run says what the config will cost on GPUs before anything is submitted (`onstart`
+# does not run on dry runs; a job's own Snakemake is not the main process). To stderr, beside
+# Snakemake's log.
+if workflow.is_main_process and dry_run_requested(sys.argv):
+    print(cost_table(config, Path("results"), "this dry run"), file=sys.stderr)
 
 # ---- Allowed values: from the schema and capmix, never restated here ---------------------
 SCHEMA_DEFS = load_schema(SCHEMA)["$defs"]
