@@ -157,9 +157,26 @@ def test_intersection_with_image_clusters():
 
 
 def test_fixed_threshold():
-    # Raw >= .28: u0..u6 (.3 counts); synthetic >= .28: u1 u3 u4 u5 u6 u8 u9.
-    assert chosen(run("raw_min_0p28")) == pairs([0, 1, 2, 3, 4, 5, 6], "raw")
+    # Synthetic >= .28: u1 u3 u4 u5 u6 u8 u9 (.3 counts).
     assert chosen(run("synthetic_min_0p28")) == pairs([1, 3, 4, 5, 6, 8, 9], "syn")
+    # A fixed threshold on the part's own (raw) score: u0..u6.
+    spec = {"description": "x", "parts": [{"caption": "raw", "keep": {"min_score": 0.28}}]}
+    frame = table()
+    samples = select(parse_strategy("raw_own", spec), frame,
+                     sort_scores(frame, ["raw"])).samples
+    assert chosen(samples) == pairs([0, 1, 2, 3, 4, 5, 6], "raw")
+
+
+def test_figure13_trains_one_set_of_images_with_raw_and_with_synthetic_captions():
+    """Appendix G: the images whose BLIP2 caption scores >= 0.28, once with their BLIP2 and once
+    with their raw captions (both rows 41M). Raw scores would keep u0..u6 instead."""
+    raw, synthetic = run("raw_min_0p28"), run("synthetic_min_0p28")
+    assert sorted(raw["uid"]) == sorted(synthetic["uid"])
+    assert chosen(raw) == pairs([1, 3, 4, 5, 6, 8, 9], "raw")
+    assert chosen(synthetic) == pairs([1, 3, 4, 5, 6, 8, 9], "syn")
+    assert raw["caption"].str.startswith("raw ").all()
+    # The threshold is on the BLIP2 caption's score, so a raw-scored image in u0 (0.9) is out.
+    assert "0" * 32 not in set(raw["uid"])
 
 
 def test_fraction_one_keeps_everything_and_ties_are_kept():
