@@ -33,13 +33,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capmix.provenance import provenance_record, sha256_file, write_json
-from capmix.sourcespec import REMOTE_URL_SCHEMES, allowed_url_schemes
+from capmix.sourcespec import REMOTE_URL_SCHEMES, TABLE_FORMATS, allowed_url_schemes
 from capmix.uids import derive_uid, duplicate_positions, uids_to_pairs
 
 log = logging.getLogger(__name__)
 
 CORE_COLUMNS = ("uid", "url", "text")
-TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl"}
+#: The formats ``format: auto`` tells from a file's suffix (the others must be declared).
+FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl"}
+#: Formats whose columns are known only from the whole file (no header): parsed once, whole.
+WHOLE_FILE_FORMATS = ("jsonl", "coco_captions")
+#: The columns a COCO-caption file adds to each image's own fields: its captions (a list, in
+#: the file's order: the references CIDEr scores against) and the first of them.
+COCO_CAPTIONS_COLUMN = "captions"
+COCO_FIRST_CAPTION_COLUMN = "caption"
 #: How many example rows an error message lists.
 EXAMPLES = 5
 
@@ -85,11 +92,11 @@ def table_format(path: Path | str, declared: str = "auto") -> str:
         return declared
     suffixes = [s.lower() for s in Path(str(path)).suffixes]
     for suffix in reversed(suffixes):
-        if suffix in TABLE_FORMATS:
-            return TABLE_FORMATS[suffix]
+        if suffix in FORMAT_BY_SUFFIX:
+            return FORMAT_BY_SUFFIX[suffix]
     raise MetadataError(
         f"{path}: cannot tell the table format from the name; set source.format "
-        f"to one of {sorted(set(TABLE_FORMATS.values()))}"
+        f"to one of {list(TABLE_FORMATS)}"
     )
 
 
@@ -191,6 +198,13 @@ def _read_jsonl(path: Path | str, columns: Sequence[str] | None) -> pa.Table:
     if problems:
         raise MetadataError(f"{path}: {len(problems)} unreadable JSON line(s): "
                             f"{_line_examples(problems)}")
+    return _records_table(path, rows, [f"line {n}" for n in line_of_row], columns)
+
+
+def _records_table(path: Path | str, rows: Sequence[Mapping[str, Any]], where: Sequence[str],
+                   columns: Sequence[str] | None) -> pa.Table:
+    """JSON objects as a table: their keys become columns (absent keys are null); a column
+    whose values have different types names the rows (``where[i]``: "line 3", "image 3")."""
     names = list(dict.fromkeys(key for row in rows for key in row))
     if columns:
         names = [c for c in columns if c in names]
@@ -201,12 +215,73 @@ def _read_jsonl(path: Path | str, columns: Sequence[str] | None) -> pa.Table:
             arrays[name] = pa.array(values)
         except (pa.ArrowException, TypeError, ValueError) as exc:
             kinds = [type(v).__name__ for v in values if v is not None]
-            usual = Counter(kinds).most_common(1)[0][0]  # ties: the first line's type
-            odd = [f"line {line_of_row[i]} ({type(v).__name__})" for i, v in enumerate(values)
+            usual = Counter(kinds).most_common(1)[0][0]  # ties: the first row's type
+            odd = [f"{where[i]} ({type(v).__name__})" for i, v in enumerate(values)
                    if v is not None and type(v).__name__ != usual]
             raise MetadataError(f"{path}: column '{name}' holds {usual} values but also "
                                 f"{_line_examples(odd)}") from exc
     return pa.table(arrays) if arrays else pa.table({})
+
+
+def _read_coco_captions(path: Path | str, columns: Sequence[str] | None) -> pa.Table:
+    """A COCO-caption annotation file (COCO captions' own format, which NoCaps and others
+    use): ``{"images": [{"id": ..., ...}], "annotations": [{"image_id": ..., "caption": ...}]}``.
+
+    One row per image, in the file's order: the image's own fields (``id``, ``file_name``,
+    ``coco_url``, ...), its captions as a list (:data:`COCO_CAPTIONS_COLUMN`, in the file's
+    order) and the first of them (:data:`COCO_FIRST_CAPTION_COLUMN`). An annotation of an
+    image the file does not list, a caption that is not text, an image listed twice or an
+    image without a caption stops the stage, naming them.
+    """
+    try:
+        with open(path, "rb") as handle:
+            document = json.loads(handle.read().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{path}: is not UTF-8 text") from exc
+    except json.JSONDecodeError as exc:
+        raise MetadataError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from exc
+    if (not isinstance(document, dict) or not isinstance(document.get("images"), list)
+            or not isinstance(document.get("annotations"), list)):
+        raise MetadataError(f"{path}: not a COCO-caption file (a JSON object with the lists "
+                            "'images' and 'annotations')")
+    added = (COCO_CAPTIONS_COLUMN, COCO_FIRST_CAPTION_COLUMN)
+    problems: list[str] = []
+    rows: list[dict[str, Any]] = []
+    position: dict[Any, int] = {}
+    for i, image in enumerate(document["images"]):
+        if not isinstance(image, dict) or isinstance(image.get("id"), (dict, list, type(None))):
+            problems.append(f"images[{i}] is not an object with an 'id'")
+            continue
+        clash = [k for k in added if k in image]
+        if clash:
+            problems.append(f"images[{i}] has the field(s) {clash}, which the captions fill")
+        if image["id"] in position:
+            problems.append(f"images[{i}] repeats the id {image['id']!r} of "
+                            f"images[{position[image['id']]}]")
+            continue
+        position[image["id"]] = len(rows)
+        rows.append({**image, COCO_CAPTIONS_COLUMN: []})
+    for j, note in enumerate(document["annotations"]):
+        image_id = note.get("image_id") if isinstance(note, dict) else None
+        if isinstance(image_id, (dict, list)) or image_id not in position:
+            problems.append(f"annotations[{j}] names no image of the file (image_id "
+                            f"{image_id!r})")
+        elif not isinstance(note.get("caption"), str):
+            problems.append(f"annotations[{j}]: the caption is "
+                            f"{type(note.get('caption')).__name__}, not text")
+        else:
+            rows[position[image_id]][COCO_CAPTIONS_COLUMN].append(note["caption"])
+    bare = [str(row["id"]) for row in rows if not row[COCO_CAPTIONS_COLUMN]]
+    if bare:
+        problems.append(f"{len(bare)} image(s) without a caption: id {_line_examples(bare)}")
+    if problems:
+        raise MetadataError(f"{path}: {len(problems)} problem(s) in the COCO-caption file: "
+                            + "; ".join(problems[:EXAMPLES])
+                            + (f" and {len(problems) - EXAMPLES} more"
+                               if len(problems) > EXAMPLES else ""))
+    for row in rows:
+        row[COCO_FIRST_CAPTION_COLUMN] = row[COCO_CAPTIONS_COLUMN][0]
+    return _records_table(path, rows, [f"image {row['id']!r}" for row in rows], columns)
 
 
 def _check_is_file(path: Path | str, fmt: str) -> None:
@@ -232,6 +307,8 @@ def read_table(path: Path | str, fmt: str, columns: Sequence[str] | None = None)
             return _read_delimited(path, fmt, columns)
         if fmt == "jsonl":
             return _read_jsonl(path, columns)
+        if fmt == "coco_captions":
+            return _read_coco_captions(path, columns)
         raise MetadataError(f"{path}: unknown table format '{fmt}'")
     except MetadataError:
         raise
@@ -464,9 +541,10 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
     try:
         for index, file in enumerate(files):
             try:
-                # JSON lines have no header: their keys are known only from the whole file,
-                # so that one parse is kept and its columns selected below.
-                whole = read_table(file.path, file.fmt) if file.fmt == "jsonl" else None
+                # JSON lines and COCO-caption files have no header: their keys are known only
+                # from the whole file, so that one parse is kept and its columns selected below.
+                whole = (read_table(file.path, file.fmt) if file.fmt in WHOLE_FILE_FORMATS
+                         else None)
                 present = (whole.column_names if whole is not None
                            else file_columns(file.path, file.fmt))
                 keep = keep_list(source, present, colmap)
