@@ -453,3 +453,58 @@ def test_a_broken_coco_caption_file_is_named_before_anything_is_written(tmp_path
     with pytest.raises(MetadataError, match=r"captions\.json: .*" + expected):
         build_metadata("p", source, source_files(source, [path]), tmp_path / "meta")
     assert not (tmp_path / "meta").exists()
+
+
+def test_datacomp_max_rows_takes_the_first_rows_and_cuts_the_last_file(tmp_path):
+    """The paper's 400M pool is the first 400M rows of large: whole files, then one cut (its
+    npz cut alike, row-aligned), the rest left out."""
+    raw = tmp_path / "raw"
+    for k in range(3):
+        write(datacomp_part(4, 10 * k), raw / f"{k:08d}.parquet", "parquet")
+        np.savez(raw / f"{k:08d}.npz", l14_img=np.arange(4 * 2, dtype="float16").reshape(4, 2) + k,
+                 l14_txt=np.full((4, 2), k, "float16"), scale=np.array(7))
+    source = {"type": "datacomp", "scale": "large", "hf_repo": "mlfoundations/datacomp_large",
+              "local_dir": str(raw), "keep_columns": "all", "max_files": None, "max_rows": 6}
+    files = source_files(source, [raw])
+    assert [(f.path.name, f.rows) for f in files] == [("00000000.parquet", None),
+                                                      ("00000001.parquet", 2)]
+    manifest = build_metadata("datacomp_400m", source, files, tmp_path / "meta")
+    assert manifest["rows"] == 6 and [p["rows"] for p in manifest["parts"]] == [4, 2]
+    assert manifest["parts"][0]["how"] in ("hardlink", "copy")
+    assert manifest["parts"][1]["how"] == "rewritten" and manifest["parts"][1]["npz_how"] == "cut"
+    part1 = tmp_path / "meta" / "part-00001.parquet"
+    assert pq.read_table(part1).column("uid").to_pylist() == [f"{10:032x}", f"{11:032x}"]
+    with np.load(part1.with_suffix(".npz")) as npz:
+        assert npz["l14_img"].tolist() == [[1, 2], [3, 4]] and npz["l14_txt"].shape == (2, 2)
+        assert int(npz["scale"]) == 7  # not one entry per row: as it was
+    with pytest.raises(MetadataError, match=r"max_rows 13: the 3 parquet file\(s\) hold only 12"):
+        source_files({**source, "max_rows": 13}, [raw])
+
+
+def test_datacomp_max_rows_downloads_only_the_files_it_needs(tmp_path):
+    fetched = []
+
+    class FakeHub:
+        @staticmethod
+        def list_repo_files(repo, repo_type, revision):
+            return [f"{k:08d}.{ext}" for k in range(5) for ext in ("parquet", "npz")]
+
+        @staticmethod
+        def snapshot_download(repo, repo_type, revision, local_dir, allow_patterns, max_workers):
+            fetched.append(list(allow_patterns))
+            for name in allow_patterns:
+                if name.endswith(".parquet"):
+                    write(datacomp_part(4, 0), Path(local_dir) / name, "parquet")
+                else:
+                    np.savez(Path(local_dir) / name, l14_img=np.zeros((4, 2)))
+
+    from capmix import sources
+
+    source = {"type": "datacomp", "scale": "large", "hf_repo": "mlfoundations/datacomp_large",
+              "include_npz": True, "max_files": None, "max_rows": 6, "revision": None}
+    record = sources.download_datacomp(source, tmp_path, workers=1, hub=FakeHub)
+    # One parquet at a time until 6 rows are there (two files), then their npz only.
+    assert fetched == [["00000000.parquet"], ["00000001.parquet"],
+                       ["00000000.npz", "00000001.npz"]]
+    assert [f["path"] for f in record["files"]] == ["00000000.parquet", "00000001.parquet",
+                                                     "00000000.npz", "00000001.npz"]

@@ -448,23 +448,61 @@ def check_duplicates(files: Sequence[tuple[str, list[str]]]) -> list[str]:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One metadata file of a source, with its npz sibling when the source ships one."""
+    """One metadata file of a source, with its npz sibling when the source ships one.
+
+    ``rows``: the source takes only the file's first rows (the last file of a ``max_rows``
+    cut); None takes them all.
+    """
 
     path: Path
     fmt: str
     npz: Path | None = None
+    rows: int | None = None
 
 
-def datacomp_files(directory: Path, max_files: int | None = None) -> list[SourceFile]:
-    """DataComp metadata in a directory: ``*.parquet`` (any depth), npz by the same stem."""
+def first_rows(parquets: Sequence[Path], max_rows: int) -> list[tuple[Path, int | None]]:
+    """The files, in order, that hold the first ``max_rows`` rows: (file, None) for a file
+    taken whole, (file, n) for the last one, cut after n rows. Row counts come from the
+    parquet footers (nothing else is read); fewer rows in all stops the stage."""
+    taken: list[tuple[Path, int | None]] = []
+    total = 0
+    for parquet in parquets:
+        if total == max_rows:
+            break
+        rows = pq.ParquetFile(parquet).metadata.num_rows
+        cut = rows if total + rows <= max_rows else max_rows - total
+        taken.append((parquet, None if cut == rows else cut))
+        total += cut
+    if total < max_rows:
+        raise MetadataError(f"max_rows {max_rows:,}: the {len(parquets)} parquet file(s) hold "
+                            f"only {total:,} rows")
+    return taken
+
+
+def datacomp_files(directory: Path, max_files: int | None = None,
+                   max_rows: int | None = None) -> list[SourceFile]:
+    """DataComp metadata in a directory: ``*.parquet`` (any depth, sorted), npz by the same
+    stem; the first ``max_files`` files, then the first ``max_rows`` rows of those."""
     parquets = sorted(p for p in directory.rglob("*.parquet") if not p.name.startswith("."))
     if max_files is not None:
         parquets = parquets[:max_files]
+    taken = (first_rows(parquets, max_rows) if max_rows is not None
+             else [(p, None) for p in parquets])
     files = []
-    for parquet in parquets:
+    for parquet, rows in taken:
         npz = parquet.with_suffix(".npz")
-        files.append(SourceFile(parquet, "parquet", npz if npz.exists() else None))
+        files.append(SourceFile(parquet, "parquet", npz if npz.exists() else None, rows))
     return files
+
+
+def cut_npz(src: Path, dst: Path, file_rows: int, rows: int) -> None:
+    """An npz sibling cut like its parquet: every array with one entry per row of the file
+    keeps its first ``rows``; other arrays are copied as they are."""
+    with np.load(src, allow_pickle=False) as data:
+        arrays = {name: (data[name][:rows] if data[name].ndim and len(data[name]) == file_rows
+                         else data[name]) for name in data.files}
+    with open(dst, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def source_files(source: Mapping[str, Any], inputs: Sequence[Path]) -> list[SourceFile]:
@@ -481,7 +519,7 @@ def source_files(source: Mapping[str, Any], inputs: Sequence[Path]) -> list[Sour
         directory = Path(inputs[0])
         if directory.name == "download.json":
             directory = directory.parent
-        return datacomp_files(directory, source.get("max_files"))
+        return datacomp_files(directory, source.get("max_files"), source.get("max_rows"))
     raise MetadataError(f"unknown source type '{kind}'")
 
 
@@ -511,7 +549,7 @@ def materialise(src: Path, dst: Path) -> str:
 def _is_fast(file: SourceFile, source: Mapping[str, Any], colmap: ColumnMap,
              present: Sequence[str]) -> bool:
     """A parquet already in our layout is linked, not rewritten (DataComp's 300 GB)."""
-    return (file.fmt == "parquet" and colmap.is_identity()
+    return (file.fmt == "parquet" and file.rows is None and colmap.is_identity()
             and source.get("keep_columns", "all") == "all"
             and list(present[:3]) == list(CORE_COLUMNS))
 
@@ -567,6 +605,9 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                 wanted = needed if fast else list(dict.fromkeys(needed + keep))
                 table = (whole.select(wanted) if whole is not None
                          else read_table(file.path, file.fmt, wanted))
+                file_rows = table.num_rows
+                if file.rows is not None:  # the last file of a max_rows cut
+                    table = table.slice(0, file.rows)
                 uids, urls, texts = core_columns(file.path, table, colmap)
             except MetadataError as exc:
                 problems.append(str(exc))
@@ -581,6 +622,9 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                 columns.update({c: table[c] for c in keep})
                 staging.mkdir(parents=True, exist_ok=True)
                 pq.write_table(pa.table(columns), staging / part.name)
+                if file.npz is not None and file.rows is not None:
+                    cut_npz(file.npz, staging / part.with_suffix(".npz").name, file_rows,
+                            file.rows)
             plans.append((file, keep, table.num_rows, part, how))
         if not problems:
             problems += check_duplicates(all_uids)
@@ -604,9 +648,15 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
             how = materialise(file.path, part)
         entry = {"part": part.name, "source_file": str(file.path), "rows": rows, "how": how,
                  "source_sha256": sha256_file(file.path)}
+        if file.rows is not None:
+            entry["cut_after_rows"] = file.rows
         if file.npz is not None:
             entry["npz"] = part.with_suffix(".npz").name
-            entry["npz_how"] = materialise(file.npz, part.with_suffix(".npz"))
+            if file.rows is not None:
+                os.replace(staging / entry["npz"], part.with_suffix(".npz"))
+                entry["npz_how"] = "cut"
+            else:
+                entry["npz_how"] = materialise(file.npz, part.with_suffix(".npz"))
         parts.append(entry)
         log.info("metadata part %s: %d rows from %s (%s)", part.name, rows, file.path, how)
     shutil.rmtree(staging, ignore_errors=True)
@@ -678,6 +728,9 @@ def download_datacomp(source: Mapping[str, Any], dest_dir: Path, workers: int = 
                       hub: Any = None) -> dict[str, Any]:
     """Download DataComp metadata with huggingface_hub (resumable: done files are skipped).
 
+    With ``max_rows``, parquet files are fetched in sorted order, ``workers`` at a time, until
+    they hold that many rows (their footers say how many); only then the npz siblings of
+    those, so a 400M pool cut from large fetches about a third of large's metadata.
     ``hub`` is the ``huggingface_hub`` module or a stand-in with the same two
     functions (tests use one; nothing in the tests reaches a hub).
     """
@@ -687,9 +740,35 @@ def download_datacomp(source: Mapping[str, Any], dest_dir: Path, workers: int = 
     repo_files = hub.list_repo_files(repo, repo_type="dataset", revision=revision)
     wanted = datacomp_patterns(repo_files, source.get("include_npz", False),
                                source.get("max_files"))
-    log.info("downloading %d files of %s into %s", len(wanted), repo, dest_dir)
-    hub.snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=str(dest_dir),
-                          allow_patterns=wanted, max_workers=workers)
+
+    def download(files: list[str]) -> None:
+        log.info("downloading %d files of %s into %s", len(files), repo, dest_dir)
+        hub.snapshot_download(repo, repo_type="dataset", revision=revision,
+                              local_dir=str(dest_dir), allow_patterns=files,
+                              max_workers=workers)
+
+    max_rows = source.get("max_rows")
+    if max_rows is None:
+        download(wanted)
+    else:
+        parquets = [f for f in wanted if f.endswith(".parquet")]
+        chosen: list[str] = []
+        rows = 0
+        while rows < max_rows and len(chosen) < len(parquets):
+            batch = parquets[len(chosen):len(chosen) + max(workers, 1)]
+            download(batch)
+            for name in batch:
+                if rows < max_rows:
+                    chosen.append(name)
+                    rows += pq.ParquetFile(dest_dir / name).metadata.num_rows
+        if rows < max_rows:
+            raise MetadataError(f"{repo}: max_rows {max_rows:,}, but its {len(parquets)} "
+                                f"parquet file(s) hold only {rows:,} rows")
+        stems = {name[: -len(".parquet")] for name in chosen}
+        npz = [f for f in wanted if f.endswith(".npz") and f[: -len(".npz")] in stems]
+        if npz:
+            download(npz)
+        wanted = chosen + npz
     missing = [f for f in wanted if not (dest_dir / f).exists()]
     if missing:
         raise MetadataError(f"{repo}: download finished without {missing[:EXAMPLES]}")
