@@ -31,6 +31,7 @@ from capmix.mix import (
     sort_scores,
 )
 from capmix.strategies import expand_strategies, parse_strategy, pool_strategy_names
+from tests.conftest import REPO
 
 UIDS = [f"{i:032x}" for i in range(10)]
 RAW = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
@@ -343,9 +344,49 @@ def test_catalogue_has_every_table5_row_at_every_threshold_and_the_other_baselin
         parse_strategy(name, spec)  # every entry is well formed
 
 
-def test_default_pool_runs_every_strategy():
+# Table 3's grid (Appendix C): the temperatures each captioner of Table 1 was trained at;
+# T = 0.75 is Table 1. BLIP2 and BLIP2 (finetuned) at 0.75 are the alias strategies.
+TABLE3 = {"blip": ("blip_large", ["0.75", "1.0"]),
+          "blip2": ("blip2_opt_2.7b", ["0.5", "0.75", "1.0", "1.5"]),
+          "blip2_coco": ("blip2_opt_2.7b_coco", ["0.75", "1.0", "1.5"]),
+          "coca": ("coca_vit_l_14", ["0.5", "0.75", "1.0"]),
+          "coca_coco": ("coca_vit_l_14_coco", ["0.75", "1.0", "1.5"])}
+TABLE3_AT_0P75 = {"blip2": "synthetic_no_filter", "blip2_coco": "synthetic_coco_no_filter"}
+
+
+def names_a_caption_set(spec: dict) -> bool:
+    """Whether a strategy names a captioner's caption set rather than a pool alias."""
+    return any("/" in c for part in spec["parts"]
+               for c in ([part["caption"]] if isinstance(part["caption"], str)
+                         else part["caption"]))
+
+
+def test_default_pool_runs_every_strategy_that_serves_every_pool():
+    """Every strategy whose captions are pool aliases runs on the toy default; the ones that
+    name the paper's captioners (Table 1/3) are the medium config's."""
     config = pipeline_config()
-    assert set(pool_strategy_names(config, config["pools"][0])) == set(catalogue())
+    generic = {n for n, spec in catalogue().items() if not names_a_caption_set(spec)}
+    assert set(pool_strategy_names(config, config["pools"][0])) == generic
+    medium = pipeline_config(REPO / "config" / "datacomp_medium.yaml")
+    named = set(catalogue()) - generic
+    assert named <= set(pool_strategy_names(medium, medium["pools"][0]))
+
+
+def test_table3_has_one_no_filter_strategy_per_captioner_and_temperature():
+    catalogue_ = catalogue()
+    for tag, (captioner, temperatures) in TABLE3.items():
+        for t in temperatures:
+            name = (TABLE3_AT_0P75[tag] if t == "0.75" and tag in TABLE3_AT_0P75
+                    else f"{tag}_t{t.replace('.', 'p')}_no_filter")
+            strategy = parse_strategy(name, catalogue_[name])
+            (part,) = strategy.parts
+            assert part.keep.rule == "all" and part.images == "all"
+            if name not in TABLE3_AT_0P75.values():
+                assert part.caption == (f"{captioner}/{t}",)
+            if t == "0.75":
+                assert any(p.startswith("Table 1") for p in strategy.paper), name
+    named = {n for n, spec in catalogue_.items() if names_a_caption_set(spec)}
+    assert len(named) == sum(len(t) for _, t in TABLE3.values()) - len(TABLE3_AT_0P75) == 13
 
 
 def test_unknown_caption_source_fails_at_validation_naming_the_strategy():
