@@ -14,7 +14,8 @@ from capmix.config import (
 from tests.conftest import REPO
 
 CONFIGS = ["config.yaml", "smoke.yaml", "datacomp_small.yaml", "datacomp_medium.yaml",
-           "datacomp_large.yaml", "datacomp_xlarge.yaml", "url_caption_table.yaml"]
+           "datacomp_400m.yaml", "datacomp_large.yaml", "datacomp_xlarge.yaml",
+           "url_caption_table.yaml"]
 
 
 def base_config():

@@ -31,6 +31,7 @@ from capmix.mix import (
     sort_scores,
 )
 from capmix.strategies import expand_strategies, parse_strategy, pool_strategy_names
+from tests.conftest import REPO
 
 UIDS = [f"{i:032x}" for i in range(10)]
 RAW = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
@@ -157,9 +158,26 @@ def test_intersection_with_image_clusters():
 
 
 def test_fixed_threshold():
-    # Raw >= .28: u0..u6 (.3 counts); synthetic >= .28: u1 u3 u4 u5 u6 u8 u9.
-    assert chosen(run("raw_min_0p28")) == pairs([0, 1, 2, 3, 4, 5, 6], "raw")
+    # Synthetic >= .28: u1 u3 u4 u5 u6 u8 u9 (.3 counts).
     assert chosen(run("synthetic_min_0p28")) == pairs([1, 3, 4, 5, 6, 8, 9], "syn")
+    # A fixed threshold on the part's own (raw) score: u0..u6.
+    spec = {"description": "x", "parts": [{"caption": "raw", "keep": {"min_score": 0.28}}]}
+    frame = table()
+    samples = select(parse_strategy("raw_own", spec), frame,
+                     sort_scores(frame, ["raw"])).samples
+    assert chosen(samples) == pairs([0, 1, 2, 3, 4, 5, 6], "raw")
+
+
+def test_figure13_trains_one_set_of_images_with_raw_and_with_synthetic_captions():
+    """Appendix G: the images whose BLIP2 caption scores >= 0.28, once with their BLIP2 and once
+    with their raw captions (both rows 41M). Raw scores would keep u0..u6 instead."""
+    raw, synthetic = run("raw_min_0p28"), run("synthetic_min_0p28")
+    assert sorted(raw["uid"]) == sorted(synthetic["uid"])
+    assert chosen(raw) == pairs([1, 3, 4, 5, 6, 8, 9], "raw")
+    assert chosen(synthetic) == pairs([1, 3, 4, 5, 6, 8, 9], "syn")
+    assert raw["caption"].str.startswith("raw ").all()
+    # The threshold is on the BLIP2 caption's score, so a raw-scored image in u0 (0.9) is out.
+    assert "0" * 32 not in set(raw["uid"])
 
 
 def test_fraction_one_keeps_everything_and_ties_are_kept():
@@ -326,9 +344,49 @@ def test_catalogue_has_every_table5_row_at_every_threshold_and_the_other_baselin
         parse_strategy(name, spec)  # every entry is well formed
 
 
-def test_default_pool_runs_every_strategy():
+# Table 3's grid (Appendix C): the temperatures each captioner of Table 1 was trained at;
+# T = 0.75 is Table 1. BLIP2 and BLIP2 (finetuned) at 0.75 are the alias strategies.
+TABLE3 = {"blip": ("blip_large", ["0.75", "1.0"]),
+          "blip2": ("blip2_opt_2.7b", ["0.5", "0.75", "1.0", "1.5"]),
+          "blip2_coco": ("blip2_opt_2.7b_coco", ["0.75", "1.0", "1.5"]),
+          "coca": ("coca_vit_l_14", ["0.5", "0.75", "1.0"]),
+          "coca_coco": ("coca_vit_l_14_coco", ["0.75", "1.0", "1.5"])}
+TABLE3_AT_0P75 = {"blip2": "synthetic_no_filter", "blip2_coco": "synthetic_coco_no_filter"}
+
+
+def names_a_caption_set(spec: dict) -> bool:
+    """Whether a strategy names a captioner's caption set rather than a pool alias."""
+    return any("/" in c for part in spec["parts"]
+               for c in ([part["caption"]] if isinstance(part["caption"], str)
+                         else part["caption"]))
+
+
+def test_default_pool_runs_every_strategy_that_serves_every_pool():
+    """Every strategy whose captions are pool aliases runs on the toy default; the ones that
+    name the paper's captioners (Table 1/3) are the medium config's."""
     config = pipeline_config()
-    assert set(pool_strategy_names(config, config["pools"][0])) == set(catalogue())
+    generic = {n for n, spec in catalogue().items() if not names_a_caption_set(spec)}
+    assert set(pool_strategy_names(config, config["pools"][0])) == generic
+    medium = pipeline_config(REPO / "config" / "datacomp_medium.yaml")
+    named = set(catalogue()) - generic
+    assert named <= set(pool_strategy_names(medium, medium["pools"][0]))
+
+
+def test_table3_has_one_no_filter_strategy_per_captioner_and_temperature():
+    catalogue_ = catalogue()
+    for tag, (captioner, temperatures) in TABLE3.items():
+        for t in temperatures:
+            name = (TABLE3_AT_0P75[tag] if t == "0.75" and tag in TABLE3_AT_0P75
+                    else f"{tag}_t{t.replace('.', 'p')}_no_filter")
+            strategy = parse_strategy(name, catalogue_[name])
+            (part,) = strategy.parts
+            assert part.keep.rule == "all" and part.images == "all"
+            if name not in TABLE3_AT_0P75.values():
+                assert part.caption == (f"{captioner}/{t}",)
+            if t == "0.75":
+                assert any(p.startswith("Table 1") for p in strategy.paper), name
+    named = {n for n, spec in catalogue_.items() if names_a_caption_set(spec)}
+    assert len(named) == sum(len(t) for _, t in TABLE3.values()) - len(TABLE3_AT_0P75) == 13
 
 
 def test_unknown_caption_source_fails_at_validation_naming_the_strategy():

@@ -60,8 +60,12 @@ def test_trigrams_at_equal_sample_size_are_seeded_and_bounded():
     captions = pd.DataFrame({"uid": [f"{i:02d}" for i in range(50)], "caption": texts})
     result = caption_set_quality(captions.iloc[::-1], trigram_sample_size=10, seed=3)
     again = caption_set_quality(captions, trigram_sample_size=10, seed=3)
-    assert result["unique_trigrams_sampled"] == again["unique_trigrams_sampled"] == 12
+    assert result["unique_trigrams"] == again["unique_trigrams"] == 12
     assert result["trigram_sample_size"] == 10
+    # Table 1 counts on 1M captions: a smaller set is counted whole.
+    whole = caption_set_quality(captions)
+    assert whole["unique_trigrams"] == unique_ngrams(texts, 3) == 52
+    assert whole["trigram_sample_size"] == 50
 
 
 def test_attribute_accuracy_on_known_captions():

@@ -372,3 +372,139 @@ def test_the_schema_allows_exactly_the_source_types():
     from capmix.sourcespec import SOURCE_TYPES
 
     assert load_schema()["$defs"]["source"]["properties"]["type"]["enum"] == list(SOURCE_TYPES)
+
+
+def test_the_schema_allows_exactly_the_table_formats():
+    from capmix.config import load_schema
+    from capmix.sourcespec import TABLE_FORMATS
+
+    table = next(branch["then"] for branch in load_schema()["$defs"]["source"]["allOf"]
+                 if branch["if"]["properties"]["type"]["const"] == "table")
+    assert table["properties"]["format"]["enum"] == ["auto", *TABLE_FORMATS]
+
+
+# NoCaps' validation annotations (nocaps_val_4500_captions.json) have this shape: COCO's
+# caption format, images with Open Images URLs, ten captions each (two here).
+NOCAPS_LIKE = {
+    "licenses": [],
+    "images": [
+        {"id": 0, "file_name": "0013ea2087020901.jpg", "domain": "in-domain",
+         "coco_url": "https://s3.amazonaws.com/nocaps/val/0013ea2087020901.jpg",
+         "open_images_id": "0013ea2087020901", "height": 768, "width": 1024},
+        {"id": 1, "file_name": "002a5b5ec2c1b9a0.jpg", "domain": "out-domain",
+         "coco_url": "https://s3.amazonaws.com/nocaps/val/002a5b5ec2c1b9a0.jpg",
+         "open_images_id": "002a5b5ec2c1b9a0", "height": 683, "width": 1024},
+    ],
+    "annotations": [
+        {"image_id": 1, "id": 10, "caption": "A jellyfish in dark blue water."},
+        {"image_id": 0, "id": 0, "caption": "A baby is standing in front of a house."},
+        {"image_id": 0, "id": 1, "caption": "A little girl in a white jacket."},
+        {"image_id": 1, "id": 11, "caption": "an orange jellyfish floating"},
+    ],
+}
+NOCAPS_SOURCE = {"type": "table", "format": "coco_captions",
+                 "columns": {"uid": None, "url": "coco_url", "text": "caption"},
+                 "keep_columns": ["id", "domain", "captions"]}
+
+
+def test_a_coco_caption_file_gives_one_row_per_image_with_its_references(tmp_path):
+    path = tmp_path / "nocaps_val_4500_captions.json"
+    path.write_text(json.dumps(NOCAPS_LIKE))
+    source = {**NOCAPS_SOURCE, "path": path.as_uri()}
+    # Downloaded like any remote table (here from a file:// URL), then read from the download.
+    download_source(source, tmp_path / "raw")
+    files = source_files(source, [tmp_path / "raw" / "download.json"])
+    assert files[0].path == tmp_path / "raw" / path.name and files[0].fmt == "coco_captions"
+    manifest = build_metadata("nocaps", source, files, tmp_path / "meta",
+                              required={"pools[1].references_column": "captions"})
+    part = pd.read_parquet(tmp_path / "meta" / manifest["parts"][0]["part"])
+    assert list(part.columns) == ["uid", "url", "text", "id", "domain", "captions"]
+    assert part["id"].tolist() == [0, 1]  # the file's image order
+    assert part["url"].tolist() == [i["coco_url"] for i in NOCAPS_LIKE["images"]]
+    # Every caption of an image, in the file's order; the first is the row's text.
+    assert [list(c) for c in part["captions"]] == [
+        ["A baby is standing in front of a house.", "A little girl in a white jacket."],
+        ["A jellyfish in dark blue water.", "an orange jellyfish floating"]]
+    assert part["text"].tolist() == [c[0] for c in part["captions"]]
+    assert part["uid"].tolist() == [derive_uid(u, t) for u, t in zip(part["url"], part["text"],
+                                                                      strict=True)]
+
+
+COCO_PROBLEMS = {
+    "not the format": ({"images": []}, r"not a COCO-caption file"),
+    "unknown image": ({**NOCAPS_LIKE, "annotations": NOCAPS_LIKE["annotations"] + [
+        {"image_id": 7, "caption": "x"}]}, r"annotations\[4\] names no image of the file "
+                                            r"\(image_id 7\)"),
+    "caption not text": ({**NOCAPS_LIKE, "annotations": NOCAPS_LIKE["annotations"] + [
+        {"image_id": 0, "caption": ["x"]}]}, r"annotations\[4\]: the caption is list"),
+    "image twice": ({**NOCAPS_LIKE, "images": NOCAPS_LIKE["images"] + NOCAPS_LIKE["images"][:1]},
+                    r"images\[2\] repeats the id 0 of images\[0\]"),
+    "image without captions": ({**NOCAPS_LIKE, "annotations": NOCAPS_LIKE["annotations"][1:3]},
+                               r"1 image\(s\) without a caption: id 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COCO_PROBLEMS))
+def test_a_broken_coco_caption_file_is_named_before_anything_is_written(tmp_path, case):
+    document, expected = COCO_PROBLEMS[case]
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(document))
+    source = {**NOCAPS_SOURCE, "path": str(path)}
+    with pytest.raises(MetadataError, match=r"captions\.json: .*" + expected):
+        build_metadata("p", source, source_files(source, [path]), tmp_path / "meta")
+    assert not (tmp_path / "meta").exists()
+
+
+def test_datacomp_max_rows_takes_the_first_rows_and_cuts_the_last_file(tmp_path):
+    """The paper's 400M pool is the first 400M rows of large: whole files, then one cut (its
+    npz cut alike, row-aligned), the rest left out."""
+    raw = tmp_path / "raw"
+    for k in range(3):
+        write(datacomp_part(4, 10 * k), raw / f"{k:08d}.parquet", "parquet")
+        np.savez(raw / f"{k:08d}.npz", l14_img=np.arange(4 * 2, dtype="float16").reshape(4, 2) + k,
+                 l14_txt=np.full((4, 2), k, "float16"), scale=np.array(7))
+    source = {"type": "datacomp", "scale": "large", "hf_repo": "mlfoundations/datacomp_large",
+              "local_dir": str(raw), "keep_columns": "all", "max_files": None, "max_rows": 6}
+    files = source_files(source, [raw])
+    assert [(f.path.name, f.rows) for f in files] == [("00000000.parquet", None),
+                                                      ("00000001.parquet", 2)]
+    manifest = build_metadata("datacomp_400m", source, files, tmp_path / "meta")
+    assert manifest["rows"] == 6 and [p["rows"] for p in manifest["parts"]] == [4, 2]
+    assert manifest["parts"][0]["how"] in ("hardlink", "copy")
+    assert manifest["parts"][1]["how"] == "rewritten" and manifest["parts"][1]["npz_how"] == "cut"
+    part1 = tmp_path / "meta" / "part-00001.parquet"
+    assert pq.read_table(part1).column("uid").to_pylist() == [f"{10:032x}", f"{11:032x}"]
+    with np.load(part1.with_suffix(".npz")) as npz:
+        assert npz["l14_img"].tolist() == [[1, 2], [3, 4]] and npz["l14_txt"].shape == (2, 2)
+        assert int(npz["scale"]) == 7  # not one entry per row: as it was
+    with pytest.raises(MetadataError, match=r"max_rows 13: the 3 parquet file\(s\) hold only 12"):
+        source_files({**source, "max_rows": 13}, [raw])
+
+
+def test_datacomp_max_rows_downloads_only_the_files_it_needs(tmp_path):
+    fetched = []
+
+    class FakeHub:
+        @staticmethod
+        def list_repo_files(repo, repo_type, revision):
+            return [f"{k:08d}.{ext}" for k in range(5) for ext in ("parquet", "npz")]
+
+        @staticmethod
+        def snapshot_download(repo, repo_type, revision, local_dir, allow_patterns, max_workers):
+            fetched.append(list(allow_patterns))
+            for name in allow_patterns:
+                if name.endswith(".parquet"):
+                    write(datacomp_part(4, 0), Path(local_dir) / name, "parquet")
+                else:
+                    np.savez(Path(local_dir) / name, l14_img=np.zeros((4, 2)))
+
+    from capmix import sources
+
+    source = {"type": "datacomp", "scale": "large", "hf_repo": "mlfoundations/datacomp_large",
+              "include_npz": True, "max_files": None, "max_rows": 6, "revision": None}
+    record = sources.download_datacomp(source, tmp_path, workers=1, hub=FakeHub)
+    # One parquet at a time until 6 rows are there (two files), then their npz only.
+    assert fetched == [["00000000.parquet"], ["00000001.parquet"],
+                       ["00000000.npz", "00000001.npz"]]
+    assert [f["path"] for f in record["files"]] == ["00000000.parquet", "00000001.parquet",
+                                                     "00000000.npz", "00000001.npz"]

@@ -37,6 +37,8 @@ DATACOMP = {
     "small": ("ViT-B-32", 4096, 5e-4, 500, 12_800_000, 0.98, "amp"),
     "medium": ("ViT-B-32", 4096, 5e-4, 500, 128_000_000, 0.98, "amp"),
     "large": ("ViT-B-16", 8192, 5e-4, 500, 1_280_000_000, 0.98, "amp"),
+    # The paper's 400M pool (Figure 8): DataComp large's settings, 400M samples seen.
+    "large_400m": ("ViT-B-16", 8192, 5e-4, 500, 400_000_000, 0.98, "amp"),
     "xlarge": ("ViT-L-14", 90112, 1e-3, 10000, 12_800_000_000, 0.95, "amp_bfloat16"),
 }
 

@@ -34,8 +34,8 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1500) -> subprocess.Comp
 
 
 @pytest.mark.parametrize("configfile", [None, "smoke.yaml", "datacomp_small.yaml",
-                                        "datacomp_medium.yaml", "datacomp_large.yaml",
-                                        "datacomp_xlarge.yaml"])
+                                        "datacomp_medium.yaml", "datacomp_400m.yaml",
+                                        "datacomp_large.yaml", "datacomp_xlarge.yaml"])
 def test_dry_run_builds_the_dag(workdir, configfile):
     args = ["-n", "--cores", "1"]
     if configfile:
@@ -50,7 +50,9 @@ def test_dry_run_builds_the_dag(workdir, configfile):
             result = snakemake(workdir, *args)
             assert result.returncode != 0
             assert f"data/datacomp/{scale}_centroids.pt" in result.stdout + result.stderr
-        for name in [f"in1k_clip_vit_l14_{i}.pt" for i in range(5)] + [f"{scale}_centroids.pt"]:
+        clusters_of = {"400m": "large"}.get(scale, scale)  # the 400M pool is cut from large
+        for name in ([f"in1k_clip_vit_l14_{i}.pt" for i in range(5)]
+                     + [f"{clusters_of}_centroids.pt"]):
             (workdir / "data" / "datacomp").mkdir(parents=True, exist_ok=True)
             (workdir / "data" / "datacomp" / name).touch()
         if scale == "xlarge":
@@ -72,6 +74,20 @@ def test_dry_run_builds_the_dag(workdir, configfile):
         assert stats["train"] == stats["subset"]
         # Each model on DataComp's suite, whose 40 task directories are fetched once.
         assert stats["evaluate"] == stats["train"] and stats["eval_data"] == 40
+        # Exactly the paper's runs at the scale (README: the paper's runs, per config).
+        assert stats["train"] == PAPER_RUNS[scale], stats
+    if configfile == "datacomp_medium.yaml":
+        # Table 1/3: five captioners at 15 (captioner, temperature) sets, 128 jobs each, and
+        # the NoCaps pool's five sets at T = 0.75 in one job each (its CIDEr); quality for
+        # raw + every set of both pools.
+        assert stats["caption"] == 15 * 128 + 5 and stats["quality"] == 16 + 6
+        assert stats["download_metadata"] == 2  # DataComp's parquet and NoCaps' annotations
+
+
+# CLIPs each paper config trains: Table 4's eight baselines at small, 400M and large (also
+# Figure 8's); at medium Table 1/3's 15 captioner rows, Table 4's 4 rows outside Table 5, and
+# Table 5's 50 cells. xlarge is not in the paper: Table 4's eight, for comparison.
+PAPER_RUNS = {"small": 8, "medium": 15 + 4 + 50, "400m": 8, "large": 8, "xlarge": 8}
 
 
 def test_rules_only_wire_and_ask_for_their_own_resources():

@@ -8,9 +8,11 @@
   official ones in the third digit; the tokenizer is recorded with the result.
 * **CLIP-S** (2.5 * max(cos, 0)) and **mean cosine similarity**, from the
   scoring stage.
-* **Number of unique trigrams** of the caption set (a diversity measure, also
-  Figure 5's x-axis), over the whole set and over a seeded random sample of a fixed size, so
-  that sets of different sizes compare at equal sample size (trigram counts grow with n).
+* **Number of unique trigrams** (a diversity measure, also Figure 5's x-axis), counted as the
+  paper's Table 1 counts it: on a seeded random sample of a fixed number of captions (1M in
+  the paper; config ``quality.trigram_sample_size``), so that sets of different sizes compare
+  at equal sample size (trigram counts grow with n), and so that a 128M-caption set is not
+  held as a set of all its trigrams (tens of GB in Python).
 * **Ground-truth attributes** (toy world only): how often the set names each attribute of
   the image's main object (shape, colour, size, position, background) at all, and rightly
   (:func:`capmix.toycaptions.attributes_named`): a column no real benchmark can give.
@@ -99,22 +101,22 @@ def attribute_accuracy(captions: pd.DataFrame, truth: pd.DataFrame) -> dict[str,
 
 def caption_set_quality(captions: pd.DataFrame, scores: pd.DataFrame | None = None,
                         references: Mapping[str, Sequence[str]] | None = None,
-                        trigram_sample_size: int = 1000, seed: int = 0,
+                        trigram_sample_size: int = 1_000_000, seed: int = 0,
                         truth: pd.DataFrame | None = None) -> dict[str, Any]:
     """Table 1's columns for one caption set.
 
     ``captions``: uid, caption (first caption per image; None if missing).
     ``scores``: uid, cos, clip_s (from the scoring stage), optional.
     ``references``: uid -> reference captions, optional (CIDEr only where given).
-    ``trigram_sample_size``/``seed``: the equal-size sample for ``unique_trigrams_sampled``.
+    ``trigram_sample_size``/``seed``: the sample ``unique_trigrams`` is counted on (Table 1:
+    1M captions; all of them if the set is smaller), ``trigram_sample_size`` in the result.
     ``truth``: toy ground truth (see :func:`attribute_accuracy`), optional.
     """
     texts = captions.dropna(subset=["caption"]).sort_values("uid", kind="stable")
     result: dict[str, Any] = {
         "n_captions": int(len(texts)),
-        "unique_trigrams": unique_ngrams(texts["caption"], 3),
-        "unique_trigrams_sampled": sampled_unique_ngrams(
-            list(texts["caption"]), trigram_sample_size, seed),
+        "unique_trigrams": sampled_unique_ngrams(list(texts["caption"]), trigram_sample_size,
+                                                 seed),
         "trigram_sample_size": min(trigram_sample_size, int(len(texts))),
         "mean_words": float(np.mean([len(tokenize(t)) for t in texts["caption"]]))
         if len(texts) else None,
@@ -136,7 +138,7 @@ def caption_set_quality(captions: pd.DataFrame, scores: pd.DataFrame | None = No
 
 def write_quality(pool: str, caption_set: str, caption_files: Sequence[Path], scores_path: Path,
                   metadata_dir: Path, references_column: str | None, out_path: Path,
-                  trigram_sample_size: int = 1000, seed: int = 0) -> dict:
+                  trigram_sample_size: int, seed: int) -> dict:
     """The quality rule: measures of one caption set, with references (and, in the toy world,
     the ground truth) from the metadata."""
     import pyarrow.parquet as pq

@@ -33,13 +33,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capmix.provenance import provenance_record, sha256_file, write_json
-from capmix.sourcespec import REMOTE_URL_SCHEMES, allowed_url_schemes
+from capmix.sourcespec import REMOTE_URL_SCHEMES, TABLE_FORMATS, allowed_url_schemes
 from capmix.uids import derive_uid, duplicate_positions, uids_to_pairs
 
 log = logging.getLogger(__name__)
 
 CORE_COLUMNS = ("uid", "url", "text")
-TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl"}
+#: The formats ``format: auto`` tells from a file's suffix (the others must be declared).
+FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl"}
+#: Formats whose columns are known only from the whole file (no header): parsed once, whole.
+WHOLE_FILE_FORMATS = ("jsonl", "coco_captions")
+#: The columns a COCO-caption file adds to each image's own fields: its captions (a list, in
+#: the file's order: the references CIDEr scores against) and the first of them.
+COCO_CAPTIONS_COLUMN = "captions"
+COCO_FIRST_CAPTION_COLUMN = "caption"
 #: How many example rows an error message lists.
 EXAMPLES = 5
 
@@ -85,11 +92,11 @@ def table_format(path: Path | str, declared: str = "auto") -> str:
         return declared
     suffixes = [s.lower() for s in Path(str(path)).suffixes]
     for suffix in reversed(suffixes):
-        if suffix in TABLE_FORMATS:
-            return TABLE_FORMATS[suffix]
+        if suffix in FORMAT_BY_SUFFIX:
+            return FORMAT_BY_SUFFIX[suffix]
     raise MetadataError(
         f"{path}: cannot tell the table format from the name; set source.format "
-        f"to one of {sorted(set(TABLE_FORMATS.values()))}"
+        f"to one of {list(TABLE_FORMATS)}"
     )
 
 
@@ -191,6 +198,13 @@ def _read_jsonl(path: Path | str, columns: Sequence[str] | None) -> pa.Table:
     if problems:
         raise MetadataError(f"{path}: {len(problems)} unreadable JSON line(s): "
                             f"{_line_examples(problems)}")
+    return _records_table(path, rows, [f"line {n}" for n in line_of_row], columns)
+
+
+def _records_table(path: Path | str, rows: Sequence[Mapping[str, Any]], where: Sequence[str],
+                   columns: Sequence[str] | None) -> pa.Table:
+    """JSON objects as a table: their keys become columns (absent keys are null); a column
+    whose values have different types names the rows (``where[i]``: "line 3", "image 3")."""
     names = list(dict.fromkeys(key for row in rows for key in row))
     if columns:
         names = [c for c in columns if c in names]
@@ -201,12 +215,73 @@ def _read_jsonl(path: Path | str, columns: Sequence[str] | None) -> pa.Table:
             arrays[name] = pa.array(values)
         except (pa.ArrowException, TypeError, ValueError) as exc:
             kinds = [type(v).__name__ for v in values if v is not None]
-            usual = Counter(kinds).most_common(1)[0][0]  # ties: the first line's type
-            odd = [f"line {line_of_row[i]} ({type(v).__name__})" for i, v in enumerate(values)
+            usual = Counter(kinds).most_common(1)[0][0]  # ties: the first row's type
+            odd = [f"{where[i]} ({type(v).__name__})" for i, v in enumerate(values)
                    if v is not None and type(v).__name__ != usual]
             raise MetadataError(f"{path}: column '{name}' holds {usual} values but also "
                                 f"{_line_examples(odd)}") from exc
     return pa.table(arrays) if arrays else pa.table({})
+
+
+def _read_coco_captions(path: Path | str, columns: Sequence[str] | None) -> pa.Table:
+    """A COCO-caption annotation file (COCO captions' own format, which NoCaps and others
+    use): ``{"images": [{"id": ..., ...}], "annotations": [{"image_id": ..., "caption": ...}]}``.
+
+    One row per image, in the file's order: the image's own fields (``id``, ``file_name``,
+    ``coco_url``, ...), its captions as a list (:data:`COCO_CAPTIONS_COLUMN`, in the file's
+    order) and the first of them (:data:`COCO_FIRST_CAPTION_COLUMN`). An annotation of an
+    image the file does not list, a caption that is not text, an image listed twice or an
+    image without a caption stops the stage, naming them.
+    """
+    try:
+        with open(path, "rb") as handle:
+            document = json.loads(handle.read().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{path}: is not UTF-8 text") from exc
+    except json.JSONDecodeError as exc:
+        raise MetadataError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from exc
+    if (not isinstance(document, dict) or not isinstance(document.get("images"), list)
+            or not isinstance(document.get("annotations"), list)):
+        raise MetadataError(f"{path}: not a COCO-caption file (a JSON object with the lists "
+                            "'images' and 'annotations')")
+    added = (COCO_CAPTIONS_COLUMN, COCO_FIRST_CAPTION_COLUMN)
+    problems: list[str] = []
+    rows: list[dict[str, Any]] = []
+    position: dict[Any, int] = {}
+    for i, image in enumerate(document["images"]):
+        if not isinstance(image, dict) or isinstance(image.get("id"), (dict, list, type(None))):
+            problems.append(f"images[{i}] is not an object with an 'id'")
+            continue
+        clash = [k for k in added if k in image]
+        if clash:
+            problems.append(f"images[{i}] has the field(s) {clash}, which the captions fill")
+        if image["id"] in position:
+            problems.append(f"images[{i}] repeats the id {image['id']!r} of "
+                            f"images[{position[image['id']]}]")
+            continue
+        position[image["id"]] = len(rows)
+        rows.append({**image, COCO_CAPTIONS_COLUMN: []})
+    for j, note in enumerate(document["annotations"]):
+        image_id = note.get("image_id") if isinstance(note, dict) else None
+        if isinstance(image_id, (dict, list)) or image_id not in position:
+            problems.append(f"annotations[{j}] names no image of the file (image_id "
+                            f"{image_id!r})")
+        elif not isinstance(note.get("caption"), str):
+            problems.append(f"annotations[{j}]: the caption is "
+                            f"{type(note.get('caption')).__name__}, not text")
+        else:
+            rows[position[image_id]][COCO_CAPTIONS_COLUMN].append(note["caption"])
+    bare = [str(row["id"]) for row in rows if not row[COCO_CAPTIONS_COLUMN]]
+    if bare:
+        problems.append(f"{len(bare)} image(s) without a caption: id {_line_examples(bare)}")
+    if problems:
+        raise MetadataError(f"{path}: {len(problems)} problem(s) in the COCO-caption file: "
+                            + "; ".join(problems[:EXAMPLES])
+                            + (f" and {len(problems) - EXAMPLES} more"
+                               if len(problems) > EXAMPLES else ""))
+    for row in rows:
+        row[COCO_FIRST_CAPTION_COLUMN] = row[COCO_CAPTIONS_COLUMN][0]
+    return _records_table(path, rows, [f"image {row['id']!r}" for row in rows], columns)
 
 
 def _check_is_file(path: Path | str, fmt: str) -> None:
@@ -232,6 +307,8 @@ def read_table(path: Path | str, fmt: str, columns: Sequence[str] | None = None)
             return _read_delimited(path, fmt, columns)
         if fmt == "jsonl":
             return _read_jsonl(path, columns)
+        if fmt == "coco_captions":
+            return _read_coco_captions(path, columns)
         raise MetadataError(f"{path}: unknown table format '{fmt}'")
     except MetadataError:
         raise
@@ -371,23 +448,61 @@ def check_duplicates(files: Sequence[tuple[str, list[str]]]) -> list[str]:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One metadata file of a source, with its npz sibling when the source ships one."""
+    """One metadata file of a source, with its npz sibling when the source ships one.
+
+    ``rows``: the source takes only the file's first rows (the last file of a ``max_rows``
+    cut); None takes them all.
+    """
 
     path: Path
     fmt: str
     npz: Path | None = None
+    rows: int | None = None
 
 
-def datacomp_files(directory: Path, max_files: int | None = None) -> list[SourceFile]:
-    """DataComp metadata in a directory: ``*.parquet`` (any depth), npz by the same stem."""
+def first_rows(parquets: Sequence[Path], max_rows: int) -> list[tuple[Path, int | None]]:
+    """The files, in order, that hold the first ``max_rows`` rows: (file, None) for a file
+    taken whole, (file, n) for the last one, cut after n rows. Row counts come from the
+    parquet footers (nothing else is read); fewer rows in all stops the stage."""
+    taken: list[tuple[Path, int | None]] = []
+    total = 0
+    for parquet in parquets:
+        if total == max_rows:
+            break
+        rows = pq.ParquetFile(parquet).metadata.num_rows
+        cut = rows if total + rows <= max_rows else max_rows - total
+        taken.append((parquet, None if cut == rows else cut))
+        total += cut
+    if total < max_rows:
+        raise MetadataError(f"max_rows {max_rows:,}: the {len(parquets)} parquet file(s) hold "
+                            f"only {total:,} rows")
+    return taken
+
+
+def datacomp_files(directory: Path, max_files: int | None = None,
+                   max_rows: int | None = None) -> list[SourceFile]:
+    """DataComp metadata in a directory: ``*.parquet`` (any depth, sorted), npz by the same
+    stem; the first ``max_files`` files, then the first ``max_rows`` rows of those."""
     parquets = sorted(p for p in directory.rglob("*.parquet") if not p.name.startswith("."))
     if max_files is not None:
         parquets = parquets[:max_files]
+    taken = (first_rows(parquets, max_rows) if max_rows is not None
+             else [(p, None) for p in parquets])
     files = []
-    for parquet in parquets:
+    for parquet, rows in taken:
         npz = parquet.with_suffix(".npz")
-        files.append(SourceFile(parquet, "parquet", npz if npz.exists() else None))
+        files.append(SourceFile(parquet, "parquet", npz if npz.exists() else None, rows))
     return files
+
+
+def cut_npz(src: Path, dst: Path, file_rows: int, rows: int) -> None:
+    """An npz sibling cut like its parquet: every array with one entry per row of the file
+    keeps its first ``rows``; other arrays are copied as they are."""
+    with np.load(src, allow_pickle=False) as data:
+        arrays = {name: (data[name][:rows] if data[name].ndim and len(data[name]) == file_rows
+                         else data[name]) for name in data.files}
+    with open(dst, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def source_files(source: Mapping[str, Any], inputs: Sequence[Path]) -> list[SourceFile]:
@@ -404,7 +519,7 @@ def source_files(source: Mapping[str, Any], inputs: Sequence[Path]) -> list[Sour
         directory = Path(inputs[0])
         if directory.name == "download.json":
             directory = directory.parent
-        return datacomp_files(directory, source.get("max_files"))
+        return datacomp_files(directory, source.get("max_files"), source.get("max_rows"))
     raise MetadataError(f"unknown source type '{kind}'")
 
 
@@ -434,7 +549,7 @@ def materialise(src: Path, dst: Path) -> str:
 def _is_fast(file: SourceFile, source: Mapping[str, Any], colmap: ColumnMap,
              present: Sequence[str]) -> bool:
     """A parquet already in our layout is linked, not rewritten (DataComp's 300 GB)."""
-    return (file.fmt == "parquet" and colmap.is_identity()
+    return (file.fmt == "parquet" and file.rows is None and colmap.is_identity()
             and source.get("keep_columns", "all") == "all"
             and list(present[:3]) == list(CORE_COLUMNS))
 
@@ -464,9 +579,10 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
     try:
         for index, file in enumerate(files):
             try:
-                # JSON lines have no header: their keys are known only from the whole file,
-                # so that one parse is kept and its columns selected below.
-                whole = read_table(file.path, file.fmt) if file.fmt == "jsonl" else None
+                # JSON lines and COCO-caption files have no header: their keys are known only
+                # from the whole file, so that one parse is kept and its columns selected below.
+                whole = (read_table(file.path, file.fmt) if file.fmt in WHOLE_FILE_FORMATS
+                         else None)
                 present = (whole.column_names if whole is not None
                            else file_columns(file.path, file.fmt))
                 keep = keep_list(source, present, colmap)
@@ -489,6 +605,9 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                 wanted = needed if fast else list(dict.fromkeys(needed + keep))
                 table = (whole.select(wanted) if whole is not None
                          else read_table(file.path, file.fmt, wanted))
+                file_rows = table.num_rows
+                if file.rows is not None:  # the last file of a max_rows cut
+                    table = table.slice(0, file.rows)
                 uids, urls, texts = core_columns(file.path, table, colmap)
             except MetadataError as exc:
                 problems.append(str(exc))
@@ -503,6 +622,9 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                 columns.update({c: table[c] for c in keep})
                 staging.mkdir(parents=True, exist_ok=True)
                 pq.write_table(pa.table(columns), staging / part.name)
+                if file.npz is not None and file.rows is not None:
+                    cut_npz(file.npz, staging / part.with_suffix(".npz").name, file_rows,
+                            file.rows)
             plans.append((file, keep, table.num_rows, part, how))
         if not problems:
             problems += check_duplicates(all_uids)
@@ -526,9 +648,15 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
             how = materialise(file.path, part)
         entry = {"part": part.name, "source_file": str(file.path), "rows": rows, "how": how,
                  "source_sha256": sha256_file(file.path)}
+        if file.rows is not None:
+            entry["cut_after_rows"] = file.rows
         if file.npz is not None:
             entry["npz"] = part.with_suffix(".npz").name
-            entry["npz_how"] = materialise(file.npz, part.with_suffix(".npz"))
+            if file.rows is not None:
+                os.replace(staging / entry["npz"], part.with_suffix(".npz"))
+                entry["npz_how"] = "cut"
+            else:
+                entry["npz_how"] = materialise(file.npz, part.with_suffix(".npz"))
         parts.append(entry)
         log.info("metadata part %s: %d rows from %s (%s)", part.name, rows, file.path, how)
     shutil.rmtree(staging, ignore_errors=True)
@@ -600,6 +728,9 @@ def download_datacomp(source: Mapping[str, Any], dest_dir: Path, workers: int = 
                       hub: Any = None) -> dict[str, Any]:
     """Download DataComp metadata with huggingface_hub (resumable: done files are skipped).
 
+    With ``max_rows``, parquet files are fetched in sorted order, ``workers`` at a time, until
+    they hold that many rows (their footers say how many); only then the npz siblings of
+    those, so a 400M pool cut from large fetches about a third of large's metadata.
     ``hub`` is the ``huggingface_hub`` module or a stand-in with the same two
     functions (tests use one; nothing in the tests reaches a hub).
     """
@@ -609,9 +740,35 @@ def download_datacomp(source: Mapping[str, Any], dest_dir: Path, workers: int = 
     repo_files = hub.list_repo_files(repo, repo_type="dataset", revision=revision)
     wanted = datacomp_patterns(repo_files, source.get("include_npz", False),
                                source.get("max_files"))
-    log.info("downloading %d files of %s into %s", len(wanted), repo, dest_dir)
-    hub.snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=str(dest_dir),
-                          allow_patterns=wanted, max_workers=workers)
+
+    def download(files: list[str]) -> None:
+        log.info("downloading %d files of %s into %s", len(files), repo, dest_dir)
+        hub.snapshot_download(repo, repo_type="dataset", revision=revision,
+                              local_dir=str(dest_dir), allow_patterns=files,
+                              max_workers=workers)
+
+    max_rows = source.get("max_rows")
+    if max_rows is None:
+        download(wanted)
+    else:
+        parquets = [f for f in wanted if f.endswith(".parquet")]
+        chosen: list[str] = []
+        rows = 0
+        while rows < max_rows and len(chosen) < len(parquets):
+            batch = parquets[len(chosen):len(chosen) + max(workers, 1)]
+            download(batch)
+            for name in batch:
+                if rows < max_rows:
+                    chosen.append(name)
+                    rows += pq.ParquetFile(dest_dir / name).metadata.num_rows
+        if rows < max_rows:
+            raise MetadataError(f"{repo}: max_rows {max_rows:,}, but its {len(parquets)} "
+                                f"parquet file(s) hold only {rows:,} rows")
+        stems = {name[: -len(".parquet")] for name in chosen}
+        npz = [f for f in wanted if f.endswith(".npz") and f[: -len(".npz")] in stems]
+        if npz:
+            download(npz)
+        wanted = chosen + npz
     missing = [f for f in wanted if not (dest_dir / f).exists()]
     if missing:
         raise MetadataError(f"{repo}: download finished without {missing[:EXAMPLES]}")

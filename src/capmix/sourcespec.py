@@ -15,6 +15,12 @@ from typing import Any
 #: them equal). ``capmix.sources`` reads each.
 SOURCE_TYPES: tuple[str, ...] = ("toy", "datacomp", "table")
 
+#: The formats a ``table`` source may declare (``source.format``; ``auto`` besides: from the
+#: file's suffix). ``coco_captions`` is a COCO-caption annotation file (``images`` and
+#: ``annotations``, e.g. NoCaps' ``nocaps_val_4500_captions.json``): one row per image. The
+#: schema lists exactly these (a test holds them equal); ``capmix.sources`` reads each.
+TABLE_FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl", "coco_captions")
+
 
 def is_url(path: str) -> bool:
     """Whether a metadata ``path`` is a URL (downloaded first), not a local file."""

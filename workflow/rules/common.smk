@@ -261,18 +261,23 @@ def caption_sets(pool):
     return pool_caption_sets(config["captioners"], POOLS[pool])
 
 
+def pool_jobs(pool, stage):
+    """Jobs per pass of `stage` (caption, score) over the pool: `pools[].jobs`, else config."""
+    return POOLS[pool]["jobs"].get(stage, config[stage]["jobs"])
+
+
 def caption_manifests(pool, caption_set):
     """The manifests of a caption set: raw's one, a synthetic set's one per chunk."""
     if caption_set == "raw":
         return [RAW_CAPTIONS.format(pool=pool)]
     captioner, temperature = caption_set.split("/")
     return [CAPTION_CHUNK.format(pool=pool, captioner=captioner, temperature=temperature,
-                                 chunk=chunk) for chunk in chunk_names(config["caption"]["jobs"])]
+                                 chunk=chunk) for chunk in chunk_names(pool_jobs(pool, "caption"))]
 
 
 def embedding_manifests(pool, scorer):
     return [IMAGE_EMBEDDINGS.format(pool=pool, scorer=scorer, chunk=chunk)
-            for chunk in chunk_names(config["score"]["jobs"])]
+            for chunk in chunk_names(pool_jobs(pool, "score"))]
 
 
 def caption_set_manifests(wildcards):
