@@ -116,12 +116,14 @@ def test_the_medium_config_from_the_command_line(capsys):
     assert main([str(REPO / "config" / "datacomp_medium.yaml")]) == 0
     out = capsys.readouterr().out
     config = pipeline_config(REPO / "config" / "datacomp_medium.yaml")
-    (pool,) = config["pools"]
+    pool = next(p for p in config["pools"] if p["name"] == "datacomp_medium")
     models = len(pool_train_strategies(config, pool))
-    train = next(line for line in out.splitlines() if "| train |" in line)
+    train = next(line for line in out.splitlines() if "| datacomp_medium | train |" in line)
     assert f"| {models * 40:,.1f} |" in train
     assert "| datacomp_medium | 128,000,000 |" in out
-    assert re.search(r"\| \*\*total\*\* \| \| \| \| \*\*[0-9,.]+\*\* \| \|", out)
+    # the NoCaps pool (a table source) stays unknown until its metadata stage has run
+    total = r"\| \*\*total\*\* \| \| \| \| \*\*[0-9,.]+( \+ unknown \(\d+ lines?\))?\*\* \| \|"
+    assert re.search(total, out)
     assert "Sources:" in out and "Appendix B" in out
 
 
