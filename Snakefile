@@ -5,10 +5,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The strategy catalogue, the training scales, the evaluation suites, the costs and the
-# paper's findings first, then the embedded default (capmix.config.BASE_CONFIGS). Paths from the
-# Snakefile's folder, so that `--directory DIR` runs the workflow into another results root
-# (the replicates over seeds do).
+# The strategy catalogue, the training scales, the evaluation suites, the costs, the paper's
+# findings and the published files (assets) first, then the embedded default
+# (capmix.config.BASE_CONFIGS). Paths from the Snakefile's folder, so that `--directory DIR`
+# runs the workflow into another results root (the replicates over seeds do).
 configfile: f"{workflow.basedir}/config/strategies.yaml"
 
 
@@ -24,6 +24,9 @@ configfile: f"{workflow.basedir}/config/costs.yaml"
 configfile: f"{workflow.basedir}/config/findings.yaml"
 
 
+configfile: f"{workflow.basedir}/config/assets.yaml"
+
+
 configfile: f"{workflow.basedir}/config/config.yaml"
 
 
@@ -31,6 +34,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/sources.smk"
 include: "workflow/rules/fetch.smk"
+include: "workflow/rules/assets.smk"
 include: "workflow/rules/caption.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/mix.smk"

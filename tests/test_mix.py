@@ -18,7 +18,10 @@ from hypothesis import strategies as st
 
 from capmix.config import ConfigError, pipeline_config
 from capmix.mix import (
+    CHARS_COLUMN,
     CLUSTER_COLUMN,
+    LANGUAGE_COLUMN,
+    TOKENS_COLUMN,
     CaptionSet,
     ScoreTableError,
     Selection,
@@ -30,7 +33,12 @@ from capmix.mix import (
     select,
     sort_scores,
 )
-from capmix.strategies import expand_strategies, parse_strategy, pool_strategy_names
+from capmix.strategies import (
+    StrategyError,
+    expand_strategies,
+    parse_strategy,
+    pool_strategy_names,
+)
 from tests.conftest import REPO
 
 UIDS = [f"{i:032x}" for i in range(10)]
@@ -38,6 +46,12 @@ RAW = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
 SYN = [0.1, 0.85, 0.2, 0.75, 0.65, 0.35, 0.72, 0.05, 0.6, 0.3]
 # Sorted high to low, SYN is .85(u1) .75(u3) .72(u6) .65(u4) .6(u8) .35(u5) .3(u9) .2 .1 .05
 IN_CLUSTERS = [True, False, True, True, False, True, True, False, False, True]
+# The raw captions as the caption_language stage measures them: u1 is German, u6 Spanish, u2
+# has one fastText token, u3 five characters. DataComp's caption filter (English, > 1 token,
+# > 5 characters) passes u0 u4 u5 u7 u8 u9.
+LANGUAGES = ["en", "de", "en", "en", "en", "en", "es", "en", "en", "en"]
+TOKENS = [5, 4, 1, 2, 3, 3, 4, 3, 3, 6]
+CHARS = [30, 24, 6, 5, 20, 20, 26, 18, 20, 31]
 POOL = {"name": "toy", "mix": {"sources": {"synthetic": "cap/0.75"}}}
 
 
@@ -47,6 +61,7 @@ def table() -> pd.DataFrame:
         score_column("raw"): RAW, caption_column("raw"): [f"raw {i}" for i in range(10)],
         score_column("cap/0.75"): SYN, caption_column("cap/0.75"): [f"syn {i}" for i in range(10)],
         CLUSTER_COLUMN: IN_CLUSTERS,
+        LANGUAGE_COLUMN: LANGUAGES, TOKENS_COLUMN: TOKENS, CHARS_COLUMN: CHARS,
     })
 
 
@@ -155,6 +170,99 @@ def test_intersection_with_image_clusters():
     # Raw u0..u3 + filtered synthetic u4 u6 u8, then the intersection: u0 u2 u3 raw, u6 syn.
     assert chosen(run("raw_top_synthetic_remaining_filtered_in1k_30")) == sorted(
         pairs([0, 2, 3], "raw") + pairs([6], "syn"))
+
+
+def test_datacomps_image_based_baseline_adds_the_caption_filter():
+    # Raw top 30% = u0..u3 (threshold .6, over the whole pool as DataComp's); in clusters
+    # u0 u2 u3; caption filter: u2 has one token, u3 five characters -> u0 alone.
+    assert chosen(run("raw_top_in1k_datacomp_30")) == pairs([0], "raw")
+    # At 90%: threshold 0.0 -> all ten; in clusters u0 u2 u3 u5 u6 u9; caption filter drops
+    # u2, u3 (length) and u6 (Spanish) -> u0 u5 u9.
+    selection = family_select("raw_top_in1k_datacomp", 0.9, table())
+    assert chosen(selection.samples) == pairs([0, 5, 9], "raw")
+    assert selection.parts[0]["threshold"] == 0.0
+    assert catalogue()["raw_top_in1k_datacomp_30"]["text_filter"] == {
+        "language": "en", "min_tokens": 2, "min_chars": 6}
+
+
+def test_a_text_filter_reads_the_raw_caption_whatever_a_part_trains_with():
+    # Synthetic captions for every image, kept if the *raw* caption is English: all but u1, u6.
+    spec = {"description": "x", "parts": [{"caption": "synthetic"}],
+            "text_filter": {"language": "en"}}
+    assert chosen(run_spec("s", spec, table())) == pairs([0, 2, 3, 4, 5, 7, 8, 9], "syn")
+    # Length alone: >= 3 tokens and >= 20 characters -> u0 u1 u4 u5 u6 u8 u9.
+    spec["text_filter"] = {"min_tokens": 3, "min_chars": 20}
+    assert chosen(run_spec("s", spec, table())) == pairs([0, 1, 4, 5, 6, 8, 9], "syn")
+    # A table without caption languages cannot run a text filter.
+    with pytest.raises(StrategyError, match="no caption languages"):
+        run_spec("s", spec, table().drop(columns=[LANGUAGE_COLUMN]))
+
+
+def datacomp_caption_filter(df: pd.DataFrame, lang_detect_model) -> np.ndarray:
+    """mlfoundations/datacomp baselines/apply_filter.py, ``caption_filter``, as it is."""
+    import fasttext
+
+    caption_num_words = df.text.apply(lambda x: len(fasttext.tokenize(x)))
+    caption_num_chars = df.text.apply(len)
+
+    lang_preds, _ = lang_detect_model.predict(
+        [x.replace("\n", " ") for x in df.text.values], k=1
+    )
+    fasttext_en = [x[0].replace("__label__", "") == "en" for x in lang_preds]
+
+    mask = fasttext_en & (caption_num_words > 1) & (caption_num_chars > 5)
+
+    return mask.to_numpy()
+
+
+# Raw captions: non-English ones, short ones, and what fastText's tokenizer counts apart from
+# str.split() (a newline is a token; a no-break space separates nothing).
+DATACOMP_TEXTS = ["a dog runs on the beach", "ein Hund läuft am Strand", "photo",
+                  "a cat\n", "un perro corre en la playa", "dog\n", "a red\u00a0car",
+                  "the cat is sitting on a chair", "a b c", "two people walking in the park"]
+
+
+# DataComp's `list & Series` (fasttext_en & ...) draws a pandas FutureWarning; kept as it is.
+@pytest.mark.filterwarnings("ignore:Logical ops:FutureWarning")
+def test_the_image_based_text_filter_keeps_exactly_what_datacomps_code_keeps(tmp_path):
+    """DataComp's ``image_based_intersect_clip_score`` (``image_filter_helper``): score >= the
+    pool's top-f threshold, then ``caption_filter``, then the target clusters; against
+    capmix's strategy, both with the same fastText model file (a tiny one of lid.176's kind)."""
+    fasttext = pytest.importorskip(
+        "fasttext", reason="fasttext (fasttext-wheel) not installed: DataComp's caption_filter "
+        "needs fasttext.tokenize and a fastText model")
+    from capmix.language import FastTextModel, measure_captions
+    from tests.tiny_models import make_tiny_fasttext_lid
+
+    model_path = make_tiny_fasttext_lid(tmp_path)
+    measured = measure_captions(UIDS, DATACOMP_TEXTS, FastTextModel(model_path))
+    frame, _ = build_mix_table(UIDS, {}, caption_text=measured)
+    frame = table().drop(columns=[LANGUAGE_COLUMN, TOKENS_COLUMN, CHARS_COLUMN]).merge(
+        frame, on="uid")
+    lid = fasttext.load_model(str(model_path))
+    df = pd.DataFrame({"uid": UIDS, "text": DATACOMP_TEXTS, "score": RAW,
+                       "in_target": IN_CLUSTERS})
+    caption_ok = datacomp_caption_filter(df, lid)
+    # The table covers each way to fail: language (u1, u4), tokens (u2), characters (u5, u8).
+    assert caption_ok.tolist() == [True, False, False, True, False, False, True, True, False,
+                                   True]
+    for fraction in FRACTIONS + [1.0]:
+        threshold = -np.sort(-df["score"].values)[min(int(len(df) * fraction), len(df) - 1)]
+        kept = df[df["score"] >= threshold]  # df_index = df[key] >= threshold
+        kept = kept[datacomp_caption_filter(kept, lid)]  # mask = caption_filter(df, ...)
+        expected = sorted(kept.loc[kept["in_target"], "uid"])  # uids in target clusters
+        selection = family_select("raw_top_in1k_datacomp", fraction, frame)
+        assert sorted(selection.samples["uid"]) == expected, fraction
+
+
+def test_caption_languages_join_the_table_for_every_fetched_image():
+    measured = pd.DataFrame({"uid": UIDS[:3], LANGUAGE_COLUMN: ["en", "de", "en"],
+                             TOKENS_COLUMN: [3, 3, 1], CHARS_COLUMN: [10, 10, 3],
+                             "raw_language_score": [0.9, 0.8, 0.7]})
+    frame, _ = build_mix_table(UIDS[:3], {}, caption_text=measured)
+    assert frame[LANGUAGE_COLUMN].tolist() == ["en", "de", "en"]
+    with pytest.raises(ScoreTableError, match="caption languages lack 1 fetched uid"):
+        build_mix_table(UIDS[:4], {}, caption_text=measured)
 
 
 def test_fixed_threshold():
@@ -338,6 +446,7 @@ def test_catalogue_has_every_table5_row_at_every_threshold_and_the_other_baselin
         for percent in (10, 20, 30, 50, 75, 90):
             assert f"{family}_{percent}" in names
     assert {"raw_no_filter", "synthetic_no_filter", "synthetic_best_no_filter", "raw_top_in1k_30",
+            "raw_top_in1k_datacomp_30",
             "raw_top_synthetic_remaining_filtered_in1k_30", "raw_min_0p28",
             "synthetic_min_0p28"} <= names
     for name, spec in catalogue().items():
@@ -430,6 +539,30 @@ def test_strategies_that_do_not_make_sense_fail_at_validation(parts, problem):
     with pytest.raises(ConfigError) as error:
         pipeline_config(overrides={"strategies": {"odd": {"description": "x", "parts": parts}}})
     assert "strategies.odd" in str(error.value) and problem in str(error.value)
+
+
+def test_language_id_and_assets_are_checked_where_a_pool_names_them():
+    config = pipeline_config()
+    pools = config["pools"]
+    pools[0]["mix"]["language_id"] = {"backend": "fasttext"}
+    with pytest.raises(ConfigError, match=r"pools\[0\]\.mix\.language_id\.model'.*needs a "
+                                          "model file"):
+        pipeline_config(overrides={"pools": pools})
+    pools[0]["mix"]["language_id"] = {"backend": "fasttext", "model": "asset:lid_177"}
+    with pytest.raises(ConfigError, match=r"language_id\.model': unknown asset 'lid_177'"):
+        pipeline_config(overrides={"pools": pools})
+    pools[0]["mix"]["language_id"] = {"backend": "langid", "model": "asset:fasttext_lid_176"}
+    with pytest.raises(ConfigError, match="ships its own model"):
+        pipeline_config(overrides={"pools": pools})
+
+
+def test_the_schema_allows_exactly_the_language_id_backends():
+    from capmix.config import load_schema
+    from capmix.textfilter import LANGUAGE_ID_BACKENDS
+
+    language_id = load_schema()["$defs"]["pool_mix"]["properties"]["language_id"]
+    assert language_id["properties"]["backend"]["enum"] == list(LANGUAGE_ID_BACKENDS)
+    assert language_id["properties"]["backend"]["default"] == LANGUAGE_ID_BACKENDS[0]
 
 
 def test_intersection_without_clusters_configured_fails():

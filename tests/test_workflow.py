@@ -42,19 +42,10 @@ def test_dry_run_builds_the_dag(workdir, configfile):
         args += ["--configfile", f"config/{configfile}"]
     datacomp = bool(configfile and configfile.startswith("datacomp"))
     if datacomp:
-        # DataComp's published IN1k embeddings and centroids are user-provided inputs: without
-        # them the DAG stops, naming the file (the same code path at every scale, so shown
-        # at the smallest: the xlarge DAG alone takes minutes to build).
         scale = configfile[len("datacomp_"):-len(".yaml")]
-        if scale == "small":
-            result = snakemake(workdir, *args)
-            assert result.returncode != 0
-            assert f"data/datacomp/{scale}_centroids.pt" in result.stdout + result.stderr
-        clusters_of = {"400m": "large"}.get(scale, scale)  # the 400M pool is cut from large
-        for name in ([f"in1k_clip_vit_l14_{i}.pt" for i in range(5)]
-                     + [f"{clusters_of}_centroids.pt"]):
-            (workdir / "data" / "datacomp").mkdir(parents=True, exist_ok=True)
-            (workdir / "data" / "datacomp" / name).touch()
+        # DataComp's published inputs (ImageNet-1k embeddings, the scale's centroids, fastText's
+        # lid.176.bin) are fetched by the DAG: a fresh copy plans the whole run.
+        assert not (workdir / "results" / "assets").exists()
         if scale == "xlarge":
             # 8,192 caption and score jobs per set take Snakemake over two minutes to lay out;
             # 64 wire the same rules (job i takes shard i mod jobs).
@@ -70,6 +61,12 @@ def test_dry_run_builds_the_dag(workdir, configfile):
         stats = job_stats(result.stdout)
         assert stats["subset"] >= 8 and stats["train_shards"] == stats["subset"]
         assert stats["image_clusters"] == 1 and stats["mix_table"] == 1
+        # DataComp's baseline with its caption filter: the raw captions' languages, with the
+        # published files fetched once each (5 ImageNet-1k parts, the centroids, lid.176.bin).
+        assert stats["caption_language"] == 1 and stats["download_asset"] == 7
+        for name in [f"in1k_clip_vit_l14_{i}.pt" for i in range(5)] + [
+                f"{scale}_centroids.pt", "lid.176.bin"]:
+            assert f"output: results/assets/{name}" in out, name
         # One CLIP per strategy, at the scale's recipe (train.strategies: null = all).
         assert stats["train"] == stats["subset"]
         # Each model on DataComp's suite, whose 40 task directories are fetched once.
@@ -190,7 +187,7 @@ def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> Non
 
     config = pipeline_config(workdir / "config" / "smoke.yaml")
     strategies = pool_strategy_names(config, config["pools"][0])
-    assert len(strategies) == 13
+    assert len(strategies) == 14
     # training shards are built for the strategies the pool trains (the `models` target)
     trained = set(config["pools"][0]["train"]["strategies"])
     table = pd.read_parquet(workdir / "results/toy_smoke/mix/table.parquet")
@@ -227,6 +224,23 @@ def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> Non
     mixed = json.loads((workdir / "results/toy_smoke/subsets/"
                         "raw_top_synthetic_remaining_30/summary.json").read_text())
     assert mixed["n_images"] == len(table)  # raw top 30% + synthetic for all the rest
+    # DataComp's image-based baseline: the raw top 30% in ImageNet-like clusters whose raw
+    # caption langid.py calls English, with > 1 fastText token and > 5 characters. The toy
+    # pool's non-visual captions include Spanish and German ones: the filter drops some.
+    exact = json.loads((workdir / "results/toy_smoke/subsets/raw_top_in1k_datacomp_30/"
+                        "summary.json").read_text())
+    assert exact["text_filter"]["language_id"]["backend"] == "langid"
+    assert exact["text_filter"]["language_id"]["version"] == "1.1.6"
+    languages = pd.read_parquet(workdir / "results/toy_smoke/mix/caption_language.parquet")
+    assert len(languages) == len(table)
+    passing = set(languages.loc[(languages["raw_language"] == "en")
+                                & (languages["raw_tokens"] > 1)
+                                & (languages["raw_chars"] > 5), "uid"])
+    chosen = set(pd.read_parquet(workdir / "results/toy_smoke/subsets/raw_top_in1k_datacomp_30/"
+                                 "samples.parquet")["uid"])
+    clusters_only = set(pd.read_parquet(workdir / "results/toy_smoke/subsets/raw_top_in1k_30/"
+                                        "samples.parquet")["uid"])
+    assert chosen == clusters_only & passing and passing < set(languages["uid"])
 
 
 #: The CLIPs config/smoke.yaml trains.

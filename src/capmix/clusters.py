@@ -14,11 +14,14 @@ embeddings are L2-normalised; the centroids are not). faiss is the library DataC
 its CPU build runs the toy world, and real scales either pass DataComp's published centroids
 (``centroids:``) or run on a node where k-means over millions of 768-d vectors fits.
 
-Not reproduced (documented): DataComp's image-based baseline also drops captions that
-fastText does not call English or that are shorter than 2 tokens / 6 characters. That needs
-fastText's lid.176 model (a download); the image-cluster step alone is what the paper's
-intersections with synthetic captions can sensibly mean, since the language filter is about
-raw text.
+DataComp's image-based baseline also drops samples whose raw caption fastText does not call
+English or that has at most one fastText token or five characters: that is a strategy's
+``text_filter`` (:mod:`capmix.textfilter`), separate from the clusters, so a strategy takes the
+cluster intersection with or without it.
+
+DataComp's published inputs (:mod:`capmix.assetspec`): the ImageNet-1k embeddings are torch
+files holding ``{"image_features": tensor}``; the centroids are a numpy array saved with
+``torch.save`` (DataComp loads them with ``torch.from_numpy(torch.load(path))``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ import pandas as pd
 from capmix.mix import CLUSTER_COLUMN
 
 log = logging.getLogger(__name__)
+
+
+#: The array types a torch embedding file may hold as numpy arrays (numbers only: an object
+#: array would unpickle its items).
+NUMERIC_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+                  "uint16", "uint32", "uint64", "bool")
 
 
 @dataclass(frozen=True)
@@ -65,11 +74,16 @@ def load_embedding_file(path: Path) -> np.ndarray:
     elif path.suffix == ".pt":
         import torch
 
-        # DataComp publishes these as torch files holding a tensor (or a dict of tensors):
-        # weights_only loads exactly that and refuses any other pickled object, which could
-        # run code on load.
+        # DataComp publishes these as torch files holding a tensor, a dict of tensors or a
+        # numpy array: weights_only loads exactly those (numpy's array reconstruction allowed,
+        # under numpy 2's name and numpy 1's, which files pickled in 2023 carry) and refuses
+        # any other pickled object, which could run code on load.
+        reconstruct = np._core.multiarray._reconstruct
+        numpy_arrays = [reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"),
+                        np.ndarray, np.dtype, *(type(np.dtype(t)) for t in NUMERIC_DTYPES)]
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(numpy_arrays):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - torch raises UnpicklingError/RuntimeError
             raise ValueError(f"{path}: not a plain tensor file (torch.load weights_only "
                              f"refused it: {error}); save the embeddings as .npy") from error

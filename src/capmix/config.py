@@ -25,10 +25,11 @@ from capmix.toykinds import CAPTIONER
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 #: What the Snakefile loads (`configfile:`), in order: the strategy catalogue, the training
-#: scales, the evaluation suites, the costs, the paper's findings, the embedded default.
+#: scales, the evaluation suites, the costs, the paper's findings, the published files
+#: (assets), the embedded default.
 BASE_CONFIGS = tuple(REPO_ROOT / "config" / name for name in (
     "strategies.yaml", "train_scales.yaml", "eval_suites.yaml", "costs.yaml", "findings.yaml",
-    "config.yaml"))
+    "assets.yaml", "config.yaml"))
 
 
 class ConfigError(ValueError):
@@ -147,13 +148,15 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"{where}.scorer': targets {sorted(targets & {'scores', 'quality'})} "
                             f"need a scorer for pool '{pool['name']}'")
     problems += cost_problems(config)
+    from capmix.assetspec import asset_problems
     from capmix.captionsets import temperature_problems
     from capmix.findings import findings_problems
     from capmix.scales import train_problems
     from capmix.strategies import strategy_problems
     from capmix.suites import eval_problems
 
-    return (problems + temperature_problems(config) + strategy_problems(config)
+    return (problems + asset_problems(config) + temperature_problems(config)
+            + strategy_problems(config)
             + train_problems(config)
             + eval_problems(config) + findings_problems(config))
 

@@ -11,8 +11,12 @@ Exact semantics, and the choices the paper leaves open (all documented in README
   ``int(N*f) + 1`` images plus ties). ``f = 1`` keeps everything (DataComp would index past
   the end). The pool is the *fetched* images (those a model can train on); DataComp computes
   its thresholds over the metadata, before download failures.
-* "Remaining" means not chosen by any earlier part *before* the cluster intersection; since
-  the intersection applies to every part, this is the same as after it.
+* "Remaining" means not chosen by any earlier part *before* the cluster intersection and the
+  text filter; since both apply to every part, this is the same as after them.
+* A text filter (DataComp's image-based caption filter; :mod:`capmix.textfilter`) reads the
+  pool's *raw* caption of each image, whatever caption a part trains with: its language id,
+  fastText tokens and characters, measured once per pool by the ``caption_language`` stage.
+  As in DataComp, a ``top`` threshold is still computed over the whole pool, before the filter.
 * A concatenated caption joins its sources with a single space (the paper does not say);
   its threshold is decided by the part's explicit ``by`` source.
 * A caption set with several captions per image trains with (and is scored by) its first
@@ -54,6 +58,7 @@ from capmix.strategies import (
     pool_mix,
     resolve_source,
 )
+from capmix.textfilter import TextFilter
 from capmix.uids import ascending_uid_array, sorted_uid_array
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,13 @@ log = logging.getLogger(__name__)
 CONCAT_SEPARATOR = " "
 #: The mix table's column saying whether an image lies in the ImageNet-like image clusters.
 CLUSTER_COLUMN = "in_image_clusters"
+#: The mix table's columns measuring each image's raw caption, for text filters (written by the
+#: caption_language stage, :mod:`capmix.language`): its language id, its fastText tokens and
+#: its characters.
+LANGUAGE_COLUMN = "raw_language"
+TOKENS_COLUMN = "raw_tokens"
+CHARS_COLUMN = "raw_chars"
+CAPTION_TEXT_COLUMNS = (LANGUAGE_COLUMN, TOKENS_COLUMN, CHARS_COLUMN)
 
 
 class ScoreTableError(ValueError):
@@ -168,11 +180,15 @@ def describe_score_problems(set_name: str, path: Path, problems: Mapping[str, An
 
 def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[CaptionSet]],
                     image_clusters: pd.DataFrame | None = None,
-                    on_missing_score: str = "error") -> tuple[pd.DataFrame, dict[str, Any]]:
+                    on_missing_score: str = "error",
+                    caption_text: pd.DataFrame | None = None,
+                    ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One row per usable pool image: every source's score and caption, sorted by uid.
 
     ``sources`` maps a concrete source to its caption sets (one, or every temperature for
-    ``captioner/best``). Scores with NaN or missing uids raise :class:`ScoreTableError`
+    ``captioner/best``). ``image_clusters`` (uid, :data:`CLUSTER_COLUMN`) and
+    ``caption_text`` (uid, :data:`CAPTION_TEXT_COLUMNS`) add their columns and must cover
+    every fetched uid. Scores with NaN or missing uids raise :class:`ScoreTableError`
     naming the set, the counts and examples, unless ``on_missing_score == "drop"``: then those
     images leave the pool (for every strategy, so all strategies share one pool) and the
     report counts them. Duplicate uids always raise.
@@ -229,6 +245,14 @@ def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[Cap
             raise ScoreTableError(f"image clusters lack {len(absent)} fetched uid(s), e.g. "
                                   f"{_examples(sorted(absent))}")
         table[CLUSTER_COLUMN] = clusters.reindex(pool_index).to_numpy(dtype=bool)
+    if caption_text is not None:
+        measured = caption_text.drop_duplicates("uid").set_index("uid")
+        absent = pool_index.difference(measured.index)
+        if len(absent):
+            raise ScoreTableError(f"caption languages lack {len(absent)} fetched uid(s), e.g. "
+                                  f"{_examples(sorted(absent))}")
+        for column in CAPTION_TEXT_COLUMNS:
+            table[column] = measured[column].reindex(pool_index).to_numpy()
     if len(unusable):
         report["dropped"]["total"] = int(len(unusable))
         table = table.drop(index=unusable)
@@ -272,6 +296,17 @@ def fraction_threshold(sorted_desc: np.ndarray, fraction: float) -> float:
     if len(sorted_desc) == 0:
         return float("inf")
     return float(sorted_desc[min(int(len(sorted_desc) * fraction), len(sorted_desc) - 1)])
+
+
+def text_filter_mask(table: pd.DataFrame, text_filter: TextFilter) -> np.ndarray:
+    """The images whose raw caption passes a text filter (DataComp's ``caption_filter``:
+    ``fasttext_en & (caption_num_words > 1) & (caption_num_chars > 5)`` for language 'en',
+    2 tokens, 6 characters)."""
+    mask = table[TOKENS_COLUMN].to_numpy(dtype="int64") >= text_filter.min_tokens
+    mask &= table[CHARS_COLUMN].to_numpy(dtype="int64") >= text_filter.min_chars
+    if text_filter.language is not None:
+        mask &= table[LANGUAGE_COLUMN].to_numpy(dtype=object) == text_filter.language
+    return mask
 
 
 @dataclass
@@ -324,6 +359,12 @@ def select(strategy: Strategy, table: pd.DataFrame, sorted_scores: Mapping[str, 
                                 "but the pool table has none")
         in_clusters = table[CLUSTER_COLUMN].to_numpy(dtype=bool)
         masks = [m & in_clusters for m in masks]
+    if strategy.text_filter is not None:
+        if any(c not in table for c in CAPTION_TEXT_COLUMNS):
+            raise StrategyError(f"strategy '{strategy.name}' filters by the raw caption, but the "
+                                "pool table has no caption languages")
+        passing = text_filter_mask(table, strategy.text_filter)
+        masks = [m & passing for m in masks]
     frames = []
     uids = table["uid"].to_numpy()
     any_part = np.zeros(n, dtype=bool)
@@ -356,7 +397,10 @@ def source_kind(label: str) -> str:
     return "raw" if label == RAW else "synthetic"
 
 
-def summarise(strategy: Strategy, selection: Selection, n_pool: int) -> dict[str, Any]:
+def summarise(strategy: Strategy, selection: Selection, n_pool: int,
+              language_id: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A subset's summary; ``language_id`` describes the model that identified the raw
+    captions' languages (for a strategy with a text filter)."""
     samples = selection.samples
     by_source = samples["source"].value_counts().sort_index()
     kinds = Counter({k: 0 for k in ("raw", "synthetic", "concatenated")})
@@ -369,6 +413,9 @@ def summarise(strategy: Strategy, selection: Selection, n_pool: int) -> dict[str
         "strategy": strategy.name, "family": strategy.family, "fraction": strategy.fraction,
         "description": strategy.description, "paper": list(strategy.paper),
         "intersect_image_clusters": strategy.intersect_image_clusters,
+        "text_filter": (None if strategy.text_filter is None else
+                        {**strategy.text_filter.as_dict(),
+                         "language_id": dict(language_id) if language_id else None}),
         "n_pool": int(n_pool), "n_samples": total, "n_images": n_images,
         "repeated_images": total - n_images,
         "share_of_pool": (n_images / n_pool) if n_pool else None,
@@ -383,7 +430,8 @@ def summarise(strategy: Strategy, selection: Selection, n_pool: int) -> dict[str
 
 
 def write_subset(strategy: Strategy, selection: Selection, n_pool: int, out_dir: Path,
-                 provenance: dict[str, Any]) -> dict[str, Any]:
+                 provenance: dict[str, Any],
+                 language_id: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """uids.npy (DataComp format), samples.parquet (the chosen captions), summary.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     uids_path = out_dir / "uids.npy"
@@ -395,14 +443,17 @@ def write_subset(strategy: Strategy, selection: Selection, n_pool: int, out_dir:
     os.replace(tmp, uids_path)
     write_parquet_atomic(selection.samples, out_dir / "samples.parquet",
                          {"strategy": strategy.name})
-    summary = summarise(strategy, selection, n_pool)
+    summary = summarise(strategy, selection, n_pool, language_id)
     write_json(out_dir / "summary.json", {**summary, "provenance": provenance})
     return summary
 
 
 def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], table_path: Path,
-               sorted_path: Path, out_dir: Path) -> dict[str, Any]:
-    """The subset rule: one strategy of one pool."""
+               sorted_path: Path, out_dir: Path,
+               language_summary: Path | None = None) -> dict[str, Any]:
+    """The subset rule: one strategy of one pool. ``language_summary`` is the pool's
+    caption_language summary (which language-id model ran), for a strategy with a text
+    filter."""
     strategy = parse_strategy(name, spec)
 
     def resolve(source: str) -> str:
@@ -414,16 +465,23 @@ def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], tabl
     columns += [origin_column(s) for s in sources if origin_column(s) in available]
     if strategy.intersect_image_clusters:
         columns.append(CLUSTER_COLUMN)
+    if strategy.text_filter is not None:
+        columns += list(CAPTION_TEXT_COLUMNS)
     table = pd.read_parquet(table_path, columns=columns)
     scored = [s for p in strategy.parts if p.keep.rule in ("top",)
               for s in [resolve(p.score_source)]]
     sorted_scores = load_sorted_scores(sorted_path, sorted(set(scored)))
     selection = select(strategy, table, sorted_scores, resolve)
-    provenance = provenance_record("subset", inputs=[table_path],
+    language_id = None
+    inputs = [table_path]
+    if strategy.text_filter is not None and language_summary is not None:
+        language_id = json.loads(Path(language_summary).read_text())["language_id"]
+        inputs.append(language_summary)
+    provenance = provenance_record("subset", inputs=inputs,
                                    params={"strategy": json.loads(json.dumps(spec)),
                                            "pool_sources": dict(pool_mix(pool).get("sources",
                                                                                    {}))})
-    summary = write_subset(strategy, selection, len(table), out_dir, provenance)
+    summary = write_subset(strategy, selection, len(table), out_dir, provenance, language_id)
     log.info("%s: %d samples (%d images) of %d; thresholds %s", name, summary["n_samples"],
              summary["n_images"], len(table), summary["thresholds"])
     return summary
@@ -434,7 +492,8 @@ def run_mix_table(pool: str, sources: Mapping[str, Sequence[str]],
                   caption_manifests: Mapping[str, Sequence[str | Path]], index_path: Path,
                   table_path: Path, sorted_path: Path, report_path: Path,
                   clusters_path: Path | None = None,
-                  on_missing_score: str = "error") -> dict[str, Any]:
+                  on_missing_score: str = "error",
+                  caption_text_path: Path | None = None) -> dict[str, Any]:
     """The mix_table rule: load, check, join and sort every score the pool's strategies use."""
     from capmix.caption import caption_files
 
@@ -447,11 +506,15 @@ def run_mix_table(pool: str, sources: Mapping[str, Sequence[str]],
         for source, source_sets in sources.items()
     }
     clusters = pd.read_parquet(clusters_path) if clusters_path is not None else None
-    table, report = build_mix_table(fetched, sets, clusters, on_missing_score)
+    caption_text = (pd.read_parquet(caption_text_path, columns=["uid", *CAPTION_TEXT_COLUMNS])
+                    if caption_text_path is not None else None)
+    table, report = build_mix_table(fetched, sets, clusters, on_missing_score, caption_text)
     sorted_scores = sort_scores(table, sources)
     inputs = [index_path, *(Path(p) for p in score_paths.values())]
     if clusters_path is not None:
         inputs.append(clusters_path)
+    if caption_text_path is not None:
+        inputs.append(caption_text_path)
     provenance = provenance_record("mix_table", inputs=inputs,
                                    params={"sources": {k: list(v) for k, v in sources.items()},
                                            "on_missing_score": on_missing_score})

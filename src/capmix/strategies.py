@@ -16,7 +16,9 @@ the union of the (image, caption) pairs the parts select. A part names
   caption score: the paper's "subject to the same cosine similarity threshold").
 
 A strategy may also intersect its whole result with ImageNet-1k-like image clusters
-(``intersect_image_clusters``; see :mod:`capmix.clusters`), and may be a *sweep*: a family
+(``intersect_image_clusters``; see :mod:`capmix.clusters`) and keep only images whose raw
+caption passes a text filter (``text_filter``: language id, fastText tokens, characters, as
+DataComp's image-based baseline; see :mod:`capmix.textfilter`), and may be a *sweep*: a family
 with ``fractions: [...]`` whose parts say ``top: sweep``, expanded to one strategy per
 fraction named ``{family}_{percent}`` (``raw_top`` -> ``raw_top_10``, ... ``raw_top_90``).
 
@@ -34,7 +36,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from capmix.assetspec import reference_problem
 from capmix.captionsets import RAW, caption_set_name, pool_temperatures
+from capmix.textfilter import TextFilter, language_id_problems, parse_text_filter
 
 #: The caption source suffix ``captioner/best``: the best-scoring caption over temperatures.
 BEST = "best"
@@ -90,6 +94,7 @@ class Strategy:
     description: str
     parts: tuple[Part, ...]
     intersect_image_clusters: bool = False
+    text_filter: TextFilter | None = None  # on the raw caption, for every part
     paper: tuple[str, ...] = ()
     family: str | None = None
     fraction: float | None = None
@@ -174,6 +179,7 @@ def parse_strategy(name: str, spec: Mapping[str, Any]) -> Strategy:
     return Strategy(
         name=name, description=spec.get("description", ""), parts=tuple(parts),
         intersect_image_clusters=bool(spec.get("intersect_image_clusters", False)),
+        text_filter=parse_text_filter(spec.get("text_filter")),
         paper=tuple(spec.get("paper", [])), family=spec.get("family"),
         fraction=spec.get("fraction"),
     )
@@ -234,6 +240,14 @@ def pool_needs_clusters(config: Mapping[str, Any], pool: Mapping[str, Any]) -> b
     expanded = expand_strategies(config.get("strategies", {}))
     return any(expanded[n].get("intersect_image_clusters", False)
                for n in pool_strategy_names(config, pool))
+
+
+def pool_filters_captions(config: Mapping[str, Any], pool: Mapping[str, Any]) -> bool:
+    """Whether some strategy of the pool has a ``text_filter`` (so the workflow must measure
+    each raw caption, its language included, before the pool's mix table: the
+    ``caption_language`` stage)."""
+    expanded = expand_strategies(config.get("strategies", {}))
+    return any(expanded.get(n, {}).get("text_filter") for n in pool_strategy_names(config, pool))
 
 
 def _source_problem(source: str, pool: Mapping[str, Any] | None,
@@ -313,6 +327,18 @@ def strategy_problems(config: Mapping[str, Any]) -> list[str]:
                                 f"ImageNet-like image clusters, but pool '{pool['name']}' "
                                 "configures none (reference_pool or reference_embeddings)")
         clusters = mix.get("image_clusters") or {}
+        language_id = mix.get("language_id") or {}
+        if pool_filters_captions(config, pool):
+            problems += language_id_problems(f"{where}.language_id", language_id)
+        files = {"image_clusters.centroids": clusters.get("centroids"),
+                 "language_id.model": language_id.get("model")}
+        references = clusters.get("reference_embeddings") or []
+        for i, value in enumerate([references] if isinstance(references, str) else references):
+            files[f"image_clusters.reference_embeddings[{i}]"] = value
+        for key, value in files.items():
+            problem = reference_problem(config, value) if value is not None else None
+            if problem:
+                problems.append(f"{where}.{key}': {problem}")
         if clusters and ("reference_pool" in clusters) == ("reference_embeddings" in clusters):
             problems.append(f"{where}.image_clusters': give exactly one of reference_pool (a "
                             "pool of ImageNet-like images) or reference_embeddings (a file)")

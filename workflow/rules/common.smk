@@ -13,6 +13,7 @@ REPO = Path(workflow.basedir)
 # Jobs (local, conda or SLURM) import the package from this checkout.
 sys.path.insert(0, str(REPO / "src"))
 
+from capmix.assetspec import asset_files, assets, assets_dir, resolve_file  # noqa: E402
 from capmix.captionsets import pool_caption_sets  # noqa: E402
 from capmix.chunks import CHUNK_PATTERN, chunk_names  # noqa: E402
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
@@ -26,6 +27,7 @@ from capmix.suites import (  # noqa: E402
 from capmix.findings import finding_inputs, plan_findings  # noqa: E402
 from capmix.strategies import (  # noqa: E402
     expand_strategies,
+    pool_filters_captions,
     pool_needs_clusters,
     pool_sources,
     pool_strategy_names,
@@ -67,6 +69,8 @@ STRATEGIES = expand_strategies(config["strategies"])
 REAL_EVAL_DATA_DIRS = real_eval_data_dirs(config)
 # Every toy-suite task: data directory -> (suite, task); one job builds them all per world.
 TOY_EVAL_TASKS = toy_eval_tasks(config)
+# Published files the DAG fetches (config `assets`): file name -> asset name.
+ASSET_FILES = asset_files(config)
 
 
 wildcard_constraints:
@@ -80,6 +84,7 @@ wildcard_constraints:
     strategy="|".join(STRATEGIES) or "no_strategy",
     data="[A-Za-z0-9][A-Za-z0-9_.-]*",
     eval_data_dir="|".join(map(re.escape, REAL_EVAL_DATA_DIRS)) or "no_eval_data_dir",
+    asset_file="|".join(map(re.escape, ASSET_FILES)) or "no_asset_file",
 
 
 # ---- Paths that more than one rule or helper names -------------------------------------
@@ -100,6 +105,8 @@ IMAGE_EMBEDDINGS = "results/{pool}/scores/{scorer}/images/{chunk}.json"
 SCORES = "results/{pool}/scores/{scorer}/{caption_set}.parquet"
 QUALITY = "results/{pool}/quality/{scorer}/{caption_set}.json"
 IMAGE_CLUSTERS = "results/{pool}/mix/image_clusters.parquet"
+CAPTION_LANGUAGE = "results/{pool}/mix/caption_language.parquet"
+CAPTION_LANGUAGE_SUMMARY = "results/{pool}/mix/caption_language.json"
 MIX_TABLE = "results/{pool}/mix/table.parquet"
 SORTED_SCORES = "results/{pool}/mix/sorted_scores.npz"
 SUBSET_SAMPLES = "results/{pool}/subsets/{strategy}/samples.parquet"
@@ -113,6 +120,7 @@ EVAL_AGGREGATE = "results/{pool}/eval/{strategy}.aggregate.json"
 TOY_EVAL_DATA_DIR = "results/eval_data/toy/{world}"
 EVAL_TASK = f"{{eval_data_dir}}/{{data}}/{TASK_MANIFEST}"  # a task's directory and manifest
 FINDINGS = "results/{pool}/findings.json"
+ASSET = f"{assets_dir(config)}/{{asset_file}}"  # a published file (config `assets`)
 
 
 # ---- Resources: every rule's threads and resources come from here --------------------
@@ -324,6 +332,8 @@ def mix_table_inputs(wildcards):
     }
     if pool_needs_clusters(config, POOLS[pool]):
         inputs["clusters"] = IMAGE_CLUSTERS.format(pool=pool)
+    if pool_filters_captions(config, POOLS[pool]):
+        inputs["caption_language"] = CAPTION_LANGUAGE.format(pool=pool)
     return inputs
 
 
@@ -332,10 +342,11 @@ def image_cluster_spec(wildcards):
 
 
 def listed(value):
-    """A config value that may be one path or a list of paths, as a list."""
+    """A config value that may be one file or a list of files (paths or asset:NAME), as a
+    list of paths."""
     if value is None:
         return []
-    return [value] if isinstance(value, str) else list(value)
+    return [resolve_file(config, v) for v in ([value] if isinstance(value, str) else value)]
 
 
 def image_cluster_inputs(wildcards):
@@ -350,8 +361,35 @@ def image_cluster_inputs(wildcards):
     }
 
 
+def language_id_spec(wildcards):
+    return POOLS[wildcards.pool]["mix"]["language_id"]
+
+
+def caption_language_inputs(wildcards):
+    """The pool's raw captions, and the language-id model file if its backend reads one."""
+    return {"raw": RAW_CAPTIONS.format(pool=wildcards.pool),
+            "model": listed(language_id_spec(wildcards).get("model"))}
+
+
 def strategy_spec(wildcards):
     return STRATEGIES[wildcards.strategy]
+
+
+def subset_inputs(wildcards):
+    """The pool's mix table and sorted scores; for a strategy with a text filter, also the
+    caption_language summary (which language-id model ran, recorded in the subset's)."""
+    inputs = {"table": MIX_TABLE.format(pool=wildcards.pool),
+              "sorted": SORTED_SCORES.format(pool=wildcards.pool)}
+    if strategy_spec(wildcards).get("text_filter"):
+        inputs["language"] = CAPTION_LANGUAGE_SUMMARY.format(pool=wildcards.pool)
+    return inputs
+
+
+# ---- Published files (assets) ------------------------------------------------------------
+def asset_spec(wildcards):
+    """The asset fetched to `{assets.data_dir}/{asset_file}`: its name, URL and SHA-256."""
+    name = ASSET_FILES[wildcards.asset_file]
+    return {"name": name, **assets(config)[name]}
 
 
 def pool_aliases(wildcards):

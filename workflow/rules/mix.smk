@@ -28,6 +28,30 @@ rule image_clusters:
         "../scripts/image_clusters.py"
 
 
+# Each raw caption's language id, fastText tokens and characters, for strategies with a
+# text filter (DataComp's image-based caption filter); the model is the pool's language_id.
+rule caption_language:
+    input:
+        unpack(caption_language_inputs),
+    output:
+        languages=CAPTION_LANGUAGE,
+        summary=CAPTION_LANGUAGE_SUMMARY,
+    params:
+        settings=language_id_spec,
+    log:
+        "logs/caption_language/{pool}.log",
+    benchmark:
+        "benchmarks/caption_language/{pool}.tsv"
+    threads: resource("caption_language", "threads")
+    resources:
+        mem_mb=resource("caption_language", "mem_mb"),
+        runtime=resource("caption_language", "runtime"),
+    conda:
+        "../../envs/mix.yaml"
+    script:
+        "../scripts/caption_language.py"
+
+
 # The params map each caption set to its files (the inputs, listed flat).
 rule mix_table:
     input:
@@ -57,8 +81,7 @@ rule mix_table:
 
 rule subset:
     input:
-        table=MIX_TABLE,
-        sorted=SORTED_SCORES,
+        unpack(subset_inputs),
     output:
         uids="results/{pool}/subsets/{strategy}/uids.npy",
         samples=SUBSET_SAMPLES,

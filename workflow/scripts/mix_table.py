@@ -13,4 +13,6 @@ if __name__ == "__main__":
         Path(sm.input.index), Path(sm.output.table), Path(sm.output.sorted),
         Path(sm.output.report),
         clusters_path=Path(sm.input.clusters) if "clusters" in sm.input.keys() else None,
-        on_missing_score=sm.params.on_missing_score)
+        on_missing_score=sm.params.on_missing_score,
+        caption_text_path=(Path(sm.input.caption_language)
+                           if "caption_language" in sm.input.keys() else None))

@@ -9,4 +9,6 @@ if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
     run_subset(sm.wildcards.strategy, sm.params.spec, {"mix": {"sources": sm.params.aliases}},
-               Path(sm.input.table), Path(sm.input.sorted), Path(sm.output.summary).parent)
+               Path(sm.input.table), Path(sm.input.sorted), Path(sm.output.summary).parent,
+               language_summary=Path(sm.input.language) if "language" in sm.input.keys()
+               else None)

@@ -1,0 +1,131 @@
+"""The caption_language stage: language ids, fastText tokens and characters of raw captions,
+with langid.py (the default) and a fastText model file (DataComp's kind), and which model ran."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from capmix.language import (
+    FastTextModel,
+    LangidModel,
+    fasttext_token_count,
+    load_language_model,
+    measure_captions,
+    run_caption_language,
+)
+from capmix.mix import CHARS_COLUMN, LANGUAGE_COLUMN, TOKENS_COLUMN
+from capmix.textfilter import LANGUAGE_ID_BACKENDS
+
+# Captions that tell fastText's tokenizer apart from str.split(): newlines are tokens of their
+# own, only ASCII whitespace separates (a no-break space or an ideographic space does not), and
+# tab, vertical tab, form feed, carriage return and NUL do.
+TRICKY = ["", " ", "\n", "a", "a b", "hello\n", "\nhello", "a\n\nb", "x \n y", "a\u00a0b",
+          "a\u3000b c", "tab\tsep", "v\x0bf\x0cr\rn\x00z", "  many   spaces  ", "Ünïcödé wörds",
+          "Image Not Found", "a dog\r\non the beach"]
+CAPTIONS = ["a dog runs on the beach", "ein Hund läuft am Strand", "un perro corre en la playa",
+            "A Triangle Of Medium Size", "6 formas de aprender a nadar - wikiHow",
+            "Gespeicherte Orte von Anna", "a blue square", "mehmet", "", "the cat\non a chair"]
+
+
+@pytest.fixture(scope="module")
+def langid_model() -> LangidModel:
+    return LangidModel()  # loading langid.py's model takes about 2 s
+
+
+def test_token_count_is_fasttexts_tokenizer():
+    fasttext = pytest.importorskip("fasttext", reason="fasttext (fasttext-wheel) not installed: "
+                                   "the port cannot be compared with fastText itself")
+    for text in TRICKY:
+        assert fasttext_token_count(text) == len(fasttext.tokenize(text)), repr(text)
+
+
+def test_token_count_by_hand():
+    # "hello\n": the word and the newline's </s>; "a\u00a0b": one token (no ASCII space).
+    assert [fasttext_token_count(t) for t in ["", "\n", "hello\n", "a\n\nb", "a\u00a0b",
+                                                "tab\tsep"]] == [0, 1, 2, 4, 1, 2]
+
+
+def test_langid_batches_label_as_langid_classify(langid_model):
+    import langid
+
+    labels, scores = langid_model.predict(CAPTIONS + TRICKY, batch_size=4)
+    assert labels == [langid.classify(t)[0] for t in CAPTIONS + TRICKY]
+    assert ((scores > 0) & (scores <= 1)).all()
+    assert labels[:3] == ["en", "de", "es"]
+
+
+def test_langid_describes_itself(langid_model):
+    described = langid_model.describe()
+    assert described["backend"] == "langid" and described["package"] == "langid"
+    assert described["version"] == "1.1.6" and described["languages"] == 97
+
+
+def test_a_fasttext_model_file_is_loaded_and_read_as_datacomp_reads_it(tmp_path):
+    pytest.importorskip("fasttext", reason="fasttext (fasttext-wheel) not installed: DataComp's "
+                        "lid.176.bin path cannot be exercised")
+    from tests.tiny_models import make_tiny_fasttext_lid
+
+    path = make_tiny_fasttext_lid(tmp_path)
+    model = load_language_model({"backend": "fasttext"}, path)
+    assert isinstance(model, FastTextModel)
+    labels, scores = model.predict(["a dog runs on the beach", "ein Hund läuft am Strand",
+                                    "un perro corre en la playa", ""])
+    assert labels[:3] == ["en", "de", "es"] and len(labels) == 4
+    assert np.isfinite(scores[:3]).all()
+    described = model.describe()
+    assert described["backend"] == "fasttext" and described["package"] == "fasttext-wheel"
+    assert described["version"] == "0.9.2" and described["model"] == str(path)
+    assert len(described["model_sha256"]) == 64 and described["languages"] == 3
+    with pytest.raises(FileNotFoundError, match="lid.176.bin"):
+        load_language_model({"backend": "fasttext"}, tmp_path / "lid.176.bin")
+
+
+def test_every_backend_loads():
+    assert set(LANGUAGE_ID_BACKENDS) == {"langid", "fasttext"}
+    assert isinstance(load_language_model({"backend": "langid"}), LangidModel)
+    with pytest.raises(ValueError, match="needs a model file"):
+        load_language_model({"backend": "fasttext"})
+
+
+def test_measure_captions_counts_tokens_and_characters(langid_model):
+    frame = measure_captions(["u1", "u2", "u3"], ["hello\n", None, "ein Hund läuft am Strand"],
+                             langid_model)
+    assert frame[TOKENS_COLUMN].tolist() == [2, 0, 5]
+    assert frame[CHARS_COLUMN].tolist() == [6, 0, 24]
+    assert frame[LANGUAGE_COLUMN].iloc[2] == "de"
+
+
+def write_raw_captions(root: Path, captions: list[str]) -> Path:
+    """A raw caption set in the caption stage's layout: a manifest listing per-shard parquets."""
+    uids = [f"{i:032x}" for i in range(len(captions))]
+    shard = root / "captions" / "raw" / "00000.parquet"
+    shard.parent.mkdir(parents=True)
+    pd.DataFrame({"uid": uids, "captions": [[c] for c in captions], "caption": captions,
+                  "status": "ok"}).to_parquet(shard)
+    manifest = shard.parent / "manifest.json"
+    manifest.write_text(json.dumps({"shards": [{"shard": 0, "output": shard.name,
+                                                "samples": len(uids)}]}))
+    return manifest
+
+
+def test_the_stage_records_which_model_ran(tmp_path):
+    manifest = write_raw_captions(tmp_path, CAPTIONS)
+    summary = run_caption_language("p", manifest, {"backend": "langid"}, None,
+                                   tmp_path / "lang.parquet", tmp_path / "lang.json")
+    frame = pd.read_parquet(tmp_path / "lang.parquet")
+    assert len(frame) == len(CAPTIONS) and frame["uid"].tolist()[0] == f"{0:032x}"
+    on_disk = json.loads((tmp_path / "lang.json").read_text())
+    assert on_disk["language_id"] == summary["language_id"]
+    assert on_disk["language_id"]["backend"] == "langid"
+    assert on_disk["language_id"]["version"] == "1.1.6"
+    assert on_disk["n_captions"] == len(CAPTIONS) and on_disk["languages"]["en"] >= 1
+    assert on_disk["provenance"]["software"]["langid"] == "1.1.6"
+    import pyarrow.parquet as pq
+
+    tags = json.loads(pq.read_schema(tmp_path / "lang.parquet").metadata[b"capmix"])
+    assert tags["language_id"]["backend"] == "langid"

@@ -1,0 +1,14 @@
+"""Entry point of rule caption_language: each raw caption's language id, tokens, characters."""
+
+from pathlib import Path
+
+from capmix.language import run_caption_language
+from capmix.logs import setup_logging
+
+if __name__ == "__main__":
+    sm = snakemake  # noqa: F821
+    setup_logging(sm.log[0])
+    run_caption_language(
+        sm.wildcards.pool, Path(sm.input.raw), dict(sm.params.settings),
+        Path(sm.input.model[0]) if sm.input.model else None, Path(sm.output.languages),
+        Path(sm.output.summary))
