@@ -290,16 +290,9 @@ def _train_lines(config: Mapping[str, Any], pool: Mapping[str, Any]) -> list[Cos
     samples = models * int(scale["samples_seen"])
     what = f"{_plural(models, 'CLIP')} at scale {scale_name}"
     detail = f"{scale['samples_seen']:,} samples seen each"
-    if not scale.get("gpus_per_node"):
-        return [CostLine(pool["name"], "train", what, samples, "samples seen", 0.0, "free",
-                         "toy scale (CPU)", detail)]
-    entry = ((config.get("costs") or {}).get("train") or {}).get(scale_name)
-    if entry is None:
-        return [CostLine(pool["name"], "train", what, samples, "samples seen", None, "unknown",
-                         None, detail, f"costs.train.{scale_name}")]
-    return [CostLine(pool["name"], "train", what, samples, "samples seen",
-                     models * float(entry["gpu_hours"]), _rate_basis(entry), entry["source"],
-                     detail + f"; {entry['gpu_hours']:g} {_gpu(config)}-hours each")]
+    free = None if scale.get("gpus_per_node") else "toy scale (CPU)"
+    return _per_model_lines(config, pool, "train", scale_name, models, what, samples,
+                            "samples seen", detail, free)
 
 
 def _suite_images(config: Mapping[str, Any], pool: Mapping[str, Any], suite: Any) -> int | None:
@@ -327,15 +320,25 @@ def _eval_lines(config: Mapping[str, Any], pool: Mapping[str, Any]) -> list[Cost
     what = f"{_plural(models, 'model')} on suite {suite.name}"
     detail = _plural(len(suite.tasks), "task") + (f", {per_model:,} test images per model"
                                                    if per_model is not None else "")
-    if suite.toy:
-        return [CostLine(pool["name"], "evaluate", what, count, "test images", 0.0, "free",
-                         "toy suite (CPU)", detail)]
-    entry = ((config.get("costs") or {}).get("eval") or {}).get(suite.name)
+    free = "toy suite (CPU)" if suite.toy else None
+    return _per_model_lines(config, pool, "evaluate", suite.name, models, what, count,
+                            "test images", detail, free)
+
+
+def _per_model_lines(config: Mapping[str, Any], pool: Mapping[str, Any], stage: str, key: str,
+                     models: int, what: str, count: int | None, unit: str, detail: str,
+                     free: str | None) -> list[CostLine]:
+    """A stage priced per model (training at a scale, evaluation on a suite): free on the CPU,
+    unknown without a ``costs.{train,eval}.<key>`` entry, else models x its GPU-hours."""
+    if free is not None:
+        return [CostLine(pool["name"], stage, what, count, unit, 0.0, "free", free, detail)]
+    section = "train" if stage == "train" else "eval"
+    entry = ((config.get("costs") or {}).get(section) or {}).get(key)
     if entry is None:
-        return [CostLine(pool["name"], "evaluate", what, count, "test images", None, "unknown",
-                         None, detail, f"costs.eval.{suite.name}")]
-    return [CostLine(pool["name"], "evaluate", what, count, "test images",
-                     models * float(entry["gpu_hours"]), _rate_basis(entry), entry["source"],
+        return [CostLine(pool["name"], stage, what, count, unit, None, "unknown", None, detail,
+                         f"costs.{section}.{key}")]
+    return [CostLine(pool["name"], stage, what, count, unit, models * float(entry["gpu_hours"]),
+                     _rate_basis(entry), entry["source"],
                      detail + f"; {entry['gpu_hours']:g} {_gpu(config)}-hours each")]
 
 
