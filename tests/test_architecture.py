@@ -21,6 +21,15 @@ LIGHT_MODULES = ("config", "strategies", "suites", "toyspec", "captionsets", "sc
 HEAVY_PACKAGES = ("torch", "open_clip", "PIL", "pandas", "pyarrow", "webdataset", "transformers")
 
 
+def stage_packages_loaded(code: str) -> list[str]:
+    """The stage packages a fresh interpreter has imported after running ``code``."""
+    probe = (f"import sys; {code}; "
+             f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+             f"{HEAVY_PACKAGES!r})))")
+    return subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                          text=True, cwd=REPO).stdout.split()
+
+
 def capmix_imports(path: Path) -> list[tuple[str, list[str], int]]:
     """(module, imported names, line) of every ``capmix`` import in a file."""
     found = []
@@ -95,22 +104,13 @@ def test_no_private_names_imported_across_modules(where):
 @pytest.mark.parametrize("module", [m for m in LIGHT_MODULES if (PACKAGE / f"{m}.py").exists()])
 def test_config_layer_modules_import_no_stage(module):
     """What ``import capmix.<module>`` loads, measured in a fresh interpreter."""
-    probe = (f"import sys, capmix.{module}; "
-             f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-             f"{HEAVY_PACKAGES!r})))")
-    loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                            text=True, cwd=REPO).stdout.split()
-    assert loaded == []
+    assert stage_packages_loaded(f"import capmix.{module}") == []
 
 
 def test_config_checks_import_no_stage():
     """Validating the shipped config (what the Snakefile does at start-up) loads no stage."""
-    probe = ("import sys; from capmix.config import pipeline_config; pipeline_config(); "
-             f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-             f"{HEAVY_PACKAGES!r})))")
-    loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                            text=True, cwd=REPO).stdout.split()
-    assert loaded == []
+    code = "from capmix.config import pipeline_config; pipeline_config()"
+    assert stage_packages_loaded(code) == []
 
 
 def test_the_snakefile_imports_no_stage():
@@ -120,9 +120,4 @@ def test_the_snakefile_imports_no_stage():
                       for line in smk.read_text().splitlines()
                       if line.startswith("from capmix.")})
     assert modules
-    probe = (f"import sys; import {', '.join(modules)}; "
-             f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-             f"{HEAVY_PACKAGES!r})))")
-    loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                            text=True, cwd=REPO).stdout.split()
-    assert loaded == []
+    assert stage_packages_loaded(f"import {', '.join(modules)}") == []
