@@ -21,11 +21,15 @@ LIGHT_MODULES = ("config", "strategies", "suites", "toyspec", "captionsets", "sc
 HEAVY_PACKAGES = ("torch", "open_clip", "PIL", "pandas", "pyarrow", "webdataset", "transformers")
 
 
-def stage_packages_loaded(code: str) -> list[str]:
-    """The stage packages a fresh interpreter has imported after running ``code``."""
+#: Light modules that need not even numpy (the strategies as data, the toy vocabulary).
+STDLIB_ONLY_MODULES = ("strategies", "toyspec")
+
+
+def stage_packages_loaded(code: str, packages: tuple[str, ...] = HEAVY_PACKAGES) -> list[str]:
+    """Which of ``packages`` a fresh interpreter has imported after running ``code``."""
     probe = (f"import sys; {code}; "
              f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-             f"{HEAVY_PACKAGES!r})))")
+             f"{packages!r})))")
     return subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
                           text=True, cwd=REPO).stdout.split()
 
@@ -105,6 +109,11 @@ def test_no_private_names_imported_across_modules(where):
 def test_config_layer_modules_import_no_stage(module):
     """What ``import capmix.<module>`` loads, measured in a fresh interpreter."""
     assert stage_packages_loaded(f"import capmix.{module}") == []
+
+
+@pytest.mark.parametrize("module", STDLIB_ONLY_MODULES)
+def test_stdlib_only_modules_load_not_even_numpy(module):
+    assert stage_packages_loaded(f"import capmix.{module}", (*HEAVY_PACKAGES, "numpy")) == []
 
 
 def test_config_checks_import_no_stage():

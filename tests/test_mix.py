@@ -678,19 +678,6 @@ def test_set_algebra_of_the_mixing_strategies(frame, fraction):
         assert list(selection.image_uids) == sorted(set(selection.samples["uid"]))
 
 
-def test_strategies_as_data_stay_light() -> None:
-    """The config checker and the Snakefile import capmix.strategies: no numpy, pandas, ..."""
-    import subprocess
-    import sys
-
-    code = ("import sys, capmix.strategies; "
-            "print(sorted(m for m in ('numpy', 'PIL', 'pandas', 'pyarrow', 'torch') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "[]"
-
-
 def test_the_schema_allows_exactly_the_keep_rules():
     """A part's ``keep`` keys in the schema are the keep rules (``all`` = no key), plus ``by``."""
     from capmix.config import load_schema

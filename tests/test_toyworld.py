@@ -563,16 +563,3 @@ def test_the_schema_lists_the_toy_splits_of_the_code() -> None:
     assert tuple(toy_source["properties"]["split"]["enum"]) == toyspec.SPLITS
     assert tuple(toyspec.SPLIT_PROFILES) == toyspec.SPLITS
     assert set(toyspec.SPLIT_PROFILES.values()) <= set(toyspec.PROFILES)
-
-
-def test_the_vocabulary_module_stays_light() -> None:
-    """The config checker and the Snakefile import toyspec: it must not load numpy or PIL."""
-    import subprocess
-    import sys
-
-    code = ("import sys, capmix.toyspec; "
-            "print(sorted(m for m in ('numpy', 'PIL', 'pandas', 'pyarrow', 'torch') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "[]"
