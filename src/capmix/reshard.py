@@ -53,6 +53,7 @@ import webdataset as wds
 
 from capmix.provenance import write_json
 from capmix.shards import IMAGE_SUFFIXES, ShardTask, fetched_by_shard, read_shard
+from capmix.train import train_data_spec
 
 log = logging.getLogger(__name__)
 
@@ -269,15 +270,6 @@ def _prepare_out_dir(out_dir: Path, digest: str, outputs: list[OutputShard]) -> 
                 path.unlink()
 
 
-def _train_data(out_dir: Path, names: list[str]) -> str | None:
-    """open_clip's --train-data: a braceexpand pattern of the shards (absolute)."""
-    if not names:
-        return None
-    if len(names) == 1:
-        return str(out_dir / names[0])
-    return f"{out_dir}/{{{names[0][:-4]}..{names[-1][:-4]}}}.tar"
-
-
 def reshard(samples: pd.DataFrame, index_path: Path, shards_dir: Path, out_dir: Path,
             manifest_path: Path, samples_per_shard: int = 10_000, workers: int = 1,
             provenance: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -336,7 +328,7 @@ def reshard(samples: pd.DataFrame, index_path: Path, shards_dir: Path, out_dir: 
         "num_shards": len(outputs),
         "shards": names,
         "out_dir": str(out_dir),
-        "train_data": _train_data(out_dir, names),
+        "train_data": train_data_spec([out_dir / n for n in names]) if names else None,
         "samples_per_shard": samples_per_shard,
         "sources": {str(k): int(v) for k, v in sources.items()},
         "plan_sha256": digest,
