@@ -3,19 +3,59 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 import torch
 
-from capmix.modelrun import autocast, low_precision_dtype, resolve_device, torch_device_type
+from capmix.modelrun import (
+    GpuUnavailableError,
+    autocast,
+    low_precision_dtype,
+    resolve_device,
+    torch_device_type,
+)
+
+
+def see_gpus(monkeypatch, count: int) -> None:
+    """Make torch see ``count`` CUDA devices (none: not available either)."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
 
 
 def test_auto_device_is_cuda_only_when_torch_can_use_it(monkeypatch):
+    see_gpus(monkeypatch, 2)
     assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_device("auto") == "cuda"
+    assert resolve_device("auto") == "cuda" and resolve_device("auto", gpus=1) == "cuda"
+    see_gpus(monkeypatch, 0)
+    # No GPU requested (a laptop): auto runs on the CPU, as does an explicit cpu on a GPU job
+    # (the test cluster's fake GPU).
+    assert resolve_device("auto") == "cpu" and resolve_device("auto", gpus=None) == "cpu"
+    assert resolve_device("cpu", gpus=1) == "cpu"
+
+
+@pytest.mark.parametrize(("device", "gpus", "visible"), [
+    ("auto", 1, 0), ("cuda", 0, 0), ("cuda:0", None, 0), ("cuda:2", 1, 2),
+])
+def test_a_job_that_asked_for_a_gpu_and_sees_none_fails_saying_what_it_saw(
+        monkeypatch, device, gpus, visible):
+    see_gpus(monkeypatch, visible)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_GPUS", "0,1")
+    monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(GpuUnavailableError) as failed:
+        resolve_device(device, gpus, who="caption pool/blip2@0.75")
+    message = str(failed.value)
+    assert message.startswith(f"caption pool/blip2@0.75: device {device!r}")
+    index = device.split(":")[1] if ":" in device else "0"
+    assert f"needs CUDA device {index}, but this process sees {visible}" in message
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA"
+    for shown in (f"host {socket.gethostname()}", "CUDA_VISIBLE_DEVICES=''",
+                  "NVIDIA_VISIBLE_DEVICES unset", "SLURM_JOB_ID=4242", "SLURM_JOB_GPUS=0,1",
+                  "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "GPU_DEVICE_ORDINAL",
+                  f"built with {build}", f"torch.cuda.device_count() = {visible}"):
+        assert shown in message
 
 
 def test_device_type_drops_the_index():

@@ -24,15 +24,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import copy_workflow
+from capmix.caption import RunSettings
+from capmix.config import pipeline_config
+from tests.conftest import REPO, copy_workflow
 from tests.slurm_cluster import slurm_cluster
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-# In the SLURM run the captioner and the scorer ask for one GPU (the fake one): the toy
-# models still run on the CPU (device auto), as on a GPU node without CUDA.
-GPU_RULES = {"caption", "embed_images", "score"}
+# In the SLURM run the captioner and the scorer ask for one GPU (the fake one: gres
+# File=/dev/null, no CUDA device behind it). A job that asks for a GPU and sees none fails
+# (capmix.modelrun.resolve_device), so their stages say so: the toy models run on the CPU on
+# purpose (device cpu), in the local run too. The stage settings each GPU rule reads:
+GPU_RULE_SETTINGS = {"caption": "caption", "embed_images": "score", "score": "score"}
+GPU_RULES = set(GPU_RULE_SETTINGS)
 GPU_CONFIG = {"resources": {stage: {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpus": 1}
-                            for stage in GPU_RULES}}
+                            for stage in GPU_RULES},
+              **{settings: {"device": "cpu"} for settings in set(GPU_RULE_SETTINGS.values())}}
 # A smaller DAG than the smoke one (the smoke test covers every stage locally): one pool,
 # one captioner, three strategies, two models on the toy suite. Every kind of job still goes
 # through the profile: CPU rules, GPU rules (caption, embed_images, score), multi-process
@@ -92,6 +98,20 @@ def job_records(env: dict[str, str]) -> list[dict[str, str]]:
                            env={**os.environ, **env}, check=True).stdout
     return [dict(item.split("=", 1) for item in line.split() if "=" in item)
             for line in shown.splitlines() if line.strip()]
+
+
+def test_the_gpu_rules_run_on_the_cpu_beside_the_fake_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test cluster's GPU is no CUDA device, and a job that asks for a GPU and sees none
+    fails at once; the SLURM test's config must say that its GPU rules run on the CPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    config = pipeline_config(*(REPO / name for name in CONFIGS[:1]),
+                             overrides={**SMALL_CONFIG, **GPU_CONFIG})
+    for rule, settings in GPU_RULE_SETTINGS.items():
+        gpus = config["resources"][rule]["gpus"]
+        assert gpus == 1, rule
+        assert RunSettings.from_config(config[settings], gpus).torch_device(rule) == "cpu"
 
 
 @pytest.mark.integration

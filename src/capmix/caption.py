@@ -50,17 +50,31 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How a model stage runs (not what it computes): batch, device, precision, workers."""
+    """How a model stage runs (not what it computes): batch, device, precision, workers, and
+    the GPUs its job requested (Snakemake resource ``gpu``, from config ``resources.<stage>``).
+
+    ``gpus`` comes from the job, not from the stage's config entry: with device ``auto`` it
+    decides whether a job that sees no GPU may run on the CPU (no request: a laptop) or must
+    fail (:meth:`torch_device`).
+    """
 
     batch_size: int = 64
     device: str = "auto"
     precision: str = "fp32"
     workers: int = 2
+    gpus: int = 0
 
     @classmethod
-    def from_config(cls, settings: Mapping[str, Any]) -> RunSettings:
+    def from_config(cls, settings: Mapping[str, Any], gpus: int | None = 0) -> RunSettings:
+        """The config's stage settings (``caption``, ``score``) for a job that requested
+        ``gpus`` (None: none)."""
         return cls(**{k: settings[k] for k in ("batch_size", "device", "precision", "workers")
-                      if k in settings})
+                      if k in settings}, gpus=gpus or 0)
+
+    def torch_device(self, who: str) -> str:
+        """The device a model runs on; a job that asked for a GPU and sees none fails here,
+        naming ``who`` (:func:`capmix.modelrun.resolve_device`)."""
+        return resolve_device(self.device, self.gpus, who)
 
 
 def decoding_for(spec: Mapping[str, Any], temperature: float) -> Decoding:
@@ -100,7 +114,11 @@ def caption_pool(pool: str, captioner_name: str, spec: Mapping[str, Any], temper
                  index_path: Path, shards_dir: Path, out_dir: Path, manifest_path: Path,
                  settings: RunSettings, seed: int, chunk: int = 0, n_chunks: int = 1,
                  captioner: Captioner | None = None) -> dict[str, Any]:
-    """Caption every unfinished shard of one chunk; write the chunk manifest."""
+    """Caption every unfinished shard of one chunk; write the chunk manifest.
+
+    The device is settled first: a job that asked for a GPU and sees none fails before it
+    reads a shard or loads the captioner."""
+    device = settings.torch_device(f"caption {pool}/{captioner_name}@{temperature}")
     decoding = decoding_for(spec, temperature)
     tasks = plan_tasks(index_path, shards_dir, out_dir, ".parquet", chunk, n_chunks)
     todo = [t for t in tasks if not is_complete(t.output, t.uids)]
@@ -110,7 +128,7 @@ def caption_pool(pool: str, captioner_name: str, spec: Mapping[str, Any], temper
         from capmix.captioners import load_captioner
 
         captioner = load_captioner({**spec, "name": captioner_name},
-                                   device=resolve_device(settings.device),
+                                   device=device,
                                    precision=settings.precision)
     progress = Progress(f"caption {captioner_name}@{temperature}", len(tasks),
                         sum(len(t.uids) for t in tasks))

@@ -111,17 +111,20 @@ class EvalModel:
         return torch_device_type(self.device)
 
 
-def load_model(model_name: str, checkpoint: Path, device: str | None = None) -> EvalModel:
+def load_model(model_name: str, checkpoint: Path, device: str | None = None,
+               gpus: int | None = 0) -> EvalModel:
     """The architecture ``model_name`` (open_clip name or ``local-dir:``) with the weights of
     an ``open_clip_train`` checkpoint (``state_dict``, DDP's ``module.`` prefix stripped).
 
-    ``device`` None (or ``auto``): CUDA when torch can use it. The weights stay fp32;
-    :func:`uses_amp` says which tasks run under autocast.
+    ``device`` None (or ``auto``): CUDA when torch can use it, unless the job requested
+    ``gpus`` (the suite's ``resources.gpu``): then, as for ``cuda``, a job that sees no GPU
+    fails before loading anything (:func:`capmix.modelrun.resolve_device`). The weights stay
+    fp32; :func:`uses_amp` says which tasks run under autocast.
     """
     import open_clip
     import torch
 
-    device = resolve_device(device or "auto")
+    device = resolve_device(device or "auto", gpus, f"evaluate {checkpoint}")
     torch.manual_seed(0)  # DataComp seeds before building the model
     loaded = load_open_clip(model_name, pretrained=None, device="cpu")
     open_clip.load_checkpoint(loaded.model, str(checkpoint))

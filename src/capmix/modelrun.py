@@ -3,7 +3,9 @@
 The scoring stage (:class:`capmix.score.Scorer`) and the evaluation stage
 (:class:`capmix.evaluate.EvalModel`) both run an open_clip CLIP; they choose the device, the
 low-precision dtype and the autocast context here, once, so that ``auto``, ``fp16`` and
-``bf16`` mean the same in every stage. The captioning stage resolves ``auto`` here too.
+``bf16`` mean the same in every stage. The captioning stage resolves ``auto`` here too, and
+every GPU stage (training's processes too, :mod:`capmix.train`) checks here that a job which
+asked for a GPU sees one (:func:`resolve_device`, :class:`GpuUnavailableError`).
 
 torch and open_clip are imported inside the functions: the captioning module imports
 :func:`resolve_device` at module level, and its file helpers are used by jobs that never load
@@ -13,6 +15,10 @@ a model (and would otherwise each pay torch's import time).
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import socket
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,9 +29,68 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` = CUDA when torch can use it. CUDA_VISIBLE_DEVICES alone proves nothing
-    (SLURM sets it for a fake GPU gres too)."""
+#: What a process's environment says about the GPUs it was given: CUDA's and the container
+#: runtime's device lists, SLURM's job and its GPU allocation (job, step, node, per task), and
+#: the ordinal some sites' prologs set. A job that asked for a GPU and sees none quotes them.
+GPU_ENV_VARS: tuple[str, ...] = (
+    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+    "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS",
+    "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_TASK", "GPU_DEVICE_ORDINAL",
+)
+
+
+class GpuUnavailableError(RuntimeError):
+    """A job that asked for a GPU does not see the one it needs; the message says what it saw."""
+
+
+def visible_gpus() -> int:
+    """The CUDA devices this process sees (0 with a CPU-only torch or no driver)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def gpu_environment(env: Mapping[str, str] | None = None,
+                    names: Sequence[str] = GPU_ENV_VARS) -> str:
+    """What this process sees of GPUs, for an error message: the host, each of ``names`` as
+    set (quoted) or unset, torch's CUDA build and the device count."""
+    import torch
+
+    env = os.environ if env is None else env
+    shown = ", ".join(f"{name}={shlex.quote(env[name])}" if name in env else f"{name} unset"
+                      for name in names)
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU-only build)"
+    return (f"host {socket.gethostname()}; {shown}; torch {torch.__version__} built with "
+            f"{build}; torch.cuda.device_count() = {visible_gpus()}")
+
+
+def asks_for_gpu(device: str, gpus: int | None) -> bool:
+    """Whether a job must run on a GPU: its device setting names CUDA (``cuda``, ``cuda:N``),
+    or it is ``auto`` and the job's resources request GPUs (``gpus`` > 0)."""
+    return device.split(":")[0] == "cuda" or (device == "auto" and bool(gpus))
+
+
+def resolve_device(device: str, gpus: int | None = 0, who: str = "this job") -> str:
+    """The torch device for a stage's ``device`` setting in a job that requested ``gpus``.
+
+    ``auto``: CUDA when torch can use it, else the CPU (a laptop) -- unless the job requested
+    GPUs: a GPU job must not fall back to the CPU silently (a misconfigured node, a wrong
+    CUDA_VISIBLE_DEVICES would run it for weeks in fp32). A job that asks for a GPU
+    (:func:`asks_for_gpu`) and does not see it (``cuda:N`` beyond the visible count included)
+    raises :class:`GpuUnavailableError` naming ``who``, the setting and what it saw
+    (:func:`gpu_environment`), before any model is loaded. CUDA_VISIBLE_DEVICES alone proves
+    nothing (SLURM sets it for a fake GPU gres too): torch's device count decides.
+    """
+    if asks_for_gpu(device, gpus):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        seen = visible_gpus()
+        if index >= seen:
+            request = f"device {device!r}" + (f" with {gpus} GPU(s) requested" if gpus else "")
+            raise GpuUnavailableError(
+                f"{who}: {request} needs CUDA device {index}, but this process sees "
+                f"{seen}: {gpu_environment()}. Fix the node or the job's GPU "
+                "request, or set the stage's device to cpu to run it there on purpose")
+        return "cuda" if device == "auto" else device
     if device == "auto":
         import torch
 

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from capmix.caption import RunSettings
-from capmix.modelrun import autocast, load_open_clip, low_precision_dtype, resolve_device
+from capmix.modelrun import autocast, load_open_clip, low_precision_dtype
 from capmix.provenance import provenance_record, write_json
 from capmix.shards import (
     Progress,
@@ -166,7 +166,10 @@ def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], inde
                       shards_dir: Path, out_dir: Path, manifest_path: Path,
                       settings: RunSettings, metadata_dir: Path | None = None, chunk: int = 0,
                       n_chunks: int = 1, scorer: Scorer | None = None) -> dict[str, Any]:
-    """Image embeddings of every fetched image of one chunk, once per pool and scorer."""
+    """Image embeddings of every fetched image of one chunk, once per pool and scorer.
+
+    A job that asked for a GPU and sees none fails first, before reading a shard."""
+    device = settings.torch_device(f"embed_images {pool}/{scorer_name}")
     tasks = plan_tasks(index_path, shards_dir, out_dir, ".npz", chunk, n_chunks)
     todo = [t for t in tasks if not embeddings_complete(t.output, t.uids)]
     shipped_key = spec.get("shipped_image_embeddings")
@@ -179,8 +182,7 @@ def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], inde
         where = pq.read_table(index_path, columns=["uid", "part", "row"]).to_pandas()
         where = where.set_index("uid")
     elif todo and scorer is None:
-        scorer = load_scorer(scorer_name, spec, resolve_device(settings.device),
-                             settings.precision)
+        scorer = load_scorer(scorer_name, spec, device, settings.precision)
     progress = Progress(f"image embeddings {scorer_name}", len(tasks),
                         sum(len(t.uids) for t in tasks))
     failures: dict[str, str] = {}
@@ -290,7 +292,9 @@ def score_pool_caption_set(pool: str, scorer_name: str, spec: Mapping[str, Any],
                            out_path: Path, summary_path: Path, settings: RunSettings,
                            metadata_dir: Path | None = None,
                            scorer: Scorer | None = None) -> pd.DataFrame:
-    """The score rule: one caption set of one pool, with one scorer."""
+    """The score rule: one caption set of one pool, with one scorer (a job that asked for a
+    GPU and sees none fails first)."""
+    device = settings.torch_device(f"score {pool}/{scorer_name}/{caption_set}")
     shipped_column = spec.get("shipped_raw_score") if caption_set == "raw" else None
     if shipped_column and not ships(metadata_dir, column=shipped_column):
         log.info("%s: metadata has no '%s'; scoring raw captions with the model", pool,
@@ -300,8 +304,7 @@ def score_pool_caption_set(pool: str, scorer_name: str, spec: Mapping[str, Any],
     if shipped_column and metadata_dir is not None:
         shipped = shipped_scores(metadata_dir, shipped_column)
     elif scorer is None:
-        scorer = load_scorer(scorer_name, spec, resolve_device(settings.device),
-                             settings.precision)
+        scorer = load_scorer(scorer_name, spec, device, settings.precision)
     frame = score_caption_set(scorer, caption_files, embedding_files, shipped,
                               batch_size=settings.batch_size)
     write_parquet_atomic(frame, out_path, {"pool": pool, "scorer": scorer_name,

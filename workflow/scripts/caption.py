@@ -32,5 +32,6 @@ if __name__ == "__main__":
         slug = sm.params.spec["repo"].replace("/", "__")
         caption_released(**common, download_dir=Path("results/released") / slug)
     else:
-        caption_pool(**common, settings=RunSettings.from_config(sm.params.settings),
-                     seed=sm.params.seed)
+        # The job's GPU request: with device auto, a job that asked for one must see one.
+        settings = RunSettings.from_config(sm.params.settings, sm.resources.get("gpu"))
+        caption_pool(**common, settings=settings, seed=sm.params.seed)

@@ -14,5 +14,5 @@ if __name__ == "__main__":
     manifest = Path(sm.output.manifest)
     embed_pool_images(sm.wildcards.pool, sm.wildcards.scorer, sm.params.spec,
                       Path(sm.input.index), Path(sm.params.shards), manifest.parent, manifest,
-                      RunSettings.from_config(sm.params.settings),
+                      RunSettings.from_config(sm.params.settings, sm.resources.get("gpu")),
                       metadata_dir=Path(sm.input.metadata), chunk=chunk, n_chunks=n_chunks)

@@ -12,7 +12,8 @@ if __name__ == "__main__":
     setup_logging(sm.log[0])
     suite = load_suite(sm.config, sm.params.suite)
     training = json.loads(Path(sm.input.training).read_text())
-    model = load_model(training["model"], Path(sm.input.checkpoint))
+    model = load_model(training["model"], Path(sm.input.checkpoint),
+                       device=sm.params.settings["device"], gpus=sm.resources.get("gpu"))
     evaluate_model(suite, model, Path(sm.params.data_dir), progress_path=Path(sm.params.progress),
                    results_path=Path(sm.output.results), aggregate_path=Path(sm.output.aggregate),
                    batch_size=sm.params.settings["batch_size"],

@@ -18,4 +18,5 @@ if __name__ == "__main__":
         sm.wildcards.pool, sm.wildcards.scorer, sm.params.spec, sm.wildcards.caption_set,
         caption_files([Path(p) for p in sm.input.captions]), embedding_files,
         Path(sm.output.scores), Path(sm.output.summary),
-        RunSettings.from_config(sm.params.settings), metadata_dir=Path(sm.input.metadata))
+        RunSettings.from_config(sm.params.settings, sm.resources.get("gpu")),
+        metadata_dir=Path(sm.input.metadata))
