@@ -14,6 +14,7 @@ import pytest
 
 from capmix import toymodels as tm
 from capmix.config import ConfigError, pipeline_config
+from capmix.modelrun import GpuUnavailableError
 from capmix.scales import Scale, TrainConfigError, load_scale
 from capmix.toykinds import SCORER
 from capmix.toymodels import stage_toy_model
@@ -24,6 +25,8 @@ from capmix.train import (
     checkpoint_epoch,
     launch_plan,
     open_clip_argv,
+    process_main,
+    rank_device_args,
     train_clip,
     train_data_spec,
 )
@@ -141,6 +144,106 @@ def test_train_data_spec_is_brace_expanded(tmp_path: Path) -> None:
     assert train_data_spec(shards[:1]) == str(shards[0])
     gap = [shards[0], shards[2]]
     assert train_data_spec(gap) == "::".join(str(p) for p in gap)
+
+
+
+# ------------------------------------------------------------------ GPUs
+
+
+def test_a_gpu_scale_without_a_gpu_fails_before_reading_or_launching(
+        config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_clip_train would fall back to the CPU with a warning; the job refuses first."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    one_gpu = Scale.from_config("one", {**config["train_scales"]["small"], "gpus_per_node": 1})
+    work = tmp_path / "model"
+    with pytest.raises(GpuUnavailableError,
+                       match=r"train_scales\.one: 1 GPUs per node.*CUDA_VISIBLE_DEVICES=''"):
+        train_clip(one_gpu, manifest_path=tmp_path / "no-manifest.json", work_dir=work,
+                   final_path=work / "final.pt", summary_path=work / "training.json", seed=0)
+    assert not work.exists()  # nothing read, nothing launched
+
+
+#: srun's variables for global rank 5: the second task of the second node, 4 tasks per node.
+SRUN_RANK_5 = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
+               "SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_NTASKS_PER_NODE": "4",
+               "SLURM_JOB_ID": "4242"}
+ONE_GPU_PER_TASK = ["--device", "cuda:0", "--no-set-device-rank"]
+
+
+@pytest.mark.parametrize(("env", "visible", "expected"), [
+    (SRUN_RANK_5, 4, []),  # every task sees the node's GPUs: open_clip's cuda:{local rank}
+    (SRUN_RANK_5, 8, []),
+    (SRUN_RANK_5, 1, ONE_GPU_PER_TASK),  # --gpus-per-task=1 / --gpu-bind: its own, as cuda:0
+    # An uneven step ("2(x3),1"): the last node runs one task, which may see one GPU.
+    ({**SRUN_RANK_5, "SLURM_STEP_TASKS_PER_NODE": "2(x3),1", "SLURM_NODEID": "3",
+      "SLURM_LOCALID": "0"}, 1, []),
+    ({**SRUN_RANK_5, "SLURM_STEP_TASKS_PER_NODE": "2(x3),1", "SLURM_NODEID": "0"}, 2, []),
+    # torchrun: every process sees the same GPUs.
+    ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "RANK": "1"}, 2, []),
+    ({}, 1, []),  # one process, one GPU
+], ids=["all", "more", "one_per_task", "uneven_one", "uneven_all", "torchrun", "single"])
+def test_each_training_process_takes_the_gpu_it_sees(env: dict, visible: int,
+                                                     expected: list[str]) -> None:
+    assert rank_device_args("cuda", env, visible) == expected
+    assert rank_device_args("cpu", env, 0) == []  # CPU training (gloo) is left alone
+
+
+@pytest.mark.parametrize(("env", "visible", "why"), [
+    (SRUN_RANK_5, 0, "sees no GPU"),
+    (SRUN_RANK_5, 2, "sees 2 GPUs, neither one of its own nor all of the node's"),
+    # Under torchrun one visible GPU would be every process's: refused, not shared.
+    ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "RANK": "1"}, 1,
+     "sees one GPU, which all 2 processes torchrun started here would share"),
+], ids=["none", "mismatched", "torchrun_shared"])
+def test_a_training_process_without_its_gpu_fails_naming_rank_counts_and_variables(
+        env: dict, visible: int, why: str) -> None:
+    with pytest.raises(GpuUnavailableError) as failed:
+        rank_device_args("cuda", env, visible)
+    message = str(failed.value)
+    rank, local, tasks = (("5", "1", "4") if "SLURM_PROCID" in env else ("1", "1", "2"))
+    assert f"rank {rank} (local rank {local} of {tasks} tasks on this node" in message
+    assert why in message
+    for name, value in env.items():
+        assert f"{name}={value}" in message or f"{name}='{value}'" in message
+    assert "CUDA_VISIBLE_DEVICES unset" in message and "SLURM_STEP_GPUS unset" in message
+    assert message.endswith(f"torch.cuda.device_count() = {visible}")
+
+
+def test_a_process_started_by_srun_hands_open_clip_train_its_own_gpu(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m capmix.train ARGV.json`` under per-task binding: open_clip_train's main
+    gets ``--device cuda:0 --no-set-device-rank`` after the run's own arguments."""
+    import open_clip_train.main
+    import torch
+    from open_clip_train.params import parse_args
+
+    # process_main patches DDP for CPU modules; the test process gets its own class back afterwards.
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel",
+                        torch.nn.parallel.DistributedDataParallel)
+    for name in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in SRUN_RANK_5.items():
+        monkeypatch.setenv(name, value)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(open_clip_train.main, "main", lambda argv: calls.append(argv) or 0)
+    argv = ["--model", "ViT-B-32", "--train-data", "/d/{0..1}.tar", "--device", "cuda"]
+    argv_file = tmp_path / "argv.json"
+    argv_file.write_text(json.dumps(argv))
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert process_main([str(argv_file)]) == 0
+    assert calls == [argv + ONE_GPU_PER_TASK]
+    parsed = parse_args(calls[0])
+    assert parsed.device == "cuda:0" and parsed.no_set_device_rank
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # sees the node's 4
+    assert process_main([str(argv_file)]) == 0 and calls[-1] == argv
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert process_main([str(argv_file)]) == 1 and len(calls) == 2  # never started
 
 
 # ------------------------------------------------------------------ training on the CPU

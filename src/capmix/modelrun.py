@@ -51,23 +51,25 @@ def visible_gpus() -> int:
 
 
 def gpu_environment(env: Mapping[str, str] | None = None,
-                    names: Sequence[str] = GPU_ENV_VARS) -> str:
+                    names: Sequence[str] = GPU_ENV_VARS, visible: int | None = None) -> str:
     """What this process sees of GPUs, for an error message: the host, each of ``names`` as
-    set (quoted) or unset, torch's CUDA build and the device count."""
+    set (quoted) or unset in ``env`` (this process's), torch's CUDA build and the device
+    count (``visible``, or torch's own count)."""
     import torch
 
     env = os.environ if env is None else env
+    visible = visible_gpus() if visible is None else visible
     shown = ", ".join(f"{name}={shlex.quote(env[name])}" if name in env else f"{name} unset"
                       for name in names)
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU-only build)"
     return (f"host {socket.gethostname()}; {shown}; torch {torch.__version__} built with "
-            f"{build}; torch.cuda.device_count() = {visible_gpus()}")
+            f"{build}; torch.cuda.device_count() = {visible}")
 
 
 def asks_for_gpu(device: str, gpus: int | None) -> bool:
     """Whether a job must run on a GPU: its device setting names CUDA (``cuda``, ``cuda:N``),
     or it is ``auto`` and the job's resources request GPUs (``gpus`` > 0)."""
-    return device.split(":")[0] == "cuda" or (device == "auto" and bool(gpus))
+    return torch_device_type(device) == "cuda" or (device == "auto" and bool(gpus))
 
 
 def resolve_device(device: str, gpus: int | None = 0, who: str = "this job") -> str:
@@ -88,7 +90,7 @@ def resolve_device(device: str, gpus: int | None = 0, who: str = "this job") -> 
             request = f"device {device!r}" + (f" with {gpus} GPU(s) requested" if gpus else "")
             raise GpuUnavailableError(
                 f"{who}: {request} needs CUDA device {index}, but this process sees "
-                f"{seen}: {gpu_environment()}. Fix the node or the job's GPU "
+                f"{seen}: {gpu_environment(visible=seen)}. Fix the node or the job's GPU "
                 "request, or set the stage's device to cpu to run it there on purpose")
         return "cuda" if device == "auto" else device
     if device == "auto":

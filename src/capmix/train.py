@@ -17,6 +17,10 @@ split from the ``open_clip`` library; what a scale asks for is :mod:`capmix.scal
   ``srun`` starts one task per GPU across the allocation's nodes, with the rendezvous
   (``MASTER_ADDR``/``MASTER_PORT``) taken from the allocation. open_clip reads the rank and
   world size from SLURM's variables itself.
+* **GPUs**: a GPU scale's job fails at once when it sees no GPU (:func:`train_clip`, through
+  :func:`capmix.modelrun.resolve_device`), and so does each process torchrun/srun start.
+  Each process takes the GPU it actually sees (:func:`rank_device_args`): ``cuda:{local
+  rank}`` when it sees all its node's GPUs, ``cuda:0`` when SLURM binds one GPU per task.
 * **Resume**: checkpoints live in ``work_dir/run/checkpoints`` (:func:`checkpoint_dir`; not a
   Snakemake output, so a failed or killed job keeps them); a re-run continues from
   ``epoch_latest.pt``. The final checkpoint is hard-linked to the rule's output once its
@@ -47,6 +51,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capmix.modelrun import (
+    GPU_ENV_VARS,
+    GpuUnavailableError,
+    gpu_environment,
+    resolve_device,
+    torch_device_type,
+)
 from capmix.provenance import provenance_record, write_json
 from capmix.scales import Scale, TrainConfigError
 
@@ -54,10 +65,10 @@ log = logging.getLogger(__name__)
 
 RUN_NAME = "run"  # fixed --name, so that --resume latest finds the same run again
 #: What torchrun/srun start per process: ``python -m capmix.train ARGV.json`` runs
-#: ``open_clip_train.main.main(argv)``. The arguments travel in a file because torchrun's
-#: own parser would otherwise claim open_clip's ``--logs`` as an abbreviation of its
-#: ``--logs-specs`` ("ambiguous option"), and a file keeps long argument lists off srun's
-#: command line.
+#: ``open_clip_train.main.main(argv)`` (:func:`process_main`). The arguments travel in a file
+#: because torchrun's own parser would otherwise claim open_clip's ``--logs`` as an
+#: abbreviation of its ``--logs-specs`` ("ambiguous option"), and a file keeps long argument
+#: lists off srun's command line.
 ENTRY_MODULE = "capmix.train"
 ARGV_NAME = "open_clip_argv.json"
 FINAL_NAME = "final.pt"
@@ -350,7 +361,9 @@ def launch_plan(scale: Scale, env: Mapping[str, str] | None = None) -> Launch:
                   f"--ntasks-per-node={scale.processes_per_node_total}",
                   f"--cpus-per-task={scale.cpus_per_process}", "--kill-on-bad-exit=1"]
         if scale.on_gpu:
-            # Every task sees its node's GPUs; open_clip_train takes cuda:{local rank}.
+            # The node's GPUs for the step. Each task sees all of them, or (per-task binding:
+            # --gpus-per-task, --gpu-bind, a site default) only its own; each process picks
+            # the device it actually sees before open_clip_train starts (rank_device_args).
             prefix.append(f"--gres=gpu:{scale.gpus_per_node}")
         # One rendezvous per job: the batch host, a port derived from the job id.
         rendezvous = {"MASTER_ADDR": hosts[0], "MASTER_PORT": str(20000 + job_id % 20000)}
@@ -536,7 +549,13 @@ def train_clip(scale: Scale, *, manifest_path: Path, work_dir: Path, final_path:
                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume) one CLIP on a strategy's training shards; write the final
     checkpoint and the training summary. ``model`` overrides ``scale.model`` (toy scales
-    pass their staged local-dir model)."""
+    pass their staged local-dir model). A GPU scale's job that sees no GPU fails first,
+    before it reads the manifest or launches anything (open_clip_train would fall back to
+    the CPU with a warning)."""
+    if scale.on_gpu:
+        resolve_device("cuda", scale.gpus_per_node,
+                       f"train {work_dir} (train_scales.{scale.name}: "
+                       f"{scale.gpus_per_node} GPUs per node)")
     manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
     if not manifest.get("num_samples"):
         raise ValueError(f"{manifest_path}: the training shards hold no samples")
@@ -622,17 +641,98 @@ def _allow_cpu_ddp() -> None:
     parallel.DistributedDataParallel = DistributedDataParallel
 
 
-def _main(argv: Sequence[str]) -> int:
-    """One training process under torchrun/srun: ``python -m capmix.train ARGV.json``."""
-    from open_clip_train.main import main
+#: Where a process started by torchrun or srun learns its place on its node, in the order read
+#: (torchrun's names first; srun's otherwise). Quoted, with :data:`GPU_ENV_VARS`, when a
+#: process cannot be given a GPU.
+LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID")
+TASKS_ON_NODE_VARS = ("LOCAL_WORLD_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")
+RANK_VARS = ("RANK", "SLURM_PROCID", "SLURM_NODEID", *LOCAL_RANK_VARS, *TASKS_ON_NODE_VARS)
+#: open_clip_train's own switch for one GPU per process: keep ``--device`` as given instead of
+#: replacing its index by the local rank (open_clip_train.params).
+_ONE_GPU_PER_TASK = ("--device", "cuda:0", "--no-set-device-rank")
+_SLURM_TASK_COUNTS = re.compile(r"(\d+)(?:\(x(\d+)\))?")
+
+
+def _tasks_on_node(name: str, value: str, node_id: int) -> int:
+    """Tasks on node ``node_id`` from a tasks-per-node variable: ``8``, or SLURM's compressed
+    per-node list (``4(x2)`` = 4 on each of two nodes, ``2(x3),1``). Hand-parsed: neither
+    torch nor open_clip_train reads these lists, and they are plain text."""
+    counts: list[int] = []
+    for part in value.split(","):
+        match = _SLURM_TASK_COUNTS.fullmatch(part.strip())
+        if match is None:
+            raise GpuUnavailableError(f"{name}={value!r}: not a tasks-per-node count")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts[node_id] if node_id < len(counts) else counts[-1]
+
+
+def rank_device_args(device: str, env: Mapping[str, str], visible: int) -> list[str]:
+    """Arguments appended to open_clip_train's argv so that this process (started by
+    torchrun or srun) runs on a GPU it actually sees; ``[]`` when open_clip's own choice holds.
+
+    open_clip_train puts a distributed process on ``cuda:{local rank}``, which exists only when
+    the process sees all its node's GPUs. Under per-task GPU binding (srun's
+    ``--gpus-per-task=1``, ``--gpu-bind``, site defaults) each task sees one, as ``cuda:0``.
+    So, with ``visible`` = torch's device count here:
+
+    * not a CUDA ``device``: nothing to do (CPU training, gloo);
+    * ``visible`` >= the tasks on this node: ``[]`` (``cuda:{local rank}``, open_clip's);
+    * exactly one, under srun: ``--device cuda:0 --no-set-device-rank`` (open_clip_train's
+      own flag for that case). Under torchrun every process shares one environment, so one
+      visible GPU means they would all share it: refused;
+    * none, or some but neither all nor one: :class:`GpuUnavailableError` naming the rank,
+      the counts and the variables read (:data:`RANK_VARS`, :data:`GPU_ENV_VARS`).
+    """
+    if torch_device_type(device) != "cuda":
+        return []
+    local_rank = next((int(env[v]) for v in LOCAL_RANK_VARS if v in env), 0)
+    tasks_name = next((v for v in TASKS_ON_NODE_VARS if v in env), None)
+    tasks = (_tasks_on_node(tasks_name, env[tasks_name], int(env.get("SLURM_NODEID", "0")))
+             if tasks_name else 1)
+    if visible >= tasks and local_rank < visible:
+        return []
+    if visible == 1 and "LOCAL_WORLD_SIZE" not in env:  # srun: one GPU bound to this task
+        return list(_ONE_GPU_PER_TASK)
+    rank = env.get("RANK", env.get("SLURM_PROCID", "?"))
+    if visible == 0:
+        why = "sees no GPU"
+    elif visible == 1:
+        why = f"sees one GPU, which all {tasks} processes torchrun started here would share"
+    else:
+        why = f"sees {visible} GPUs, neither one of its own nor all of the node's"
+    seen = gpu_environment(env, (*RANK_VARS, *GPU_ENV_VARS), visible)
+    raise GpuUnavailableError(f"training process rank {rank} (local rank {local_rank} of "
+                              f"{tasks} tasks on this node, --device {device}) {why}: {seen}")
+
+
+def process_main(argv: Sequence[str]) -> int:
+    """One training process under torchrun/srun: ``python -m capmix.train ARGV.json``.
+
+    Before open_clip_train's ``main`` runs, a CUDA run is put on the GPU this process sees
+    (:func:`rank_device_args`); a process that cannot be fails here, saying why.
+    """
+    import torch
+    from open_clip_train.main import main as open_clip_train_main
+    from open_clip_train.params import parse_args
 
     _allow_cpu_ddp()
     if len(argv) != 1:
         print("usage: python -m capmix.train OPEN_CLIP_ARGV.json", file=sys.stderr)
         return 2
-    status = main(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    run_argv = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    device = parse_args(run_argv).device  # open_clip_train's own reading of its argv
+    # A CPU run (gloo) never probes CUDA, as open_clip_train does not.
+    visible = torch.cuda.device_count() if torch_device_type(device) == "cuda" else 0
+    try:
+        extra = rank_device_args(device, os.environ, visible)
+    except GpuUnavailableError as error:
+        print(f"capmix.train: {error}", file=sys.stderr)
+        return 1
+    if extra:
+        print(f"capmix.train: one GPU per task: {shlex.join(extra)}", file=sys.stderr)
+    status = open_clip_train_main(run_argv + extra)
     return 0 if status in (None, 0) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(process_main(sys.argv[1:]))
