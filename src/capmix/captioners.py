@@ -327,12 +327,28 @@ class CocaCaptioner:
         return torch.autocast(torch.device(self.device).type, dtype=self.autocast_dtype)
 
     def decode(self, ids: torch.Tensor) -> list[str]:
-        """Token ids -> text, cut at the end token, without start/end/padding tokens."""
+        """Token ids -> text, cut at the first end *or pad* token after the start token.
+
+        Why the pad too: open_clip 3.3.0's top-K ``CoCa.generate`` marks a row finished
+        when its last token is the end token *or* ``pad_token_id``, and from then on
+        appends ``pad_token_id`` until every row is done; a row that samples the pad id
+        therefore never gets an end token. With CLIP's BPE the pad id is 0, which
+        ``open_clip.decode`` renders as "!": cut only at the end token, such a row came
+        out as "a dog on the grass!!!!!!!" (and, with an HF tokenizer, its words after a
+        sampled pad survived ``skip_special_tokens``).
+
+        A genuine id 0 in CLIP's BPE: id 0 is the byte "!" as a *word-internal* piece
+        (no ``</w>``); a plain "!" word is id 256 (``!</w>``), "!!" 748, "!!!" 995, so
+        ordinary exclamation marks are untouched. Id 0 appears only in a punctuation run
+        that starts with "!" and has no merge, e.g. ``!"!`` -> [0, 10377]. Since
+        ``generate`` already ends a row at a sampled id 0, nothing can follow it; cutting
+        there drops at most that one "!" piece.
+        """
+        stops = {self.eos_id, self.pad_id}
         rows = []
         for row in ids.tolist():
-            if self.eos_id in row[1:]:
-                row = row[:row.index(self.eos_id, 1) + 1]
-            rows.append(row)
+            end = next((i for i, token in enumerate(row[1:], 1) if token in stops), None)
+            rows.append(row if end is None else row[:end])
         if self.hf_tokenizer is None:
             import open_clip
 
