@@ -299,6 +299,26 @@ def test_coca_with_clip_bpe_captions_never_hold_the_pads_text(tmp_path, monkeypa
     assert len(texts) == 12 and not any("!" in text for text in texts)
 
 
+def test_the_benchs_blip2_decoding_is_accepted_and_yields_exactly_new_tokens(captioners,
+                                                                            monkeypatch):
+    """bench/caption_score.py --captioner blip2-opt-2.7b: its decoding must pass ``Decoding``
+    (it once set min_length == max_length, refused before any GPU work) and give every
+    caption exactly --new-tokens new tokens, the end token never before the last."""
+    from bench.caption_score import bench_decoding
+
+    assert bench_decoding("tiny", 30) == {}  # the other captioners: the paper's decoding
+    new_tokens = 6
+    decoding = Decoding(**bench_decoding("blip2-opt-2.7b", new_tokens))
+    captioner = captioners["hf_blip2"]
+    calls = spy_on(monkeypatch, captioner.model)
+    captioner.generate(pixels_for(captioner, 3), decoding, seed=0)
+    ids = calls[0]["out"]
+    start = BLIP2_QUERY_TOKENS + 1  # image placeholders + bos
+    assert ids.shape == (3, start + new_tokens)
+    eos = captioner.model.config.text_config.eos_token_id
+    assert not (ids[:, start:start + new_tokens - 1] == eos).any()
+
+
 # ---------------------------------------------------------------------- seeding
 
 
