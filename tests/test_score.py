@@ -104,6 +104,19 @@ def test_image_embeddings_are_computed_once_and_reused(fetched_pool, clip_dir, m
     assert {p: p.stat().st_mtime_ns for p in first[1:]} == mtimes
 
 
+def test_image_embeddings_check_shared_memory_before_any_shard(fetched_pool, clip_dir,
+                                                                monkeypatch):
+    import shutil
+
+    from capmix.shards import SharedMemoryError
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1_000))
+    with pytest.raises(SharedMemoryError, match=r"score\.workers"):
+        embed(fetched_pool, spec_for(clip_dir))
+    assert embedding_files(fetched_pool) == []
+
+
 def test_shipped_datacomp_embeddings_and_scores_are_used(fetched_pool):
     """A DataComp-style pool: npz l14_img beside each metadata part, and the shipped score."""
     metadata = fetched_pool / "metadata"

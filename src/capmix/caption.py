@@ -32,12 +32,12 @@ from capmix.modelrun import resolve_device
 from capmix.provenance import provenance_record, write_json
 from capmix.shards import (
     Progress,
-    ShardImages,
     ShardTask,
-    collate,
+    check_loader_fits,
     is_complete,
     plan_tasks,
     read_shard,
+    shard_loader,
     stable_seed,
     write_parquet_atomic,
 )
@@ -50,17 +50,32 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How a model stage runs (not what it computes): batch, device, precision, workers."""
+    """How a model stage runs (not what it computes): batch, device, precision, workers.
+
+    ``batch_size`` is what the model sees per call: for captioning, *sequences* per
+    ``generate`` call (images x ``num_captions``; see :func:`images_per_batch`), because
+    the decoder's KV cache grows with every sequence; for image embeddings, images.
+    ``prefetch_factor`` is torch's DataLoader's: batches in flight per worker, each held
+    in /dev/shm (checked at job start, ``capmix.shards.check_loader_fits``).
+    """
 
     batch_size: int = 64
     device: str = "auto"
     precision: str = "fp32"
     workers: int = 2
+    prefetch_factor: int = 2  # torch's default
 
     @classmethod
     def from_config(cls, settings: Mapping[str, Any]) -> RunSettings:
-        return cls(**{k: settings[k] for k in ("batch_size", "device", "precision", "workers")
-                      if k in settings})
+        return cls(**{k: settings[k] for k in ("batch_size", "device", "precision", "workers",
+                                               "prefetch_factor") if k in settings})
+
+
+def images_per_batch(batch_size: int, num_captions: int) -> int:
+    """Images per DataLoader batch so that a ``generate`` call samples about ``batch_size``
+    sequences: each image is decoded ``num_captions`` times (HF ``num_return_sequences``,
+    CoCa's ``repeat_interleave``). At least one image, whatever ``num_captions`` is."""
+    return max(1, batch_size // num_captions)
 
 
 def decoding_for(spec: Mapping[str, Any], temperature: float) -> Decoding:
@@ -73,12 +88,10 @@ def decoding_for(spec: Mapping[str, Any], temperature: float) -> Decoding:
 def caption_task(captioner: Captioner, task: ShardTask, decoding: Decoding, seed: int,
                  settings: RunSettings) -> pd.DataFrame:
     """Caption one shard; one row per uid of the shard."""
-    from torch.utils.data import DataLoader
-
     samples = read_shard(task)
-    loader = DataLoader(ShardImages(samples, captioner.preprocess), batch_size=settings.batch_size,
-                        num_workers=settings.workers, collate_fn=collate,
-                        persistent_workers=False)
+    loader = shard_loader(samples, captioner.preprocess,
+                          images_per_batch(settings.batch_size, decoding.num_captions),
+                          settings.workers, settings.prefetch_factor)
     captions: dict[int, list[str]] = {}
     errors: dict[int, str] = {}
     for batch_number, (positions, pixels, failed) in enumerate(loader):
@@ -112,6 +125,11 @@ def caption_pool(pool: str, captioner_name: str, spec: Mapping[str, Any], temper
         captioner = load_captioner({**spec, "name": captioner_name},
                                    device=resolve_device(settings.device),
                                    precision=settings.precision)
+    if todo:
+        assert captioner is not None
+        check_loader_fits(captioner.preprocess,
+                          images_per_batch(settings.batch_size, decoding.num_captions),
+                          settings.workers, settings.prefetch_factor, "caption")
     progress = Progress(f"caption {captioner_name}@{temperature}", len(tasks),
                         sum(len(t.uids) for t in tasks))
     for task in tasks:

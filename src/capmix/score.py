@@ -27,18 +27,17 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader
 
 from capmix.caption import RunSettings
 from capmix.modelrun import autocast, load_open_clip, low_precision_dtype, resolve_device
 from capmix.provenance import provenance_record, write_json
 from capmix.shards import (
     Progress,
-    ShardImages,
     ShardTask,
-    collate,
+    check_loader_fits,
     plan_tasks,
     read_shard,
+    shard_loader,
     write_parquet_atomic,
 )
 
@@ -124,8 +123,8 @@ def embed_task(scorer: Scorer, task: ShardTask, settings: RunSettings) -> tuple[
                                                                                np.ndarray,
                                                                                dict[str, str]]:
     samples = read_shard(task)
-    loader = DataLoader(ShardImages(samples, scorer.preprocess), batch_size=settings.batch_size,
-                        num_workers=settings.workers, collate_fn=collate)
+    loader = shard_loader(samples, scorer.preprocess, settings.batch_size, settings.workers,
+                          settings.prefetch_factor)
     uids, chunks, failed = [], [], {}
     for positions, pixels, errors in loader:
         failed.update({samples[i].uid: err for i, err in errors})
@@ -181,6 +180,10 @@ def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], inde
     elif todo and scorer is None:
         scorer = load_scorer(scorer_name, spec, resolve_device(settings.device),
                              settings.precision)
+    if todo and shipped is None:
+        assert scorer is not None
+        check_loader_fits(scorer.preprocess, settings.batch_size, settings.workers,
+                          settings.prefetch_factor, "score")
     progress = Progress(f"image embeddings {scorer_name}", len(tasks),
                         sum(len(t.uids) for t in tasks))
     failures: dict[str, str] = {}
