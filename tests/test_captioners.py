@@ -210,6 +210,31 @@ def test_hf_prompt_becomes_input_ids_and_is_not_in_the_caption(captioners, monke
     assert calls[0]["out"][:, :4].tolist() == [[bos, *prompt[1:-1]]] * 2
 
 
+@pytest.mark.parametrize("backend", HF)
+@pytest.mark.parametrize("prompt", ["a photo of", "a picture of "])  # LAVIS's BLIP2, BLIP
+def test_hf_prompt_is_continued_and_the_caption_returned_without_it(captioners, backend, prompt,
+                                                                    monkeypatch):
+    """As LAVIS returns captions: the text after the prompt. The prompt's tokens do not eat
+    into the caption's length budget (with the end token masked, every row runs to it)."""
+    captioner = captioners[backend]
+    eos = captioner.model.config.text_config.eos_token_id
+    calls = spy_on(monkeypatch, captioner.model, suppress_tokens=[eos])
+    decoding = Decoding(prompt=prompt, min_length=3, max_length=9, num_captions=2)
+    captions = captioner.generate(pixels_for(captioner, 2), decoding, seed=0)
+
+    ids = calls[0]["out"]
+    _, prefix = captioner.prompt_ids(prompt)
+    n = prefix.shape[1]  # (image placeholders +) start token + the prompt's tokens
+    assert n > (BLIP2_QUERY_TOKENS + 1 if backend == "hf_blip2" else 1)
+    assert bool((ids[:, :n] == prefix).all())  # generate continued the prompt
+    assert ids.shape[1] == n + 8  # max_length 9 = start token + 8, with or without a prompt
+    tokenizer = captioner.processor.tokenizer
+    echoed = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    assert all(text.startswith(prompt.strip()) for text in echoed)
+    after = [text.strip() for text in tokenizer.batch_decode(ids[:, n:], skip_special_tokens=True)]
+    assert [text for per_image in captions for text in per_image] == after
+
+
 def test_coca_decoding_parameters_reach_generate(captioners, monkeypatch):
     captioner = captioners["open_clip_coca"]
     calls = spy_on(monkeypatch, captioner.model)
