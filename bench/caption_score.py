@@ -85,6 +85,27 @@ def real_size_blip2(device: str, precision: str) -> Blip2Captioner:
     return Blip2Captioner("blip2-opt-2.7b-random", model, processor, device, dtype)
 
 
+def bench_decoding(captioner: str, new_tokens: int) -> dict[str, int]:
+    """The ``decoding`` of the bench's captioner spec: exactly ``new_tokens`` per caption.
+
+    Only for the random-weight ``blip2-opt-2.7b``, whose captions would otherwise end
+    wherever its random end-token probability says; the other captioners keep the
+    paper's decoding (an empty dict: ``Decoding``'s defaults).
+
+    Lengths count the start token (``capmix.captioners``): ``min_length = N`` keeps the
+    end token out of new tokens 1 .. N-1 and ``max_length = N + 1`` stops after new token
+    N, so every caption costs exactly N decoding steps (the N-th may be the end token).
+    ``min_length == max_length`` would say it more directly, but ``Decoding`` refuses it
+    because open_clip's ``CoCa.generate`` asserts ``seq_len > min_seq_len``, and one
+    decoding must serve every backend.
+    """
+    if captioner != "blip2-opt-2.7b":
+        return {}
+    if new_tokens < 1:
+        raise ValueError(f"--new-tokens must be >= 1 (got {new_tokens})")
+    return {"min_length": new_tokens, "max_length": new_tokens + 1}
+
+
 def make_pool(root: Path, images: int, image_size: int) -> Path:
     config = pipeline_config()
     spec = json.loads(json.dumps(config["toy_worlds"]["default"]))
@@ -119,10 +140,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = make_pool(Path(tmp), args.images, args.image_size)
         n = json.loads((root / "report.json").read_text())["n_fetched"]
+        decoding = bench_decoding(args.captioner, args.new_tokens)
         if args.captioner == "blip2-opt-2.7b":
             captioner = real_size_blip2(device, args.precision)
-            # BLIP2's min/max_length count bos + text: L+1 means exactly L new tokens
-            decoding = {"min_length": args.new_tokens + 1, "max_length": args.new_tokens + 1}
         else:
             if args.captioner == "tiny":
                 from tests.tiny_models import make_tiny_blip2
@@ -131,7 +151,6 @@ def main() -> None:
             else:
                 spec = {"backend": "open_clip_coca", "model": args.captioner}
             captioner = load_captioner({**spec, "name": "bench"}, device, args.precision)
-            decoding = {}
         out = root / "captions"
         start = time.perf_counter()
         caption_pool("bench", "c", {"decoding": decoding}, 1.0, root / "index.parquet",

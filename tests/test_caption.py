@@ -16,9 +16,24 @@ import pandas as pd
 import pytest
 import torch
 
-from capmix.caption import RunSettings, caption_files, caption_pool, raw_caption_sets
+from capmix.caption import (
+    RunSettings,
+    caption_files,
+    caption_pool,
+    images_per_batch,
+    raw_caption_sets,
+)
 from capmix.captioners import Decoding
-from capmix.shards import ShardError, is_complete, plan_tasks
+from capmix.shards import (
+    ShardError,
+    SharedMemoryError,
+    check_loader_fits,
+    check_shared_memory,
+    image_bytes,
+    is_complete,
+    loader_shared_bytes,
+    plan_tasks,
+)
 
 
 class RecordingCaptioner:
@@ -42,12 +57,15 @@ class RecordingCaptioner:
         return out
 
 
-def run(pool_dir: Path, captioner, chunk=0, n_chunks=1, temperature=0.75, spec=None):
+SETTINGS = RunSettings(batch_size=4, workers=2)
+
+
+def run(pool_dir: Path, captioner, chunk=0, n_chunks=1, temperature=0.75, spec=None,
+        settings=SETTINGS):
     out = pool_dir / "captions" / "c" / str(temperature)
     return caption_pool("p", "c", spec or {"backend": "fake", "decoding": {"num_captions": 2}},
                         temperature, pool_dir / "index.parquet", pool_dir / "shards", out,
-                        out / f"chunk{chunk}of{n_chunks}.json",
-                        RunSettings(batch_size=2, workers=2), seed=7, chunk=chunk,
+                        out / f"chunk{chunk}of{n_chunks}.json", settings, seed=7, chunk=chunk,
                         n_chunks=n_chunks, captioner=captioner)
 
 
@@ -67,7 +85,52 @@ def test_every_fetched_image_gets_its_captions_with_the_configured_decoding(fetc
     decodings = {call[1] for call in captioner.calls}
     assert decodings == {Decoding(top_k=50, temperature=0.75, min_length=5, max_length=40,
                                   num_captions=2)}
-    assert max(call[0] for call in captioner.calls) == 2  # batch size reached generate
+    # batch_size counts sequences: 4 // num_captions 2 = 2 images per generate call
+    assert max(call[0] for call in captioner.calls) == 2
+
+
+def test_batch_size_counts_sequences_images_times_captions(fetched_pool):
+    """The KV cache grows with every sequence a generate call samples: batch_size bounds
+    images x num_captions, not images."""
+    captioner = RecordingCaptioner()
+    run(fetched_pool, captioner, spec={"backend": "fake", "decoding": {"num_captions": 4}},
+        settings=RunSettings(batch_size=8, workers=0))
+    sizes = [call[0] for call in captioner.calls]  # 4 shards of 3 images each
+    assert sizes == [2, 1] * 4  # 2 images = 8 sequences per call, the rest of the shard
+    assert read_all(fetched_pool)["captions"].map(len).eq(4).all()
+    assert images_per_batch(8, 4) == 2 and images_per_batch(8, 1) == 8
+    assert images_per_batch(3, 5) == 1  # never zero images
+
+
+def test_shared_memory_need_is_workers_x_prefetch_batches_of_pixels():
+    blip2 = 3 * 224 * 224 * 4  # a BLIP2 / CLIP ViT-L/14 image as float32
+    # 8 workers x 2 batches in flight + the one being captioned, 512 images each
+    assert loader_shared_bytes(8, 2, 512, blip2) == 17 * 512 * blip2
+    assert loader_shared_bytes(0, 2, 512, blip2) == 0  # no workers: nothing shared
+    check_shared_memory(10, 10, "caption")
+    with pytest.raises(SharedMemoryError, match=r"caption\.workers.*caption\.prefetch_factor"):
+        check_shared_memory(11, 10, "caption")
+    assert image_bytes(RecordingCaptioner().preprocess) == 8 * 8 * 3 * 4
+    # measured on the transform, compared with what shm_dir has free
+    need = check_loader_fits(RecordingCaptioner().preprocess, 2, 1, 2, "caption")
+    assert need == 3 * 2 * 8 * 8 * 3 * 4
+
+
+def test_a_loader_that_does_not_fit_in_shared_memory_fails_before_any_shard(fetched_pool,
+                                                                           monkeypatch):
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1_000))
+    captioner = RecordingCaptioner()
+    with pytest.raises(SharedMemoryError, match="caption.batch_size") as error:
+        run(fetched_pool, captioner, settings=RunSettings(batch_size=4, workers=2))
+    assert "/dev/shm" in str(error.value)
+    assert captioner.calls == []
+    assert not list((fetched_pool / "captions").rglob("*.parquet"))
+    # without workers nothing goes through shared memory: the same job runs
+    run(fetched_pool, captioner, settings=RunSettings(batch_size=4, workers=0))
+    assert len(read_all(fetched_pool)) == 12
 
 
 def test_resume_redoes_only_unfinished_shards_and_gives_identical_output(fetched_pool):

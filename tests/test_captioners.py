@@ -33,6 +33,7 @@ from tests.tiny_models import (
     make_tiny_blip2,
     make_tiny_clip,
     make_tiny_coca,
+    make_tiny_coca_clip_bpe,
 )
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
@@ -209,6 +210,31 @@ def test_hf_prompt_becomes_input_ids_and_is_not_in_the_caption(captioners, monke
     assert calls[0]["out"][:, :4].tolist() == [[bos, *prompt[1:-1]]] * 2
 
 
+@pytest.mark.parametrize("backend", HF)
+@pytest.mark.parametrize("prompt", ["a photo of", "a picture of "])  # LAVIS's BLIP2, BLIP
+def test_hf_prompt_is_continued_and_the_caption_returned_without_it(captioners, backend, prompt,
+                                                                    monkeypatch):
+    """As LAVIS returns captions: the text after the prompt. The prompt's tokens do not eat
+    into the caption's length budget (with the end token masked, every row runs to it)."""
+    captioner = captioners[backend]
+    eos = captioner.model.config.text_config.eos_token_id
+    calls = spy_on(monkeypatch, captioner.model, suppress_tokens=[eos])
+    decoding = Decoding(prompt=prompt, min_length=3, max_length=9, num_captions=2)
+    captions = captioner.generate(pixels_for(captioner, 2), decoding, seed=0)
+
+    ids = calls[0]["out"]
+    _, prefix = captioner.prompt_ids(prompt)
+    n = prefix.shape[1]  # (image placeholders +) start token + the prompt's tokens
+    assert n > (BLIP2_QUERY_TOKENS + 1 if backend == "hf_blip2" else 1)
+    assert bool((ids[:, :n] == prefix).all())  # generate continued the prompt
+    assert ids.shape[1] == n + 8  # max_length 9 = start token + 8, with or without a prompt
+    tokenizer = captioner.processor.tokenizer
+    echoed = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    assert all(text.startswith(prompt.strip()) for text in echoed)
+    after = [text.strip() for text in tokenizer.batch_decode(ids[:, n:], skip_special_tokens=True)]
+    assert [text for per_image in captions for text in per_image] == after
+
+
 def test_coca_decoding_parameters_reach_generate(captioners, monkeypatch):
     captioner = captioners["open_clip_coca"]
     calls = spy_on(monkeypatch, captioner.model)
@@ -249,6 +275,73 @@ def test_clip_tokenizer_decoding_strips_markers_as_the_paper_did(captioners):
     assert (clip.sot_id, clip.eos_id, clip.pad_id) == (49406, 49407, 0)
     ids = open_clip.tokenize(["a dog on the grass", "two cats"], context_length=12)
     assert clip.decode(ids) == ["a dog on the grass", "two cats"]
+
+
+def test_coca_decode_cuts_at_the_first_pad_or_end_token(captioners):
+    """open_clip's CoCa.generate ends a row that samples the pad id without an end token and
+    pads it on: the caption is what comes before the first pad or end token."""
+    import open_clip
+
+    captioner = captioners["open_clip_coca"]
+    clip = type(captioner)("clip", captioner.model, captioner.preprocess,
+                           open_clip.tokenizer.SimpleTokenizer(), "cpu", None)
+    sot, eot = clip.sot_id, clip.eos_id
+    a_dog = open_clip.tokenize(["a dog"])[0, 1:3].tolist()
+    ids = torch.tensor([[sot, *a_dog, 0, 0, 0, 0],      # sampled the pad: no end token
+                        [sot, *a_dog, eot, 0, 0, 0],    # ended normally, padded after
+                        [sot, *a_dog, 0, *a_dog, 0],    # whatever follows a pad is not text
+                        [sot, 0, 0, 0, 0, 0, 0]])
+    assert clip.decode(ids) == ["a dog", "a dog", "a dog", ""]
+    assert open_clip.decode(torch.tensor([0, 0])) == "!!"  # what the old cut let through
+
+    # the word-level tokenizer of the toy models: <pad> is id 1
+    tokenizer = captioner.hf_tokenizer
+    words = tokenizer("a red car", add_special_tokens=False).input_ids
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    rows = torch.tensor([[tokenizer.bos_token_id, *words[:2], pad, words[2], eos]])
+    assert captioner.decode(rows) == ["a red"]
+
+
+def test_coca_with_clip_bpe_captions_never_hold_the_pads_text(tmp_path, monkeypatch):
+    """The pretrained coca_ViT-L-14 path for real: CLIP's BPE, pad id 0 ("!"), top-K
+    ``generate``; the decoder is nudged towards id 0 so that rows do sample it, and away
+    from every other token with a "!" in it, so that any "!" in a caption is a pad's."""
+    captioner = load_captioner(spec("open_clip_coca", make_tiny_coca_clip_bpe(tmp_path / "c")))
+    assert (captioner.sot_id, captioner.eos_id, captioner.pad_id) == (49406, 49407, 0)
+    bias = torch.zeros(49408)
+    for token, i in captioner.tokenizer.encoder.items():
+        if "!" in token:
+            bias[i] = -float("inf")
+    bias[0] = 5.0
+    captioner.model.text_decoder.register_forward_hook(lambda module, args, out: out + bias)
+    calls = spy_on(monkeypatch, captioner.model)
+    captions = captioner.generate(pixels_for(captioner, 4), Decoding(max_length=16,
+                                                                     num_captions=3), seed=0)
+    ids = calls[0]["out"]
+    sampled_pad = [(row[1:] == 0).any() and not (row == 49407).any() for row in ids]
+    assert any(sampled_pad)  # the case at hand: rows that end in pads, no end token
+    texts = [text for per_image in captions for text in per_image]
+    assert len(texts) == 12 and not any("!" in text for text in texts)
+
+
+def test_the_benchs_blip2_decoding_is_accepted_and_yields_exactly_new_tokens(captioners,
+                                                                            monkeypatch):
+    """bench/caption_score.py --captioner blip2-opt-2.7b: its decoding must pass ``Decoding``
+    (it once set min_length == max_length, refused before any GPU work) and give every
+    caption exactly --new-tokens new tokens, the end token never before the last."""
+    from bench.caption_score import bench_decoding
+
+    assert bench_decoding("tiny", 30) == {}  # the other captioners: the paper's decoding
+    new_tokens = 6
+    decoding = Decoding(**bench_decoding("blip2-opt-2.7b", new_tokens))
+    captioner = captioners["hf_blip2"]
+    calls = spy_on(monkeypatch, captioner.model)
+    captioner.generate(pixels_for(captioner, 3), decoding, seed=0)
+    ids = calls[0]["out"]
+    start = BLIP2_QUERY_TOKENS + 1  # image placeholders + bos
+    assert ids.shape == (3, start + new_tokens)
+    eos = captioner.model.config.text_config.eos_token_id
+    assert not (ids[:, start:start + new_tokens - 1] == eos).any()
 
 
 # ---------------------------------------------------------------------- seeding

@@ -104,20 +104,47 @@ def test_image_embeddings_are_computed_once_and_reused(fetched_pool, clip_dir, m
     assert {p: p.stat().st_mtime_ns for p in first[1:]} == mtimes
 
 
+def test_image_embeddings_check_shared_memory_before_any_shard(fetched_pool, clip_dir,
+                                                                monkeypatch):
+    import shutil
+
+    from capmix.shards import SharedMemoryError
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1_000))
+    with pytest.raises(SharedMemoryError, match=r"score\.workers"):
+        embed(fetched_pool, spec_for(clip_dir))
+    assert embedding_files(fetched_pool) == []
+
+
+def ship_l14_img(pool: Path, l14: np.ndarray) -> pd.DataFrame:
+    """Make the pool DataComp-style: ``l14_img`` in an npz beside its metadata part."""
+    metadata = pool / "metadata"
+    part = metadata / "part-00000.parquet"
+    np.savez(part.with_suffix(".npz"), l14_img=l14)
+    manifest = json.loads((metadata / "manifest.json").read_text())
+    manifest["parts"][0]["npz"] = "part-00000.npz"
+    (metadata / "manifest.json").write_text(json.dumps(manifest))
+    return pq.read_table(part).to_pandas()
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    rows = rows.astype("float32")
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
 def test_shipped_datacomp_embeddings_and_scores_are_used(fetched_pool):
     """A DataComp-style pool: npz l14_img beside each metadata part, and the shipped score."""
     metadata = fetched_pool / "metadata"
     part = metadata / "part-00000.parquet"
-    table = pq.read_table(part).to_pandas()
     rng = np.random.default_rng(0)
-    l14 = rng.normal(size=(len(table), 8)).astype("float16")
-    np.savez(part.with_suffix(".npz"), l14_img=l14)
+    l14 = rng.normal(size=(12, 8)).astype("float16")
+    table = ship_l14_img(fetched_pool, l14)
     shipped_scores = np.linspace(0.1, 0.3, len(table))
     shipped_scores[:2] = [np.nan, np.inf]  # a row without a shipped score, a corrupt one
     table["clip_l14_similarity_score"] = shipped_scores
     table.to_parquet(part, index=False)
     manifest = json.loads((metadata / "manifest.json").read_text())
-    manifest["parts"][0]["npz"] = "part-00000.npz"
     manifest["columns"].append("clip_l14_similarity_score")
     (metadata / "manifest.json").write_text(json.dumps(manifest))
     # a scorer that cannot be loaded: proves no image goes through a model
@@ -126,11 +153,11 @@ def test_shipped_datacomp_embeddings_and_scores_are_used(fetched_pool):
             "shipped_raw_score": "clip_l14_similarity_score"}
     manifest = embed(fetched_pool, spec)
     assert manifest["shipped"] == "l14_img"
-    by_uid = dict(zip(table["uid"], l14, strict=True))
+    by_uid = dict(zip(table["uid"], unit(l14), strict=True))  # stored L2-normalised
     for path in embedding_files(fetched_pool):
         uids, embeddings = read_embeddings(path)
         for uid, embedding in zip(uids, embeddings, strict=True):
-            np.testing.assert_array_equal(embedding, by_uid[uid])
+            np.testing.assert_allclose(embedding, by_uid[uid], atol=1e-3)
     frame = score_pool_caption_set("p", "s", spec, "raw", raw(fetched_pool),
                                    embedding_files(fetched_pool), fetched_pool / "r.parquet",
                                    fetched_pool / "r.json", SETTINGS, metadata_dir=metadata)
@@ -142,6 +169,29 @@ def test_shipped_datacomp_embeddings_and_scores_are_used(fetched_pool):
     clip_s_of = dict(zip(frame["uid"], frame["clip_s"], strict=True))
     assert np.isnan(clip_s_of[table["uid"][0]]) and np.isnan(clip_s_of[table["uid"][1]])
     assert {reasons[u] for u in table["uid"][2:]} == {None}
+
+
+def test_shipped_embeddings_are_normalised_so_scores_are_cosines(fetched_pool, clip_dir):
+    """Shipped rows that are not unit norm (DataComp's are, up to fp16 rounding; a table
+    from elsewhere need not be) are L2-normalised in float32 before they are stored, so a
+    new caption set's scores are cosines, not dot products."""
+    rng = np.random.default_rng(1)
+    directions = unit(rng.normal(size=(12, 32)))  # the tiny CLIP's embedding width
+    scales = rng.uniform(0.05, 20.0, size=(12, 1)).astype("float32")
+    table = ship_l14_img(fetched_pool, (directions * scales).astype("float16"))
+    spec = spec_for(clip_dir, shipped_image_embeddings="l14_img")
+    assert embed(fetched_pool, spec)["shipped"] == "l14_img"
+    for path in embedding_files(fetched_pool):
+        _, embeddings = read_embeddings(path)
+        np.testing.assert_allclose(np.linalg.norm(embeddings.astype("float32"), axis=1), 1.0,
+                                   atol=1e-3)
+    scorer = load_scorer("s", spec)
+    frame = score_pool_caption_set("p", "s", spec, "raw_again", raw(fetched_pool),
+                                   embedding_files(fetched_pool), fetched_pool / "r.parquet",
+                                   fetched_pool / "r.json", SETTINGS, scorer=scorer)
+    text = scorer.encode_texts(list(table["text"]))
+    expected = dict(zip(table["uid"], (text * unit(directions)).sum(axis=1), strict=True))
+    np.testing.assert_allclose(frame["cos"], [expected[u] for u in frame["uid"]], atol=2e-3)
 
 
 def test_clip_s_definition():

@@ -7,7 +7,8 @@ download weights. Each helper builds a model of a few hundred kB with a small
 word-level tokenizer, saves it to a directory in the real on-disk format and
 returns what a captioner/scorer spec's ``model`` field needs.
 
-Building all four takes a couple of seconds on a laptop CPU.
+Building each takes about a second on a laptop CPU (the CLIP-BPE CoCa, with its
+49,408-token vocabulary, a few).
 """
 
 from __future__ import annotations
@@ -171,9 +172,9 @@ def _open_clip_dir(directory: Path, model_cfg: dict, seed: int) -> Path:
     """Write ``open_clip_config.json``, the HF tokenizer files and random weights.
 
     open_clip's ``local-dir:`` loader reads the config, takes the first preferred
-    checkpoint name (``open_clip_model.safetensors``), and, because
+    checkpoint name (``open_clip_model.safetensors``), and, if
     ``text_cfg.hf_tokenizer_name`` is set, loads an ``HFTokenizer`` from the same
-    directory (the name itself is then ignored).
+    directory (the name itself is then ignored); without it, CLIP's BPE tokenizer.
     """
     import open_clip
     from safetensors.torch import save_file
@@ -227,6 +228,31 @@ def make_tiny_coca(directory: Path | str) -> Path:
         "pad_id": pad,  # CoCa's own pad id (generation fills finished rows with it)
     }
     return _open_clip_dir(Path(directory), model_cfg, seed=3)
+
+
+def make_tiny_coca_clip_bpe(directory: Path | str) -> Path:
+    """A tiny open_clip CoCa over CLIP's BPE vocabulary, as the pretrained ``coca_ViT-L-14``.
+
+    Same sizes as :func:`make_tiny_coca` but ``vocab_size`` 49,408 and no
+    ``hf_tokenizer_name``, so ``open_clip.get_tokenizer`` returns CLIP's
+    ``SimpleTokenizer`` and the ids are the real ones: start 49406, end 49407 and
+    pad **0**, which CLIP's BPE decodes as "!". About 40 MB on disk.
+    """
+    vocab = 49408
+    model_cfg = {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2,
+                       "head_width": 16, "attentional_pool": True, "attn_pooler_heads": 4,
+                       "output_tokens": True},
+        "text_cfg": {"context_length": 48, "vocab_size": vocab, "width": 64, "heads": 4,
+                     "layers": 2, "pad_id": 0, "eos_id": 49407, "embed_cls": True,
+                     "output_tokens": True},
+        "multimodal_cfg": {"context_length": 48, "vocab_size": vocab, "width": 64, "heads": 4,
+                           "layers": 2, "attn_pooler_heads": 4},
+        "custom_text": True,
+        "pad_id": 0,
+    }
+    return _open_clip_dir(Path(directory), model_cfg, seed=5)
 
 
 def make_tiny_clip(directory: Path | str) -> Path:

@@ -32,12 +32,12 @@ from capmix.modelrun import resolve_device
 from capmix.provenance import provenance_record, write_json
 from capmix.shards import (
     Progress,
-    ShardImages,
     ShardTask,
-    collate,
+    check_loader_fits,
     is_complete,
     plan_tasks,
     read_shard,
+    shard_loader,
     stable_seed,
     write_parquet_atomic,
 )
@@ -50,9 +50,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How a model stage runs (not what it computes): batch, device, precision, workers, and
-    the GPUs its job requested (Snakemake resource ``gpu``, from config ``resources.<stage>``).
+    """How a model stage runs (not what it computes): batch, device, precision, workers,
+    prefetch, and the GPUs its job requested (Snakemake resource ``gpu``, from config
+    ``resources.<stage>``).
 
+    ``batch_size`` is what the model sees per call: for captioning, *sequences* per
+    ``generate`` call (images x ``num_captions``; see :func:`images_per_batch`), because
+    the decoder's KV cache grows with every sequence; for image embeddings, images.
+    ``prefetch_factor`` is torch's DataLoader's: batches in flight per worker, each held
+    in /dev/shm (checked at job start, ``capmix.shards.check_loader_fits``).
     ``gpus`` comes from the job, not from the stage's config entry: with device ``auto`` it
     decides whether a job that sees no GPU may run on the CPU (no request: a laptop) or must
     fail (:meth:`torch_device`).
@@ -63,18 +69,27 @@ class RunSettings:
     precision: str = "fp32"
     workers: int = 2
     gpus: int = 0
+    prefetch_factor: int = 2  # torch's default
 
     @classmethod
     def from_config(cls, settings: Mapping[str, Any], gpus: int | None = 0) -> RunSettings:
         """The config's stage settings (``caption``, ``score``) for a job that requested
         ``gpus`` (None: none)."""
-        return cls(**{k: settings[k] for k in ("batch_size", "device", "precision", "workers")
-                      if k in settings}, gpus=gpus or 0)
+        return cls(**{k: settings[k] for k in ("batch_size", "device", "precision", "workers",
+                                               "prefetch_factor") if k in settings},
+                   gpus=gpus or 0)
 
     def torch_device(self, who: str) -> str:
         """The device a model runs on; a job that asked for a GPU and sees none fails here,
         naming ``who`` (:func:`capmix.modelrun.resolve_device`)."""
         return resolve_device(self.device, self.gpus, who)
+
+
+def images_per_batch(batch_size: int, num_captions: int) -> int:
+    """Images per DataLoader batch so that a ``generate`` call samples about ``batch_size``
+    sequences: each image is decoded ``num_captions`` times (HF ``num_return_sequences``,
+    CoCa's ``repeat_interleave``). At least one image, whatever ``num_captions`` is."""
+    return max(1, batch_size // num_captions)
 
 
 def decoding_for(spec: Mapping[str, Any], temperature: float) -> Decoding:
@@ -87,12 +102,10 @@ def decoding_for(spec: Mapping[str, Any], temperature: float) -> Decoding:
 def caption_task(captioner: Captioner, task: ShardTask, decoding: Decoding, seed: int,
                  settings: RunSettings) -> pd.DataFrame:
     """Caption one shard; one row per uid of the shard."""
-    from torch.utils.data import DataLoader
-
     samples = read_shard(task)
-    loader = DataLoader(ShardImages(samples, captioner.preprocess), batch_size=settings.batch_size,
-                        num_workers=settings.workers, collate_fn=collate,
-                        persistent_workers=False)
+    loader = shard_loader(samples, captioner.preprocess,
+                          images_per_batch(settings.batch_size, decoding.num_captions),
+                          settings.workers, settings.prefetch_factor)
     captions: dict[int, list[str]] = {}
     errors: dict[int, str] = {}
     for batch_number, (positions, pixels, failed) in enumerate(loader):
@@ -130,6 +143,11 @@ def caption_pool(pool: str, captioner_name: str, spec: Mapping[str, Any], temper
         captioner = load_captioner({**spec, "name": captioner_name},
                                    device=device,
                                    precision=settings.precision)
+    if todo:
+        assert captioner is not None
+        check_loader_fits(captioner.preprocess,
+                          images_per_batch(settings.batch_size, decoding.num_captions),
+                          settings.workers, settings.prefetch_factor, "caption")
     progress = Progress(f"caption {captioner_name}@{temperature}", len(tasks),
                         sum(len(t.uids) for t in tasks))
     for task in tasks:

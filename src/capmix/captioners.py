@@ -18,6 +18,14 @@ also counts the ``num_query_tokens`` image placeholders it prepends (32 for
 ``num_query_tokens`` to both, so the three backends mean the same lengths
 (within one token of what the paper's transformers version did).
 
+Prompts (``Decoding.prompt``, BLIP and BLIP2 only; the paper's runs used none, see
+README "Captioning and scoring"). The caption continues the prompt, and is returned
+*without* it, as LAVIS's ``generate`` returns it (BLIP: ``caption[len(prompt):]``;
+BLIP2-OPT: only the new tokens). The prompt's tokens are not counted in the lengths
+either (they are added like BLIP2's placeholders), so ``max_length=40`` is the same
+caption budget with or without one; this is LAVIS's BLIP2 reading, whose OPT generates
+from ``inputs_embeds`` and counts new tokens only (LAVIS's BLIP counts the prompt in).
+
 Seeding. Every ``generate`` forks the torch RNG and seeds it with ``seed`` right
 before sampling: the same (pixels, decoding, seed) gives the same captions on
 the same device and library versions, and the caller's RNG state is untouched.
@@ -189,13 +197,15 @@ class HFCaptioner:
         """(input_ids for one image or None, the ids ``generate`` echoes before the caption)."""
         raise NotImplementedError
 
-    def length_offset(self) -> int:
-        """Tokens ``generate`` counts in min/max_length that are not text (see module doc)."""
-        return 0
+    def length_offset(self, prompt: str | None) -> int:
+        """Tokens ``generate`` counts in min/max_length that are not the caption: all it
+        echoes before the caption but the start token (BLIP2's image placeholders, a
+        prompt's tokens; see the module doc)."""
+        return int(self.prompt_ids(prompt)[1].shape[1]) - 1
 
     def generate_kwargs(self, decoding: Decoding) -> dict[str, Any]:
         """The sampling arguments handed to the model's ``generate`` (the paper's decoding)."""
-        offset = self.length_offset()
+        offset = self.length_offset(decoding.prompt)
         return {
             "do_sample": True,
             "top_k": decoding.top_k,
@@ -244,9 +254,9 @@ class Blip2Captioner(HFCaptioner):
         config = self.model.config
         return [config.image_token_index] * config.num_query_tokens
 
-    def length_offset(self) -> int:
+    def length_offset(self, prompt: str | None) -> int:
         if self.model.config.use_decoder_only_language_model:
-            return int(self.model.config.num_query_tokens)
+            return super().length_offset(prompt)
         return 0  # T5: encoder-decoder, generated ids hold only the decoder's text
 
     def prompt_ids(self, prompt: str | None) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -327,12 +337,28 @@ class CocaCaptioner:
         return torch.autocast(torch.device(self.device).type, dtype=self.autocast_dtype)
 
     def decode(self, ids: torch.Tensor) -> list[str]:
-        """Token ids -> text, cut at the end token, without start/end/padding tokens."""
+        """Token ids -> text, cut at the first end *or pad* token after the start token.
+
+        Why the pad too: open_clip 3.3.0's top-K ``CoCa.generate`` marks a row finished
+        when its last token is the end token *or* ``pad_token_id``, and from then on
+        appends ``pad_token_id`` until every row is done; a row that samples the pad id
+        therefore never gets an end token. With CLIP's BPE the pad id is 0, which
+        ``open_clip.decode`` renders as "!": cut only at the end token, such a row came
+        out as "a dog on the grass!!!!!!!" (and, with an HF tokenizer, its words after a
+        sampled pad survived ``skip_special_tokens``).
+
+        A genuine id 0 in CLIP's BPE: id 0 is the byte "!" as a *word-internal* piece
+        (no ``</w>``); a plain "!" word is id 256 (``!</w>``), "!!" 748, "!!!" 995, so
+        ordinary exclamation marks are untouched. Id 0 appears only in a punctuation run
+        that starts with "!" and has no merge, e.g. ``!"!`` -> [0, 10377]. Since
+        ``generate`` already ends a row at a sampled id 0, nothing can follow it; cutting
+        there drops at most that one "!" piece.
+        """
+        stops = {self.eos_id, self.pad_id}
         rows = []
         for row in ids.tolist():
-            if self.eos_id in row[1:]:
-                row = row[:row.index(self.eos_id, 1) + 1]
-            rows.append(row)
+            end = next((i for i, token in enumerate(row[1:], 1) if token in stops), None)
+            rows.append(row if end is None else row[:end])
         if self.hf_tokenizer is None:
             import open_clip
 

@@ -10,9 +10,20 @@ pool images that lie in clusters close to ImageNet-1k's training images:
 3. a pool image is kept if its nearest centroid is a target cluster.
 
 "Nearest" is the largest inner product, as DataComp's ``get_centroid_ids_gpu`` does (the
-embeddings are L2-normalised; the centroids are not). faiss is the library DataComp uses;
-its CPU build runs the toy world, and real scales either pass DataComp's published centroids
-(``centroids:``) or run on a node where k-means over millions of 768-d vectors fits.
+embeddings are L2-normalised; the centroids are not). Normalisation, as DataComp has it
+(mlfoundations/datacomp ``baselines/``): k-means trains on the pool's ``l14_img`` rows as
+shipped, cast to float32 (``image_based_clustering.py``), and those rows are unit norm
+(dataset2metadata normalises them; see ``capmix.score.ShippedEmbeddings``); the pool rows
+and the ImageNet-1k ``image_features`` are assigned as loaded (``apply_filter.py``), and the
+centroids, trained or published, are never normalised. Here the pool rows are the stored
+image embeddings, unit norm whether computed or shipped (``capmix.score``), so k-means sees
+what DataComp's sees; the reference rows and centroids are used as given, as DataComp does.
+A row's scale cannot change its assignment anyway (argmax of ``c * x . mu_j`` over j is the
+same for every c > 0), so only the k-means input needs unit rows.
+
+faiss is the library DataComp uses; its CPU build runs the toy world, and real scales either
+pass DataComp's published centroids (``centroids:``) or run on a node where k-means over
+millions of 768-d vectors fits.
 
 DataComp's image-based baseline also drops samples whose raw caption fastText does not call
 English or that has at most one fastText token or five characters: that is a strategy's

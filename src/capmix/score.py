@@ -6,7 +6,8 @@ Two steps, so that a new caption set costs only the text tower:
    (``results/{pool}/scores/{scorer}/images/round_K/NNNNN.npz``: uid and the
    L2-normalised embedding, float16), resumable shard by shard. For a DataComp
    pool whose metadata ships ``l14_img`` (the OpenAI ViT-L/14 features the
-   paper scored with), the shipped rows are gathered instead of re-encoding.
+   paper scored with), the shipped rows are gathered (L2-normalised, see
+   :class:`ShippedEmbeddings`) instead of re-encoding.
 2. **A caption set's scores** (``results/{pool}/scores/{scorer}/{set}.parquet``):
    text embeddings of the set's captions, cosine with the stored image
    embedding, and CLIP-S = 2.5 * max(cos, 0) (Hessel et al., 2021). For the raw
@@ -27,18 +28,17 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader
 
 from capmix.caption import RunSettings
 from capmix.modelrun import autocast, load_open_clip, low_precision_dtype
 from capmix.provenance import provenance_record, write_json
 from capmix.shards import (
     Progress,
-    ShardImages,
     ShardTask,
-    collate,
+    check_loader_fits,
     plan_tasks,
     read_shard,
+    shard_loader,
     write_parquet_atomic,
 )
 
@@ -124,8 +124,8 @@ def embed_task(scorer: Scorer, task: ShardTask, settings: RunSettings) -> tuple[
                                                                                np.ndarray,
                                                                                dict[str, str]]:
     samples = read_shard(task)
-    loader = DataLoader(ShardImages(samples, scorer.preprocess), batch_size=settings.batch_size,
-                        num_workers=settings.workers, collate_fn=collate)
+    loader = shard_loader(samples, scorer.preprocess, settings.batch_size, settings.workers,
+                          settings.prefetch_factor)
     uids, chunks, failed = [], [], {}
     for positions, pixels, errors in loader:
         failed.update({samples[i].uid: err for i, err in errors})
@@ -136,11 +136,40 @@ def embed_task(scorer: Scorer, task: ShardTask, settings: RunSettings) -> tuple[
     return uids, (np.concatenate(chunks) if chunks else np.zeros((0, width), "float32")), failed
 
 
+def unit_rows(rows: np.ndarray, what: str) -> np.ndarray:
+    """Rows L2-normalised in float32; an all-zero row (no direction) stays zero, with a
+    warning naming ``what``, rather than turning into NaNs."""
+    rows = np.asarray(rows, dtype="float32")
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    zero = int((norms == 0).sum())
+    if zero:
+        log.warning("%s: %d all-zero embedding row(s) kept as zeros (cosine 0)", what, zero)
+    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+
+
 class ShippedEmbeddings:
     """Rows of a DataComp metadata npz (e.g. ``l14_img``), gathered by (part, row).
 
     img2dataset shards each metadata file in order, so consecutive shards read
     the same part: one part's array is kept in memory at a time.
+
+    The rows are returned L2-normalised in float32, so what is stored (and every
+    score computed from it) is a cosine whatever the npz holds. What DataComp ships:
+    the npz arrays were written by mlfoundations/dataset2metadata, which "implements
+    the metadata processing for the DataComp project" (its README) and names the
+    arrays with DataComp's keys (``registry.py``, ``d2m_to_datacomp_keys``:
+    ``oai-clip-vit-l14-image`` -> ``l14_img``). Its ``models.py``
+    (``OaiClipWrapper.forward``) divides OpenAI CLIP's image and text features by
+    their norms before they are stored, and ``clip_l14_similarity_score`` is their
+    plain dot product (``postprocessors.batched_dot_product``), a cosine only for unit
+    vectors. So ``l14_img`` is unit norm, up to the rounding of OpenAI's ``clip.load``
+    model (fp16 on a GPU). DataComp's own code never re-normalises it: its
+    ``baselines/apply_filter.py`` (``image_filter_helper``) feeds the npz rows as
+    loaded to ``get_centroid_ids_gpu`` (argmax of the inner product with the
+    centroids), and ``baselines/image_based_clustering.py`` runs faiss L2 k-means on
+    them cast to float32. Normalising here costs nothing for DataComp's rows (a change
+    of ~1e-3) and keeps a table whose embeddings are not normalised from turning
+    scores into unbounded dot products.
     """
 
     def __init__(self, metadata_dir: Path, key: str):
@@ -159,7 +188,7 @@ class ShippedEmbeddings:
                 self._array = np.asarray(data[self.key])
             self._part = part
         assert self._array is not None
-        return self._array[rows]
+        return unit_rows(self._array[rows], f"{self.key} of metadata part {part}")
 
 
 def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], index_path: Path,
@@ -183,6 +212,10 @@ def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], inde
         where = where.set_index("uid")
     elif todo and scorer is None:
         scorer = load_scorer(scorer_name, spec, device, settings.precision)
+    if todo and shipped is None:
+        assert scorer is not None
+        check_loader_fits(scorer.preprocess, settings.batch_size, settings.workers,
+                          settings.prefetch_factor, "score")
     progress = Progress(f"image embeddings {scorer_name}", len(tasks),
                         sum(len(t.uids) for t in tasks))
     failures: dict[str, str] = {}

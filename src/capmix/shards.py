@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import tarfile
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,12 @@ from capmix.provenance import write_parquet_atomic  # noqa: F401 - re-exported
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+#: Where torch's DataLoader workers put the batches they hand over (POSIX shared memory).
+SHM_DIR = Path("/dev/shm")
+#: The largest image a fetch stores (DataComp's img2dataset image_size, keep_ratio_largest):
+#: the blank image a transform's output size is measured on.
+PROBE_IMAGE_SIZE = 512
 
 
 class ShardError(ValueError):
@@ -147,6 +154,80 @@ def collate(
 
     stacked = torch.stack([x for _, x in good]) if good else None
     return [i for i, _ in good], stacked, failed
+
+
+def shard_loader(samples: Sequence[Sample], preprocess: Callable[[Image.Image], Any],
+                 batch_size: int, workers: int, prefetch_factor: int) -> Any:
+    """The DataLoader of one shard: decoding and preprocessing in ``workers`` processes."""
+    from torch.utils.data import DataLoader
+
+    # torch refuses a prefetch_factor without worker processes.
+    return DataLoader(ShardImages(samples, preprocess), batch_size=batch_size,
+                      num_workers=workers, collate_fn=collate, persistent_workers=False,
+                      prefetch_factor=prefetch_factor if workers > 0 else None)
+
+
+class SharedMemoryError(RuntimeError):
+    """The DataLoader's batches in flight would not fit in /dev/shm; names the settings."""
+
+
+def loader_shared_bytes(workers: int, prefetch_factor: int, batch_images: int,
+                        image_bytes: int) -> int:
+    """Bytes of pixel batches a DataLoader holds in shared memory at its peak.
+
+    Each worker keeps ``prefetch_factor`` batches in flight, and each batch a worker
+    hands over travels as a shared-memory tensor (torch moves it to /dev/shm to pass
+    it between processes); the batch the model is working on is still there too,
+    hence the ``+ 1``. Without workers nothing is shared.
+    """
+    if workers == 0:
+        return 0
+    return (workers * prefetch_factor + 1) * batch_images * image_bytes
+
+
+def check_shared_memory(needed: int, free: int, section: str, shm_dir: Path = SHM_DIR) -> None:
+    """Fail before the first batch when the DataLoader's batches will not fit in /dev/shm.
+
+    Otherwise a worker dies mid-shard with a bus error (or "No space left on device")
+    once /dev/shm fills up, hours into a job. ``section`` is the config section whose
+    settings size the loader (``caption`` or ``score``).
+    """
+    if needed > free:
+        gib = 2 ** 30
+        raise SharedMemoryError(
+            f"{section}: the DataLoader would hold {needed / gib:.1f} GiB of image batches in "
+            f"shared memory ({shm_dir}) but only {free / gib:.1f} GiB is free; lower "
+            f"{section}.workers, {section}.prefetch_factor or {section}.batch_size (or ask "
+            f"for a node with a larger {shm_dir})")
+
+
+def image_bytes(preprocess: Callable[[Image.Image], Any]) -> int:
+    """Bytes of one preprocessed image: the transform's output for the largest fetched image
+    (the model transforms here resize to a fixed size, so this is every image's size)."""
+    pixels = preprocess(Image.new("RGB", (PROBE_IMAGE_SIZE, PROBE_IMAGE_SIZE)))
+    return int(pixels.numel() * pixels.element_size())
+
+
+def check_loader_fits(preprocess: Callable[[Image.Image], Any], batch_images: int, workers: int,
+                      prefetch_factor: int, section: str, shm_dir: Path = SHM_DIR) -> int:
+    """At job start: the loader's shared-memory need against /dev/shm's free space.
+
+    Returns the bytes needed (0 without workers); raises :class:`SharedMemoryError`
+    when they do not fit. Where there is no /dev/shm (macOS), nothing is checked.
+    """
+    needed = loader_shared_bytes(workers, prefetch_factor, batch_images, image_bytes(preprocess))
+    if needed == 0:
+        return 0
+    try:
+        free = shutil.disk_usage(shm_dir).free
+    except FileNotFoundError:
+        log.info("%s: no %s to check the DataLoader's %.2f GiB against", section, shm_dir,
+                 needed / 2 ** 30)
+        return needed
+    check_shared_memory(needed, free, section, shm_dir)
+    log.info("%s: DataLoader batches in shared memory: up to %.2f GiB of %.2f GiB free in %s",
+             section, needed / 2 ** 30, free / 2 ** 30, shm_dir)
+    return needed
 
 
 def is_complete(path: Path, uids: Sequence[str]) -> bool:
