@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from capmix.modelrun import load_open_clip
 from capmix.released import BACKEND as RELEASED_BACKEND
 
 log = logging.getLogger(__name__)
@@ -360,19 +361,18 @@ class CocaCaptioner:
 
 def _load_coca(name: str, spec: Mapping[str, Any], device: str,
                dtype: torch.dtype | None) -> CocaCaptioner:
-    import open_clip
     from open_clip import coca_model
 
     if not getattr(coca_model, "_has_transformers", True):
         raise ImportError("open_clip's CoCa generate is unavailable: it needs "
                           "transformers.BeamSearchScorer (transformers < 4.57)")
-    model_name, pretrained = spec["model"], spec.get("pretrained")
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained, device=device)
+    model_name = spec["model"]
+    # The scorer's loading path: a pretrained tag's activation and preprocessing included.
+    loaded = load_open_clip(model_name, spec.get("pretrained"), device)
+    model = loaded.model
     if not hasattr(model, "generate") or not hasattr(model, "text_decoder"):
         raise ValueError(f"'{model_name}' is a {type(model).__name__}, not a CoCa")
-    tokenizer = open_clip.get_tokenizer(model_name)
-    return CocaCaptioner(name, model.eval(), preprocess, tokenizer, device, dtype)
+    return CocaCaptioner(name, model, loaded.preprocess, loaded.tokenizer, device, dtype)
 
 
 # ------------------------------------------------------------------------ loading

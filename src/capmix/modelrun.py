@@ -72,16 +72,62 @@ class OpenClipParts:
     tokenizer: Any
 
 
+@dataclass(frozen=True)
+class OpenClipBuild:
+    """What capmix asks open_clip's ``create_model_and_transforms`` for, besides the model name
+    and the device: the ``pretrained`` argument and the keyword arguments that make the built
+    model the one its weights were trained as."""
+
+    pretrained: str | None
+    kwargs: dict[str, Any]
+
+
+def pretrained_tag_config(model_name: str, pretrained: str | None) -> dict[str, Any]:
+    """open_clip's record of the pretrained tag ``pretrained`` of the built-in ``model_name``
+    (weights' source, preprocessing, activation), or ``{}`` when ``pretrained`` is no tag of it
+    (None, a checkpoint file, or a ``local-dir:``/``hf-hub:`` model, whose own config rules).
+
+    open_clip looks a name up as a tag before it tries it as a file; so does this.
+    """
+    from open_clip.factory import parse_model_name
+    from open_clip.pretrained import get_pretrained_cfg
+
+    schema, identifier = parse_model_name(model_name)
+    if not pretrained or schema is not None:
+        return {}
+    # open_clip's own clean-up of a built-in name before it looks the tag up.
+    return dict(get_pretrained_cfg(identifier.replace("/", "-"), pretrained))
+
+
+def open_clip_build(model_name: str, pretrained: str | None) -> OpenClipBuild:
+    """How to build ``model_name`` with the weights ``pretrained`` (see :func:`load_open_clip`).
+
+    The activation comes from the tag's own record: open_clip 3.3.0 builds a built-in model
+    with its model config's activation (``ViT-L-14``: nn.GELU) and loads weights trained with
+    QuickGELU (tag ``openai``: ``quick_gelu: True``) into it with only a warning, which moves
+    every embedding. Separate from the load so that what would be built can be checked without
+    fetching any weights (open_clip downloads a tag's file before it looks at ``load_weights``).
+    """
+    tag = pretrained_tag_config(model_name, pretrained)
+    kwargs: dict[str, Any] = {}
+    if tag.get("quick_gelu"):
+        kwargs["force_quick_gelu"] = True
+    return OpenClipBuild(pretrained, kwargs)
+
+
 def load_open_clip(model_name: str, pretrained: str | None, device: str) -> OpenClipParts:
     """open_clip's model ``model_name`` (a built-in name or ``local-dir:PATH``) with its
     validation transform and tokenizer, the weights of ``pretrained`` (a tag or a file; None
-    for open_clip's initialisation) on ``device``, in eval mode.
+    for open_clip's initialisation) on ``device``, in eval mode; built as :func:`open_clip_build`
+    says (a tag's activation). The one open_clip loading path of the scorer, the evaluation and
+    the CoCa captioner.
 
     Errors are open_clip's own; callers name what they were loading.
     """
     import open_clip
 
+    build = open_clip_build(model_name, pretrained)
     model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained, device=device)
+        model_name, pretrained=build.pretrained, device=device, **build.kwargs)
     tokenizer = open_clip.get_tokenizer(model_name)
     return OpenClipParts(model.eval(), preprocess, tokenizer)
