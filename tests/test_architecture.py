@@ -17,7 +17,8 @@ PACKAGE = REPO / "src" / "capmix"
 #: Modules the config checker and the Snakefile import: they must stay cheap to import and
 #: must not pull a stage (torch, open_clip, PIL, pandas, pyarrow, webdataset) in.
 LIGHT_MODULES = ("config", "strategies", "suites", "toyspec", "captionsets", "scales", "chunks",
-                 "sourcespec", "toykinds", "fetch_reasons", "cost", "textfilter", "assetspec")
+                 "sourcespec", "toykinds", "fetch_reasons", "cost", "textfilter", "assetspec",
+                 "weights")
 HEAVY_PACKAGES = ("torch", "open_clip", "PIL", "pandas", "pyarrow", "webdataset", "transformers")
 
 

@@ -1,9 +1,11 @@
-"""The device and precision choices every model stage shares (capmix.modelrun)."""
+"""The device and precision choices every model stage shares, and how open_clip models are
+built (capmix.modelrun)."""
 
 from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +14,11 @@ from capmix.modelrun import (
     GpuUnavailableError,
     autocast,
     low_precision_dtype,
+    open_clip_build,
     resolve_device,
     torch_device_type,
 )
+from tests.tiny_models import make_tiny_clip, tiny_clip_builtin_config
 
 
 def see_gpus(monkeypatch, count: int) -> None:
@@ -82,3 +86,98 @@ def test_fp32_runs_with_autocast_off_even_inside_an_autocast_region():
         assert (a @ a).dtype is torch.float32
     with autocast("cpu", torch.bfloat16):
         assert (a @ a).dtype is torch.bfloat16
+
+
+# ------------------------------------------------------------------ open_clip activation
+
+
+def activations(model: torch.nn.Module) -> set[str]:
+    """The classes of the GELU-type activations a model runs (QuickGELU or nn.GELU)."""
+    from open_clip.transformer import QuickGELU
+
+    return {type(m).__name__ for m in model.modules() if isinstance(m, (torch.nn.GELU, QuickGELU))}
+
+
+def configured_open_clip_models() -> dict[str, dict]:
+    """Every open_clip scorer and captioner of the shipped configs (the embedded default and
+    each DataComp scale), as name -> spec (one entry per distinct spec: the scales share the
+    default's); toy stand-ins left out (their local-dir config rules)."""
+    from capmix.config import REPO_ROOT, pipeline_config
+
+    found: dict[str, dict] = {}
+    for path in [None, *sorted((REPO_ROOT / "config").glob("datacomp_*.yaml"))]:
+        config = pipeline_config(*([path] if path else []))
+        for role in ("captioners", "scorers"):
+            for name, spec in config[role].items():
+                if spec["backend"] in ("open_clip", "open_clip_coca") and not spec["toy_model"]:
+                    key = name if found.get(name, spec) == spec else f"{name}@{path.name}"
+                    found[key] = spec
+    return found
+
+
+CONFIGURED = configured_open_clip_models()
+
+
+def test_the_shipped_configs_name_open_clip_models_with_tags():
+    assert {"openai_vit_l_14", "coca_vit_l_14", "coca_vit_l_14_coco"} <= set(CONFIGURED)
+
+
+@pytest.mark.parametrize("where", sorted(CONFIGURED))
+def test_every_configured_open_clip_model_is_built_with_its_tags_activation(where):
+    """What capmix would build (open_clip_build's arguments), on the meta device: no weights
+    are fetched, and the activation is the one the tag's weights were trained with."""
+    import open_clip
+
+    spec = CONFIGURED[where]
+    build = open_clip_build(spec["model"], spec["pretrained"])
+    tag = open_clip.get_pretrained_cfg(spec["model"], spec["pretrained"])
+    assert tag, f"{where}: '{spec['pretrained']}' is no open_clip tag of {spec['model']}"
+    with torch.device("meta"):
+        model = open_clip.create_model(spec["model"], pretrained=None, device="meta",
+                                       **build.kwargs)
+    expected = {"QuickGELU"} if tag.get("quick_gelu") else {"GELU"}
+    if where.split("@")[0] == "openai_vit_l_14":  # OpenAI trained its CLIPs with QuickGELU
+        assert expected == {"QuickGELU"}
+    assert activations(model) == expected
+
+
+@pytest.fixture
+def tiny_tagged_clip(tmp_path, monkeypatch) -> tuple[str, str, Path]:
+    """A tiny CLIP registered as a built-in open_clip model, with a pretrained tag trained (its
+    record says) with QuickGELU, whose weights are a local file: (model, tag, weights file)."""
+    import open_clip
+
+    directory = make_tiny_clip(tmp_path / "tiny")
+    name, tag = "capmix-tiny-clip", "capmix_quickgelu"
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, name,
+                        tiny_clip_builtin_config(directory))
+    weights = directory / "open_clip_model.safetensors"
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, name, {tag: {
+        "file": str(weights), "quick_gelu": True, "mean": (0.1, 0.2, 0.3),
+        "std": (0.4, 0.5, 0.6), "interpolation": "bicubic", "resize_mode": "shortest"}})
+    return name, tag, weights
+
+
+def test_a_tag_trained_with_quickgelu_loads_into_a_quickgelu_model(tiny_tagged_clip):
+    """End to end through the scorer's loader: the tag's activation, its weights."""
+    from safetensors.torch import load_file
+
+    from capmix.score import load_scorer
+
+    name, tag, weights = tiny_tagged_clip
+    assert "quick_gelu" not in open_clip_model_config(name)  # the model config says GELU
+    scorer = load_scorer("tiny", {"backend": "open_clip", "model": name, "pretrained": tag})
+    assert activations(scorer.model) == {"QuickGELU"}
+    saved = load_file(str(weights))
+    state = scorer.model.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in saved.items())
+    # Without a tag (a file, or no weights) the model config's activation stands.
+    plain = load_scorer("plain", {"backend": "open_clip", "model": name,
+                                  "pretrained": str(weights)})
+    assert activations(plain.model) == {"GELU"}
+
+
+def open_clip_model_config(name: str) -> dict:
+    import open_clip
+
+    return open_clip.get_model_config(name)

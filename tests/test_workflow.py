@@ -74,6 +74,19 @@ def test_dry_run_builds_the_dag(workdir, configfile):
         assert stats["evaluate"] == stats["train"] and stats["eval_data"] == 40
         # Exactly the paper's runs at the scale (README: the paper's runs, per config).
         assert stats["train"] == PAPER_RUNS[scale], stats
+    # Real models' weights are fetched once each (rule model_weights, a local rule) and every
+    # GPU job that loads one takes its record as an input; the toy DAG fetches nothing.
+    records = model_weights_records(out)
+    if datacomp:
+        real_models = 6 if scale == "medium" else 2  # medium: Table 1's five captioners
+        assert stats["model_weights"] == real_models == len(records), records
+        loads = [(rule, line) for rule, line in job_inputs(out)
+                 if rule in ("caption", "embed_images", "score")]
+        assert {rule for rule, _ in loads} == {"caption", "embed_images", "score"}
+        for rule, line in loads:
+            assert any(record in line.split(", ") for record in records), (rule, line)
+    else:
+        assert "model_weights" not in out and not records
     if configfile == "datacomp_medium.yaml":
         # Table 1/3: five captioners at 15 (captioner, temperature) sets, 128 jobs each, and
         # the NoCaps pool's five sets at T = 0.75 in one job each (its CIDEr); quality for
@@ -305,6 +318,16 @@ def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:
     stats = job_stats(result.stdout)
     assert stats == {"subset": 1, "all": 1, "total": 2}, result.stdout
     assert "raw_min_0p28" in result.stdout and "params" in result.stdout.lower()
+
+
+def job_inputs(out: str) -> list[tuple[str, str]]:
+    """(rule, its input line) of every job a dry run lists with inputs."""
+    return re.findall(r"^(?:local)?rule (\w+):\n    input: (.*)$", out, re.M)
+
+
+def model_weights_records(out: str) -> set[str]:
+    """The records the dry run's model_weights jobs write."""
+    return set(re.findall(r"^(?:local)?rule model_weights:\n    output: (\S+)$", out, re.M))
 
 
 def job_stats(out: str) -> dict[str, int]:

@@ -308,3 +308,15 @@ def make_tiny_fasttext_lid(directory: Path | str) -> Path:
     path = directory / "lid.tiny.bin"
     model.save_model(str(path))
     return path
+
+
+def tiny_clip_builtin_config(directory: Path | str) -> dict:
+    """The model config of :func:`make_tiny_clip`'s model in ``directory``, as a *built-in*
+    open_clip config (what ``open_clip.get_model_config(name)`` returns): registered under a
+    name, it is loaded like ``ViT-L-14`` with a pretrained tag. Its tokenizer is the word-level
+    one saved in ``directory`` (``hf_tokenizer_name`` names the folder, which
+    ``get_tokenizer`` loads with ``from_pretrained``, no hub)."""
+    directory = Path(directory)
+    model_cfg = json.loads((directory / CONFIG_NAME).read_text())["model_cfg"]
+    model_cfg["text_cfg"]["hf_tokenizer_name"] = str(directory)
+    return model_cfg

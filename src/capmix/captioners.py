@@ -42,7 +42,9 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from capmix.modelrun import load_open_clip
 from capmix.released import BACKEND as RELEASED_BACKEND
+from capmix.weights import CACHE_KEY, cached_hf_snapshot, weights_source
 
 log = logging.getLogger(__name__)
 
@@ -270,12 +272,20 @@ class Blip2Captioner(HFCaptioner):
 
 def _load_hf(name: str, spec: Mapping[str, Any], device: str, dtype: torch.dtype | None,
              model_class: str, processor_class: str, captioner: type[HFCaptioner]) -> HFCaptioner:
+    path = spec["model"]
+    offline: dict[str, Any] = {}
+    cache_dir = spec.get(CACHE_KEY)
+    if cache_dir is not None and weights_source(spec) is not None:
+        # A GPU job: the Hub repo from the weights cache only (rule model_weights filled it),
+        # as its cached snapshot folder: given a repo id, transformers 4.56's from_pretrained
+        # asks the Hub for custom_generate/generate.py even with local_files_only=True.
+        path = cached_hf_snapshot(path, cache_dir)
+        offline = {"cache_dir": str(cache_dir), "local_files_only": True}
     import transformers
 
-    path = spec["model"]
     dtype = dtype or torch.float32
-    processor = getattr(transformers, processor_class).from_pretrained(path)
-    model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype)
+    processor = getattr(transformers, processor_class).from_pretrained(path, **offline)
+    model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype, **offline)
     return captioner(name, model.to(device).eval(), processor, device, dtype)
 
 
@@ -386,19 +396,19 @@ class CocaCaptioner:
 
 def _load_coca(name: str, spec: Mapping[str, Any], device: str,
                dtype: torch.dtype | None) -> CocaCaptioner:
-    import open_clip
     from open_clip import coca_model
 
     if not getattr(coca_model, "_has_transformers", True):
         raise ImportError("open_clip's CoCa generate is unavailable: it needs "
                           "transformers.BeamSearchScorer (transformers < 4.57)")
-    model_name, pretrained = spec["model"], spec.get("pretrained")
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained, device=device)
+    model_name = spec["model"]
+    # The scorer's loading path: a pretrained tag's activation and preprocessing included.
+    loaded = load_open_clip(model_name, spec.get("pretrained"), device,
+                            cache_dir=spec.get(CACHE_KEY))
+    model = loaded.model
     if not hasattr(model, "generate") or not hasattr(model, "text_decoder"):
         raise ValueError(f"'{model_name}' is a {type(model).__name__}, not a CoCa")
-    tokenizer = open_clip.get_tokenizer(model_name)
-    return CocaCaptioner(name, model.eval(), preprocess, tokenizer, device, dtype)
+    return CocaCaptioner(name, model, loaded.preprocess, loaded.tokenizer, device, dtype)
 
 
 # ------------------------------------------------------------------------ loading

@@ -154,11 +154,12 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     from capmix.scales import train_problems
     from capmix.strategies import strategy_problems
     from capmix.suites import eval_problems
+    from capmix.weights import weights_problems
 
     return (problems + asset_problems(config) + temperature_problems(config)
             + strategy_problems(config)
             + train_problems(config)
-            + eval_problems(config) + findings_problems(config))
+            + eval_problems(config) + findings_problems(config) + weights_problems(config))
 
 
 def cost_problems(config: Mapping[str, Any]) -> list[str]:

@@ -21,7 +21,10 @@ import socket
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from capmix.weights import cached_open_clip_file, pretrained_tag_config
 
 if TYPE_CHECKING:
     import torch
@@ -130,6 +133,11 @@ def autocast(device: str, dtype: torch.dtype | None) -> AbstractContextManager[A
     return torch.autocast(torch_device_type(device), dtype=dtype)
 
 
+#: The preprocessing a pretrained tag's record sets (open_clip merges these into the transform
+#: when it loads the tag itself; create_model_and_transforms takes each as ``image_<key>``).
+TAG_PREPROCESS = ("mean", "std", "interpolation", "resize_mode")
+
+
 @dataclass(frozen=True)
 class OpenClipParts:
     """An open_clip model in eval mode with the image transform and tokenizer made for it."""
@@ -139,16 +147,59 @@ class OpenClipParts:
     tokenizer: Any
 
 
-def load_open_clip(model_name: str, pretrained: str | None, device: str) -> OpenClipParts:
+@dataclass(frozen=True)
+class OpenClipBuild:
+    """What capmix asks open_clip's ``create_model_and_transforms`` for, besides the model name
+    and the device: the ``pretrained`` argument and the keyword arguments that make the built
+    model the one its weights were trained as."""
+
+    pretrained: str | None
+    kwargs: dict[str, Any]
+
+
+def open_clip_build(model_name: str, pretrained: str | None,
+                    cache_dir: Path | str | None = None) -> OpenClipBuild:
+    """How to build ``model_name`` with the weights ``pretrained`` (see :func:`load_open_clip`).
+
+    The activation comes from the tag's own record: open_clip 3.3.0 builds a built-in model
+    with its model config's activation (``ViT-L-14``: nn.GELU) and loads weights trained with
+    QuickGELU (tag ``openai``: ``quick_gelu: True``) into it with only a warning, which moves
+    every embedding. Separate from the load so that what would be built can be checked without
+    fetching any weights (open_clip downloads a tag's file before it looks at ``load_weights``).
+
+    With ``cache_dir`` (a GPU job, offline) a tag's weights are the file rule model_weights put
+    in the cache (:func:`capmix.weights.cached_open_clip_file`; missing: WeightsNotCached),
+    passed as a file; open_clip gives a file none of the tag's preprocessing, so the tag's
+    (:data:`TAG_PREPROCESS`) is passed along.
+    """
+    tag = pretrained_tag_config(model_name, pretrained)
+    kwargs: dict[str, Any] = {}
+    if tag.get("quick_gelu"):
+        kwargs["force_quick_gelu"] = True
+    if not tag or cache_dir is None:
+        return OpenClipBuild(pretrained, kwargs)
+    assert pretrained is not None  # a tag
+    # create_model_and_transforms' own overrides of the transform (every preprocessing key an
+    # open_clip 3.3.0 tag record has); the image size comes from the model, as with a tag.
+    kwargs.update({f"image_{key}": tag[key] for key in TAG_PREPROCESS if key in tag})
+    return OpenClipBuild(cached_open_clip_file(model_name, pretrained, tag, cache_dir), kwargs)
+
+
+def load_open_clip(model_name: str, pretrained: str | None, device: str,
+                   cache_dir: Path | str | None = None) -> OpenClipParts:
     """open_clip's model ``model_name`` (a built-in name or ``local-dir:PATH``) with its
     validation transform and tokenizer, the weights of ``pretrained`` (a tag or a file; None
-    for open_clip's initialisation) on ``device``, in eval mode.
+    for open_clip's initialisation) on ``device``, in eval mode; built as :func:`open_clip_build`
+    says (a tag's activation; with ``cache_dir``, offline from that weights cache). The one
+    open_clip loading path of the scorer, the evaluation and the CoCa captioner.
 
-    Errors are open_clip's own; callers name what they were loading.
+    Errors are open_clip's own (or WeightsNotCached); callers name what they were loading.
     """
     import open_clip
 
+    build = open_clip_build(model_name, pretrained, cache_dir)
     model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained, device=device)
-    tokenizer = open_clip.get_tokenizer(model_name)
+        model_name, pretrained=build.pretrained, device=device, **build.kwargs)
+    tokenizer = open_clip.get_tokenizer(
+        model_name, cache_dir=str(cache_dir) if cache_dir is not None else None)
     return OpenClipParts(model.eval(), preprocess, tokenizer)

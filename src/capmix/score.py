@@ -41,6 +41,7 @@ from capmix.shards import (
     shard_loader,
     write_parquet_atomic,
 )
+from capmix.weights import CACHE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,11 @@ class Scorer:
 
 def load_scorer(name: str, spec: Mapping[str, Any], device: str = "cpu",
                 precision: str = "fp32") -> Scorer:
-    """Load an open_clip scorer (a built-in name + pretrained tag, or ``local-dir:``)."""
+    """Load an open_clip scorer (a built-in name + pretrained tag, or ``local-dir:``); a spec
+    with a weights cache (``capmix.weights.CACHE_KEY``, set for GPU jobs) loads from it only."""
     model_name, pretrained = spec["model"], spec.get("pretrained")
     try:
-        loaded = load_open_clip(model_name, pretrained, device)
+        loaded = load_open_clip(model_name, pretrained, device, cache_dir=spec.get(CACHE_KEY))
     except Exception as error:  # noqa: BLE001 - any load failure becomes one clear message
         raise ScorerLoadError(f"scorer '{name}': cannot load model '{model_name}' "
                               f"(pretrained={pretrained!r}): {error}") from error

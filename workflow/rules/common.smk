@@ -37,6 +37,12 @@ from capmix.sourcespec import allows_local_urls, needs_download  # noqa: E402
 from capmix.toykinds import FINETUNED_FROM, TOY_MODEL_KINDS  # noqa: E402
 from capmix.toymodels import CONFIG_NAME  # noqa: E402
 from capmix.toyspec import SPLITS  # noqa: E402
+from capmix.weights import (  # noqa: E402
+    CACHE_KEY,
+    WEIGHT_ROLES,
+    weights_cache_dir,
+    weights_source,
+)
 from capmix.workflow import export_package_path  # noqa: E402
 
 export_package_path(REPO / "src")
@@ -85,6 +91,8 @@ wildcard_constraints:
     data="[A-Za-z0-9][A-Za-z0-9_.-]*",
     eval_data_dir="|".join(map(re.escape, REAL_EVAL_DATA_DIRS)) or "no_eval_data_dir",
     asset_file="|".join(map(re.escape, ASSET_FILES)) or "no_asset_file",
+    role="|".join(WEIGHT_ROLES),
+    model=MODEL_NAME,
 
 
 # ---- Paths that more than one rule or helper names -------------------------------------
@@ -121,6 +129,10 @@ TOY_EVAL_DATA_DIR = "results/eval_data/toy/{world}"
 EVAL_TASK = f"{{eval_data_dir}}/{{data}}/{TASK_MANIFEST}"  # a task's directory and manifest
 FINDINGS = "results/{pool}/findings.json"
 ASSET = f"{assets_dir(config)}/{{asset_file}}"  # a published file (config `assets`)
+# The shared weights cache (config `model_weights`) and rule model_weights' record of one
+# captioner's/scorer's weights in it (`role`: captioners or scorers, `model`: its name).
+WEIGHTS_DIR = weights_cache_dir(config)
+MODEL_WEIGHTS = f"{WEIGHTS_DIR}/capmix/{{role}}/{{model}}.json"
 
 
 # ---- Resources: every rule's threads and resources come from here --------------------
@@ -232,24 +244,42 @@ def toy_model_inputs(wildcards):
     return inputs
 
 
-def model_input(pool, spec):
-    """The toy stand-in a captioner/scorer needs (trained by the pipeline), else nothing."""
+def model_input(pool, role, name):
+    """What captioner/scorer `name` (config `role`) loads: the toy stand-in (trained by the
+    pipeline), the record of its weights fetched into the cache (rule model_weights), or
+    nothing (a local model, released captions)."""
+    spec = config[role][name]
     if spec.get("toy_model"):
         return toy_model_config(POOLS[pool]["source"]["world"], spec["toy_model"])
+    if weights_source(spec) is not None:
+        return MODEL_WEIGHTS.format(role=role, model=name)
     return []
 
 
 def resolved_spec(spec, model_config):
-    """A captioner/scorer spec with a toy stand-in's model dir filled in (local-dir:)."""
+    """A captioner/scorer spec as its job loads it: a toy stand-in's model dir filled in
+    (local-dir:), or, for weights from the Hub, the cache to load them from offline."""
     spec = dict(spec)
     if spec.get("toy_model"):
         spec["model"] = f"local-dir:{Path(str(model_config)).parent.resolve()}"
+    elif weights_source(spec) is not None:
+        spec[CACHE_KEY] = str(Path(WEIGHTS_DIR).resolve())
     return spec
+
+
+def weights_spec(wildcards):
+    """The config entry whose weights rule model_weights fetches."""
+    return config[wildcards.role][wildcards.model]
+
+
+def weights_cache_of(wildcards, output):
+    """The cache folder a model_weights record lies in (MODEL_WEIGHTS' folder, two up)."""
+    return str(Path(output.record).parents[2])
 
 
 # ---- Captions and scores ---------------------------------------------------------------
 def captioner_model(wildcards):
-    return model_input(wildcards.pool, config["captioners"][wildcards.captioner])
+    return model_input(wildcards.pool, "captioners", wildcards.captioner)
 
 
 def captioner_spec(wildcards, input):
@@ -257,7 +287,7 @@ def captioner_spec(wildcards, input):
 
 
 def scorer_model(wildcards):
-    return model_input(wildcards.pool, config["scorers"][wildcards.scorer])
+    return model_input(wildcards.pool, "scorers", wildcards.scorer)
 
 
 def scorer_spec(wildcards, input):

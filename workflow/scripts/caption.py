@@ -1,6 +1,7 @@
 """Entry point of rule caption: one chunk of a pool, one captioner, one temperature.
 
-The ``__main__`` guard keeps DataLoader / img2dataset-style spawned workers,
+Released captions are downloaded here; a model runs offline, from the weights cache
+(``capmix.weights``). The ``__main__`` guard keeps DataLoader / img2dataset-style spawned workers,
 which re-import this file, from running the stage again.
 """
 
@@ -10,6 +11,7 @@ from capmix.caption import RunSettings, caption_pool, caption_released
 from capmix.chunks import parse_chunk
 from capmix.logs import setup_logging
 from capmix.released import BACKEND as RELEASED_BACKEND
+from capmix.weights import CACHE_KEY, offline_hub
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
@@ -32,6 +34,8 @@ if __name__ == "__main__":
         slug = sm.params.spec["repo"].replace("/", "__")
         caption_released(**common, download_dir=Path("results/released") / slug)
     else:
+        # A model job never reaches the Hub: its weights are in the cache (rule model_weights).
+        offline_hub(sm.params.spec.get(CACHE_KEY))
         # The job's GPU request: with device auto, a job that asked for one must see one.
         settings = RunSettings.from_config(sm.params.settings, sm.resources.get("gpu"))
         caption_pool(**common, settings=settings, seed=sm.params.seed)

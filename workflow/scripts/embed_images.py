@@ -6,10 +6,13 @@ from capmix.caption import RunSettings
 from capmix.chunks import parse_chunk
 from capmix.logs import setup_logging
 from capmix.score import embed_pool_images
+from capmix.weights import CACHE_KEY, offline_hub
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
+    # A model job never reaches the Hub: its weights are in the cache (rule model_weights).
+    offline_hub(sm.params.spec.get(CACHE_KEY))
     chunk, n_chunks = parse_chunk(sm.wildcards.chunk)
     manifest = Path(sm.output.manifest)
     embed_pool_images(sm.wildcards.pool, sm.wildcards.scorer, sm.params.spec,

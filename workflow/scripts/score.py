@@ -6,10 +6,13 @@ from pathlib import Path
 from capmix.caption import RunSettings, caption_files
 from capmix.logs import setup_logging
 from capmix.score import score_pool_caption_set
+from capmix.weights import CACHE_KEY, offline_hub
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
+    # A model job never reaches the Hub: its weights are in the cache (rule model_weights).
+    offline_hub(sm.params.spec.get(CACHE_KEY))
     embedding_files = []
     for path in sm.input.images:
         manifest = json.loads(Path(path).read_text())
