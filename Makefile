@@ -9,7 +9,7 @@ CORES ?= all
 # The SLURM tests start a real single-node cluster: Debian's daemons, installed as root.
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
 
-.PHONY: setup run smoke replicates cost test lint report clean-results slurm-deps
+.PHONY: setup run smoke replicates cost gpu-check test lint report clean-results slurm-deps
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "capmix needs Python 3.11"'
@@ -36,6 +36,13 @@ smoke: setup
 # commitment"; every `snakemake -n` prints the same table): make cost CONFIG=config/datacomp_medium.yaml
 cost: setup
 	$(BIN)/python -m capmix.cost $(CONFIG)
+
+# On a GPU node: the real-size captioners, scorer and a few training steps, checked and timed
+# in one run of a few minutes (README: "Checking a GPU node"); figures to $OUT/gpu_check.json if OUT
+# is set, else results/gpu_check/. Refuses to fall back to the CPU smoke when CUDA is missing.
+GPU_CHECK_ARGS ?=
+gpu-check: setup
+	$(BIN)/python bench/gpu_check.py --require-gpu $(GPU_CHECK_ARGS)
 
 # The default over several seeds, each into its own results root (runs/seedN/, nothing
 # overwritten; a finished seed is not re-run), then the findings table across seeds.

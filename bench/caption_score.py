@@ -36,53 +36,15 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.random_models import make_pool, real_size_blip2  # noqa: E402
 from capmix.caption import RunSettings, caption_files, caption_pool  # noqa: E402
-from capmix.captioners import Blip2Captioner, load_captioner  # noqa: E402
-from capmix.config import pipeline_config  # noqa: E402
-from capmix.fetch import FetchSettings, fetch_pool  # noqa: E402
+from capmix.captioners import load_captioner  # noqa: E402
 from capmix.modelrun import resolve_device  # noqa: E402
 from capmix.score import (  # noqa: E402
     embed_pool_images,
     load_scorer,
     score_pool_caption_set,
 )
-from capmix.sources import build_metadata, source_files  # noqa: E402
-from capmix.toyspec import SPLITS  # noqa: E402
-from capmix.toyworld import generate_world  # noqa: E402
-
-
-def real_size_blip2(device: str, precision: str) -> Blip2Captioner:
-    """BLIP2 (ViT-g/14 + Q-Former + OPT-2.7B sizes) with random weights, built offline."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        Blip2Processor,
-        BlipImageProcessor,
-        PreTrainedTokenizerFast,
-    )
-
-    vocab_size = 50272  # OPT's
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<image>": 4}
-    vocab.update({f"w{i}": i for i in range(5, vocab_size)})
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>",
-                                        eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    processor = Blip2Processor(BlipImageProcessor(size={"height": 224, "width": 224}),
-                               tokenizer, num_query_tokens=32)
-    config = Blip2Config(
-        text_config={"model_type": "opt", "vocab_size": vocab_size, "hidden_size": 2560,
-                     "word_embed_proj_dim": 2560, "num_hidden_layers": 32, "ffn_dim": 10240,
-                     "num_attention_heads": 32, "max_position_embeddings": 2048,
-                     "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1},
-        num_query_tokens=32, image_token_index=4)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    if device == "cpu":
-        dtype = torch.float32
-    with torch.device(device):
-        model = Blip2ForConditionalGeneration(config).to(dtype).eval()
-    return Blip2Captioner("blip2-opt-2.7b-random", model, processor, device, dtype)
 
 
 def bench_decoding(captioner: str, new_tokens: int) -> dict[str, int]:
@@ -104,22 +66,6 @@ def bench_decoding(captioner: str, new_tokens: int) -> dict[str, int]:
     if new_tokens < 1:
         raise ValueError(f"--new-tokens must be >= 1 (got {new_tokens})")
     return {"min_length": new_tokens, "max_length": new_tokens + 1}
-
-
-def make_pool(root: Path, images: int, image_size: int) -> Path:
-    config = pipeline_config()
-    spec = json.loads(json.dumps(config["toy_worlds"]["default"]))
-    spec["splits"] = {split: 0 for split in SPLITS} | {"pool": images}
-    spec.update(image_size=image_size, dead_url_fraction=0.0, corrupt_file_fraction=0.0)
-    generate_world(root / "world", spec, seed=0)
-    source = {"type": "toy", "world": "bench", "split": "pool", "keep_columns": "all"}
-    build_metadata("bench", source, source_files(source, [root / "world" / "pool.parquet"]),
-                   root / "metadata")
-    fetch_pool("bench", root / "metadata", root / "shards", root / "index.parquet",
-               root / "report.json",
-               FetchSettings(image_size=image_size, samples_per_shard=1000, retries=0,
-                             threads_per_process=8), processes=min(8, os.cpu_count() or 1))
-    return root
 
 
 def main() -> None:
@@ -166,7 +112,8 @@ def main() -> None:
 
             scorer_spec = {"model": f"local-dir:{make_tiny_clip(root / 'clip')}"}
         elif args.scorer == "vit-l-14":
-            scorer_spec = {"model": "ViT-L-14", "pretrained": None}  # random weights
+            # Random weights, with the QuickGELU activation OpenAI's weights were trained with.
+            scorer_spec = {"model": "ViT-L-14-quickgelu", "pretrained": None}
         else:
             scorer_spec = {"model": args.scorer}
         scorer = load_scorer("bench", scorer_spec, device, args.precision)

@@ -168,6 +168,19 @@ def make_tiny_blip2(directory: Path | str) -> Path:
 # ----------------------------------------------------------------------- open_clip
 
 
+def init_coca_text_projection(model) -> None:  # type: ignore[no-untyped-def]
+    """Give a freshly built open_clip CoCa's decoder ``text_projection`` its intended init.
+
+    open_clip 3.3.0 never initialises it (it is ``torch.empty`` garbage, |w| up to ~1e33, and
+    ``MultimodalTransformer.init_parameters()`` is uncallable: it reads a missing
+    ``.transformer``). Pretrained checkpoints overwrite it; a random model that must sample
+    (these tiny ones, and the real-size random CoCa of bench/random_models.py) needs it.
+    """
+    decoder = model.text_decoder
+    with torch.no_grad():
+        torch.nn.init.normal_(decoder.text_projection, std=decoder.width ** -0.5)
+
+
 def _open_clip_dir(directory: Path, model_cfg: dict, seed: int) -> Path:
     """Write ``open_clip_config.json``, the HF tokenizer files and random weights.
 
@@ -190,12 +203,7 @@ def _open_clip_dir(directory: Path, model_cfg: dict, seed: int) -> Path:
     _seed(seed)
     model = open_clip.create_model(f"local-dir:{directory}", pretrained=None)
     if hasattr(model, "text_decoder"):
-        # open_clip 3.3.0 never initialises a fresh CoCa's decoder text_projection (it is
-        # torch.empty garbage, |w| up to ~1e33, and MultimodalTransformer.init_parameters()
-        # is uncallable: it reads a missing `.transformer`). Pretrained checkpoints
-        # overwrite it; a random model that must sample needs the intended init.
-        decoder = model.text_decoder
-        torch.nn.init.normal_(decoder.text_projection, std=decoder.width ** -0.5)
+        init_coca_text_projection(model)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "open_clip_model.safetensors"))
     return directory
@@ -255,13 +263,14 @@ def make_tiny_coca_clip_bpe(directory: Path | str) -> Path:
     return _open_clip_dir(Path(directory), model_cfg, seed=5)
 
 
-def make_tiny_clip(directory: Path | str) -> Path:
+def make_tiny_clip(directory: Path | str, quick_gelu: bool = False) -> Path:
     """A tiny open_clip CLIP in a ``local-dir:`` directory (pass ``f"local-dir:{dir}"``).
 
     ViT 32 px/patch 8/width 64/2 layers; text width 64, 4 heads, 2 layers,
     context 48, the same word-level tokenizer as the CoCa; the text feature is
     pooled at ``</s>`` (``pool_type="eos"``) because CLIP's default ``argmax``
     pooling assumes the end token has the largest id, true only for CLIP's BPE.
+    ``quick_gelu``: QuickGELU activations, as OpenAI's CLIPs (``ViT-L-14-quickgelu``).
     """
     tokenizer = word_level_tokenizer(add_eos=True)
     model_cfg = {
@@ -271,6 +280,7 @@ def make_tiny_clip(directory: Path | str) -> Path:
         "text_cfg": _text_cfg(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
                               pool_type="eos"),
         "custom_text": True,
+        **({"quick_gelu": True} if quick_gelu else {}),
     }
     return _open_clip_dir(Path(directory), model_cfg, seed=4)
 
