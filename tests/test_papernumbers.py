@@ -228,7 +228,7 @@ def test_a_run_in_several_tables_has_one_number(numbers):
     shared = {k: v for k, v in seen.items() if len({e.where for e in v}) > 1}
     assert len(shared) >= 15
     for key, entries in shared.items():
-        step = max(normalised(e.printed, e.raw.get("printed_scale"))[1] for e in entries)
+        step = max(normalised(e.printed, e.printed_scale)[1] for e in entries)
         values = [e.value for e in entries]
         assert max(values) - min(values) <= step + 1e-9, (key, [e.id for e in entries])
 

@@ -79,16 +79,18 @@ class Entry:
     value: float
     printed: str
     unit: str
+    printed_scale: int | None = None
     kind: str = "result"
     bound: str | None = None
     source: str | None = None
+    source_ref: str | None = None
+    emphasis: str | None = None  # underlined / bold, where the source text keeps the mark
     stated_in: str | None = None
     derived_from: tuple[str, ...] = ()
     formula: str | None = None
     ambiguous: bool = False
     note: str | None = None
     capmix: Mapping[str, Any] = field(default_factory=dict)
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def metric(self) -> str | None:
@@ -192,7 +194,8 @@ class PaperNumbers:
     def compare_entry(self, ours: float | None, entry: Entry | str,
                       toy: bool = False) -> Comparison:
         """Our number for one entry. A toy-world number is shown alone, labelled toy: the toy
-        world is not the paper's setting, so there is nothing to compare it with."""
+        world is not the paper's setting, so there is nothing to compare it with. ``ours=None``
+        (not measured) gives the paper's number without a verdict."""
         if isinstance(entry, str):
             entry = self.by_id(entry)
         if toy or ours is None:
@@ -369,7 +372,7 @@ def derivation_problems(numbers: PaperNumbers) -> list[str]:
             continue
         inputs = [numbers.by_id(i).value for i in entry.derived_from]
         computed = evaluate_formula(entry.formula, inputs)
-        _, step = normalised(entry.printed, entry.raw.get("printed_scale"))
+        _, step = normalised(entry.printed, entry.printed_scale)
         if entry.bound == "lower":
             ok = computed >= entry.value - EPSILON
         elif entry.bound == "upper":
@@ -480,11 +483,13 @@ def _tolerance(metric: str, spec: Mapping[str, Any]) -> Tolerance:
 def _entry(spec: Mapping[str, Any]) -> Entry:
     return Entry(id=spec["id"], where=spec["where"], row=spec["row"], column=spec["column"],
                  value=float(spec["value"]), printed=spec["printed"], unit=spec["unit"],
-                 kind=spec.get("kind", "result"), bound=spec.get("bound"),
-                 source=spec.get("source"), stated_in=spec.get("stated_in"),
+                 printed_scale=spec.get("printed_scale"), kind=spec.get("kind", "result"),
+                 bound=spec.get("bound"), source=spec.get("source"),
+                 source_ref=spec.get("source_ref"), emphasis=spec.get("emphasis"),
+                 stated_in=spec.get("stated_in"),
                  derived_from=tuple(spec.get("derived_from", ())), formula=spec.get("formula"),
                  ambiguous=bool(spec.get("ambiguous", False)), note=spec.get("note"),
-                 capmix=dict(spec.get("capmix", {})), raw=dict(spec))
+                 capmix=dict(spec.get("capmix", {})))
 
 
 def parse(document: Any, path: Path = DEFAULT_PATH,
