@@ -63,6 +63,38 @@ def coco_task(config: Mapping[str, Any], pool: Mapping[str, Any]) -> tuple[Any, 
                              "(analyses.visual_vocabulary.task)")
 
 
+def analyses_problems(config: Mapping[str, Any]) -> list[str]:
+    """Start-up checks of ``analyses`` a schema cannot express: the models compared must be
+    strategies of the catalogue (whether a pool trains them is reported per pool, as not
+    available), and the grounding-ratio and histogram bins must divide their range."""
+    from capmix.strategies import expand_strategies
+
+    settings = config.get("analyses") or {}
+    known = expand_strategies(config.get("strategies") or {})
+    problems = []
+    pairs = {f"model_pairs.{n}": p for n, p in (settings.get("model_pairs") or {}).items()}
+    if settings.get("class_groups"):
+        pairs["class_groups"] = settings["class_groups"]
+    for where, pair in pairs.items():
+        for side in ("a", "b"):
+            if pair.get(side) not in known:
+                problems.append(f"config key 'analyses.{where}.{side}': '{pair.get(side)}' is "
+                                "not a strategy of the catalogue (config key 'strategies')")
+    histograms = settings.get("cosine_histograms") or {}
+    bins = [("caption_stats.ratio_bin_width", 0.0, 1.0,
+             (settings.get("caption_stats") or {}).get("ratio_bin_width")),
+            ("cosine_histograms.bin_width", histograms.get("low"), histograms.get("high"),
+             histograms.get("bin_width"))]
+    for where, low, high, width in bins:
+        if None in (low, high, width):
+            continue
+        steps = (high - low) / width
+        if high <= low or abs(steps - round(steps)) > 1e-6:
+            problems.append(f"config key 'analyses.{where}': {width} does not divide "
+                            f"[{low}, {high}] into whole bins")
+    return problems
+
+
 def _pair(spec: Mapping[str, Any], evaluated: Sequence[str], pool: str) -> dict[str, Any]:
     missing = [s for s in (spec["a"], spec["b"]) if s not in evaluated]
     reason = None

@@ -219,13 +219,15 @@ def diversity_curve(texts: Sequence[str], sizes: Sequence[int], seed: int,
     wanted = sorted(s for s in set(sizes) if 0 < s <= len(texts))
     trigrams: set[tuple[str, ...]] = set()
     noun_set: set[str] = set()
+    tagged: set[str] = set()  # a caption seen again adds no noun: tag each text once
     points: list[dict[str, int]] = []
     done = 0
     for size in wanted:
         for i in order[done:size]:
             text = texts[int(i)]
             trigrams.update(ngrams(text, 3))
-            if count_nouns:
+            if count_nouns and text not in tagged:
+                tagged.add(text)
                 noun_set.update(nouns(text))
         done = size
         point = {"size": size, "unique_trigrams": len(trigrams)}
