@@ -543,7 +543,7 @@ def _groups_for(plan: Mapping[str, Any], classnames: Sequence[str]) -> tuple[lis
 
 def analyse_class_groups(plan: Mapping[str, Any], reader: _Reader) -> dict[str, Any]:
     pair, suite = plan["class_groups"], plan["suite"]
-    base = {"paper": pair["paper"], "a": pair["a"], "b": pair["b"]}
+    base = {"about": pair["paper"], "a": pair["a"], "b": pair["b"]}
     if suite is None:
         return {**unavailable(f"pool '{plan['pool']}' evaluates no models"), **base}
     if pair["reason"]:
