@@ -419,8 +419,12 @@ def analyse_noise_diversity(plan: Mapping[str, Any], reader: _Reader) -> dict[st
     if not plan["subsets"] or not plan["mix_table"]:
         return unavailable(f"pool '{plan['pool']}' builds no training sets (no strategies)")
     settings = plan["settings"]["noise_diversity"]
-    table = reader.parquet(plan["mix_table"])
-    table = table[["uid", *[c for c in table.columns if c.startswith(score_column(""))]]]
+    import pyarrow.parquet as pq
+
+    # Only the scores: the table's caption columns hold the pool's text (GBs at scale).
+    names = pq.read_schema(plan["mix_table"]).names
+    table = reader.parquet(plan["mix_table"],
+                           ["uid", *[c for c in names if c.startswith(score_column(""))]])
     sets = {}
     for strategy, files in plan["subsets"].items():
         summary = reader.json(files["summary"])
