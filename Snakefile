@@ -24,6 +24,9 @@ configfile: f"{workflow.basedir}/config/costs.yaml"
 configfile: f"{workflow.basedir}/config/findings.yaml"
 
 
+configfile: f"{workflow.basedir}/config/analyses.yaml"
+
+
 configfile: f"{workflow.basedir}/config/assets.yaml"
 
 
@@ -42,6 +45,7 @@ include: "workflow/rules/mix.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/findings.smk"
+include: "workflow/rules/analyses.smk"
 
 
 rule all:

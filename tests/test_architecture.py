@@ -18,7 +18,7 @@ PACKAGE = REPO / "src" / "capmix"
 #: must not pull a stage (torch, open_clip, PIL, pandas, pyarrow, webdataset) in.
 LIGHT_MODULES = ("config", "strategies", "suites", "toyspec", "captionsets", "scales", "chunks",
                  "sourcespec", "toykinds", "fetch_reasons", "cost", "textfilter", "assetspec",
-                 "weights", "papernumbers")
+                 "weights", "papernumbers", "analysisplan")
 HEAVY_PACKAGES = ("torch", "open_clip", "PIL", "pandas", "pyarrow", "webdataset", "transformers")
 
 

@@ -176,6 +176,7 @@ def test_smoke_dag_end_to_end(workdir):
     check_subsets_and_training_shards(workdir, world)
     check_models(workdir)
     check_evaluations(workdir)
+    check_analyses(workdir)
     check_editing_one_strategy_reruns_only_it(workdir)
 
     # Forcing the fetch again starts no new round: the world's failures (dead links, corrupt
@@ -305,9 +306,31 @@ def check_evaluations(workdir: Path) -> None:
         assert summary["provenance"]["inputs"][0]["path"].endswith("final.pt")
 
 
+def check_analyses(workdir: Path) -> None:
+    """Every analysis file of both smoke pools, each available or saying why not; the smoke
+    pool's two models give Figure 10's per-task differences."""
+    from capmix.analysisplan import ANALYSES
+
+    for pool in ("toy_smoke", "toy_smoke_nocaps"):
+        for name in ANALYSES:
+            doc = json.loads((workdir / f"results/{pool}/analyses/{name}.json").read_text())
+            assert doc["available"] is (doc["reason"] is None), (pool, name)
+            assert doc["toy"] and (doc["inputs"] or not doc["available"]), (pool, name)
+    folder = workdir / "results/toy_smoke/analyses"
+    pairs = json.loads((folder / "task_differences.json").read_text())["pairs"]
+    assert pairs["figure_10"]["available"] and pairs["figure_10"]["compared"] == 6
+    assert "synthetic_top_30" in pairs["figure_6"]["reason"]  # not trained by the smoke pool
+    subsets = json.loads((folder / "subset_table.json").read_text())["rows"]
+    assert len(subsets) == 14
+    histograms = json.loads((workdir / "results/toy_smoke_nocaps/analyses/"
+                             "cosine_histograms.json").read_text())["pairs"]
+    assert set(histograms) == {"toy_captioner/0.75", "toy_captioner_coco/0.75"}
+
+
 def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:
-    """A changed threshold re-runs that strategy's subset, nothing else (it is not trained, so
-    it has no training shards)."""
+    """A changed threshold re-runs that strategy's subset and the pool's analyses (its subset
+    table and caption statistics read the subset), nothing else (it is not trained, so it has
+    no training shards)."""
     edit = workdir / "config" / "edit.yaml"
     edit.write_text(json.dumps({"strategies": {"raw_min_0p28": {
         "description": "Raw (CLIP score >= 0.3)",
@@ -316,7 +339,7 @@ def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:
                        "config/edit.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     stats = job_stats(result.stdout)
-    assert stats == {"subset": 1, "all": 1, "total": 2}, result.stdout
+    assert stats == {"subset": 1, "analyses": 1, "all": 1, "total": 3}, result.stdout
     assert "raw_min_0p28" in result.stdout and "params" in result.stdout.lower()
 
 

@@ -25,11 +25,11 @@ from capmix.toykinds import CAPTIONER
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 #: What the Snakefile loads (`configfile:`), in order: the strategy catalogue, the training
-#: scales, the evaluation suites, the costs, the paper's findings, the published files
-#: (assets), the embedded default.
+#: scales, the evaluation suites, the costs, the paper's findings, the analyses behind its
+#: figures, the published files (assets), the embedded default.
 BASE_CONFIGS = tuple(REPO_ROOT / "config" / name for name in (
     "strategies.yaml", "train_scales.yaml", "eval_suites.yaml", "costs.yaml", "findings.yaml",
-    "assets.yaml", "config.yaml"))
+    "analyses.yaml", "assets.yaml", "config.yaml"))
 
 
 class ConfigError(ValueError):
@@ -148,6 +148,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"{where}.scorer': targets {sorted(targets & {'scores', 'quality'})} "
                             f"need a scorer for pool '{pool['name']}'")
     problems += cost_problems(config)
+    from capmix.analysisplan import analyses_problems
     from capmix.assetspec import asset_problems
     from capmix.captionsets import temperature_problems
     from capmix.findings import findings_problems
@@ -159,7 +160,8 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     return (problems + asset_problems(config) + temperature_problems(config)
             + strategy_problems(config)
             + train_problems(config)
-            + eval_problems(config) + findings_problems(config) + weights_problems(config))
+            + eval_problems(config) + findings_problems(config) + weights_problems(config)
+            + analyses_problems(config))
 
 
 def cost_problems(config: Mapping[str, Any]) -> list[str]:

@@ -37,12 +37,17 @@ def tokenize(text: str) -> list[str]:
     return _PUNCTUATION.sub(" ", text.lower()).split()
 
 
+def ngrams(text: str, n: int = 3) -> list[tuple[str, ...]]:
+    """The word n-grams of one text, in order (:func:`tokenize`'s words)."""
+    words = tokenize(text)
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
 def unique_ngrams(texts: Iterable[str], n: int = 3) -> int:
     """Number of distinct word n-grams over all texts (n-grams do not cross texts)."""
     seen: set[tuple[str, ...]] = set()
     for text in texts:
-        words = tokenize(text)
-        seen.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        seen.update(ngrams(text, n))
     return len(seen)
 
 
@@ -62,17 +67,26 @@ def cider(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]]
     return float(score)
 
 
+def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
+    """Positions of a seeded random sample of ``size`` of ``n`` items (all, in order, if
+    ``n <= size``), without replacement.
+
+    Every seeded sample of caption texts (Table 1's trigram count here, the figures' caption
+    statistics in :mod:`capmix.textstats`) draws through this one function, so that the same
+    seed and size pick the same captions everywhere.
+    """
+    if n <= size:
+        return np.arange(n)
+    return np.random.default_rng(seed).choice(n, size=size, replace=False)
+
+
 def sampled_unique_ngrams(texts: Sequence[str], size: int, seed: int, n: int = 3) -> int:
     """Distinct n-grams of a seeded random sample of ``size`` texts (all if fewer).
 
     The sample depends on the seed and the order of ``texts`` only, so callers pass texts in a
     stable order (by uid).
     """
-    if len(texts) <= size:
-        return unique_ngrams(texts, n)
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(texts), size=size, replace=False)
-    return unique_ngrams((texts[int(i)] for i in picked), n)
+    return unique_ngrams((texts[int(i)] for i in sample_indices(len(texts), size, seed)), n)
 
 
 def attribute_accuracy(captions: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:

@@ -13,6 +13,7 @@ REPO = Path(workflow.basedir)
 # Jobs (local, conda or SLURM) import the package from this checkout.
 sys.path.insert(0, str(REPO / "src"))
 
+from capmix.analysisplan import ANALYSES, coco_task, plan_analyses, plan_inputs  # noqa: E402
 from capmix.assetspec import asset_files, assets, assets_dir, resolve_file  # noqa: E402
 from capmix.captionsets import pool_caption_sets  # noqa: E402
 from capmix.chunks import CHUNK_PATTERN, chunk_names  # noqa: E402
@@ -124,10 +125,12 @@ TRAIN_SHARDS = f"{TRAIN_SHARDS_DIR}/manifest.json"
 MODEL_DIR = "results/{pool}/models/{strategy}"  # checkpoints of a run in progress live here
 CHECKPOINT = f"{MODEL_DIR}/final.pt"
 TRAINING = f"{MODEL_DIR}/training.json"
+EVAL_RESULTS = "results/{pool}/eval/{strategy}.jsonl"
 EVAL_AGGREGATE = "results/{pool}/eval/{strategy}.aggregate.json"
 TOY_EVAL_DATA_DIR = "results/eval_data/toy/{world}"
 EVAL_TASK = f"{{eval_data_dir}}/{{data}}/{TASK_MANIFEST}"  # a task's directory and manifest
 FINDINGS = "results/{pool}/findings.json"
+ANALYSIS = "results/{pool}/analyses/{analysis}.json"  # one per capmix.analysisplan.ANALYSES
 ASSET = f"{assets_dir(config)}/{{asset_file}}"  # a published file (config `assets`)
 # The shared weights cache (config `model_weights`) and rule model_weights' record of one
 # captioner's/scorer's weights in it (`role`: captioners or scorers, `model`: its name).
@@ -500,6 +503,42 @@ def findings_inputs(wildcards):
     return finding_inputs(config, wildcards.pool)
 
 
+# ---- Analyses --------------------------------------------------------------------------
+def analyses_files(pool):
+    """The files the pool's analyses read, by role (capmix.analysisplan.plan_analyses)."""
+    sets = caption_sets(pool)
+    strategies = pool_strategies(pool)
+    suite, task, _ = coco_task(config, POOLS[pool]) if POOLS[pool]["eval"] else (None, None, "")
+    coco = None
+    if task is not None and not suite.toy:
+        coco = EVAL_TASK.format(eval_data_dir=suite.data_dir, data=task.data)
+    return {
+        "scores": pool_scores(pool, sets),
+        "captions": {s: caption_manifests(pool, s) for s in sets},
+        "subsets": {s: {"summary": SUBSET_SUMMARY.format(pool=pool, strategy=s),
+                        "samples": SUBSET_SAMPLES.format(pool=pool, strategy=s)}
+                    for s in strategies},
+        "mix_table": MIX_TABLE.format(pool=pool) if strategies else None,
+        "eval": {s: {"results": EVAL_RESULTS.format(pool=pool, strategy=s),
+                     "aggregate": EVAL_AGGREGATE.format(pool=pool, strategy=s)}
+                 for s in evaluated_strategies(pool)},
+        "coco_task": coco,
+    }
+
+
+def analyses_plan(wildcards):
+    """What the pool's analyses compute, from which files, and why the rest is not available."""
+    return plan_analyses(config, wildcards.pool, analyses_files(wildcards.pool))
+
+
+def analyses_inputs(wildcards):
+    return plan_inputs(analyses_plan(wildcards))
+
+
+def analyses_outputs(pool):
+    return [ANALYSIS.format(pool=pool, analysis=name) for name in ANALYSES]
+
+
 # ---- Targets: what `rule all` builds ---------------------------------------------------
 def pool_strategies(pool):
     return pool_strategy_names(config, POOLS[pool])
@@ -560,6 +599,7 @@ TARGET_FILES = {
     "eval": strategy_files(EVAL_AGGREGATE, evaluated_strategies),
     # Only pools that opt in (pools[].findings) check the paper's findings.
     "findings": pool_file(FINDINGS, only_if="findings"),
+    "analyses": analyses_outputs,
 }
 if list(TARGET_FILES) != TARGETS:
     raise WorkflowError(f"common.smk: TARGET_FILES covers {list(TARGET_FILES)}, but the schema's "

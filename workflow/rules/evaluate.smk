@@ -56,7 +56,7 @@ rule evaluate:
     input:
         unpack(eval_inputs),
     output:
-        results="results/{pool}/eval/{strategy}.jsonl",
+        results=EVAL_RESULTS,
         aggregate=EVAL_AGGREGATE,
     params:
         suite=pool_setting("eval", "suite"),
