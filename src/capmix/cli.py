@@ -52,6 +52,7 @@ def targets(path: str, cell: Sequence[str] | None) -> tuple[lineage.Lineage, lis
     if cell is None:
         return records, [path], None
     found = lineage.find_cell(path, *cell)
+    found["table"] = records.key(found["table"])
     return records, [str(records.absolute(s)) for s in found["sources"]], found
 
 

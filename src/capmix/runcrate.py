@@ -118,7 +118,8 @@ def write_crate(chain: Chain, out: Path, cell: Mapping[str, Any] | None = None) 
             files[key] = crate.add_file(identifier, properties=properties)
         return {"@id": files[key].id}
 
-    tools: dict[str, Any] = {}
+    tools: dict[str, Any] = {}  # rule -> its script's entity
+    scripts: dict[str, Any] = {}  # script path -> entity (once, if rules share one)
     parameters: dict[tuple[str, str], str] = {}
     steps = []
     control_actions, actions = [], []
@@ -137,11 +138,16 @@ def write_crate(chain: Chain, out: Path, cell: Mapping[str, Any] | None = None) 
                                   "conformsTo": {"@id": "https://bioschemas.org/profiles/"
                                                         "FormalParameter/1.0-RELEASE"}})
                 formal.append({"@id": pid})
-            tools[rule] = crate.add_file(
-                source if source is not None and source.is_file() else None, script_path,
-                properties={"@type": ["File", "SoftwareSourceCode"], "name": f"rule {rule}",
-                            "programmingLanguage": {"@id": "#python"}, "input": formal,
-                            "sha256": script.get("sha256")})
+            if script_path in scripts:
+                tools[rule] = scripts[script_path]
+                tools[rule].append_to("input", formal)
+            else:
+                tools[rule] = scripts[script_path] = crate.add_file(
+                    source if source is not None and source.is_file() else None, script_path,
+                    properties={"@type": ["File", "SoftwareSourceCode"],
+                                "name": f"script of rule {rule}",
+                                "programmingLanguage": {"@id": "#python"}, "input": formal,
+                                "sha256": script.get("sha256")})
             step = crate.add_jsonld({"@id": ident(f"step-{rule}"), "@type": "HowToStep",
                                      "name": rule, "position": str(len(steps)),
                                      "workExample": {"@id": tools[rule].id}})
@@ -187,7 +193,7 @@ def write_crate(chain: Chain, out: Path, cell: Mapping[str, Any] | None = None) 
     crate.add_jsonld({"@id": "#python", "@type": "ComputerLanguage", "name": "Python",
                       "identifier": {"@id": "https://www.python.org/"},
                       "url": {"@id": "https://www.python.org/"}})
-    workflow["hasPart"] = [{"@id": t.id} for t in tools.values()]
+    workflow["hasPart"] = [{"@id": t.id} for t in scripts.values()]
     workflow["step"] = steps
     run = crate.add_jsonld({
         "@id": "#run", "@type": "CreateAction", "name": f"capmix run producing {what}",

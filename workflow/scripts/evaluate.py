@@ -11,7 +11,7 @@ from capmix.suites import load_suite
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
-    with job_provenance(sm):
+    with job_provenance(sm) as job:
         suite = load_suite(sm.config, sm.params.suite)
         training = json.loads(Path(sm.input.training).read_text())
         model = load_model(training["model"], Path(sm.input.checkpoint),
@@ -27,3 +27,4 @@ if __name__ == "__main__":
                        extra={"pool": sm.wildcards.pool, "strategy": sm.wildcards.strategy,
                               "training": {k: training.get(k) for k in
                                            ("scale", "samples_seen", "steps", "world_size")}})
+        job.produced(sm.params.progress)  # finished tasks, kept for a resumed run

@@ -21,4 +21,4 @@ if __name__ == "__main__":
         else:
             vision = Path(sm.input.vision).parent if "vision" in sm.input.keys() else None
             train_toy_model(kind, world_dir, out_dir, settings, seed, work, vision_from=vision)
-        job.produced(out_dir)  # the weights beside the declared config
+        job.produced(out_dir, work)  # the weights beside the declared config; its run

@@ -12,7 +12,7 @@ from capmix.train import train_clip
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
-    with job_provenance(sm):
+    with job_provenance(sm) as job:
         scale = load_scale(sm.config, sm.params.scale)
         work = Path(sm.params.work)
         model = stage_toy_model(Path(sm.input.toy_model).parent, work) if scale.toy_model else None
@@ -21,3 +21,4 @@ if __name__ == "__main__":
                    seed=sm.params.seed, model=model,
                    extra={"pool": sm.wildcards.pool, "strategy": sm.wildcards.strategy,
                           "source": pool_by_name(sm.config, sm.wildcards.pool)["source"]})
+        job.produced(work)  # its checkpoints, logs and model config beside final.pt
