@@ -75,6 +75,20 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def write_shared_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically where parallel jobs may write the same file at once (the hash
+    cache, an environment): each through its own temporary file, so no writer renames
+    another's half-written one; the last rename wins, and all write the same content."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(payload, out, indent=2, sort_keys=True, default=str)
+        out.write("\n")
+    os.replace(tmp, path)
+
+
 # ------------------------------------------------------------------------------ hashing
 
 
@@ -112,9 +126,9 @@ class Hasher:
                 cached = None
         digest = cached or sha256_file(path)
         if cached is None and self.cache_dir is not None and stat.st_size >= CACHE_MIN_BYTES:
-            write_json(self._cache_file(absolute), {"path": absolute, "size": stat.st_size,
-                                                    "mtime_ns": stat.st_mtime_ns,
-                                                    "sha256": digest})
+            write_shared_json(self._cache_file(absolute), {
+                "path": absolute, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "sha256": digest})
         self.memo[key] = digest
         return digest, stat.st_size
 
@@ -200,7 +214,7 @@ def store_environment(root: Path, env: Mapping[str, Any]) -> str:
     digest = environment_hash(env)
     path = root / "environments" / f"{digest}.json"
     if not path.exists():
-        write_json(path, env)
+        write_shared_json(path, env)
     return digest
 
 
@@ -224,7 +238,8 @@ def current_environment(root: Path) -> tuple[str, dict[str, Any]]:
         pass
     env = environment()
     digest = store_environment(root, env)
-    write_json(pointer, {"sha256": digest, "executable": sys.executable, "path": folders})
+    write_shared_json(pointer, {"sha256": digest, "executable": sys.executable,
+                                "path": folders})
     return digest, env
 
 
@@ -408,7 +423,7 @@ def job_provenance(sm: Any, script: str | Path | None = None) -> Iterator[Job]:
     except BaseException:
         job.path.unlink(missing_ok=True)
         raise
-    write_json(job.path, job.record())
+    write_shared_json(job.path, job.record())
     print(f"provenance: {relative_to(job.path, job.workdir)}", file=sys.stderr)
 
 
