@@ -203,6 +203,30 @@ def test_table_holds_fails_and_says_why_not_measured(pool_config, tmp_path):
     assert "- UNDEFINED, comparison 1: a: alias 'synthetic_t_high'" in markdown
 
 
+def test_csv_table_says_where_each_value_came_from(pool_config, tmp_path):
+    """findings.csv + findings.cells.json: the cell contract of docs/provenance.md."""
+    import csv
+
+    from capmix.lineage import find_cell
+
+    results = tmp_path / "results"
+    write_results(results)
+    plan = plan_findings(pool_config, "toy_p", str(results))
+    write_findings(plan, tmp_path / "f.json", tmp_path / "f.md", tmp_path / "findings.csv")
+    rows = list(csv.DictReader((tmp_path / "findings.csv").open()))
+    assert rows[0]["row"] == "HOLDS.1" and float(rows[0]["ours a"]) == 0.5
+    cell = find_cell(tmp_path / "findings.csv", "DOTTED.1", "ours a")
+    assert cell["sources"] == [f"{results}/toy_p/quality/toy_clip/raw.json"]
+    assert cell["field"] == "attributes.shape.correct" and float(cell["value"]) == 0.4
+    holds = find_cell(tmp_path / "findings.csv", "HOLDS.1", "holds")
+    assert holds["value"] == "yes" and len(holds["sources"]) == 2
+    sidecar = json.loads((tmp_path / "findings.cells.json").read_text())
+    assert sidecar["table"] == "findings.csv"
+    # What the pool cannot measure has no source: no cell names one.
+    assert not [c for c in sidecar["cells"] if c["row"] == "UNDEFINED.1"
+                and c["column"] == "ours a"]
+
+
 def test_same_measurement_and_unreadable_files_are_not_measured(pool_config, tmp_path):
     config = copy.deepcopy(pool_config)
     config["findings"] = {"SAME": finding(cmp(q("synthetic", "mean_cos"), "greater",

@@ -128,7 +128,7 @@ def test_bad_config_fails_at_start_naming_the_key(workdir):
 
 
 @pytest.mark.integration
-def test_smoke_dag_end_to_end(workdir):
+def test_smoke_dag_end_to_end(workdir, capsys):
     result = snakemake(workdir, "--cores", "2", "--configfile", "config/smoke.yaml")
     assert result.returncode == 0, result.stderr[-5000:]
     report = json.loads((workdir / "results/toy_smoke/fetch/report.json").read_text())
@@ -178,6 +178,7 @@ def test_smoke_dag_end_to_end(workdir):
     check_evaluations(workdir)
     check_analyses(workdir)
     check_editing_one_strategy_reruns_only_it(workdir)
+    check_provenance(workdir, capsys)
 
     # Forcing the fetch again starts no new round: the world's failures (dead links, corrupt
     # files) are not transient, so none is in fetch.retry_reasons; every uid keeps its reason.
@@ -325,6 +326,58 @@ def check_analyses(workdir: Path) -> None:
     histograms = json.loads((workdir / "results/toy_smoke_nocaps/analyses/"
                              "cosine_histograms.json").read_text())["pairs"]
     assert set(histograms) == {"toy_captioner/0.75", "toy_captioner_coco/0.75"}
+
+
+def check_provenance(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every job wrote its record; a findings cell walks back to the toy pool's metadata and
+    the toy world; --check names a one-byte change upstream; the chain exports as a valid
+    Provenance Run Crate."""
+    from capmix import cli, lineage
+    from tests.test_lineage import validate_crate
+
+    records = lineage.Lineage(workdir)
+    # Every file under results/ has a producer: declared outputs, and what scripts name
+    # beside them (shards, per-shard captions and embeddings, weights, checkpoints).
+    made_by_none = [key for p in (workdir / "results").rglob("*")
+                    if p.is_file() and "provenance" not in p.parts
+                    and records.producer(key := str(p.relative_to(workdir))) is None]
+    assert made_by_none == [], made_by_none[:10]
+    table = workdir / "results/toy_smoke/findings.csv"
+    cell = ["--cell", "F2.1", "ours a"]
+    assert cli.main(["provenance", str(table), *cell]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cell ('F2.1', 'ours a') of results/toy_smoke/findings.csv = '0.")
+    assert "field aggregates.Average; from results/toy_smoke/eval/" \
+        "raw_top_synthetic_remaining_filtered_30.aggregate.json" in out
+    for job in ("evaluate[pool=toy_smoke, strategy=raw_top_synthetic_remaining_filtered_30]",
+                "train[pool=toy_smoke", "fetch[pool=toy_smoke]", "metadata[pool=toy_smoke]",
+                "toy_world[world=smoke]"):
+        assert f"- {job}" in out, job
+    assert "consumed: results/toyworld/smoke/pool.parquet" in out  # the toy pool's metadata
+    assert cli.main(["provenance", "--json", str(table), *cell]) == 0
+    chain = json.loads(capsys.readouterr().out)
+    assert {"metadata", "toy_world", "fetch", "caption", "score", "mix_table", "subset",
+            "train_shards", "train", "evaluate", "toy_model"} <= {
+                j["rule"] for j in chain["jobs"].values()}
+    assert cli.main(["provenance", "--check", str(table), *cell]) == 0
+    assert "\nOK: every file of " in capsys.readouterr().out
+
+    # One byte of the toy pool's normalised metadata: named, with the job that made it.
+    part = sorted((workdir / "results/toy_smoke/metadata").glob("*.parquet"))[0]
+    data, stat = part.read_bytes(), part.stat()
+    part.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    try:
+        assert cli.main(["provenance", "--check", str(table), *cell]) == 1
+        out = capsys.readouterr().out
+        assert f"CHANGED: {part.relative_to(workdir)} (made by metadata[pool=toy_smoke]" in out
+    finally:
+        part.write_bytes(data)
+        os.utime(part, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    crate = workdir / "crate"
+    assert cli.main(["provenance", "--ro-crate", str(crate), str(table), *cell]) == 0
+    capsys.readouterr()
+    assert validate_crate(crate) == []
 
 
 def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:

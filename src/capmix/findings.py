@@ -366,8 +366,11 @@ def compute_findings(plan: Mapping[str, Any], documents: Mapping[str, Any]) -> T
     }
 
 
-def write_findings(plan: Mapping[str, Any], json_path: Path, md_path: Path) -> Table:
-    """The findings rule: read what the plan measures, write the table as JSON and markdown."""
+def write_findings(plan: Mapping[str, Any], json_path: Path, md_path: Path,
+                   csv_path: Path | None = None) -> Table:
+    """The findings rule: read what the plan measures, write the table as JSON and markdown,
+    and (``csv_path``) as CSV with its cell sidecar (:func:`table_rows`)."""
+    from capmix.lineage import write_table
     from capmix.provenance import provenance_record, write_json, write_text_atomic
 
     files = plan_inputs(plan)
@@ -379,7 +382,37 @@ def write_findings(plan: Mapping[str, Any], json_path: Path, md_path: Path) -> T
         packages=())
     write_json(json_path, table)
     write_text_atomic(md_path, render_markdown(table))
+    if csv_path is not None:
+        write_table(csv_path, *table_rows(table))
     return table
+
+
+#: The CSV's columns; the first holds the row labels (``F2.1``: finding F2, comparison 1).
+CSV_HEADER = ("row", "finding", "paper", "quantity a", "ours a", "relation", "quantity b",
+              "ours b", "holds", "reason")
+
+
+def table_rows(table: Mapping[str, Any]) -> tuple[list[str], list[list[Any]],
+                                                    list[dict[str, Any]]]:
+    """Header, rows and cells of the CSV table: one row per comparison, values unrounded;
+    each value cell names the results file it was read from and the field in it, and the
+    ``holds`` cell both files (the cell contract of ``capmix.lineage.write_table``)."""
+    rows, cells = [], []
+    for finding in table["findings"]:
+        for number, c in enumerate(finding["comparisons"], 1):
+            label = f"{finding['id']}.{number}"
+            rows.append([label, finding["id"], finding["paper"], c["a"]["label"],
+                         c["a"]["value"], c["relation"], c["b"]["label"], c["b"]["value"],
+                         _holds_cell(c["holds"]), c["reason"] or ""])
+            for column, side in (("ours a", c["a"]), ("ours b", c["b"])):
+                if side["file"] is not None:
+                    cells.append({"row": label, "column": column, "sources": [side["file"]],
+                                  "field": ".".join(side["key"]), "key": list(side["key"])})
+            sources = [side["file"] for side in (c["a"], c["b"]) if side["file"] is not None]
+            if sources:
+                cells.append({"row": label, "column": "holds",
+                              "sources": list(dict.fromkeys(sources))})
+    return list(CSV_HEADER), rows, cells
 
 
 # ------------------------------------------------------------------------------ markdown

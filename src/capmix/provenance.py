@@ -36,7 +36,11 @@ def sha256_file(path: Path | str, chunk_size: int = 1 << 22) -> str:
 
 
 def code_version() -> dict[str, Any]:
-    """capmix version plus the git commit of the checkout (and whether it was dirty)."""
+    """capmix version plus the git commit of the checkout, whether it was dirty, and the
+    SHA-256 of ``git diff HEAD`` (tracked files): two dirty runs of one commit ran the same
+    code only if their diff hashes agree. Outside a git checkout (a copied workflow, an
+    unpacked release) all three are None; the per-file hashes of a job record
+    (:mod:`capmix.lineage`) still say which code ran."""
     info: dict[str, Any] = {"capmix": __version__}
     try:
         commit = subprocess.run(
@@ -47,9 +51,14 @@ def code_version() -> dict[str, Any]:
             ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, check=True, timeout=10,
         ).stdout.strip()
-        info.update(git_commit=commit, git_dirty=bool(dirty))
+        diff = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "diff", "--binary", "HEAD"],
+            capture_output=True, check=True, timeout=60,
+        ).stdout
+        info.update(git_commit=commit, git_dirty=bool(dirty),
+                    git_diff_sha256=hashlib.sha256(diff).hexdigest() if dirty else None)
     except (OSError, subprocess.SubprocessError):
-        info.update(git_commit=None, git_dirty=None)
+        info.update(git_commit=None, git_dirty=None, git_diff_sha256=None)
     return info
 
 

@@ -17,6 +17,7 @@ Two steps, so that a new caption set costs only the text tower:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -254,6 +255,15 @@ def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], inde
 
 
 # ------------------------------------------------------------------------ scoring
+
+
+def embedding_files(manifest_paths: Sequence[Path]) -> list[Path]:
+    """The per-shard embedding files listed by a pool's embed_images chunk manifests."""
+    files = []
+    for path in manifest_paths:
+        manifest = json.loads(Path(path).read_text())
+        files += [Path(path).parent / entry["output"] for entry in manifest["shards"]]
+    return files
 
 
 def load_image_embeddings(files: Sequence[Path]) -> tuple[pd.Index, np.ndarray]:

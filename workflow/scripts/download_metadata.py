@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
+from capmix.lineage import job_provenance
 from capmix.logs import setup_logging
 from capmix.sources import download_source
 
-setup_logging(snakemake.log[0])  # noqa: F821
-download_source(
-    snakemake.params.source,  # noqa: F821
-    Path(snakemake.output[0]).parent,  # noqa: F821
-    workers=snakemake.threads,  # noqa: F821
-)
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+with job_provenance(sm) as job:
+    download_source(sm.params.source, Path(sm.output[0]).parent, workers=sm.threads)
+    # The downloaded files lie beside the record the rule declares.
+    job.produced(Path(sm.output[0]).parent)

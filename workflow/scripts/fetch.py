@@ -8,18 +8,19 @@ workers from running the stage again (they have no ``snakemake`` object).
 from pathlib import Path
 
 from capmix.fetch import FetchSettings, fetch_pool
+from capmix.lineage import job_provenance
 from capmix.logs import setup_logging
 
 if __name__ == "__main__":
-    setup_logging(snakemake.log[0])  # noqa: F821
-    fetch_pool(
-        snakemake.wildcards.pool,  # noqa: F821
-        Path(snakemake.input[0]),  # noqa: F821
-        Path(snakemake.params.shards),  # noqa: F821
-        Path(snakemake.output.index),  # noqa: F821
-        Path(snakemake.output.report),  # noqa: F821
-        FetchSettings.from_config(snakemake.params.settings,  # noqa: F821
-                                  snakemake.params.source_type,  # noqa: F821
-                                  snakemake.params.allow_local_urls),  # noqa: F821
-        processes=snakemake.threads,  # noqa: F821
-    )
+    sm = snakemake  # noqa: F821
+    setup_logging(sm.log[0])
+    with job_provenance(sm) as job:
+        fetch_pool(
+            sm.wildcards.pool, Path(sm.input[0]), Path(sm.params.shards),
+            Path(sm.output.index), Path(sm.output.report),
+            FetchSettings.from_config(sm.params.settings, sm.params.source_type,
+                                      sm.params.allow_local_urls),
+            processes=sm.threads,
+        )
+        # The shards are not declared outputs (kept across rounds); the record hashes them.
+        job.produced(sm.params.shards)

@@ -3,14 +3,16 @@
 from pathlib import Path
 
 from capmix.clusters import run_image_clusters
+from capmix.lineage import job_provenance
 from capmix.logs import setup_logging
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
-    run_image_clusters(
-        sm.wildcards.pool, [Path(p) for p in sm.input.images],
-        [Path(p) for p in sm.input.reference_images],
-        [Path(p) for p in sm.input.reference_files],
-        Path(sm.input.centroids[0]) if sm.input.centroids else None,
-        dict(sm.params.spec), sm.params.seed, Path(sm.output.clusters), Path(sm.output.summary))
+    with job_provenance(sm):
+        run_image_clusters(
+            sm.wildcards.pool, [Path(p) for p in sm.input.images],
+            [Path(p) for p in sm.input.reference_images],
+            [Path(p) for p in sm.input.reference_files],
+            Path(sm.input.centroids[0]) if sm.input.centroids else None,
+            dict(sm.params.spec), sm.params.seed, Path(sm.output.clusters), Path(sm.output.summary))

@@ -2,15 +2,17 @@
 
 from pathlib import Path
 
+from capmix.lineage import job_provenance
 from capmix.logs import setup_logging
 from capmix.sources import build_metadata, source_files
 
-setup_logging(snakemake.log[0])  # noqa: F821
-source = snakemake.params.source  # noqa: F821
-build_metadata(
-    snakemake.wildcards.pool,  # noqa: F821
-    source,
-    source_files(source, [Path(p) for p in snakemake.input]),  # noqa: F821
-    Path(snakemake.output[0]),  # noqa: F821
-    required=snakemake.params.required,  # noqa: F821
-)
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+with job_provenance(sm):
+    build_metadata(
+        sm.wildcards.pool,
+        sm.params.source,
+        source_files(sm.params.source, [Path(p) for p in sm.input]),
+        Path(sm.output[0]),
+        required=sm.params.required,
+    )

@@ -2,13 +2,15 @@
 
 from pathlib import Path
 
+from capmix.lineage import job_provenance
 from capmix.logs import setup_logging
 from capmix.mix import run_subset
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
-    run_subset(sm.wildcards.strategy, sm.params.spec, {"mix": {"sources": sm.params.aliases}},
-               Path(sm.input.table), Path(sm.input.sorted), Path(sm.output.summary).parent,
-               language_summary=Path(sm.input.language) if "language" in sm.input.keys()
-               else None)
+    with job_provenance(sm):
+        run_subset(sm.wildcards.strategy, sm.params.spec, {"mix": {"sources": sm.params.aliases}},
+                   Path(sm.input.table), Path(sm.input.sorted), Path(sm.output.summary).parent,
+                   language_summary=Path(sm.input.language) if "language" in sm.input.keys()
+                   else None)

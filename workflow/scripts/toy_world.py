@@ -2,13 +2,14 @@
 
 from pathlib import Path
 
+from capmix.lineage import job_provenance
 from capmix.logs import setup_logging
 from capmix.toyworld import generate_world
 
-setup_logging(snakemake.log[0])  # noqa: F821
-generate_world(
-    Path(snakemake.output.manifest).parent,  # noqa: F821
-    snakemake.params.spec,  # noqa: F821
-    snakemake.params.seed,  # noqa: F821
-    workers=snakemake.threads,  # noqa: F821
-)
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+with job_provenance(sm) as job:
+    world_dir = Path(sm.output.manifest).parent
+    generate_world(world_dir, sm.params.spec, sm.params.seed, workers=sm.threads)
+    # The images the pool's URLs point at lie beside the declared splits.
+    job.produced(world_dir)
