@@ -66,6 +66,8 @@ SLURM_TIMEOUT = 2400
 # One more model, trained by two CPU processes: the job asks for 2 tasks and starts them with
 # srun inside its allocation (the multi-GPU path, with gloo instead of NCCL).
 DDP_MODEL = "results/toy_smoke/models/synthetic_top_50/training.json"
+# Job records and their caches (capmix.lineage): compared by job, not file by file.
+PROVENANCE = "results/provenance/"
 DDP_CONFIG = {"train_scales": {"toy_smoke": {"processes_per_node": 2}}}
 CONFIGS = ("config/smoke.yaml", "config/slurm_small.yaml", "config/slurm_gpus.yaml")
 # The profile's first status poll comes 20 s after a submission and every quiet poll waits
@@ -183,13 +185,20 @@ def compare_outputs(local: Path, on_slurm: Path, skip: tuple[str, ...] = ()) -> 
     def files(root: Path) -> set[str]:
         return {str(p.relative_to(root)) for p in (root / "results").rglob("*")
                 if p.is_file() and "/_work/" not in str(p) and "/run/" not in str(p)
-                and not str(p.relative_to(root)).startswith(skip)}
+                and not str(p.relative_to(root)).startswith((*skip, PROVENANCE))}
 
     def frame(root: Path, name: str) -> pd.DataFrame:
         # Error messages quote file paths, which differ only by the run directory.
         return pd.read_parquet(root / name).replace(str(root), "RUN", regex=True)
 
     assert files(local) == files(on_slurm)
+    # Job records: the same jobs ran (a record is named by its job's outputs), plus the DDP
+    # model's only on SLURM; the rest of results/provenance (hash cache, environments) is keyed
+    # by absolute paths and interpreters, so differs by run.
+    def records(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in (root / PROVENANCE / "jobs").rglob("*.json")}
+
+    assert records(local) and records(local) <= records(on_slurm)
     deterministic = [n for n in files(local) if n.endswith(".parquet") and (
         n.startswith("results/toyworld/") or n.endswith("/fetch/index.parquet")
         or "/captions/raw/" in n or "/subsets/raw_no_filter/" in n)]
