@@ -27,6 +27,9 @@ configfile: f"{workflow.basedir}/config/findings.yaml"
 configfile: f"{workflow.basedir}/config/analyses.yaml"
 
 
+configfile: f"{workflow.basedir}/config/figures.yaml"
+
+
 configfile: f"{workflow.basedir}/config/assets.yaml"
 
 
@@ -46,6 +49,12 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/findings.smk"
 include: "workflow/rules/analyses.smk"
+include: "workflow/rules/figures.smk"
+
+
+# `snakemake --report report.zip`: this page first (with the code version), then every
+# figure and table by category (workflow/rules/figures.smk).
+report: "workflow/report/workflow.rst"
 
 
 rule all:
