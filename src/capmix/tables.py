@@ -137,6 +137,7 @@ def render(table: TableData, numbers: PaperNumbers | None, toy: bool
 
 
 def markdown(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table under its title (for READMEs and issues)."""
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
@@ -144,14 +145,18 @@ def markdown(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -
     return "\n".join(lines) + "\n"
 
 
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#",
+                "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}"}
+
+
 def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                 ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
-        text = text.replace(a, b) if a != "\\" else text.replace(a, "\x00")
-    return text.replace("\x00", r"\textbackslash{}")
+    """LaTeX's special characters escaped, one character at a time."""
+    return "".join(_TEX_SPECIAL.get(c, c) for c in text)
 
 
 def latex(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A booktabs tabular (the paper's style) with its title as a comment, for a manuscript."""
     lines = [f"% {title}", r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
              r"\toprule", " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(_tex(str(c)) for c in row) + r" \\" for row in rows]
