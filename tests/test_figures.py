@@ -69,7 +69,7 @@ def test_figure_renders_with_its_panels_and_labels(tmp_path):
     assert axes[0].get_ylabel() == "Number of images"
     legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
     assert legend == ["Raw (mean 0.200)", "cap/0.75 (mean 0.600)"]
-    assert "toy" in figure._suptitle.get_text()
+    assert "toy" in figure.get_suptitle()
     paths = figures.draw_entry(spec, plan_for([spec], toy=True), tmp_path / "out", None)
     assert [p.suffix for p in paths] == [".png", ".pdf"]
     assert all(p.stat().st_size > 1000 for p in paths)

@@ -65,7 +65,7 @@ def caption_stats(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
                    [sets[n]["grounding"]["mean"] or 0 for n in names])
     grounding.set_xlabel("Average grounding ratio (visual tokens / tokens)")
     grounding.set_title("Grounding ratio")
-    grounding.set_yticklabels([])
+    grounding.tick_params(labelleft=False)
     figure.suptitle(title(entry, plan, "information per caption"))
     return figure
 
@@ -235,6 +235,69 @@ def class_groups(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
 # ------------------------------------------------------------------------------ results
 
 
+def discarded_samples(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Figure 1 / Appendix A's samples: ``options.n`` images, drawn at random (seeded) from
+    those the subset ``options.kept_by`` discards, each with its image bytes and every caption
+    set's caption (the mix table's ``caption:<set>`` columns)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from capmix.shards import ShardTask, read_shard
+
+    files, options = entry["reads"]["samples"], entry["options"]
+    names = pq.read_schema(files["table"]).names
+    columns = [c for c in names if c.startswith("caption:")]
+    table = pd.read_parquet(files["table"], columns=["uid", *columns]).sort_values("uid")
+    kept = set(pd.read_parquet(files["kept"], columns=["uid"])["uid"])
+    discarded = table[~table["uid"].isin(kept)].reset_index(drop=True)
+    if discarded.empty:
+        raise NotAvailable(f"not available: subset '{options['kept_by']}' keeps every image")
+    rng = np.random.default_rng(int(options.get("seed", 0)))
+    picked = discarded.iloc[np.sort(rng.choice(len(discarded), min(int(options["n"]),
+                                                                   len(discarded)),
+                                               replace=False))]
+    index = pd.read_parquet(files["index"], columns=["uid", "status", "shard"])
+    index = index[index["status"] == "fetched"]
+    wanted = set(picked["uid"])
+    images: dict[str, bytes] = {}
+    for shard in sorted(set(index.loc[index["uid"].isin(wanted), "shard"])):
+        uids = tuple(sorted(index.loc[index["shard"] == shard, "uid"]))
+        task = ShardTask(str(shard), Path(plan["shards"]) / str(shard), Path(), uids)
+        images.update((s.uid, s.image) for s in read_shard(task) if s.uid in wanted)
+    return [{"uid": row["uid"], "image": images.get(row["uid"]),
+             "captions": {c.split(":", 1)[1]: row[c] for c in columns
+                          if isinstance(row[c], str)}}
+            for _, row in picked.iterrows()]
+
+
+def image_grid(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 1 and Appendix A: images the subset ``options.kept_by`` discards, each with
+    its raw caption and every synthetic caption."""
+    import io
+    import textwrap
+
+    from PIL import Image
+
+    samples = discarded_samples(entry, plan)
+    columns = 4
+    rows = -(-len(samples) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.6 * rows),
+                                squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, sample in zip(axes.flat, samples, strict=False):
+        if sample["image"] is not None:
+            ax.imshow(Image.open(io.BytesIO(sample["image"])).convert("RGB"))
+        lines = [textwrap.shorten(f"{name}: {text}", 90)
+                 for name, text in sample["captions"].items()]
+        ax.set_title("\n".join(textwrap.fill(line, 45) for line in lines), fontsize=6,
+                     loc="left")
+    figure.suptitle(title(entry, plan, f"images discarded by {entry['options']['kept_by']}"))
+    figure.tight_layout()
+    return figure
+
+
 def accuracy_scatter(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
     """Figure 2 (left): average accuracy against ImageNet accuracy per evaluated strategy."""
     files = entry["reads"]["eval"]
@@ -303,6 +366,7 @@ def training_loss(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
 
 Drawer = Callable[[Mapping[str, Any], Mapping[str, Any]], Figure]
 DRAWERS: dict[str, Drawer] = {
+    "image_grid": image_grid,
     "accuracy_scatter": accuracy_scatter,
     "caption_stats": caption_stats,
     "cosine_histograms": cosine_histograms,

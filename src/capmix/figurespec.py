@@ -26,14 +26,15 @@ CATEGORIES: dict[str, str] = {
     "training curves": "Training curves",
 }
 #: Drawing functions (schema ``$defs/figure.plot``; figures.DRAWERS and tables.WRITERS).
-FIGURE_PLOTS = ("accuracy_scatter", "caption_stats", "cosine_histograms", "noise_diversity",
-                "task_differences", "retrieval_bars", "pool_scaling", "retrieval_scatter",
-                "class_groups", "diversity_scaling", "caption_quality", "fetch_outcomes",
-                "training_loss")
+FIGURE_PLOTS = ("image_grid", "accuracy_scatter", "caption_stats", "cosine_histograms",
+                "noise_diversity", "task_differences", "retrieval_bars", "pool_scaling",
+                "retrieval_scatter", "class_groups", "diversity_scaling", "caption_quality",
+                "fetch_outcomes", "training_loss")
 TABLE_PLOTS = ("quality_table", "retrieval_table", "temperature_table", "subset_table")
 PLOTS = (*FIGURE_PLOTS, *TABLE_PLOTS)
 #: Result kinds an entry may read besides analyses, with the target that makes them.
-RESULT_TARGETS = {"quality": "quality", "eval": "eval", "training": "models", "fetch": "fetch"}
+RESULT_TARGETS = {"quality": "quality", "eval": "eval", "training": "models", "fetch": "fetch",
+                  "samples": "subsets"}
 ANALYSES_PREFIX = "analyses:"
 #: Where a pool's figures go: one folder of drawn files and an index of every entry.
 FIGURES_DIR = "results/{pool}/figures"
@@ -77,7 +78,9 @@ def plan_figures(config: Mapping[str, Any], pool_name: str, targets: Sequence[st
 
     ``targets`` are the pool's targets; ``files`` the workflow's paths for the pool:
     ``analyses`` (name -> JSON), ``quality`` (caption set -> JSON), ``eval`` (strategy ->
-    aggregate JSON), ``training`` (strategy -> training JSON), ``fetch`` (the fetch report).
+    aggregate JSON), ``training`` (strategy -> training JSON), ``fetch`` (the fetch report),
+    ``samples`` (``index``: the fetch index, ``table``: the mix table, ``subsets``: strategy
+    -> its samples) and ``shards`` (the fetched shards' folder, read with the fetch index).
     An entry whose result kind the pool's targets do not make is not drawn, and says so.
     """
     pools = {p["name"]: p for p in config.get("pools") or []}
@@ -108,6 +111,8 @@ def plan_figures(config: Mapping[str, Any], pool_name: str, targets: Sequence[st
             if target not in targets:
                 reason = (f"not available: pool '{pool_name}' does not build the target "
                           f"'{target}'")
+            elif kind == "samples":
+                reads[kind], reason = _samples(entry, files, pool_name)
             else:
                 reads[kind] = files[kind]
         planned.append({"id": entry["id"], "paper": entry["paper"], "kind": entry["kind"],
@@ -116,7 +121,20 @@ def plan_figures(config: Mapping[str, Any], pool_name: str, targets: Sequence[st
                         "caption": entry["caption"], "reads": reads, "reason": reason})
     train = pool.get("train") or {}
     return {"pool": pool_name, "toy": toy, "train_scale": train.get("scale"),
-            "entries": planned}
+            "shards": files.get("shards"), "entries": planned}
+
+
+def _samples(entry: Mapping[str, Any], files: Mapping[str, Any],
+             pool: str) -> tuple[dict[str, str], str | None]:
+    """An image grid's files: the fetch index, the mix table and the samples of the subset
+    it shows the complement of (``options.kept_by``), or why the pool has none."""
+    kept_by = (entry.get("options") or {}).get("kept_by")
+    samples = files.get("samples") or {}
+    if not samples.get("table") or kept_by not in (samples.get("subsets") or {}):
+        return {}, (f"not available: pool '{pool}' builds no subset '{kept_by}' (the images "
+                    f"{entry['paper']} shows are those it discards)")
+    return {"index": samples["index"], "table": samples["table"],
+            "kept": samples["subsets"][kept_by]}, None
 
 
 def plan_inputs(plan: Mapping[str, Any]) -> list[str]:

@@ -578,6 +578,11 @@ def figures_files(pool):
                  for s in evaluated_strategies(pool)},
         "training": {s: TRAINING.format(pool=pool, strategy=s) for s in trained_strategies(pool)},
         "fetch": FETCH_REPORT.format(pool=pool),
+        "samples": {"index": FETCH_INDEX.format(pool=pool),
+                    "table": MIX_TABLE.format(pool=pool) if pool_strategies(pool) else None,
+                    "subsets": {s: SUBSET_SAMPLES.format(pool=pool, strategy=s)
+                                for s in pool_strategies(pool)}},
+        "shards": SHARDS.format(pool=pool),
     }
 
 
