@@ -51,6 +51,20 @@ def test_figures_config_parses_and_every_entry_names_the_paper():
     assert set(tables.WRITERS) == set(figurespec.TABLE_PLOTS)
 
 
+def test_figure_config_mistakes_name_the_entry():
+    from capmix.config import check_references
+
+    config = pipeline_config()
+    by_id = {e["id"]: e for e in config["figures"]}
+    config["figures"] = [*config["figures"], {**by_id["figure_2"], "plot": "subset_table"},
+                         {**by_id["figure_3"], "id": "figure_x", "plot": None}]
+    problems = [p for p in check_references(config) if "figures[" in p]
+    assert any("'figure_2' is used twice" in p for p in problems), problems
+    assert any("plot 'subset_table' does not draw a figure" in p for p in problems), problems
+    assert any("(figure_x): an entry without a plot must say what it `needs`" in p
+               for p in problems), problems
+
+
 def test_figure_renders_with_its_panels_and_labels(tmp_path):
     histogram = {"edges": [0.0, 0.5, 1.0], "counts": [3, 1]}
     doc = {"available": True, "reason": None, "pairs": {

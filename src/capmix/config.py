@@ -176,6 +176,9 @@ def cost_problems(config: Mapping[str, Any]) -> list[str]:
         for name in sorted(set(costs.get(part) or {}) - set(known)):
             problems.append(f"config key 'costs.{part}.{name}': '{name}' is not in `{defined}` "
                             f"(allowed: one of {', '.join(sorted(known)) or 'none defined'})")
+    from capmix.figurespec import figure_problems
+
+    problems += figure_problems(config)
     return problems
 
 

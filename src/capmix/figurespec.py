@@ -46,24 +46,34 @@ EXTENSIONS = {"figure": (".png", ".pdf"), "table": (".csv", ".cells.json", ".md"
 Plan = dict[str, Any]
 
 
-def figure_entries(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The ``figures`` entries, each with ``options`` filled in; ids must be unique and each
-    plot must match its kind (a figure drawn by a figure function, a table by a table one)."""
-    entries, seen = [], set()
+def figure_problems(config: Mapping[str, Any]) -> list[str]:
+    """Start-up checks of ``figures`` a schema cannot express: unique ids, a plot that draws
+    the entry's kind (a figure by a figure function, a table by a table one), and ``needs``
+    wherever there is no plot (the index says what the entry is waiting for)."""
+    problems, seen = [], set()
     for index, entry in enumerate(config.get("figures") or []):
         where = f"config key 'figures[{index}]' ({entry.get('id')})"
-        if entry["id"] in seen:
-            raise ValueError(f"{where}: the id '{entry['id']}' is used twice")
-        seen.add(entry["id"])
+        if entry.get("id") in seen:
+            problems.append(f"{where}: the id '{entry['id']}' is used twice")
+        seen.add(entry.get("id"))
         plot = entry.get("plot")
-        allowed = FIGURE_PLOTS if entry["kind"] == "figure" else TABLE_PLOTS
+        allowed = FIGURE_PLOTS if entry.get("kind") == "figure" else TABLE_PLOTS
         if plot is not None and plot not in allowed:
-            raise ValueError(f"{where}: plot '{plot}' does not draw a {entry['kind']} "
-                             f"(use one of {', '.join(allowed)})")
+            problems.append(f"{where}: plot '{plot}' does not draw a {entry.get('kind')} "
+                            f"(use one of {', '.join(allowed)})")
         if plot is None and not entry.get("needs"):
-            raise ValueError(f"{where}: an entry without a plot must say what it `needs`")
-        entries.append({**entry, "options": dict(entry.get("options") or {})})
-    return entries
+            problems.append(f"{where}: an entry without a plot must say what it `needs`")
+    return problems
+
+
+def figure_entries(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``figures`` entries, each with ``options`` filled in (ValueError: the problems of
+    :func:`figure_problems`)."""
+    problems = figure_problems(config)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return [{**entry, "options": dict(entry.get("options") or {})}
+            for entry in config.get("figures") or []]
 
 
 def entry_files(entry: Mapping[str, Any]) -> list[str]:
