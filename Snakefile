@@ -61,3 +61,10 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+# `snakemake figures` (`make figures`): every pool's figures and tables, and nothing else
+# (workflow/rules/figures.smk; each pool with the target `figures`).
+rule figures:
+    input:
+        figure_indexes(),

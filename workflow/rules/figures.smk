@@ -36,8 +36,3 @@ rule draw_figures:
     script:
         "../scripts/figures.py"
 
-
-# `snakemake figures`: the index (and drawn files) of every pool with the target `figures`.
-rule figures:
-    input:
-        figure_indexes(),
