@@ -40,8 +40,11 @@ def title(entry: Mapping[str, Any], plan: Mapping[str, Any], what: str) -> str:
     return f"{entry['paper']}: {what} ({'toy, ' if plan['toy'] else ''}pool {plan['pool']})"
 
 
-def _figure(n_panels: int, width: float = 5.0) -> tuple[Figure, list[Any]]:
-    figure, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, 4.2), squeeze=False)
+def _figure(n_panels: int, width: float = 5.0, bars: int = 0) -> tuple[Figure, list[Any]]:
+    """One row of ``n_panels`` panels; tall enough for ``bars`` labelled horizontal bars (a
+    pool's every training set) to keep their labels apart."""
+    height = max(4.2, 0.16 * bars + 1.2)
+    figure, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, height), squeeze=False)
     return figure, list(axes[0])
 
 
@@ -57,7 +60,7 @@ def caption_stats(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
     document, _ = analysis(entry, "caption_stats")
     sets = document["training_sets"]
     names = list(sets)
-    figure, (words, grounding) = _figure(2)
+    figure, (words, grounding) = _figure(2, bars=len(names))
     words.barh([_short(n) for n in names], [sets[n]["words"]["mean"] or 0 for n in names])
     words.set_xlabel("Average number of words per caption")
     words.set_title("Number of words")
@@ -144,7 +147,7 @@ def task_differences(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figur
     if not pair["available"]:
         raise NotAvailable(pair["reason"])
     rows = sorted(pair["tasks"], key=lambda r: r["difference"])
-    figure, (ax,) = _figure(1, 8.0)
+    figure, (ax,) = _figure(1, 8.0, bars=len(rows))
     ax.barh([r["task"] for r in rows], [r["difference"] for r in rows],
             color=["tab:green" if r["difference"] > 0 else "tab:red" for r in rows])
     ax.axvline(0, color="black", linewidth=0.8)
@@ -319,8 +322,8 @@ def accuracy_scatter(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figur
 def caption_quality(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
     """Data quality: per caption set, mean image-text cosine and CLIP-S (quality JSONs)."""
     files = entry["reads"]["quality"]
-    figure, axes = _figure(2)
     names = list(files)
+    figure, axes = _figure(2, bars=len(names))
     documents = [read_json(files[n]) for n in names]
     for ax, key, label in ((axes[0], "mean_cos", "Cosine similarity"),
                            (axes[1], "clip_s", "CLIP-S")):
