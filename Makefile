@@ -9,7 +9,7 @@ CORES ?= all
 # The SLURM tests start a real single-node cluster: Debian's daemons, installed as root.
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
 
-.PHONY: setup run smoke replicates cost gpu-check test lint report clean-results slurm-deps
+.PHONY: setup run smoke replicates cost gpu-check test lint figures report clean-results slurm-deps
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "capmix needs Python 3.11"'
@@ -53,6 +53,22 @@ replicates: setup
 	  || exit 1; done
 	$(BIN)/python -m capmix.findings combine runs/findings \
 	  $(foreach seed,$(SEEDS),runs/seed$(seed)/results/toy_default/findings.json)
+
+# Every figure and table the FINISHED results support (README "Paper figures and tables"), for
+# every pool of the config, re-running nothing upstream: only the analyses and the figure rules
+# may run (--allowed-rules; a missing upstream result stops with an error instead of a run),
+# and a finished upstream output counts as done whatever changed in its code or params since
+# (--rerun-triggers mtime). make figures CONFIG=config/smoke.yaml
+FIGURE_RULES := analyses draw_figures figures
+figures: setup
+	$(BIN)/snakemake figures --cores $(CORES) $(CONFIGFILE) \
+	  --allowed-rules $(FIGURE_RULES) --rerun-triggers mtime
+
+# The Snakemake report of a finished run: every figure and table with its caption, grouped by
+# category, and the code version on its landing page (workflow/report/workflow.rst).
+REPORT ?= report.zip
+report: setup
+	$(BIN)/snakemake --cores $(CORES) $(CONFIGFILE) --report $(REPORT)
 
 lint: setup
 	$(BIN)/ruff check .

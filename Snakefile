@@ -27,6 +27,9 @@ configfile: f"{workflow.basedir}/config/findings.yaml"
 configfile: f"{workflow.basedir}/config/analyses.yaml"
 
 
+configfile: f"{workflow.basedir}/config/figures.yaml"
+
+
 configfile: f"{workflow.basedir}/config/assets.yaml"
 
 
@@ -46,9 +49,22 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/findings.smk"
 include: "workflow/rules/analyses.smk"
+include: "workflow/rules/figures.smk"
+
+
+# `snakemake --report report.zip`: this page first (with the code version), then every
+# figure and table by category (workflow/rules/figures.smk).
+report: "workflow/report/workflow.rst"
 
 
 rule all:
     input:
         all_targets(),
     default_target: True
+
+
+# `snakemake figures` (`make figures`): every pool's figures and tables, and nothing else
+# (workflow/rules/figures.smk; each pool with the target `figures`).
+rule figures:
+    input:
+        figure_indexes(),

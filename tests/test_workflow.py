@@ -177,6 +177,7 @@ def test_smoke_dag_end_to_end(workdir, capsys):
     check_models(workdir)
     check_evaluations(workdir)
     check_analyses(workdir)
+    check_figures(workdir, capsys)
     check_editing_one_strategy_reruns_only_it(workdir)
     check_provenance(workdir, capsys)
 
@@ -328,6 +329,86 @@ def check_analyses(workdir: Path) -> None:
     assert set(histograms) == {"toy_captioner/0.75", "toy_captioner_coco/0.75"}
 
 
+#: What the smoke results support (one temperature, no model on synthetic_top_30, no
+#: LAION-COCO, no FairFace) and what they do not.
+SMOKE_DRAWN = {"figure_1", "appendix_a", "figure_2", "figure_3", "figure_4", "figure_5",
+               "figure_7", "figure_8", "figure_9", "figure_10", "figure_12", "table_1", "table_2",
+               "table_4", "table_5", "caption_quality", "fetch_outcomes", "training_loss"}
+SMOKE_NOT_DRAWN = {"figure_6", "figure_11", "figure_13", "table_3", "table_6"}
+
+
+def check_figures(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every figure and table the smoke results support is drawn, the rest listed with why;
+    a table cell walks back to its result; `snakemake --report` carries every drawn file."""
+    import zipfile
+
+    from capmix import cli
+
+    index = json.loads((workdir / "results/toy_smoke/figures/index.json").read_text())
+    status = {k: v["status"] for k, v in index["entries"].items()}
+    assert {k for k, v in status.items() if v == "drawn"} == SMOKE_DRAWN, status
+    assert {k for k, v in status.items() if v != "drawn"} == SMOKE_NOT_DRAWN, status
+    for name in SMOKE_NOT_DRAWN:
+        assert index["entries"][name]["reason"].startswith("not available"), name
+    assert "synthetic_top_30" in index["entries"]["figure_6"]["reason"]
+    files = workdir / "results/toy_smoke/figures/files"
+    for name in SMOKE_DRAWN:
+        suffixes = (".csv", ".cells.json", ".md", ".tex") if name.startswith("table") \
+            else (".png", ".pdf")
+        for suffix in suffixes:
+            assert (files / f"{name}{suffix}").stat().st_size > 0, (name, suffix)
+    table = files / "table_4.csv"
+    assert "ImageNet accuracy (ours, toy)" in table.read_text().splitlines()[0]
+    assert cli.main(["provenance", str(table), "--cell", "raw_top_30",
+                     "ImageNet accuracy (ours, toy)"]) == 0
+    out = capsys.readouterr().out
+    assert "field aggregates.ImageNet; from results/toy_smoke/eval/raw_top_30.aggregate.json" \
+        in out, out
+    nocaps = json.loads((workdir / "results/toy_smoke_nocaps/figures/index.json").read_text())
+    assert nocaps["entries"]["table_1"]["status"] == "drawn"
+    assert "NoCaps CIDEr (ours, toy)" in (
+        workdir / "results/toy_smoke_nocaps/figures/files/table_1.csv").read_text()
+
+    result = snakemake(workdir, "--cores", "1", "--configfile", "config/smoke.yaml",
+                       "--report", "report.zip")
+    assert result.returncode == 0, result.stderr[-5000:]
+    with zipfile.ZipFile(workdir / "report.zip") as archive:
+        names = archive.namelist()
+        pages = "".join(archive.read(n).decode("utf-8", "replace") for n in names
+                        if n.endswith((".html", ".js")))
+    for name in SMOKE_DRAWN:
+        ext = ".csv" if name.startswith("table") else ".png"
+        assert any(n.endswith(f"/{name}{ext}") for n in names), name
+    for heading in ("Paper figures", "Paper tables", "Data quality", "Fetch",
+                    "Training curves"):
+        assert heading in pages, heading
+    assert "Code version" in pages
+    check_make_figures_reruns_nothing_upstream(workdir)
+
+
+def check_make_figures_reruns_nothing_upstream(workdir: Path) -> None:
+    """`make figures`' Snakemake flags on a finished tree whose upstream code changed since
+    (the subset script edited): only the figure jobs run, the upstream jobs do not."""
+    script = workdir / "workflow/scripts/subset.py"
+    code, stat = script.read_text(), script.stat()
+    index = workdir / "results/toy_smoke/figures/index.json"
+    drawn = index.read_text()
+    index.unlink()
+    script.write_text(code + "# edited\n")
+    try:
+        flags = ("--cores", "1", "--configfile", "config/smoke.yaml", "--allowed-rules",
+                 "analyses", "draw_figures", "figures", "--rerun-triggers", "mtime")
+        result = snakemake(workdir, "figures", *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert job_stats(result.stdout + result.stderr) == {
+            "draw_figures": 1, "figures": 1, "total": 2}, \
+            result.stderr[-3000:]
+    finally:  # Snakemake tells a script's changes by its mtime: restore both
+        script.write_text(code)
+        os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert json.loads(index.read_text())["entries"].keys() == json.loads(drawn)["entries"].keys()
+
+
 def check_provenance(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     """Every job wrote its record; a findings cell walks back to the toy pool's metadata and
     the toy world; --check names a one-byte change upstream; the chain exports as a valid
@@ -381,9 +462,9 @@ def check_provenance(workdir: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:
-    """A changed threshold re-runs that strategy's subset and the pool's analyses (its subset
-    table and caption statistics read the subset), nothing else (it is not trained, so it has
-    no training shards)."""
+    """A changed threshold re-runs that strategy's subset, the pool's analyses (its subset
+    table and caption statistics read the subset) and its figures, nothing else (it is not
+    trained, so it has no training shards)."""
     edit = workdir / "config" / "edit.yaml"
     edit.write_text(json.dumps({"strategies": {"raw_min_0p28": {
         "description": "Raw (CLIP score >= 0.3)",
@@ -392,7 +473,8 @@ def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:
                        "config/edit.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     stats = job_stats(result.stdout)
-    assert stats == {"subset": 1, "analyses": 1, "all": 1, "total": 3}, result.stdout
+    assert stats == {"subset": 1, "analyses": 1, "draw_figures": 1, "all": 1, "total": 4}, \
+        result.stdout
     assert "raw_min_0p28" in result.stdout and "params" in result.stdout.lower()
 
 

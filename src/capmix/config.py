@@ -26,10 +26,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 #: What the Snakefile loads (`configfile:`), in order: the strategy catalogue, the training
 #: scales, the evaluation suites, the costs, the paper's findings, the analyses behind its
-#: figures, the published files (assets), the embedded default.
+#: figures, the figures and tables themselves, the published files (assets), the embedded
+#: default.
 BASE_CONFIGS = tuple(REPO_ROOT / "config" / name for name in (
     "strategies.yaml", "train_scales.yaml", "eval_suites.yaml", "costs.yaml", "findings.yaml",
-    "analyses.yaml", "assets.yaml", "config.yaml"))
+    "analyses.yaml", "figures.yaml", "assets.yaml", "config.yaml"))
 
 
 class ConfigError(ValueError):
@@ -175,6 +176,9 @@ def cost_problems(config: Mapping[str, Any]) -> list[str]:
         for name in sorted(set(costs.get(part) or {}) - set(known)):
             problems.append(f"config key 'costs.{part}.{name}': '{name}' is not in `{defined}` "
                             f"(allowed: one of {', '.join(sorted(known)) or 'none defined'})")
+    from capmix.figurespec import figure_problems
+
+    problems += figure_problems(config)
     return problems
 
 

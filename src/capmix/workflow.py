@@ -17,3 +17,8 @@ def export_package_path(src_dir: Path) -> None:
     parts = [str(src_dir)] + ([current] if current else [])
     if current is None or str(src_dir) not in current.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+
+
+def report_requested(argv: list[str]) -> bool:
+    """Whether Snakemake was started to make a report (``--report [FILE]``)."""
+    return any(arg == "--report" or arg.startswith("--report=") for arg in argv[1:])

@@ -26,6 +26,15 @@ from capmix.suites import (  # noqa: E402
     toy_eval_tasks,
 )
 from capmix.findings import finding_inputs, plan_findings  # noqa: E402
+from capmix.figurespec import (  # noqa: E402
+    FILES_DIR,
+    INDEX,
+    category_heading,
+    figure_entries,
+    plan_figures,
+    read_captions,
+)
+from capmix.figurespec import plan_inputs as figure_plan_inputs  # noqa: E402
 from capmix.strategies import (  # noqa: E402
     expand_strategies,
     pool_filters_captions,
@@ -44,7 +53,7 @@ from capmix.weights import (  # noqa: E402
     weights_cache_dir,
     weights_source,
 )
-from capmix.workflow import export_package_path  # noqa: E402
+from capmix.workflow import export_package_path, report_requested  # noqa: E402
 
 export_package_path(REPO / "src")
 
@@ -62,6 +71,13 @@ if _reference_problems:
 # Snakemake's log.
 if workflow.is_main_process and dry_run_requested(sys.argv):
     print(cost_table(config, Path("results"), "this dry run"), file=sys.stderr)
+
+# `snakemake --report`: the landing page (workflow/report/workflow.rst) shows the code version
+# the report was made from (git commit, dirty or not); no job reads this key.
+if workflow.is_main_process and report_requested(sys.argv):
+    from capmix.provenance import code_version
+
+    config["report_code_version"] = code_version()
 
 # ---- Allowed values: from the schema and capmix, never restated here ---------------------
 SCHEMA_DEFS = load_schema(SCHEMA)["$defs"]
@@ -131,6 +147,8 @@ TOY_EVAL_DATA_DIR = "results/eval_data/toy/{world}"
 EVAL_TASK = f"{{eval_data_dir}}/{{data}}/{TASK_MANIFEST}"  # a task's directory and manifest
 FINDINGS = "results/{pool}/findings.json"
 ANALYSIS = "results/{pool}/analyses/{analysis}.json"  # one per capmix.analysisplan.ANALYSES
+FIGURE_INDEX = INDEX  # every figure/table of config/figures.yaml: drawn, or why not
+FIGURE_FILES = FILES_DIR  # the drawn figures (PNG, PDF) and tables (CSV, MD, TeX)
 ASSET = f"{assets_dir(config)}/{{asset_file}}"  # a published file (config `assets`)
 # The shared weights cache (config `model_weights`) and rule model_weights' record of one
 # captioner's/scorer's weights in it (`role`: captioners or scorers, `model`: its name).
@@ -539,6 +557,59 @@ def analyses_outputs(pool):
     return [ANALYSIS.format(pool=pool, analysis=name) for name in ANALYSES]
 
 
+# ---- Figures and tables -----------------------------------------------------------------
+FIGURES = {entry["id"]: entry for entry in figure_entries(config)}
+# Entry id -> its caption (workflow/report/<caption>), rendered by workflow/report/figure.rst.
+FIGURE_CAPTIONS = read_captions(config, REPO / "workflow" / "report")
+
+
+def pool_targets(pool):
+    return POOLS[pool]["targets"] or config["targets"]
+
+
+def figures_files(pool):
+    """The result files the pool's figures may read, by kind (capmix.figurespec)."""
+    scorer = POOLS[pool]["scorer"]
+    return {
+        "analyses": {name: ANALYSIS.format(pool=pool, analysis=name) for name in ANALYSES},
+        "quality": {s: QUALITY.format(pool=pool, scorer=scorer, caption_set=s)
+                    for s in caption_sets(pool)},
+        "eval": {s: EVAL_AGGREGATE.format(pool=pool, strategy=s)
+                 for s in evaluated_strategies(pool)},
+        "training": {s: TRAINING.format(pool=pool, strategy=s) for s in trained_strategies(pool)},
+        "fetch": FETCH_REPORT.format(pool=pool),
+        "samples": {"index": FETCH_INDEX.format(pool=pool),
+                    "table": MIX_TABLE.format(pool=pool) if pool_strategies(pool) else None,
+                    "subsets": {s: SUBSET_SAMPLES.format(pool=pool, strategy=s)
+                                for s in pool_strategies(pool)}},
+        "shards": SHARDS.format(pool=pool),
+    }
+
+
+def figures_plan(wildcards):
+    """Every figure and table for the pool: the files it reads, or why it is not drawn."""
+    pool = wildcards.pool
+    return plan_figures(config, pool, pool_targets(pool), figures_files(pool))
+
+
+def figures_inputs(wildcards):
+    return figure_plan_inputs(figures_plan(wildcards))
+
+
+def figure_category(wildcards):
+    """The report category of a drawn file (its `figure` is the entry id)."""
+    return category_heading(FIGURES[wildcards.figure]["category"])
+
+
+def figure_subcategory(wildcards):
+    return FIGURES[wildcards.figure]["paper"]
+
+
+def figure_indexes():
+    """The figure index of every pool with the target `figures` (rule figures)."""
+    return [FIGURE_INDEX.format(pool=p) for p in POOLS if "figures" in pool_targets(p)]
+
+
 # ---- Targets: what `rule all` builds ---------------------------------------------------
 def pool_strategies(pool):
     return pool_strategy_names(config, POOLS[pool])
@@ -600,6 +671,7 @@ TARGET_FILES = {
     # Only pools that opt in (pools[].findings) check the paper's findings.
     "findings": pool_file(FINDINGS, only_if="findings"),
     "analyses": analyses_outputs,
+    "figures": pool_file(FIGURE_INDEX),
 }
 if list(TARGET_FILES) != TARGETS:
     raise WorkflowError(f"common.smk: TARGET_FILES covers {list(TARGET_FILES)}, but the schema's "
@@ -607,5 +679,5 @@ if list(TARGET_FILES) != TARGETS:
 
 
 def all_targets():
-    return [f for pool in POOLS for t in (POOLS[pool]["targets"] or config["targets"])
+    return [f for pool in POOLS for t in pool_targets(pool)
             for f in TARGET_FILES[t](pool)]

@@ -1,0 +1,441 @@
+"""The paper's figures from a pool's finished results, and the stage that draws them all.
+
+One drawing function per kind of plot (:data:`DRAWERS`, named by ``plot`` in
+config/figures.yaml) turns the analyses JSONs (:mod:`capmix.analyses`) or result JSONs into a
+matplotlib Figure, with the paper's axis labels, panel titles and legends; a toy pool's title
+says "toy". The Figure is returned before saving so that tests can inspect its axes.
+:func:`run_figures` is the stage (rule draw_figures): every entry of the plan
+(:func:`capmix.figurespec.plan_figures`) is drawn (PNG + PDF) or written (tables:
+:mod:`capmix.tables`), or listed in the index with why it is not. Nothing is taken from the
+paper except, for real pools, the paper's numbers beside ours in the tables: every plotted
+value is measured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display: jobs run headless
+from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from capmix import tables  # noqa: E402
+from capmix.figurespec import entry_files  # noqa: E402
+from capmix.papernumbers import PaperNumbers  # noqa: E402
+from capmix.papernumbers import load as load_paper_numbers  # noqa: E402
+from capmix.provenance import code_version, write_json  # noqa: E402
+from capmix.tables import NotAvailable, analysis, read_json  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def title(entry: Mapping[str, Any], plan: Mapping[str, Any], what: str) -> str:
+    """A figure's title: the paper's figure, what it shows, the pool, and "toy" for toy
+    pools (their numbers are not the paper's setting)."""
+    return f"{entry['paper']}: {what} ({'toy, ' if plan['toy'] else ''}pool {plan['pool']})"
+
+
+def _figure(n_panels: int, width: float = 5.0, bars: int = 0) -> tuple[Figure, list[Any]]:
+    """One row of ``n_panels`` panels; tall enough for ``bars`` labelled horizontal bars (a
+    pool's every training set) to keep their labels apart."""
+    height = max(4.2, 0.16 * bars + 1.2)
+    figure, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, height), squeeze=False)
+    return figure, list(axes[0])
+
+
+def _short(name: str) -> str:
+    return name.replace("_", " ")
+
+
+# ------------------------------------------------------------------------------ analyses
+
+
+def caption_stats(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 3: mean words per caption and mean grounding ratio per training set."""
+    document, _ = analysis(entry, "caption_stats")
+    sets = document["training_sets"]
+    names = list(sets)
+    figure, (words, grounding) = _figure(2, bars=len(names))
+    words.barh([_short(n) for n in names], [sets[n]["words"]["mean"] or 0 for n in names])
+    words.set_xlabel("Average number of words per caption")
+    words.set_title("Number of words")
+    grounding.barh([_short(n) for n in names],
+                   [sets[n]["grounding"]["mean"] or 0 for n in names])
+    grounding.set_xlabel("Average grounding ratio (visual tokens / tokens)")
+    grounding.set_title("Grounding ratio")
+    grounding.tick_params(labelleft=False)
+    figure.suptitle(title(entry, plan, "information per caption"))
+    return figure
+
+
+def cosine_histograms(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 4: raw vs synthetic image-text cosine histograms on the same images, one panel
+    per synthetic caption set."""
+    document, _ = analysis(entry, "cosine_histograms")
+    pairs = document["pairs"]
+    figure, axes = _figure(len(pairs))
+    for ax, (caption_set, pair) in zip(axes, pairs.items(), strict=True):
+        for side, label in (("raw", "Raw"), ("synthetic", caption_set)):
+            histogram = pair[side]["histogram"]
+            mean = pair[side]["mean"]
+            ax.stairs(histogram["counts"], histogram["edges"],
+                      label=f"{label} (mean {mean:.3f})" if mean is not None else label)
+        ax.set_xlabel("Image-text cosine similarity")
+        ax.set_ylabel("Number of images")
+        ax.set_title(f"Raw vs {caption_set} ({pair['n_images']} images)")
+        ax.legend()
+    figure.suptitle(title(entry, plan, "image-text alignment"))
+    return figure
+
+
+def noise_diversity(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 5: per training set, noise (mean cosine of its own captions) against diversity
+    (unique trigrams); marker area follows the set's size."""
+    document, _ = analysis(entry, "noise_diversity")
+    sets = document["training_sets"]
+    figure, (ax,) = _figure(1, 7.0)
+    largest = max((s["n_samples"] for s in sets.values()), default=1) or 1
+    for name, s in sets.items():
+        if s["mean_cos"] is None:
+            continue
+        ax.scatter(s["mean_cos"], s["unique_trigrams"], s=400 * s["n_samples"] / largest,
+                   alpha=0.6, label=_short(name))
+    ax.set_xlabel("Average image-text cosine similarity")
+    ax.set_ylabel("Number of unique trigrams")
+    ax.set_title("Noise vs diversity (circle size: training set size)")
+    ax.legend(fontsize=6, loc="best")
+    figure.suptitle(title(entry, plan, "noise and diversity"))
+    return figure
+
+
+def diversity_scaling(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 12: unique nouns and unique trigrams in nested random subsets, raw vs each
+    synthetic caption set."""
+    document, _ = analysis(entry, "diversity_scaling")
+    figure, axes = _figure(2)
+    for metric, ax, label in (("unique_nouns", axes[0], "Number of unique nouns"),
+                              ("unique_trigrams", axes[1], "Number of unique trigrams")):
+        raw_drawn = False
+        for caption_set, pair in document["pairs"].items():
+            sides = [("synthetic", caption_set)] + ([] if raw_drawn else [("raw", "Raw")])
+            for side, name in sides:
+                points = [p for p in pair[side] if metric in p]
+                ax.plot([p["size"] for p in points], [p[metric] for p in points],
+                        marker="o", label=name)
+            raw_drawn = True
+        ax.set_xscale("log")
+        ax.set_xlabel("Number of captions")
+        ax.set_ylabel(label)
+        ax.set_title(label.replace("Number of u", "U"))
+        ax.legend()
+    figure.suptitle(title(entry, plan, "text diversity with scale"))
+    return figure
+
+
+def task_differences(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figures 6 and 10: per evaluation task, model a minus model b (sorted)."""
+    document, _ = analysis(entry, "task_differences")
+    name = entry["options"]["pair"]
+    pair = document["pairs"].get(name)
+    if pair is None:
+        raise NotAvailable(f"not available: no model pair '{name}' (analyses.model_pairs)")
+    if not pair["available"]:
+        raise NotAvailable(pair["reason"])
+    rows = sorted(pair["tasks"], key=lambda r: r["difference"])
+    figure, (ax,) = _figure(1, 8.0, bars=len(rows))
+    ax.barh([r["task"] for r in rows], [r["difference"] for r in rows],
+            color=["tab:green" if r["difference"] > 0 else "tab:red" for r in rows])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"Accuracy difference ({_short(pair['a'])} - {_short(pair['b'])})")
+    ax.set_title(f"{pair['improved']} of {pair['compared']} tasks improved")
+    figure.suptitle(title(entry, plan, "per-task differences"))
+    return figure
+
+
+def _retrieval_models(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return analysis(entry, "retrieval")[0]
+
+
+def retrieval_bars(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 7: per retrieval task, each model's score (mean of image and text R@1)."""
+    document = _retrieval_models(entry)
+    tasks, models = document["retrieval_tasks"], document["models"]
+    figure, axes = _figure(len(tasks))
+    for ax, task in zip(axes, tasks, strict=True):
+        names = list(models)
+        ax.bar(range(len(names)), [models[m]["tasks"][task]["main"] or 0 for m in names],
+               color=[f"C{i}" for i in range(len(names))])
+        ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=60,
+                      ha="right", fontsize=6)
+        ax.set_ylabel("Retrieval score (mean R@1)")
+        ax.set_title(task)
+    figure.suptitle(title(entry, plan, "retrieval"))
+    figure.tight_layout()
+    return figure
+
+
+def retrieval_scatter(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 9: per retrieval task, retrieval score against ImageNet accuracy per model."""
+    document = _retrieval_models(entry)
+    tasks, models = document["retrieval_tasks"], document["models"]
+    figure, axes = _figure(len(tasks))
+    for ax, task in zip(axes, tasks, strict=True):
+        for name, row in models.items():
+            ax.scatter(row["imagenet"], row["tasks"][task]["main"], label=_short(name))
+        ax.set_xlabel("ImageNet accuracy")
+        ax.set_ylabel(f"{task} retrieval score")
+        ax.set_title(task)
+    axes[-1].legend(fontsize=6)
+    figure.suptitle(title(entry, plan, "retrieval vs ImageNet"))
+    return figure
+
+
+def pool_scaling(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 8 (this pool's column): ImageNet accuracy and retrieval per strategy at the
+    pool's size; other pools' columns come from their own pool_scaling files."""
+    document, _ = analysis(entry, "pool_scaling")
+    rows = document["rows"]
+    retrieval = [k for k in rows[0] if k.startswith("retrieval:")] if rows else []
+    figure, axes = _figure(1 + len(retrieval))
+    names = [_short(r["strategy"]) for r in rows]
+    colours = [f"C{i}" for i in range(len(rows))]
+    axes[0].bar(range(len(rows)), [r["imagenet"] or 0 for r in rows], color=colours)
+    axes[0].set_ylabel("ImageNet accuracy")
+    axes[0].set_title(f"ImageNet (pool size {rows[0]['n_pool'] if rows else 0})")
+    for ax, key in zip(axes[1:], retrieval, strict=True):
+        ax.bar(range(len(rows)), [r[key] or 0 for r in rows], color=colours)
+        ax.set_ylabel("Retrieval score")
+        ax.set_title(key.split(":", 1)[1])
+    for ax in axes:
+        ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=6)
+    figure.suptitle(title(entry, plan, "pool scaling"))
+    figure.tight_layout()
+    return figure
+
+
+def class_groups(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 11: per-class ImageNet accuracy of model a against model b, by class group."""
+    document, _ = analysis(entry, "class_groups")
+    figure, (ax,) = _figure(1, 6.0)
+    for group in document["groups"]:
+        rows = [r for r in document["classes"] if r["group"] == group
+                and r["a"] is not None and r["b"] is not None]
+        ax.scatter([r["b"] for r in rows], [r["a"] for r in rows], label=group, alpha=0.6)
+    ax.plot([0, 1], [0, 1], color="black", linewidth=0.8)
+    ax.set_xlabel(f"Per-class accuracy, {_short(document['b'])}")
+    ax.set_ylabel(f"Per-class accuracy, {_short(document['a'])}")
+    ax.set_title(f"{document['task']} classes by group")
+    ax.legend()
+    figure.suptitle(title(entry, plan, "per-class accuracy"))
+    return figure
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def discarded_samples(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Figure 1 / Appendix A's samples: ``options.n`` images, drawn at random (seeded) from
+    those the subset ``options.kept_by`` discards, each with its image bytes and every caption
+    set's caption (the mix table's ``caption:<set>`` columns)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from capmix.shards import ShardTask, read_shard
+
+    files, options = entry["reads"]["samples"], entry["options"]
+    names = pq.read_schema(files["table"]).names
+    columns = [c for c in names if c.startswith("caption:")]
+    table = pd.read_parquet(files["table"], columns=["uid", *columns]).sort_values("uid")
+    kept = set(pd.read_parquet(files["kept"], columns=["uid"])["uid"])
+    discarded = table[~table["uid"].isin(kept)].reset_index(drop=True)
+    if discarded.empty:
+        raise NotAvailable(f"not available: subset '{options['kept_by']}' keeps every image")
+    rng = np.random.default_rng(int(options.get("seed", 0)))
+    picked = discarded.iloc[np.sort(rng.choice(len(discarded), min(int(options["n"]),
+                                                                   len(discarded)),
+                                               replace=False))]
+    index = pd.read_parquet(files["index"], columns=["uid", "status", "shard"])
+    index = index[index["status"] == "fetched"]
+    wanted = set(picked["uid"])
+    images: dict[str, bytes] = {}
+    for shard in sorted(set(index.loc[index["uid"].isin(wanted), "shard"])):
+        uids = tuple(sorted(index.loc[index["shard"] == shard, "uid"]))
+        task = ShardTask(str(shard), Path(plan["shards"]) / str(shard), Path(), uids)
+        images.update((s.uid, s.image) for s in read_shard(task) if s.uid in wanted)
+    return [{"uid": row["uid"], "image": images.get(row["uid"]),
+             "captions": {c.split(":", 1)[1]: row[c] for c in columns
+                          if isinstance(row[c], str)}}
+            for _, row in picked.iterrows()]
+
+
+def image_grid(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 1 and Appendix A: images the subset ``options.kept_by`` discards, each with
+    its raw caption and every synthetic caption."""
+    import io
+    import textwrap
+
+    from PIL import Image
+
+    samples = discarded_samples(entry, plan)
+    columns = 4
+    rows = -(-len(samples) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.6 * rows),
+                                squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, sample in zip(axes.flat, samples, strict=False):
+        if sample["image"] is not None:
+            ax.imshow(Image.open(io.BytesIO(sample["image"])).convert("RGB"))
+        lines = [textwrap.shorten(f"{name}: {text}", 90)
+                 for name, text in sample["captions"].items()]
+        ax.set_title("\n".join(textwrap.fill(line, 45) for line in lines), fontsize=6,
+                     loc="left")
+    figure.suptitle(title(entry, plan, f"images discarded by {entry['options']['kept_by']}"))
+    figure.tight_layout()
+    return figure
+
+
+def accuracy_scatter(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 2 (left): average accuracy against ImageNet accuracy per evaluated strategy."""
+    files = entry["reads"]["eval"]
+    if not files:
+        raise NotAvailable(f"not available: pool '{plan['pool']}' evaluates no models")
+    figure, (ax,) = _figure(1, 7.0)
+    for strategy, path in files.items():
+        aggregates = read_json(path).get("aggregates") or {}
+        ax.scatter(aggregates.get("ImageNet"), aggregates.get("Average"),
+                   label=_short(strategy))
+    ax.set_xlabel("ImageNet accuracy")
+    ax.set_ylabel("Average accuracy")
+    ax.set_title("Filtering strategies")
+    ax.legend(fontsize=6)
+    figure.suptitle(title(entry, plan, "ImageNet and average accuracy"))
+    return figure
+
+
+def caption_quality(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Data quality: per caption set, mean image-text cosine and CLIP-S (quality JSONs)."""
+    files = entry["reads"]["quality"]
+    names = list(files)
+    figure, axes = _figure(2, bars=len(names))
+    documents = [read_json(files[n]) for n in names]
+    for ax, key, label in ((axes[0], "mean_cos", "Cosine similarity"),
+                           (axes[1], "clip_s", "CLIP-S")):
+        ax.barh(names, [d.get(key) or 0 for d in documents])
+        ax.set_xlabel(label)
+        ax.set_title(label)
+    figure.suptitle(title(entry, plan, "caption quality per caption set"))
+    figure.tight_layout()
+    return figure
+
+
+def fetch_outcomes(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Fetch: how many samples were fetched and why the others failed."""
+    report = read_json(entry["reads"]["fetch"])
+    labels = ["fetched", *report.get("failures_by_reason", {})]
+    counts = [report.get("n_fetched", 0), *report.get("failures_by_reason", {}).values()]
+    figure, (ax,) = _figure(1, 6.0)
+    ax.bar(labels, counts, color=["tab:green"] + ["tab:red"] * (len(labels) - 1))
+    ax.set_ylabel("Number of samples")
+    ax.set_title(f"{report.get('n_total', sum(counts))} candidates")
+    figure.suptitle(title(entry, plan, "fetch outcomes"))
+    return figure
+
+
+def training_loss(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Training curves: each model's contrastive loss at its first and last step (the
+    training record keeps those two points)."""
+    files = entry["reads"]["training"]
+    if not files:
+        raise NotAvailable(f"not available: pool '{plan['pool']}' trains no models")
+    figure, (ax,) = _figure(1, 7.0)
+    for strategy, path in files.items():
+        record = read_json(path)
+        ax.plot([0, record.get("steps")], [record.get("first_loss"), record.get("final_loss")],
+                marker="o", label=_short(strategy))
+    ax.set_xlabel("Training step")
+    ax.set_ylabel("Contrastive loss")
+    ax.set_title("First and final loss per model")
+    ax.legend(fontsize=6)
+    figure.suptitle(title(entry, plan, "training"))
+    return figure
+
+
+Drawer = Callable[[Mapping[str, Any], Mapping[str, Any]], Figure]
+DRAWERS: dict[str, Drawer] = {
+    "image_grid": image_grid,
+    "accuracy_scatter": accuracy_scatter,
+    "caption_stats": caption_stats,
+    "cosine_histograms": cosine_histograms,
+    "noise_diversity": noise_diversity,
+    "task_differences": task_differences,
+    "retrieval_bars": retrieval_bars,
+    "pool_scaling": pool_scaling,
+    "retrieval_scatter": retrieval_scatter,
+    "class_groups": class_groups,
+    "diversity_scaling": diversity_scaling,
+    "caption_quality": caption_quality,
+    "fetch_outcomes": fetch_outcomes,
+    "training_loss": training_loss,
+}
+
+
+# ------------------------------------------------------------------------------ the stage
+
+
+def draw_entry(entry: Mapping[str, Any], plan: Mapping[str, Any], out_dir: Path,
+               numbers: PaperNumbers | None) -> list[Path]:
+    """Draw or write one entry into ``out_dir``; NotAvailable says why it cannot be."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if entry["kind"] == "table":
+        table = tables.WRITERS[entry["plot"]](entry, plan, numbers)
+        return tables.write_all(table, out_dir, entry["id"], numbers, plan["toy"])
+    figure = DRAWERS[entry["plot"]](entry, plan)
+    try:
+        paths = [out_dir / name for name in entry_files(entry)]
+        for path in paths:
+            figure.savefig(path, bbox_inches="tight", dpi=120,
+                           metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+        return paths
+    finally:
+        plt.close(figure)
+
+
+def run_figures(plan: Mapping[str, Any], out_dir: Path, index_path: Path,
+                numbers: PaperNumbers | None = None) -> dict[str, Any]:
+    """The draw_figures rule: every entry of the plan drawn into ``out_dir`` or listed with
+    why not, and the index (entry -> drawn files / reason, configs, category) written.
+
+    A real pool's tables carry the paper's numbers (``numbers``, default
+    config/paper_numbers.yaml); a toy pool's never do.
+    """
+    if numbers is None and not plan["toy"]:
+        numbers = load_paper_numbers()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"pool": plan["pool"], "toy": plan["toy"],
+                             "code_version": code_version(), "entries": {}}
+    for entry in plan["entries"]:
+        record = {"paper": entry["paper"], "kind": entry["kind"],
+                  "category": entry["category"], "configs": entry["configs"],
+                  "caption": entry["caption"], "reads": entry["reads"]}
+        reason = entry["reason"]
+        files: Sequence[Path] = []
+        if reason is None:
+            try:
+                files = draw_entry(entry, plan, out_dir, None if plan["toy"] else numbers)
+            except NotAvailable as why:
+                reason = str(why)
+        record.update(status="drawn" if reason is None else "not available",
+                      reason=reason, files=[str(p) for p in files])
+        index["entries"][entry["id"]] = record
+        log.info("%s: %s", entry["id"], reason or f"drawn ({len(files)} files)")
+    write_json(Path(index_path), index)
+    return index

@@ -1,0 +1,310 @@
+"""The paper's tables from a pool's finished results: CSV (with its cell sidecar), Markdown, LaTeX.
+
+One writer per kind of table (:data:`WRITERS`, named by ``plot`` in config/figures.yaml)
+collects our numbers, each with the result file and field it came from; :func:`render` turns
+them into the three formats. Where the pool's setting is the paper's (a real pool trained at
+the scale the paper's entry names), every number stands beside the paper's
+(config/paper_numbers.yaml), with the difference and whether it is within the metric's
+tolerance (:meth:`capmix.papernumbers.PaperNumbers.compare_entry`); a toy pool's table shows
+ours only, labelled toy, because the toy world is not the paper's setting. The CSV is written
+with :func:`capmix.lineage.write_table`, so ``capmix provenance T.csv --cell ROW COL`` walks
+any cell back to the job that made it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capmix.lineage import write_table
+from capmix.papernumbers import Entry, PaperNumbers
+from capmix.provenance import write_text_atomic
+
+
+class NotAvailable(Exception):
+    """The pool's results do not support this figure or table; the message says why."""
+
+
+@dataclass
+class Cell:
+    """One number of ours: its value, the result file it came from and the dotted field."""
+
+    value: Any
+    source: str
+    field: str
+    paper: Entry | None = None
+
+
+@dataclass
+class TableData:
+    """A table before rendering: rows of (label, column -> Cell), in order."""
+
+    title: str
+    row_label: str
+    columns: list[str]
+    rows: list[tuple[str, dict[str, Cell]]] = field(default_factory=list)
+
+
+def read_json(path: str) -> Any:
+    """A result JSON (an error names the file)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read as JSON ({error})") from error
+
+
+def analysis(entry: Mapping[str, Any], name: str) -> tuple[dict[str, Any], str]:
+    """An analysis document the entry reads and its path; NotAvailable with its reason."""
+    path = entry["reads"]["analyses"][name]
+    document = read_json(path)
+    if not document.get("available"):
+        raise NotAvailable(document.get("reason") or f"not available: {name} ({path})")
+    return document, path
+
+
+def paper_entry(numbers: PaperNumbers | None, where: str, **match: Any) -> Entry | None:
+    """The paper's entry in ``where`` whose capmix keys equal ``match`` (None: no such
+    number, or no paper numbers because the pool is a toy one)."""
+    if numbers is None:
+        return None
+    try:
+        entries = numbers.table(where)
+    except KeyError:
+        return None
+    for entry in entries:
+        if entry.kind == "result" and all(entry.capmix.get(k) == v for k, v in match.items()):
+            return entry
+    return None
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    return str(value)
+
+
+def render(table: TableData, numbers: PaperNumbers | None, toy: bool
+           ) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
+    """Header, rows and cell records of a table. A toy table has one column per quantity,
+    "<name> (ours, toy)"; otherwise each quantity with a paper number in some row gets
+    "(ours)", "(paper)", "(difference)" and "(reproduced)" columns."""
+    with_paper = {c for c in table.columns if not toy and any(
+        cells.get(c) is not None and cells[c].paper is not None for _, cells in table.rows)}
+    header = [table.row_label]
+    for column in table.columns:
+        if toy:
+            header.append(f"{column} (ours, toy)")
+        elif column in with_paper:
+            header += [f"{column} (ours)", f"{column} (paper)", f"{column} (difference)",
+                       f"{column} (reproduced)"]
+        else:
+            header.append(f"{column} (ours)")
+    rows, records = [], []
+    for label, cells in table.rows:
+        row = [label]
+        for column in table.columns:
+            cell = cells.get(column)
+            ours_column = f"{column} (ours, toy)" if toy else f"{column} (ours)"
+            row.append(_format(cell.value) if cell else "")
+            if cell is not None and cell.value is not None:
+                records.append({"row": label, "column": ours_column, "sources": [cell.source],
+                                "field": cell.field})
+            if column not in with_paper:
+                continue
+            if cell is None or cell.paper is None or numbers is None:
+                row += ["", "", ""]
+                continue
+            ours = cell.value if isinstance(cell.value, int | float) else None
+            comparison = numbers.compare_entry(ours, cell.paper)
+            row += [cell.paper.printed, _format(comparison.difference),
+                    _format(comparison.within)]
+            records.append({"row": label, "column": f"{column} (paper)",
+                            "sources": [str(numbers.path)], "field": f"entries.{cell.paper.id}"})
+            if comparison.difference is not None:
+                for suffix in ("difference", "reproduced"):
+                    records.append({"row": label, "column": f"{column} ({suffix})",
+                                    "sources": [cell.source, str(numbers.path)],
+                                    "field": cell.field})
+        rows.append(row)
+    return header, rows, records
+
+
+def markdown(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table under its title (for READMEs and issues)."""
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
+              for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#",
+                "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    """LaTeX's special characters escaped, one character at a time."""
+    return "".join(_TEX_SPECIAL.get(c, c) for c in text)
+
+
+def latex(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A booktabs tabular (the paper's style) with its title as a comment, for a manuscript."""
+    lines = [f"% {title}", r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
+             r"\toprule", " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(str(c)) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_all(table: TableData, out_dir: Path, name: str, numbers: PaperNumbers | None,
+              toy: bool) -> list[Path]:
+    """``name``.csv (+ .cells.json), .md and .tex in ``out_dir``; the paths written."""
+    header, rows, records = render(table, numbers, toy)
+    title = table.title + (" (toy world: ours only)" if toy else "")
+    out_dir = Path(out_dir)
+    csv_path = out_dir / f"{name}.csv"
+    write_table(csv_path, header, rows, records)
+    write_text_atomic(out_dir / f"{name}.md", markdown(title, header, rows))
+    write_text_atomic(out_dir / f"{name}.tex", latex(title, header, rows))
+    return [csv_path, out_dir / f"{name}.cells.json", out_dir / f"{name}.md",
+            out_dir / f"{name}.tex"]
+
+
+# ------------------------------------------------------------------------------ the tables
+
+QUALITY_COLUMNS = {"CLIP-S": "clip_s", "Cosine similarity": "mean_cos",
+                   "No. of unique trigrams": "unique_trigrams", "NoCaps CIDEr": "cider"}
+
+
+def quality_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
+                  numbers: PaperNumbers | None) -> TableData:
+    """Table 1: per caption set of the pool, CLIP-S, cosine similarity, unique trigrams and
+    (on a pool with reference captions) CIDEr, from the quality JSONs."""
+    files = entry["reads"]["quality"]
+    table = TableData(f"{entry['paper']}: caption quality, pool {plan['pool']}",
+                      "Caption set", [])
+    for caption_set, path in files.items():
+        document = read_json(path)
+        cells = {}
+        for column, key in QUALITY_COLUMNS.items():
+            if document.get(key) is None:
+                continue
+            if column not in table.columns:
+                table.columns.append(column)
+            cells[column] = Cell(document[key], path, key, paper_entry(
+                numbers, entry["paper"], caption_set=caption_set, metric=key,
+                pool=plan["pool"]))
+        table.rows.append((caption_set, cells))
+    table.columns = [c for c in QUALITY_COLUMNS if c in table.columns]
+    if not table.rows:
+        raise NotAvailable(f"not available: pool '{plan['pool']}' has no quality results")
+    return table
+
+
+def retrieval_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
+                    numbers: PaperNumbers | None) -> TableData:
+    """Table 2: per evaluated model, the mean retrieval score and ImageNet accuracy."""
+    document, path = analysis(entry, "retrieval")
+    table = TableData(f"{entry['paper']}: retrieval, pool {plan['pool']}", "Strategy",
+                      ["Flickr and MS-COCO retrieval", "ImageNet accuracy"])
+    for strategy, row in document["models"].items():
+        table.rows.append((strategy, {
+            "Flickr and MS-COCO retrieval": Cell(
+                row["retrieval_mean"], path, f"models.{strategy}.retrieval_mean",
+                paper_entry(numbers, entry["paper"], strategy=strategy,
+                            scale=plan["train_scale"], metric="Flickr+MSCOCO")),
+            "ImageNet accuracy": Cell(row["imagenet"], path, f"models.{strategy}.imagenet")}))
+    return table
+
+
+def temperature_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
+                      numbers: PaperNumbers | None) -> TableData:
+    """Table 3: per captioner and sampling temperature, the captions' cosine similarity and
+    unique trigrams (quality JSONs), and the ImageNet and Average accuracy of the paper's
+    temperature strategies the pool evaluates."""
+    by_captioner: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+    for caption_set, path in entry["reads"]["quality"].items():
+        if "/" in caption_set:
+            captioner, temperature = caption_set.split("/")
+            by_captioner.setdefault(captioner, {})[f"T={temperature}"] = (path, read_json(path))
+    swept = {c: t for c, t in by_captioner.items() if len(t) > 1}
+    if not swept:
+        raise NotAvailable(f"not available: pool '{plan['pool']}' captions with one "
+                           "temperature per captioner (captioners.<name>.temperatures)")
+    columns = sorted({t for temps in swept.values() for t in temps},
+                     key=lambda t: float(t[2:]))
+    table = TableData(f"{entry['paper']}: sampling temperature, pool {plan['pool']}",
+                      "Captioner / metric", list(columns))
+    for captioner, temps in swept.items():
+        for label, key in (("Cosine similarity", "mean_cos"),
+                           ("No. of unique trigrams", "unique_trigrams")):
+            table.rows.append((f"{captioner} / {label}", {
+                t: Cell(doc[key], path, key) for t, (path, doc) in temps.items()}))
+    evaluated = entry["reads"].get("eval") or {}
+    paper_rows: dict[str, dict[str, Cell]] = {}
+    if numbers is not None:
+        for paper in numbers.table(entry["paper"]):
+            strategy, metric = paper.capmix.get("strategy"), paper.capmix.get("metric")
+            if strategy in evaluated and paper.capmix.get("scale") == plan["train_scale"]:
+                path = evaluated[strategy]
+                value = (read_json(path).get("aggregates") or {}).get(metric)
+                if paper.column not in table.columns:
+                    table.columns.append(paper.column)
+                paper_rows.setdefault(paper.row, {})[paper.column] = Cell(
+                    value, path, f"aggregates.{metric}", paper)
+    table.rows += list(paper_rows.items())
+    return table
+
+
+SUBSET_COLUMNS = ("Training set size", "Share of the pool", "Threshold", "ImageNet accuracy",
+                  "Average accuracy")
+
+
+def subset_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
+                 numbers: PaperNumbers | None) -> TableData:
+    """Tables 4 and 5: per subset, its size, share of the pool and thresholds (subsets'
+    summaries via the subset_table analysis) and, where evaluated, ImageNet and Average."""
+    document, path = analysis(entry, "subset_table")
+    where = entry["options"].get("where", entry["paper"])
+    evaluated = entry["reads"].get("eval") or {}
+    table = TableData(f"{where}: training sets, pool {plan['pool']}", "Strategy",
+                      list(SUBSET_COLUMNS))
+    scale = plan["train_scale"]
+    for index, row in enumerate(document["rows"]):
+        strategy = row["strategy"]
+        thresholds = row.get("thresholds")
+        cells = {
+            "Training set size": Cell(row["n_samples"], path, f"rows.{index}.n_samples",
+                                      paper_entry(numbers, where, strategy=strategy,
+                                                  scale=scale, metric="n_samples")),
+            "Share of the pool": Cell(row["share_of_pool"], path,
+                                      f"rows.{index}.share_of_pool"),
+            "Threshold": Cell(json.dumps(thresholds, sort_keys=True) if thresholds else None,
+                              path, f"rows.{index}.thresholds")}
+        if strategy in evaluated:
+            aggregates = read_json(evaluated[strategy]).get("aggregates") or {}
+            for column, metric in (("ImageNet accuracy", "ImageNet"),
+                                   ("Average accuracy", "Average")):
+                cells[column] = Cell(aggregates.get(metric), evaluated[strategy],
+                                     f"aggregates.{metric}",
+                                     paper_entry(numbers, where, strategy=strategy,
+                                                 scale=scale, metric=metric))
+        table.rows.append((strategy, cells))
+    return table
+
+
+TableWriter = Callable[[Mapping[str, Any], Mapping[str, Any], PaperNumbers | None], TableData]
+WRITERS: dict[str, TableWriter] = {
+    "quality_table": quality_table,
+    "retrieval_table": retrieval_table,
+    "temperature_table": temperature_table,
+    "subset_table": subset_table,
+}

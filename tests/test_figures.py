@@ -1,0 +1,174 @@
+"""The figures and tables (capmix.figurespec, capmix.figures, capmix.tables) on hand-made
+analyses and result files: panels and labels of a drawn figure, a table in every format with
+its cell sidecar (paper vs ours for a real pool, ours only for a toy one), the figures config,
+and the listing of what is not drawn."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from capmix import figures, figurespec, tables
+from capmix.config import pipeline_config
+from capmix.lineage import find_cell
+from tests.conftest import REPO
+
+
+def write(path: Path, document: dict) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def plan_for(entries: list[dict], toy: bool, pool: str = "p", scale: str | None = "medium"):
+    return {"pool": pool, "toy": toy, "train_scale": scale, "entries": entries}
+
+
+def entry(plot: str, kind: str = "figure", reads: dict | None = None, **options) -> dict:
+    return {"id": f"x_{plot}", "paper": "Figure 4", "kind": kind, "category": "paper figure",
+            "plot": plot, "options": options, "configs": ["default"], "caption": "x.rst",
+            "reads": reads or {}, "reason": None}
+
+
+def test_figures_config_parses_and_every_entry_names_the_paper():
+    config = pipeline_config()
+    entries = figurespec.figure_entries(config)
+    ids = {e["id"] for e in entries}
+    for n in range(1, 14):
+        assert f"figure_{n}" in ids
+    for n in range(1, 7):
+        assert f"table_{n}" in ids
+    for e in entries:
+        assert e["paper"].startswith(("Figure", "Table", "Section", "Appendix")), e
+        assert (REPO / "workflow" / "report" / e["caption"]).exists(), e["caption"]
+        assert e["plot"] is not None or e["needs"], e
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    figure = schema["$defs"]["figure"]["properties"]
+    assert figure["category"]["enum"] == list(figurespec.CATEGORIES)
+    assert figure["plot"]["enum"] == [None, *figurespec.PLOTS]
+    assert set(figures.DRAWERS) == set(figurespec.FIGURE_PLOTS)
+    assert set(tables.WRITERS) == set(figurespec.TABLE_PLOTS)
+
+
+def test_figure_config_mistakes_name_the_entry():
+    from capmix.config import check_references
+
+    config = pipeline_config()
+    by_id = {e["id"]: e for e in config["figures"]}
+    config["figures"] = [*config["figures"], {**by_id["figure_2"], "plot": "subset_table"},
+                         {**by_id["figure_3"], "id": "figure_x", "plot": None}]
+    problems = [p for p in check_references(config) if "figures[" in p]
+    assert any("'figure_2' is used twice" in p for p in problems), problems
+    assert any("plot 'subset_table' does not draw a figure" in p for p in problems), problems
+    assert any("(figure_x): an entry without a plot must say what it `needs`" in p
+               for p in problems), problems
+
+
+def test_figure_renders_with_its_panels_and_labels(tmp_path):
+    histogram = {"edges": [0.0, 0.5, 1.0], "counts": [3, 1]}
+    doc = {"available": True, "reason": None, "pairs": {
+        "cap/0.75": {"n_images": 4, "raw": {"mean": 0.2, "histogram": histogram},
+                     "synthetic": {"mean": 0.6, "histogram": {**histogram, "counts": [1, 3]}}},
+        "coco/0.75": {"n_images": 4, "raw": {"mean": 0.2, "histogram": histogram},
+                      "synthetic": {"mean": 0.4, "histogram": histogram}}}}
+    path = write(tmp_path / "cosine_histograms.json", doc)
+    spec = entry("cosine_histograms", reads={"analyses": {"cosine_histograms": path}})
+    figure = figures.cosine_histograms(spec, plan_for([spec], toy=True))
+    axes = figure.get_axes()
+    assert len(axes) == 2
+    assert [ax.get_title() for ax in axes] == ["Raw vs cap/0.75 (4 images)",
+                                               "Raw vs coco/0.75 (4 images)"]
+    assert axes[0].get_xlabel() == "Image-text cosine similarity"
+    assert axes[0].get_ylabel() == "Number of images"
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert legend == ["Raw (mean 0.200)", "cap/0.75 (mean 0.600)"]
+    assert "toy" in figure.get_suptitle()
+    paths = figures.draw_entry(spec, plan_for([spec], toy=True), tmp_path / "out", None)
+    assert [p.suffix for p in paths] == [".png", ".pdf"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_task_differences_pair_not_trained_is_not_available(tmp_path):
+    doc = {"available": True, "reason": None, "pairs": {"figure_6": {
+        "available": False, "reason": "not available: pool 'p' evaluates no model on 'x'"}}}
+    path = write(tmp_path / "task_differences.json", doc)
+    spec = entry("task_differences", reads={"analyses": {"task_differences": path}},
+                 pair="figure_6")
+    with pytest.raises(tables.NotAvailable, match="evaluates no model on 'x'"):
+        figures.task_differences(spec, plan_for([spec], toy=True))
+
+
+def subset_inputs(tmp_path: Path) -> dict:
+    rows = [{"strategy": "raw_top_30", "n_samples": 300, "share_of_pool": 0.3,
+             "thresholds": {"raw": 0.25}},
+            {"strategy": "raw_no_filter", "n_samples": 1000, "share_of_pool": 1.0,
+             "thresholds": None}]
+    analysis = write(tmp_path / "analyses/subset_table.json",
+                     {"available": True, "reason": None, "rows": rows})
+    aggregate = write(tmp_path / "eval/raw_top_30.aggregate.json",
+                      {"aggregates": {"ImageNet": 0.28, "Average": 0.33}})
+    return entry("subset_table", kind="table", where="Table 4",
+                 reads={"analyses": {"subset_table": analysis},
+                        "eval": {"raw_top_30": aggregate}}) | {"id": "table_4",
+                                                               "paper": "Table 4"}
+
+
+def test_table_shows_paper_ours_and_difference_for_a_real_pool(tmp_path):
+    spec = subset_inputs(tmp_path)
+    plan = plan_for([spec], toy=False, scale="medium")
+    index = figures.run_figures(plan, tmp_path / "files", tmp_path / "index.json")
+    assert index["entries"]["table_4"]["status"] == "drawn"
+    csv_path = tmp_path / "files/table_4.csv"
+    for suffix in (".csv", ".cells.json", ".md", ".tex"):
+        assert (tmp_path / f"files/table_4{suffix}").exists(), suffix
+    header = csv_path.read_text().splitlines()[0].split(",")
+    for column in ("ImageNet accuracy (ours)", "ImageNet accuracy (paper)",
+                   "ImageNet accuracy (difference)", "ImageNet accuracy (reproduced)"):
+        assert column in header
+    cell = find_cell(csv_path, "raw_top_30", "ImageNet accuracy (difference)")
+    assert float(cell["value"]) == pytest.approx(0.28 - 0.273, abs=1e-4)
+    assert cell["field"] == "aggregates.ImageNet"
+    assert find_cell(csv_path, "raw_top_30", "ImageNet accuracy (paper)")["value"] == "0.273*"
+    assert find_cell(csv_path, "raw_top_30", "ImageNet accuracy (reproduced)")["value"] == "yes"
+    ours = find_cell(csv_path, "raw_top_30", "Training set size (ours)")
+    assert ours["value"] == "300" and ours["field"] == "rows.0.n_samples"
+    assert "| raw_top_30 |" in (tmp_path / "files/table_4.md").read_text()
+    assert r"\begin{tabular}" in (tmp_path / "files/table_4.tex").read_text()
+
+
+def test_toy_table_shows_ours_only_labelled_toy(tmp_path):
+    spec = subset_inputs(tmp_path)
+    figures.run_figures(plan_for([spec], toy=True), tmp_path / "files",
+                        tmp_path / "index.json")
+    header = (tmp_path / "files/table_4.csv").read_text().splitlines()[0]
+    assert "ImageNet accuracy (ours, toy)" in header and "paper" not in header
+    assert "toy world: ours only" in (tmp_path / "files/table_4.md").read_text()
+    cell = find_cell(tmp_path / "files/table_4.csv", "raw_top_30", "ImageNet accuracy (ours, toy)")
+    assert cell["value"] == "0.28"
+
+
+def test_not_available_listing(tmp_path):
+    config = pipeline_config(REPO / "config" / "smoke.yaml")
+    files = {"analyses": {"caption_stats": "a.json"}, "quality": {}, "eval": {},
+             "training": {}, "fetch": "f.json"}
+    plan = figurespec.plan_figures(config, "toy_smoke_in1k", ["fetch"], files)
+    by_id = {e["id"]: e for e in plan["entries"]}
+    assert by_id["fetch_outcomes"]["reason"] is None
+    assert figurespec.plan_inputs(plan) == ["f.json"]
+    assert "does not build the target 'analyses'" in by_id["figure_3"]["reason"]
+    assert "LAION-COCO config" in by_id["figure_13"]["reason"]
+    assert "FairFace" in by_id["table_6"]["reason"]
+    unavailable = write(tmp_path / "caption_stats.json",
+                        {"available": False, "reason": "not available: no strategies"})
+    spec = entry("caption_stats", reads={"analyses": {"caption_stats": unavailable}})
+    needs = {**by_id["figure_13"]}
+    index = figures.run_figures(plan_for([spec, needs], toy=True), tmp_path / "files",
+                                tmp_path / "index.json")
+    listed = json.loads((tmp_path / "index.json").read_text())["entries"]
+    assert listed == index["entries"]
+    assert listed["x_caption_stats"] == {**listed["x_caption_stats"],
+                                         "status": "not available", "files": [],
+                                         "reason": "not available: no strategies"}
+    assert listed["figure_13"]["status"] == "not available"
+    assert not list((tmp_path / "files").iterdir())
