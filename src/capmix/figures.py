@@ -93,6 +93,22 @@ def cosine_histograms(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figu
     return figure
 
 
+#: Legends with more entries than this go beside the axes, not on them: the default run's
+#: Figure 5 has one entry per training set (62), which inside the axes hid the points.
+LEGEND_INSIDE_MAX = 12
+
+
+def legend(ax: Any, fontsize: float = 6) -> None:
+    """The axes' legend: inside where it fits, else beside them in columns of 30 (saved with
+    ``bbox_inches="tight"``, so the figure grows to hold it)."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries <= LEGEND_INSIDE_MAX:
+        ax.legend(fontsize=fontsize, loc="best")
+        return
+    ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              borderaxespad=0.0, ncol=-(-entries // 30))
+
+
 def noise_diversity(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
     """Figure 5: per training set, noise (mean cosine of its own captions) against diversity
     (unique trigrams); marker area follows the set's size."""
@@ -108,7 +124,7 @@ def noise_diversity(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure
     ax.set_xlabel("Average image-text cosine similarity")
     ax.set_ylabel("Number of unique trigrams")
     ax.set_title("Noise vs diversity (circle size: training set size)")
-    ax.legend(fontsize=6, loc="best")
+    legend(ax)
     figure.suptitle(title(entry, plan, "noise and diversity"))
     return figure
 
@@ -190,7 +206,7 @@ def retrieval_scatter(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figu
         ax.set_xlabel("ImageNet accuracy")
         ax.set_ylabel(f"{task} retrieval score")
         ax.set_title(task)
-    axes[-1].legend(fontsize=6)
+    legend(axes[-1])
     figure.suptitle(title(entry, plan, "retrieval vs ImageNet"))
     return figure
 
@@ -314,7 +330,7 @@ def accuracy_scatter(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figur
     ax.set_xlabel("ImageNet accuracy")
     ax.set_ylabel("Average accuracy")
     ax.set_title("Filtering strategies")
-    ax.legend(fontsize=6)
+    legend(ax)
     figure.suptitle(title(entry, plan, "ImageNet and average accuracy"))
     return figure
 
@@ -362,7 +378,7 @@ def training_loss(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("Training step")
     ax.set_ylabel("Contrastive loss")
     ax.set_title("First and final loss per model")
-    ax.legend(fontsize=6)
+    legend(ax)
     figure.suptitle(title(entry, plan, "training"))
     return figure
 
