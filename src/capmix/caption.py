@@ -18,7 +18,6 @@ the raw-caption, quality and mixing jobs use this module's file helpers (``capti
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from capmix.shards import (
     ShardTask,
     check_loader_fits,
     is_complete,
+    listed_shard_files,
     plan_tasks,
     read_shard,
     shard_loader,
@@ -253,8 +253,4 @@ def raw_caption_sets(pool: str, index_path: Path, shards_dir: Path, out_dir: Pat
 
 def caption_files(manifest_paths: Sequence[Path]) -> list[Path]:
     """The per-shard caption parquets listed by a caption set's chunk manifests."""
-    files = []
-    for path in manifest_paths:
-        manifest = json.loads(Path(path).read_text())
-        files += [Path(path).parent / entry["output"] for entry in manifest["shards"]]
-    return files
+    return listed_shard_files(manifest_paths)

@@ -17,7 +17,6 @@ Two steps, so that a new caption set costs only the text tower:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from capmix.shards import (
     Progress,
     ShardTask,
     check_loader_fits,
+    listed_shard_files,
     plan_tasks,
     read_shard,
     shard_loader,
@@ -259,11 +259,7 @@ def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], inde
 
 def embedding_files(manifest_paths: Sequence[Path]) -> list[Path]:
     """The per-shard embedding files listed by a pool's embed_images chunk manifests."""
-    files = []
-    for path in manifest_paths:
-        manifest = json.loads(Path(path).read_text())
-        files += [Path(path).parent / entry["output"] for entry in manifest["shards"]]
-    return files
+    return listed_shard_files(manifest_paths)
 
 
 def load_image_embeddings(files: Sequence[Path]) -> tuple[pd.Index, np.ndarray]:

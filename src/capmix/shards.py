@@ -42,6 +42,16 @@ class ShardError(ValueError):
     """A shard that does not match the fetch index (missing or empty); names the shard."""
 
 
+
+def listed_shard_files(manifest_paths: Sequence[Path | str]) -> list[Path]:
+    """The per-shard output files a stage's chunk manifests list (``shards[].output``, relative
+    to the manifest): the caption parquets of a caption set, the npz of image embeddings."""
+    files = []
+    for path in manifest_paths:
+        manifest = json.loads(Path(path).read_text())
+        files += [Path(path).parent / entry["output"] for entry in manifest["shards"]]
+    return files
+
 @dataclass(frozen=True)
 class Sample:
     key: str
