@@ -320,3 +320,34 @@ def test_the_chain_exports_as_a_valid_provenance_run_crate(tmp_path, capsys):
     assert not (out / "results").exists()
     assert len(list((out / "records").glob("*/*.json"))) == 3
     assert validate_crate(out) == []
+
+
+def test_a_jobs_provenance_block_reads_each_input_once(tmp_path, monkeypatch):
+    """The job record hashes every input on entry; a stage's provenance block in the same
+    job takes the same checksums (capmix.provenance.checksums_from) instead of reading the
+    file again, and a block outside any job still hashes it."""
+    from capmix import provenance
+
+    monkeypatch.chdir(tmp_path)
+    Path("data.bin").write_bytes(b"x" * 4096)
+    reads = []
+    original = provenance.sha256_file
+
+    def counting(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(provenance, "sha256_file", counting)
+    monkeypatch.setattr(lineage, "sha256_file", counting)
+    blocks = []
+
+    def body(sm, job):
+        blocks.append(provenance.provenance_record("stage", [sm.input.data]))
+        Path(sm.output.out).write_text("done\n")
+
+    run_job("stage", body, inputs={"data": "data.bin"}, outputs={"out": "results/out.txt"})
+    assert reads.count("data.bin") == 1
+    assert blocks[0]["inputs"] == [{"path": "data.bin", "sha256": original("data.bin"),
+                                    "bytes": 4096}]
+    provenance.provenance_record("stage", ["data.bin"])
+    assert reads.count("data.bin") == 2

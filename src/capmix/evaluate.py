@@ -61,7 +61,7 @@ from capmix.evalmetrics import (
     winogavil_prompt,
 )
 from capmix.modelrun import load_open_clip, resolve_device, torch_device_type
-from capmix.provenance import provenance_record, sha256_file, write_json
+from capmix.provenance import file_checksum, provenance_record, write_json
 from capmix.suites import (
     METADATA_FIELDS,
     Suite,
@@ -130,7 +130,7 @@ def load_model(model_name: str, checkpoint: Path, device: str | None = None,
     open_clip.load_checkpoint(loaded.model, str(checkpoint))
     loaded.model.eval().to(device)
     return EvalModel(loaded.model, loaded.preprocess, loaded.tokenizer, device,
-                     sha256_file(checkpoint), model_name)
+                     file_checksum(checkpoint)[0], model_name)
 
 
 def uses_amp(model: EvalModel, task: Task) -> bool:

@@ -56,7 +56,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from capmix.provenance import REPO_ROOT, code_version, sha256_file, write_json
+from capmix.provenance import REPO_ROOT, checksums_from, code_version, sha256_file, write_json
 
 #: The provenance root, relative to the workflow's working directory (``--directory``).
 PROVENANCE_DIR = Path("results") / "provenance"
@@ -419,7 +419,8 @@ def job_provenance(sm: Any, script: str | Path | None = None) -> Iterator[Job]:
     """
     job = Job(sm, script or main_script(), Path.cwd())
     try:
-        yield job
+        with checksums_from(job.hasher.file):
+            yield job
     except BaseException:
         job.path.unlink(missing_ok=True)
         raise

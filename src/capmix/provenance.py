@@ -13,7 +13,8 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -72,6 +73,32 @@ def software_versions(packages: Iterable[str]) -> dict[str, str | None]:
     return versions
 
 
+#: While a job runs (:func:`capmix.lineage.job_provenance`), the job's hasher: the job record
+#: hashes every input on entry, so a provenance block taking its checksums from the same hasher
+#: reads each input once per job, not twice (a pool's shards and metadata are large).
+_job_hasher: Callable[[Path], tuple[str, int]] | None = None
+
+
+@contextmanager
+def checksums_from(hasher: Callable[[Path], tuple[str, int]]) -> Iterator[None]:
+    """Within the block, :func:`file_checksum` asks ``hasher`` (path -> (sha256, bytes))."""
+    global _job_hasher
+    previous, _job_hasher = _job_hasher, hasher
+    try:
+        yield
+    finally:
+        _job_hasher = previous
+
+
+def file_checksum(path: Path | str) -> tuple[str, int]:
+    """(sha256, bytes) of a file: from the running job's hasher when there is one (its
+    results are shared with the job record), else read now."""
+    path = Path(path)
+    if _job_hasher is not None:
+        return _job_hasher(path)
+    return sha256_file(path), path.stat().st_size
+
+
 def provenance_record(
     stage: str,
     inputs: Iterable[Path | str] = (),
@@ -87,7 +114,7 @@ def provenance_record(
         "host": {"platform": platform.platform(), "argv0": os.path.basename(sys.argv[0])},
         "params": params or {},
         "inputs": [
-            {"path": str(p), "sha256": sha256_file(p), "bytes": os.path.getsize(p)}
+            dict(zip(("path", "sha256", "bytes"), (str(p), *file_checksum(p)), strict=True))
             for p in inputs
         ],
     }

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from capmix.provenance import provenance_record, sha256_file, write_json
+from capmix.provenance import file_checksum, provenance_record, sha256_file, write_json
 from capmix.sourcespec import REMOTE_URL_SCHEMES, TABLE_FORMATS, allowed_url_schemes
 from capmix.uids import derive_uid, duplicate_positions, uids_to_pairs
 
@@ -647,7 +647,7 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
         else:
             how = materialise(file.path, part)
         entry = {"part": part.name, "source_file": str(file.path), "rows": rows, "how": how,
-                 "source_sha256": sha256_file(file.path)}
+                 "source_sha256": file_checksum(file.path)[0]}
         if file.rows is not None:
             entry["cut_after_rows"] = file.rows
         if file.npz is not None:
