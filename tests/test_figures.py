@@ -158,7 +158,7 @@ def test_not_available_listing(tmp_path):
     assert figurespec.plan_inputs(plan) == ["f.json"]
     assert "does not build the target 'analyses'" in by_id["figure_3"]["reason"]
     assert "LAION-COCO config" in by_id["figure_13"]["reason"]
-    assert "FairFace" in by_id["table_6"]["reason"]
+    assert "does not build the target 'eval'" in by_id["table_6"]["reason"]
     unavailable = write(tmp_path / "caption_stats.json",
                         {"available": False, "reason": "not available: no strategies"})
     spec = entry("caption_stats", reads={"analyses": {"caption_stats": unavailable}})
@@ -172,3 +172,59 @@ def test_not_available_listing(tmp_path):
                                          "reason": "not available: no strategies"}
     assert listed["figure_13"]["status"] == "not available"
     assert not list((tmp_path / "files").iterdir())
+
+
+def fairface_results(tmp_path: Path, strategy: str, male: float, female: float) -> str:
+    """A model's result lines: one toy task and DataComp's FairFace line whose groups rows
+    give gender accuracy per (gender, race) (capmix.evalmetrics.face_metrics' rows)."""
+    races = ["Black", "Latino_Hispanic"]
+    groups = [{"metric": "acc_race", "race_binary": 0, "value": 0.5, "count": 10}]
+    for g, (gender, value) in enumerate((("male", male), ("female", female))):
+        for r, race in enumerate(races):
+            groups.append({"metric": "acc_gender_x", "gender": g, "race": r,
+                           "gender_name": gender, "race_name": race,
+                           "value": value + r / 100, "count": 30 if g == 0 else 10})
+    lines = [{"dataset": "ImageNet 1k", "metrics": {"acc1": 0.3}},
+             {"dataset": "FairFace", "metrics": {}, "groups": groups}]
+    path = tmp_path / f"eval/{strategy}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(path)
+
+
+def test_fairness_table_gender_accuracy_per_race_with_the_papers(tmp_path):
+    files = {"raw_top_30": fairface_results(tmp_path, "raw_top_30", 0.93, 0.2),
+             "synthetic_top_30": fairface_results(tmp_path, "synthetic_top_30", 0.8, 0.4)}
+    spec = entry("fairness_table", kind="table", reads={"eval_lines": files}) | {
+        "id": "table_6", "paper": "Table 6"}
+    index = figures.run_figures(plan_for([spec], toy=False, scale="medium"),
+                                tmp_path / "files", tmp_path / "index.json")
+    assert index["entries"]["table_6"]["status"] == "drawn", index["entries"]["table_6"]
+    csv_path = tmp_path / "files/table_6.csv"
+    rows = [line.split(",")[0] for line in csv_path.read_text().splitlines()[1:]]
+    assert rows == ["female / raw_top_30", "female / synthetic_top_30", "male / raw_top_30",
+                    "male / synthetic_top_30", "Overall / raw_top_30",
+                    "Overall / synthetic_top_30"]
+    cell = find_cell(csv_path, "male / raw_top_30", "Black (ours)")
+    assert float(cell["value"]) == pytest.approx(0.93)
+    assert cell["sources"] == [files["raw_top_30"]] and cell["field"].startswith("line 2:")
+    # DataComp's "Latino_Hispanic" is the paper's "Latino/Hispanic" (0.908 for this row).
+    assert find_cell(csv_path, "male / raw_top_30",
+                     "Latino_Hispanic (paper)")["value"] == "90.8"
+    # Overall: both genders weighted by their counts (30 male, 10 female faces per race).
+    overall = find_cell(csv_path, "Overall / raw_top_30", "Black (ours)")
+    assert float(overall["value"]) == pytest.approx((0.93 * 30 + 0.2 * 10) / 40)
+    assert find_cell(csv_path, "Overall / raw_top_30", "Black (paper)")["value"] == "56.7"
+
+
+def test_fairness_table_without_a_fairface_task_is_not_available(tmp_path):
+    path = tmp_path / "eval/raw_top_30.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"dataset": "toy ImageNet", "metrics": {"acc1": 0.4}}) + "\n")
+    spec = entry("fairness_table", kind="table",
+                 reads={"eval_lines": {"raw_top_30": str(path)}}) | {"id": "table_6",
+                                                                    "paper": "Table 6"}
+    index = figures.run_figures(plan_for([spec], toy=True), tmp_path / "files",
+                                tmp_path / "index.json")
+    assert index["entries"]["table_6"]["status"] == "not available"
+    assert "'FairFace' task" in index["entries"]["table_6"]["reason"]

@@ -30,11 +30,12 @@ FIGURE_PLOTS = ("image_grid", "accuracy_scatter", "caption_stats", "cosine_histo
                 "noise_diversity", "task_differences", "retrieval_bars", "pool_scaling",
                 "retrieval_scatter", "class_groups", "diversity_scaling", "caption_quality",
                 "fetch_outcomes", "training_loss")
-TABLE_PLOTS = ("quality_table", "retrieval_table", "temperature_table", "subset_table")
+TABLE_PLOTS = ("quality_table", "retrieval_table", "temperature_table", "subset_table",
+               "fairness_table")
 PLOTS = (*FIGURE_PLOTS, *TABLE_PLOTS)
 #: Result kinds an entry may read besides analyses, with the target that makes them.
-RESULT_TARGETS = {"quality": "quality", "eval": "eval", "training": "models", "fetch": "fetch",
-                  "samples": "subsets"}
+RESULT_TARGETS = {"quality": "quality", "eval": "eval", "eval_lines": "eval",
+                  "training": "models", "fetch": "fetch", "samples": "subsets"}
 ANALYSES_PREFIX = "analyses:"
 #: Where a pool's figures go: one folder of drawn files and an index of every entry.
 FIGURES_DIR = "results/{pool}/figures"
@@ -88,9 +89,10 @@ def plan_figures(config: Mapping[str, Any], pool_name: str, targets: Sequence[st
 
     ``targets`` are the pool's targets; ``files`` the workflow's paths for the pool:
     ``analyses`` (name -> JSON), ``quality`` (caption set -> JSON), ``eval`` (strategy ->
-    aggregate JSON), ``training`` (strategy -> training JSON), ``fetch`` (the fetch report),
-    ``samples`` (``index``: the fetch index, ``table``: the mix table, ``subsets``: strategy
-    -> its samples) and ``shards`` (the fetched shards' folder, read with the fetch index).
+    aggregate JSON), ``eval_lines`` (strategy -> its result lines, JSONL), ``training``
+    (strategy -> training JSON), ``fetch`` (the fetch report), ``samples`` (``index``: the
+    fetch index, ``table``: the mix table, ``subsets``: strategy -> its samples) and
+    ``shards`` (the fetched shards' folder, read with the fetch index).
     An entry whose result kind the pool's targets do not make is not drawn, and says so.
     """
     pools = {p["name"]: p for p in config.get("pools") or []}

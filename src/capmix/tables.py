@@ -301,10 +301,125 @@ def subset_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
     return table
 
 
+#: The evaluation task Table 6 reads (config/eval_suites.yaml's name for DataComp's
+#: fairness/fairface) and the groups rows it takes (capmix.evalmetrics.face_metrics).
+FAIRFACE_TASK = "FairFace"
+GENDER_X_RACE = "acc_gender_x"
+
+
+def _name_key(name: Any) -> str:
+    """A class name compared by letters and digits only: DataComp's "Latino_Hispanic" is the
+    paper's "Latino/Hispanic", "Southeast Asian" its "South East Asian"."""
+    return "".join(c for c in str(name).lower() if c.isalnum())
+
+
+def _fairface_line(path: str) -> dict[str, Any] | None:
+    """The FairFace result line of a model's results JSONL (None: the model has none)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error})") from error
+    found = None
+    for number, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not JSON ({error})") from error
+        if line.get("dataset") == FAIRFACE_TASK:
+            found = {**line, "_line": number}
+    return found
+
+
+def fairness_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
+                   numbers: PaperNumbers | None) -> TableData:
+    """Table 6: FairFace zero-shot gender accuracy per race, for every evaluated model.
+
+    Rows "<gender> / <model>" (the accuracy on that gender's faces of each race) and
+    "Overall / <model>" (both genders, weighted by their counts, which is the paper's Overall:
+    the mean of Male and Female to the printed digit), one column per race, from the groups
+    rows ``acc_gender_x`` DataComp's fairness evaluation writes (capmix.evalmetrics.face_metrics)
+    into the model's FairFace result line. Race and gender names are matched to the paper's by
+    letters only (see :func:`_name_key`).
+    """
+    files = entry["reads"].get("eval_lines") or {}
+    found = {s: (path, _fairface_line(path)) for s, path in files.items()}
+    found = {s: (path, line) for s, (path, line) in found.items() if line is not None}
+    if not found:
+        raise NotAvailable(f"not available: no model of pool '{plan['pool']}' was evaluated on "
+                           f"a '{FAIRFACE_TASK}' task (its suite, eval_suites.<suite>.tasks, "
+                           "has none: DataComp's suite has it, the toy suite does not)")
+    scale = plan["train_scale"]
+    races: dict[str, str] = {}
+    by_gender: dict[str, list[tuple[str, dict[str, Cell]]]] = {}
+    overall: list[tuple[str, dict[str, Cell]]] = []
+    for strategy, (path, line) in found.items():
+        rows = [(i, r) for i, r in enumerate(line.get("groups") or [])
+                if r.get("metric") == GENDER_X_RACE]
+        if not rows:
+            raise ValueError(f"{path}, line {line['_line']}: the FairFace result has no "
+                             f"'{GENDER_X_RACE}' groups rows (not DataComp's face metrics)")
+        totals: dict[str, list[float]] = {}
+        for index, row in rows:
+            gender = str(row.get("gender_name", row.get("gender")))
+            race = str(row.get("race_name", row.get("race")))
+            races.setdefault(_name_key(race), race)
+            field = f"line {line['_line']}: groups.{index}.value"
+            cell = Cell(row["value"], path, field, paper_entry(
+                numbers, entry["paper"], strategy=strategy, scale=scale,
+                metric="FairFace:" + GENDER_X_RACE,
+                group={"gender": _paper_name(numbers, entry, "gender", gender),
+                       "race": _paper_name(numbers, entry, "race", race)}))
+            _row_of(by_gender.setdefault(gender, []), strategy)[_name_key(race)] = cell
+            sums = totals.setdefault(_name_key(race), [0.0, 0.0])
+            sums[0] += row["value"] * row["count"]
+            sums[1] += row["count"]
+        overall.append((strategy, {
+            race: Cell(weighted / count if count else None, path,
+                       f"line {line['_line']}: groups ({GENDER_X_RACE}, count-weighted over "
+                       "genders)", paper_entry(
+                           numbers, entry["paper"], strategy=strategy, scale=scale,
+                           metric="FairFace:acc_gender_by_race",
+                           group={"race": _paper_name(numbers, entry, "race", races[race])}))
+            for race, (weighted, count) in totals.items()}))
+    columns = sorted(races)
+    table = TableData(f"{entry['paper']}: FairFace gender accuracy per race, pool "
+                      f"{plan['pool']}", "Gender / model", [races[r] for r in columns])
+    for gender in sorted(by_gender):
+        for strategy, cells in by_gender[gender]:
+            table.rows.append((f"{gender} / {strategy}",
+                               {races[r]: c for r, c in cells.items()}))
+    for strategy, cells in overall:
+        table.rows.append((f"Overall / {strategy}", {races[r]: c for r, c in cells.items()}))
+    return table
+
+
+def _row_of(rows: list[tuple[str, dict[str, Cell]]], strategy: str) -> dict[str, Cell]:
+    """The cells of ``strategy``'s row in ``rows``, added empty if it has none yet."""
+    for label, cells in rows:
+        if label == strategy:
+            return cells
+    rows.append((strategy, {}))
+    return rows[-1][1]
+
+
+def _paper_name(numbers: PaperNumbers | None, entry: Mapping[str, Any], key: str,
+                name: str) -> str:
+    """The paper's spelling of a gender or race name (its entries' capmix.group), else ours."""
+    if numbers is not None:
+        for paper in numbers.table(entry["paper"]):
+            theirs = (paper.capmix.get("group") or {}).get(key)
+            if theirs is not None and _name_key(theirs) == _name_key(name):
+                return theirs
+    return name
+
+
 TableWriter = Callable[[Mapping[str, Any], Mapping[str, Any], PaperNumbers | None], TableData]
 WRITERS: dict[str, TableWriter] = {
     "quality_table": quality_table,
     "retrieval_table": retrieval_table,
     "temperature_table": temperature_table,
     "subset_table": subset_table,
+    "fairness_table": fairness_table,
 }

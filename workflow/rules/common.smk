@@ -576,6 +576,8 @@ def figures_files(pool):
                     for s in caption_sets(pool)},
         "eval": {s: EVAL_AGGREGATE.format(pool=pool, strategy=s)
                  for s in evaluated_strategies(pool)},
+        "eval_lines": {s: EVAL_RESULTS.format(pool=pool, strategy=s)
+                       for s in evaluated_strategies(pool)},
         "training": {s: TRAINING.format(pool=pool, strategy=s) for s in trained_strategies(pool)},
         "fetch": FETCH_REPORT.format(pool=pool),
         "samples": {"index": FETCH_INDEX.format(pool=pool),
