@@ -35,7 +35,13 @@ TABLE_PLOTS = ("quality_table", "retrieval_table", "temperature_table", "subset_
 PLOTS = (*FIGURE_PLOTS, *TABLE_PLOTS)
 #: Result kinds an entry may read besides analyses, with the target that makes them.
 RESULT_TARGETS = {"quality": "quality", "eval": "eval", "eval_lines": "eval",
-                  "training": "models", "fetch": "fetch", "samples": "subsets"}
+                  "training": "models", "fetch": "fetch", "samples": "subsets",
+                  "nocaps_quality": "quality", "no_filter_eval": "eval"}
+#: Result kinds an entry reads where the pool has them and goes without where it does not
+#: (its table then has no such column): the quality JSONs of the pool's NoCaps pool
+#: (``pools[].findings.pools.nocaps``: Table 1's CIDEr) and the evaluation of each caption
+#: set's no-filter model (Table 1's ImageNet and Flickr columns), both by caption set.
+OPTIONAL_KINDS = ("nocaps_quality", "no_filter_eval")
 ANALYSES_PREFIX = "analyses:"
 #: Where a pool's figures go: one folder of drawn files and an index of every entry.
 FIGURES_DIR = "results/{pool}/figures"
@@ -90,10 +96,14 @@ def plan_figures(config: Mapping[str, Any], pool_name: str, targets: Sequence[st
     ``targets`` are the pool's targets; ``files`` the workflow's paths for the pool:
     ``analyses`` (name -> JSON), ``quality`` (caption set -> JSON), ``eval`` (strategy ->
     aggregate JSON), ``eval_lines`` (strategy -> its result lines, JSONL), ``training``
-    (strategy -> training JSON), ``fetch`` (the fetch report), ``samples`` (``index``: the
-    fetch index, ``table``: the mix table, ``subsets``: strategy -> its samples) and
-    ``shards`` (the fetched shards' folder, read with the fetch index).
-    An entry whose result kind the pool's targets do not make is not drawn, and says so.
+    (strategy -> training JSON), ``fetch`` (the fetch report),
+    ``samples`` (``index``: the fetch index, ``table``: the mix table, ``subsets``: strategy
+    -> its samples), ``shards`` (the fetched shards' folder, read with the fetch index) and,
+    optionally, ``nocaps_quality`` (caption set -> its quality JSON on the pool's NoCaps
+    pool) and ``no_filter_eval`` (caption set -> the aggregate JSON of the model trained on
+    it with no filter; capmix.strategies.no_filter_strategies). An entry whose result kind
+    the pool's targets do not make is not drawn, and says so; an optional kind
+    (:data:`OPTIONAL_KINDS`) the pool does not have is left out of the entry's reads.
     """
     pools = {p["name"]: p for p in config.get("pools") or []}
     if pool_name not in pools:
@@ -120,6 +130,10 @@ def plan_figures(config: Mapping[str, Any], pool_name: str, targets: Sequence[st
                     reads.setdefault("analyses", {})[name] = files["analyses"][name]
                 continue
             target = RESULT_TARGETS[kind]
+            if kind in OPTIONAL_KINDS:
+                if target in targets and files.get(kind):
+                    reads[kind] = files[kind]
+                continue
             if target not in targets:
                 reason = (f"not available: pool '{pool_name}' does not build the target "
                           f"'{target}'")

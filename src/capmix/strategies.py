@@ -234,6 +234,36 @@ def pool_sources(config: Mapping[str, Any], pool: Mapping[str, Any]) -> dict[str
     return {s: source_caption_sets(s, config["captioners"], pool) for s in sorted(sources)}
 
 
+def is_no_filter(strategy: Strategy) -> bool:
+    """Whether a strategy trains on every image of the pool with one caption source and
+    nothing filtered (``raw_no_filter``, ``synthetic_no_filter``, Table 1's rows)."""
+    return (len(strategy.parts) == 1 and strategy.parts[0].images == "all"
+            and strategy.parts[0].keep.rule == "all" and len(strategy.parts[0].caption) == 1
+            and not strategy.intersect_image_clusters and strategy.text_filter is None)
+
+
+def no_filter_strategies(config: Mapping[str, Any], pool: Mapping[str, Any],
+                         names: list[str] | None = None) -> dict[str, str]:
+    """Caption set -> the pool's no-filter strategy (:func:`is_no_filter`) that trains on
+    it, among ``names`` (default: the pool's strategies), the first in their order where
+    several do. The strategy's source is resolved through the pool's aliases
+    (``synthetic`` -> ``toy_captioner/0.75``); a ``captioner/best`` source spans several
+    caption sets and is left out."""
+    expanded = expand_strategies(config.get("strategies", {}))
+    found: dict[str, str] = {}
+    for name in pool_strategy_names(config, pool) if names is None else names:
+        if name not in expanded:
+            continue
+        strategy = parse_strategy(name, expanded[name])
+        if not is_no_filter(strategy):
+            continue
+        source = resolve_source(strategy.parts[0].caption[0], pool)
+        sets = source_caption_sets(source, config.get("captioners", {}), pool)
+        if len(sets) == 1 and not source.endswith(f"/{BEST}"):
+            found.setdefault(sets[0], name)
+    return found
+
+
 def pool_needs_clusters(config: Mapping[str, Any], pool: Mapping[str, Any]) -> bool:
     """Whether some strategy of the pool intersects with image clusters (so the workflow
     must compute them before the pool's mix table)."""

@@ -87,6 +87,8 @@ def _format(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_format(v) for v in value)
     return str(value)
 
 
@@ -180,32 +182,83 @@ def write_all(table: TableData, out_dir: Path, name: str, numbers: PaperNumbers 
 
 # ------------------------------------------------------------------------------ the tables
 
-QUALITY_COLUMNS = {"CLIP-S": "clip_s", "Cosine similarity": "mean_cos",
-                   "No. of unique trigrams": "unique_trigrams", "NoCaps CIDEr": "cider"}
+#: Table 1's columns from a caption set's quality JSON: column -> field (the paper's order;
+#: CIDEr from the pool's own JSON on a pool with reference captions, else from its NoCaps
+#: pool's, ``reads.nocaps_quality``).
+QUALITY_COLUMNS = {"NoCaps CIDEr": "cider", "CLIP-S": "clip_s", "Cosine similarity": "mean_cos",
+                   "No. of unique trigrams": "unique_trigrams"}
+#: Table 1's columns from the evaluation of the model trained on the caption set with no
+#: filter (``reads.no_filter_eval``): column -> (paper metric, fields tried in order). The
+#: Flickr column is DataComp's Flickr task (``main_metrics.Flickr``); on the toy suite, whose
+#: one retrieval task stands in for Flickr and MS-COCO, it is the Retrieval aggregate.
+MODEL_COLUMNS = {"ImageNet accuracy": ("ImageNet", ("aggregates.ImageNet",)),
+                 "Flickr retrieval": ("Flickr", ("main_metrics.Flickr",))}
+TOY_FLICKR_FIELD = "aggregates.Retrieval"
+
+
+def dotted(document: Mapping[str, Any], path: str) -> Any:
+    """``document``'s value at a dotted path (None where a step is missing)."""
+    value: Any = document
+    for step in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(step)
+    return value
+
+
+def model_cells(path: str, numbers: PaperNumbers | None, where: str,
+                scale: str | None) -> dict[str, Cell]:
+    """Table 1's ImageNet and Flickr cells of one no-filter model's aggregate JSON, each
+    beside the paper's number for the strategy it names (``strategy``) at ``scale``."""
+    document = read_json(path)
+    strategy = document.get("strategy")
+    cells = {}
+    for column, (metric, fields) in MODEL_COLUMNS.items():
+        if column == "Flickr retrieval" and document.get("toy"):
+            fields = (*fields, TOY_FLICKR_FIELD)
+        for name in fields:
+            value = dotted(document, name)
+            if value is not None:
+                cells[column] = Cell(value, path, name, paper_entry(
+                    numbers, where, strategy=strategy, scale=scale, metric=metric))
+                break
+    return cells
 
 
 def quality_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
                   numbers: PaperNumbers | None) -> TableData:
-    """Table 1: per caption set of the pool, CLIP-S, cosine similarity, unique trigrams and
-    (on a pool with reference captions) CIDEr, from the quality JSONs."""
-    files = entry["reads"]["quality"]
+    """Table 1: per caption set of the pool, its NoCaps CIDEr (the pool's own quality JSON on
+    a pool with reference captions, else its NoCaps pool's, ``reads.nocaps_quality``),
+    CLIP-S, cosine similarity and unique trigrams (quality JSONs), and the ImageNet accuracy
+    and Flickr retrieval of the model trained on that caption set with no filter
+    (``reads.no_filter_eval``). A cell without a value is left empty; a column no row has
+    is left out."""
+    reads = entry["reads"]
+    nocaps = reads.get("nocaps_quality") or {}
+    models = reads.get("no_filter_eval") or {}
     table = TableData(f"{entry['paper']}: caption quality, pool {plan['pool']}",
                       "Caption set", [])
-    for caption_set, path in files.items():
+    for caption_set, path in reads["quality"].items():
         document = read_json(path)
-        cells = {}
+        cells: dict[str, Cell] = {}
         for column, key in QUALITY_COLUMNS.items():
-            if document.get(key) is None:
+            source, found = path, document
+            if found.get(key) is None and key == "cider" and caption_set in nocaps:
+                source = nocaps[caption_set]
+                found = read_json(source)
+            if found.get(key) is None:
                 continue
-            if column not in table.columns:
-                table.columns.append(column)
-            cells[column] = Cell(document[key], path, key, paper_entry(
+            cells[column] = Cell(found[key], source, key, paper_entry(
                 numbers, entry["paper"], caption_set=caption_set, metric=key,
-                pool=plan["pool"]))
+                pool=found.get("pool", plan["pool"])))
+        if caption_set in models:
+            cells.update(model_cells(models[caption_set], numbers, entry["paper"],
+                                     plan["train_scale"]))
         table.rows.append((caption_set, cells))
-    table.columns = [c for c in QUALITY_COLUMNS if c in table.columns]
     if not table.rows:
         raise NotAvailable(f"not available: pool '{plan['pool']}' has no quality results")
+    present = {c for _, cells in table.rows for c in cells}
+    table.columns = [c for c in (*QUALITY_COLUMNS, *MODEL_COLUMNS) if c in present]
     return table
 
 
@@ -271,7 +324,11 @@ SUBSET_COLUMNS = ("Training set size", "Share of the pool", "Threshold", "ImageN
 def subset_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
                  numbers: PaperNumbers | None) -> TableData:
     """Tables 4 and 5: per subset, its size, share of the pool and thresholds (subsets'
-    summaries via the subset_table analysis) and, where evaluated, ImageNet and Average."""
+    summaries via the subset_table analysis) and, where evaluated, ImageNet and Average.
+    With ``options.layout: grid`` (Table 5), the paper's fraction grid instead
+    (:func:`subset_grid`)."""
+    if entry["options"].get("layout") == "grid":
+        return subset_grid(entry, plan, numbers)
     document, path = analysis(entry, "subset_table")
     where = entry["options"].get("where", entry["paper"])
     evaluated = entry["reads"].get("eval") or {}
@@ -299,6 +356,120 @@ def subset_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
                                                  scale=scale, metric=metric))
         table.rows.append((strategy, cells))
     return table
+
+
+#: The grid's quantities, in each family's order: row label -> the paper numbers' metric.
+GRID_QUANTITIES = {"Training set size": "n_samples", "Threshold": "threshold",
+                   "ImageNet accuracy": "ImageNet", "Average accuracy": "Average"}
+
+
+def fraction_column(fraction: float) -> str:
+    """A sweep fraction as the paper's column: 0.1 -> '10%', 0.125 -> '12.5%'."""
+    return f"{round(fraction * 100, 6):g}%"
+
+
+def threshold_cell(row: Mapping[str, Any], index: int) -> tuple[Any, str] | None:
+    """A subset's cosine threshold and its field: the number where one part sets it, the
+    list where several do (each part's, in order); None where none does."""
+    thresholds = row.get("thresholds")
+    if isinstance(thresholds, Mapping):
+        values, fields = list(thresholds.values()), [f"thresholds.{k}" for k in thresholds]
+    else:
+        values = list(thresholds or [])
+        fields = [f"thresholds.{i}" for i in range(len(values))]
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0], f"rows.{index}.{fields[0]}"
+    return values, f"rows.{index}.thresholds"
+
+
+def family_labels(numbers: PaperNumbers | None, where: str,
+                  members: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], str]:
+    """(family, metric) -> the paper's row label of that family's line of ``where``, from
+    the paper's entries for the family's strategies; plus (family, "") -> the family's own
+    label (the part of a size/ImageNet/Average line's label before its " / quantity").
+    Keys are in the order of the paper's entries (so of its rows)."""
+    labels: dict[tuple[str, str], str] = {}
+    if numbers is None:
+        return labels
+    try:
+        entries = numbers.table(where)
+    except KeyError:
+        return labels
+    family_of = {s: family for family, names in members.items() for s in names}
+    quantity_of = {metric: label for label, metric in GRID_QUANTITIES.items()}
+    for paper in entries:
+        family = family_of.get(paper.capmix.get("strategy"))
+        metric = paper.capmix.get("metric")
+        if family is None or metric not in quantity_of:
+            continue
+        labels.setdefault((family, metric), paper.row)
+        suffix = f" / {quantity_of[metric]}"
+        if metric != "threshold" and paper.row.endswith(suffix):
+            labels.setdefault((family, ""), paper.row[: -len(suffix)])
+    return labels
+
+
+def subset_grid(entry: Mapping[str, Any], plan: Mapping[str, Any],
+                numbers: PaperNumbers | None) -> TableData:
+    """Table 5 as the paper prints it: one column per sweep fraction the pool has (10%, 20%,
+    ...), and per strategy family one row per quantity: training set size, cosine
+    threshold, ImageNet and Average accuracy (the latter two where a fraction's model is
+    evaluated); a quantity no fraction of the family has is left out.
+
+    Families and fractions are the strategy catalogue's (config/strategies.yaml: a family
+    with ``fractions`` expands to ``{family}_{percent}``, capmix.strategies.expand_strategies;
+    the subset summaries and so the subset_table analysis carry each subset's ``family`` and
+    ``fraction``). Strategies without a fraction (raw_no_filter, raw_min_0p28, ...) have no
+    place in a fraction grid and are left to Table 4, which lists every subset. Rows are
+    labelled as the paper's (config/paper_numbers.yaml: "Only raw captions / ImageNet
+    accuracy", "Cosine similarity threshold / Raw captions") where it prints that family's
+    line, else "<family> / <quantity>" with the paper's family label, or the family's name;
+    families the paper prints come first, in its order, the rest in the analysis's.
+    """
+    document, path = analysis(entry, "subset_table")
+    where = entry["options"].get("where", entry["paper"])
+    evaluated = entry["reads"].get("eval") or {}
+    scale = plan["train_scale"]
+    swept = [(i, row) for i, row in enumerate(document["rows"])
+             if row.get("fraction") is not None and row.get("family")]
+    if not swept:
+        raise NotAvailable(f"not available: pool '{plan['pool']}' builds no strategy with "
+                           "fractions (config/strategies.yaml `fractions`)")
+    fractions = sorted({float(row["fraction"]) for _, row in swept})
+    members: dict[str, list[str]] = {}
+    for _, row in swept:
+        members.setdefault(row["family"], []).append(row["strategy"])
+    labels = family_labels(numbers, where, members)
+    printed = list(dict.fromkeys(family for family, _ in labels))
+    order = sorted(members, key=lambda f: printed.index(f) if f in printed else len(printed))
+    grid: dict[str, dict[str, dict[str, Cell]]] = {f: {} for f in order}
+    for index, row in swept:
+        strategy, column = row["strategy"], fraction_column(float(row["fraction"]))
+        found = [("n_samples", row.get("n_samples"), path, f"rows.{index}.n_samples")]
+        threshold = threshold_cell(row, index)
+        if threshold is not None:
+            found.append(("threshold", threshold[0], path, threshold[1]))
+        if strategy in evaluated:
+            aggregates = read_json(evaluated[strategy]).get("aggregates") or {}
+            found += [(metric, aggregates.get(metric), evaluated[strategy],
+                       f"aggregates.{metric}") for metric in ("ImageNet", "Average")]
+        for metric, value, source, name in found:
+            if value is not None:
+                grid[row["family"]].setdefault(metric, {})[column] = Cell(
+                    value, source, name, paper_entry(numbers, where, strategy=strategy,
+                                                     scale=scale, metric=metric))
+    table = TableData(f"{where}: training sets by fraction, pool {plan['pool']}",
+                      "Strategy / quantity", [fraction_column(f) for f in fractions])
+    for family, lines in grid.items():
+        name = labels.get((family, ""), family)
+        for quantity, metric in GRID_QUANTITIES.items():
+            if metric in lines:
+                label = labels.get((family, metric), f"{name} / {quantity}")
+                table.rows.append((label, lines[metric]))
+    return table
+
 
 
 #: The evaluation task Table 6 reads (config/eval_suites.yaml's name for DataComp's

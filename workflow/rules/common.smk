@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from capmix.analysisplan import ANALYSES, coco_task, plan_analyses, plan_inputs  # noqa: E402
 from capmix.assetspec import asset_files, assets, assets_dir, resolve_file  # noqa: E402
-from capmix.captionsets import pool_caption_sets  # noqa: E402
+from capmix.captionsets import RAW, pool_caption_sets  # noqa: E402
 from capmix.chunks import CHUNK_PATTERN, chunk_names  # noqa: E402
 from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
 from capmix.cost import cost_table, dry_run_requested  # noqa: E402
@@ -37,6 +37,7 @@ from capmix.figurespec import (  # noqa: E402
 from capmix.figurespec import plan_inputs as figure_plan_inputs  # noqa: E402
 from capmix.strategies import (  # noqa: E402
     expand_strategies,
+    no_filter_strategies,
     pool_filters_captions,
     pool_needs_clusters,
     pool_sources,
@@ -579,6 +580,11 @@ def figures_files(pool):
         "eval_lines": {s: EVAL_RESULTS.format(pool=pool, strategy=s)
                        for s in evaluated_strategies(pool)},
         "training": {s: TRAINING.format(pool=pool, strategy=s) for s in trained_strategies(pool)},
+        "nocaps_quality": nocaps_quality_files(pool),
+        "no_filter_eval": {
+            s: EVAL_AGGREGATE.format(pool=pool, strategy=strategy)
+            for s, strategy in no_filter_strategies(
+                config, POOLS[pool], evaluated_strategies(pool)).items()},
         "fetch": FETCH_REPORT.format(pool=pool),
         "samples": {"index": FETCH_INDEX.format(pool=pool),
                     "table": MIX_TABLE.format(pool=pool) if pool_strategies(pool) else None,
@@ -586,6 +592,18 @@ def figures_files(pool):
                                 for s in pool_strategies(pool)}},
         "shards": SHARDS.format(pool=pool),
     }
+
+
+def nocaps_quality_files(pool):
+    """Caption set -> its quality JSON on the pool's NoCaps pool (pools[].findings.pools.nocaps:
+    Table 1's CIDEr), for the pool's synthetic caption sets that pool captions too (its raw
+    captions are NoCaps' own reference text, not this pool's raw captions)."""
+    nocaps = ((POOLS[pool].get("findings") or {}).get("pools") or {}).get("nocaps")
+    if nocaps not in POOLS or POOLS[nocaps].get("scorer") is None:
+        return {}
+    theirs = set(caption_sets(nocaps))
+    return {s: QUALITY.format(pool=nocaps, scorer=POOLS[nocaps]["scorer"], caption_set=s)
+            for s in caption_sets(pool) if s in theirs and s != RAW}
 
 
 def figures_plan(wildcards):
