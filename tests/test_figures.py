@@ -172,3 +172,42 @@ def test_not_available_listing(tmp_path):
                                          "reason": "not available: no strategies"}
     assert listed["figure_13"]["status"] == "not available"
     assert not list((tmp_path / "files").iterdir())
+
+
+def _curve(losses: list[dict], per_step: int = 8) -> list[dict]:
+    return [{"epoch": 0, "step": i + 1, "samples_seen": per_step * (i + 1), "losses": values}
+            for i, values in enumerate(losses)]
+
+
+def test_training_loss_draws_each_models_whole_curve(tmp_path):
+    clip = _curve([{"contrastive_loss": v, "loss": v} for v in (5.0, 4.5, 4.25, 4.0)])
+    coca = _curve([{"contrastive_loss": c, "caption_loss": cap, "loss": c + 2 * cap}
+                   for c, cap in ((4.0, 6.0), (3.5, 5.0), (3.0, 4.5))])
+    reads = {"training": {
+        "raw_no_filter": write(tmp_path / "a/training.json", {"loss_curve": clip}),
+        "coca_model": write(tmp_path / "b/training.json", {"loss_curve": coca}),
+        # written before the curve was kept: first and final loss only
+        "old_run": write(tmp_path / "c/training.json", {
+            "samples_seen": 96, "checkpoints": 3, "first_loss": 5.5, "final_loss": 4.75}),
+    }}
+    spec = entry("training_loss", reads=reads)
+    figure = figures.training_loss(spec, plan_for([spec], toy=True))
+    contrastive, caption = figure.get_axes()
+    lines = contrastive.get_lines()
+    assert len(lines) == 3  # one line per model
+    assert [list(line.get_xdata()) for line in lines] == [[8, 16, 24, 32], [8, 16, 24],
+                                                          [32.0, 96]]
+    assert [list(line.get_ydata()) for line in lines] == [[5.0, 4.5, 4.25, 4.0],
+                                                          [4.0, 3.5, 3.0], [5.5, 4.75]]
+    assert contrastive.get_xlabel() == "Samples seen"
+    assert contrastive.get_ylabel() == "Contrastive loss"
+    assert "no curve recorded" in contrastive.get_title()
+    labels = [t.get_text() for t in contrastive.get_legend().get_texts()]
+    assert labels == ["raw no filter", "coca model", "old run (first/final loss only)"]
+    # the caption-loss panel holds the models that have one
+    (coca_line,) = caption.get_lines()
+    assert list(coca_line.get_ydata()) == [6.0, 5.0, 4.5]
+    assert caption.get_ylabel() == "Caption loss"
+    # without a captioning model: one panel
+    del reads["training"]["coca_model"]
+    assert len(figures.training_loss(spec, plan_for([spec], toy=True)).get_axes()) == 1
