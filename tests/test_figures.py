@@ -228,3 +228,114 @@ def test_fairness_table_without_a_fairface_task_is_not_available(tmp_path):
                                 tmp_path / "index.json")
     assert index["entries"]["table_6"]["status"] == "not available"
     assert "'FairFace' task" in index["entries"]["table_6"]["reason"]
+
+
+def _curve(losses: list[dict], per_step: int = 8) -> list[dict]:
+    return [{"epoch": 0, "step": i + 1, "samples_seen": per_step * (i + 1), "losses": values}
+            for i, values in enumerate(losses)]
+
+
+def test_training_loss_draws_each_models_whole_curve(tmp_path):
+    clip = _curve([{"contrastive_loss": v, "loss": v} for v in (5.0, 4.5, 4.25, 4.0)])
+    coca = _curve([{"contrastive_loss": c, "caption_loss": cap, "loss": c + 2 * cap}
+                   for c, cap in ((4.0, 6.0), (3.5, 5.0), (3.0, 4.5))])
+    reads = {"training": {
+        "raw_no_filter": write(tmp_path / "a/training.json", {"loss_curve": clip}),
+        "coca_model": write(tmp_path / "b/training.json", {"loss_curve": coca}),
+        # written before the curve was kept: first and final loss only
+        "old_run": write(tmp_path / "c/training.json", {
+            "samples_seen": 96, "checkpoints": 3, "first_loss": 5.5, "final_loss": 4.75}),
+    }}
+    spec = entry("training_loss", reads=reads)
+    figure = figures.training_loss(spec, plan_for([spec], toy=True))
+    contrastive, caption = figure.get_axes()
+    lines = contrastive.get_lines()
+    assert len(lines) == 3  # one line per model
+    assert [list(line.get_xdata()) for line in lines] == [[8, 16, 24, 32], [8, 16, 24],
+                                                          [32.0, 96]]
+    assert [list(line.get_ydata()) for line in lines] == [[5.0, 4.5, 4.25, 4.0],
+                                                          [4.0, 3.5, 3.0], [5.5, 4.75]]
+    assert contrastive.get_xlabel() == "Samples seen"
+    assert contrastive.get_ylabel() == "Contrastive loss"
+    assert "no curve recorded" in contrastive.get_title()
+    labels = [t.get_text() for t in contrastive.get_legend().get_texts()]
+    assert labels == ["raw no filter", "coca model", "old run (first/final loss only)"]
+    # the caption-loss panel holds the models that have one
+    (coca_line,) = caption.get_lines()
+    assert list(coca_line.get_ydata()) == [6.0, 5.0, 4.5]
+    assert caption.get_ylabel() == "Caption loss"
+    # without a captioning model: one panel
+    del reads["training"]["coca_model"]
+    assert len(figures.training_loss(spec, plan_for([spec], toy=True)).get_axes()) == 1
+
+
+def _grid_inputs(tmp_path: Path) -> tuple[dict, dict, dict]:
+    """10 fetched images in 2 webdataset shards (one colour each), a mix table with the raw
+    and one synthetic caption per uid, and a subset that keeps 4 of them."""
+    import io
+    import tarfile
+
+    import pandas as pd
+    from PIL import Image
+
+    uids = [f"{i:032x}" for i in range(10)]
+    colours = {uid: (20 * i, 200 - 15 * i, 60 + 10 * i) for i, uid in enumerate(uids)}
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    index = []
+    for n, shard_uids in enumerate((uids[:5], uids[5:])):
+        shard = f"{n:05d}.tar"
+        with tarfile.open(shards / shard, "w") as tar:
+            for k, uid in enumerate(shard_uids):
+                image = io.BytesIO()
+                Image.new("RGB", (8, 8), colours[uid]).save(image, format="PNG")
+                for ext, data in (("png", image.getvalue()),
+                                  ("json", json.dumps({"uid": uid}).encode()),
+                                  ("txt", f"raw {uid[-2:]}".encode())):
+                    member = tarfile.TarInfo(f"{n:05d}{k:04d}.{ext}")
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+                index.append({"uid": uid, "status": "fetched", "shard": shard})
+    pd.DataFrame(index).to_parquet(tmp_path / "index.parquet", index=False)
+    pd.DataFrame({"uid": uids,
+                  "caption:raw": [f"raw caption of {u[-2:]}" for u in uids],
+                  "caption:blip2": [f"a synthetic caption of {u[-2:]}" for u in uids],
+                  }).to_parquet(tmp_path / "mix.parquet", index=False)
+    kept = uids[::3]  # 4 kept, 6 discarded
+    pd.DataFrame({"uid": kept}).to_parquet(tmp_path / "kept.parquet", index=False)
+    spec = entry("image_grid", kept_by="raw_top_30", n=4, seed=1,
+                 reads={"samples": {"index": str(tmp_path / "index.parquet"),
+                                    "table": str(tmp_path / "mix.parquet"),
+                                    "kept": str(tmp_path / "kept.parquet")}})
+    plan = {**plan_for([spec], toy=True), "shards": str(shards)}
+    return spec, plan, {"kept": set(kept), "colours": colours}
+
+
+def test_image_grid_shows_discarded_images_with_every_caption(tmp_path):
+    import numpy as np
+
+    spec, plan, world = _grid_inputs(tmp_path)
+    figure = figures.image_grid(spec, plan)
+    panels = [ax for ax in figure.get_axes() if ax.get_images()]
+    assert len(panels) == 4  # options.n, of the 6 discarded
+    shown = []
+    for ax in panels:
+        text = " ".join(ax.get_title(loc="left").split())  # unwrapped
+        (uid,) = [u for u in world["colours"] if f"raw caption of {u[-2:]}" in text]
+        assert uid not in world["kept"]
+        assert f"raw: raw caption of {uid[-2:]}" in text
+        assert f"blip2: a synthetic caption of {uid[-2:]}" in text
+        # the panel's image is that uid's image (read from its shard)
+        pixels = np.asarray(ax.get_images()[0].get_array())
+        assert tuple(pixels[0, 0][:3]) == world["colours"][uid]
+        shown.append(uid)
+    assert len(set(shown)) == 4
+    assert "images discarded by raw_top_30" in figure.get_suptitle()
+    # The same seed draws the same images; the sample is seeded, not fixed.
+    again = figures.image_grid(spec, plan)
+    assert [ax.get_title(loc="left") for ax in again.get_axes() if ax.get_images()] == [
+        ax.get_title(loc="left") for ax in panels]
+    assert [s["uid"] for s in figures.discarded_samples(spec, plan)] == sorted(shown)
+    others = {tuple(s["uid"] for s in figures.discarded_samples(
+        {**spec, "options": {**spec["options"], "seed": seed}}, plan)) for seed in range(2, 8)}
+    assert len(others | {tuple(sorted(shown))}) > 1

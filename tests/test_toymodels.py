@@ -251,6 +251,10 @@ def test_second_call_resumes_from_the_last_epoch(scorer: Path, world: Path) -> N
     summary = parse_train_log(out / RUN_NAME / "out.log")
     assert summary["resumed_from_epochs"] == [1]
     assert summary["epochs_logged"] == [0, 1]  # epoch 0 was not trained again
+    curve = summary["loss_curve"]
+    assert sorted({p["epoch"] for p in curve}) == [0, 1]
+    assert curve[-1]["samples_seen"] == summary["samples_seen"]
+    assert [p["step"] for p in curve] == sorted({p["step"] for p in curve})  # in order
     # --delete-previous-checkpoint + --save-most-recent: only the last epoch and "latest"
     names = sorted(p.name for p in final.parent.iterdir())
     assert names == ["epoch_2.pt", "epoch_latest.pt"]

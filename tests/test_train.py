@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from capmix.train import (
     checkpoint_epoch,
     launch_plan,
     open_clip_argv,
+    parse_train_log,
     process_main,
     rank_device_args,
     train_clip,
@@ -111,6 +113,78 @@ def test_slurm_requests_per_scale(config: dict) -> None:
     assert toy["gpu"] is None and toy["gres"] is None and toy["mpi"] is None
     one_gpu = Scale.from_config("one", {**config["train_scales"]["small"], "gpus_per_node": 1})
     assert one_gpu.slurm_resources()["gpu"] == 1 and one_gpu.slurm_resources()["mpi"] is None
+
+
+def _progress(epoch: int, seen: int, total: int, losses: tuple[float, float, float]) -> str:
+    """A CoCa progress line as open_clip_train 3.3 logs it (current value, then average)."""
+    contrastive, caption, loss = losses
+    return (f"2026-01-01,00:00:00 | INFO | Train Epoch: {epoch} [{seen:>2}/{total} "
+            f"({100 * seen / total:.0f}%)] Data (t): 0.010 Batch (t): 0.250, 16.0000/s, "
+            f"16.0000/s/gpu LR: 0.001000 Logit Scale: 14.286 "
+            f"Contrastive_loss: {contrastive:#.5g} ({contrastive + 1:#.5g}) "
+            f"Caption_loss: {caption:#.5g} ({caption + 1:#.5g}) "
+            f"Loss: {loss:#.5g} ({loss + 1:#.5g})")
+
+
+def test_train_log_keeps_every_point_of_each_epochs_last_attempt(tmp_path: Path) -> None:
+    # Batch 4, 5 steps (20 samples) per epoch, logged every 2nd step: steps 1, 3, 5.
+    # Epoch 1's first attempt is killed after step 3; the resumed run logs it again.
+    lines = [
+        "2026-01-01,00:00:00 | INFO | Start epoch 0",
+        _progress(0, 4, 20, (2.0, 5.0, 12.0)),
+        _progress(0, 12, 20, (1.8, 4.5, 10.8)),
+        _progress(0, 20, 20, (1.6, 4.25, 10.1)),
+        _progress(1, 4, 20, (9.0, 9.0, 27.0)),  # the killed attempt: dropped
+        _progress(1, 12, 20, (9.5, 9.5, 28.5)),
+        "2026-01-01,00:01:00 | INFO | => resuming checkpoint '/x/epoch_latest.pt' (epoch 1)",
+        _progress(1, 4, 20, (1.5, 4.0, 9.5)),
+        _progress(1, 12, 20, (1.4, 3.75, 8.9)),
+        _progress(1, 20, 20, (1.3, 3.5, 8.3)),
+        _progress(2, 4, 20, (1.25, 3.25, 7.75)),
+        _progress(2, 12, 20, (1.2, 3.0, 7.2)),
+        _progress(2, 20, 20, (1.125, 2.875, 6.875)),
+    ]
+    log = tmp_path / "out.log"
+    log.write_text("\n".join(lines) + "\n")
+    kept = [(0, 4, (2.0, 5.0, 12.0)), (0, 12, (1.8, 4.5, 10.8)), (0, 20, (1.6, 4.25, 10.1)),
+            (1, 4, (1.5, 4.0, 9.5)), (1, 12, (1.4, 3.75, 8.9)), (1, 20, (1.3, 3.5, 8.3)),
+            (2, 4, (1.25, 3.25, 7.75)), (2, 12, (1.2, 3.0, 7.2)),
+            (2, 20, (1.125, 2.875, 6.875))]
+    expected = [{"epoch": epoch, "step": 5 * epoch + seen // 4, "samples_seen": 20 * epoch + seen,
+                 "losses": {"contrastive_loss": c, "caption_loss": cap, "loss": total}}
+                for epoch, seen, (c, cap, total) in kept]
+    for given in (4, None):  # the global batch given, or read off each epoch's first line
+        summary = parse_train_log(log, samples_per_step=given)
+        assert summary["loss_curve"] == expected
+        assert summary["samples_per_step"] == 4
+        # The per-epoch summary is unchanged: the last line of each epoch wins.
+        assert summary["epochs_logged"] == [0, 1, 2]
+        assert summary["samples_seen"] == 60 == expected[-1]["samples_seen"]
+        assert summary["first_loss"] == 10.1 and summary["final_loss"] == 7.875
+        assert summary["final_losses"] == {"contrastive_loss": 2.125, "caption_loss": 3.875,
+                                           "loss": 7.875}
+        assert summary["resumed_from_epochs"] == [1]
+    # An attempt killed after logging only its first step is replaced by the next one.
+    log.write_text("\n".join([lines[1], _progress(0, 4, 20, (3.0, 6.0, 15.0))]) + "\n")
+    assert [p["losses"]["loss"] for p in parse_train_log(log)["loss_curve"]] == [15.0]
+    assert parse_train_log(tmp_path / "missing.log")["loss_curve"] == []
+
+
+@pytest.mark.parametrize("name", ["toy", "toy_smoke"])
+def test_toy_scales_log_a_loss_curve_of_at_least_ten_points(config: dict, name: str) -> None:
+    from open_clip_train.params import parse_args
+
+    scale = load_scale(config, name)
+    args = parse_args(open_clip_argv(scale, model="local-dir:/m", train_data="/d/0.tar",
+                                     logs_dir=Path("/logs"), seed=0))
+    assert args.log_every_n_steps == scale.log_every
+    # open_clip_train's rule: a resampled epoch is ceil(samples / global batch) steps; it logs
+    # step i + 1 when i % log_every_n_steps == 0, and the epoch's last step.
+    steps = math.ceil(args.train_num_samples / scale.global_batch_size)
+    logged = {i + 1 for i in range(steps) if i % args.log_every_n_steps == 0} | {steps}
+    assert len(logged) * args.epochs >= 10
+    # Today's default where the scale sets none: 10 steps on the CPU, 100 on GPUs.
+    assert load_scale(config, "small").log_every == 100
 
 
 def test_launch_plans(config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -297,6 +371,10 @@ def test_toy_scale_trains_from_scratch_on_the_cpu(toy_inputs, tmp_path: Path) ->
     assert (summary["samples_seen"], summary["steps"], summary["world_size"]) == (96, 6, 1)
     assert summary["launch"] == "in-process" and summary["resumed_from_epochs"] == []
     assert summary["final_loss"] > 0 and summary["wall_s"] > 0
+    # 2 steps per epoch, both logged (the first and the last): the whole curve is kept.
+    assert [(p["epoch"], p["step"], p["samples_seen"]) for p in summary["loss_curve"]] == [
+        (0, 1, 16), (0, 2, 32), (1, 3, 48), (1, 4, 64), (2, 5, 80), (2, 6, 96)]
+    assert all(set(p["losses"]) == {"contrastive_loss", "loss"} for p in summary["loss_curve"])
     on_disk = json.loads((tmp_path / "model" / "training.json").read_text())
     assert on_disk["provenance"]["stage"] == "train"
     assert "--dataset-resampled" in on_disk["open_clip_argv"]

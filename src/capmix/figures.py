@@ -364,21 +364,59 @@ def fetch_outcomes(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
     return figure
 
 
+def loss_series(record: Mapping[str, Any], name: str) -> tuple[list[float], list[float], bool]:
+    """One model's ``name`` loss against samples seen, from its training record, and whether
+    that is the whole curve.
+
+    ``loss_curve`` (:func:`capmix.train.parse_train_log`): every logged progress line's
+    current value; ``contrastive_loss`` falls back to the total ``loss`` on a line without it.
+    A record written before the curve was kept has only ``first_loss`` (logged at the end of
+    the first epoch, so drawn at ``samples_seen / checkpoints``) and ``final_loss`` (the last
+    epoch's mean, drawn at ``samples_seen``): two points, and False; for those the caption
+    loss is not known (no points).
+    """
+    curve = record.get("loss_curve")
+    if curve:
+        fallback = "loss" if name == "contrastive_loss" else name
+        points = [(p["samples_seen"], p["losses"].get(name, p["losses"].get(fallback)))
+                  for p in curve]
+        points = [(x, y) for x, y in points if y is not None]
+        return [x for x, _ in points], [y for _, y in points], True
+    if name != "contrastive_loss":
+        return [], [], False
+    seen = record.get("samples_seen") or 0
+    first_at = seen / record["checkpoints"] if record.get("checkpoints") else 0
+    return [first_at, seen], [record.get("first_loss"), record.get("final_loss")], False
+
+
 def training_loss(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
-    """Training curves: each model's contrastive loss at its first and last step (the
-    training record keeps those two points)."""
+    """Training curves: each model's loss at every logged step against samples seen (the
+    training record's ``loss_curve``); a second panel for the caption loss when a model (a
+    CoCa) has one. An older record without the curve is drawn from its first and final loss
+    only, dashed, and its legend entry says so."""
     files = entry["reads"]["training"]
     if not files:
         raise NotAvailable(f"not available: pool '{plan['pool']}' trains no models")
-    figure, (ax,) = _figure(1, 7.0)
-    for strategy, path in files.items():
-        record = read_json(path)
-        ax.plot([0, record.get("steps")], [record.get("first_loss"), record.get("final_loss")],
-                marker="o", label=_short(strategy))
-    ax.set_xlabel("Training step")
-    ax.set_ylabel("Contrastive loss")
-    ax.set_title("First and final loss per model")
-    legend(ax)
+    records = {strategy: read_json(path) for strategy, path in files.items()}
+    captioning = [s for s, r in records.items()
+                  if any("caption_loss" in p["losses"] for p in r.get("loss_curve") or [])]
+    panels = [("contrastive_loss", "Contrastive loss", list(records))]
+    if captioning:
+        panels.append(("caption_loss", "Caption loss", captioning))
+    figure, axes = _figure(len(panels), 7.0)
+    for ax, (name, label, strategies) in zip(axes, panels, strict=True):
+        partial = False
+        for strategy in strategies:
+            x, y, whole = loss_series(records[strategy], name)
+            partial |= not whole
+            ax.plot(x, y, marker="o" if not whole or len(x) <= 40 else None, markersize=3,
+                    linestyle="-" if whole else "--",
+                    label=_short(strategy) + ("" if whole else " (first/final loss only)"))
+        ax.set_xlabel("Samples seen")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per logged step" + (" (dashed: no curve recorded)"
+                                                   if partial else ""))
+        legend(ax)
     figure.suptitle(title(entry, plan, "training"))
     return figure
 

@@ -48,6 +48,10 @@ class Scale:
     model: str | None = None
     toy_model: str | None = None
     processes_per_node: int = 1
+    #: ``--log-every-n-steps``: open_clip logs a progress line (the loss curve's points in
+    #: ``training.json``) every this many optimizer steps and at each epoch's last step.
+    #: None = 100 on GPUs, 10 on the CPU.
+    log_every_n_steps: int | None = None
     extra_args: tuple[str, ...] = ()
     description: str = ""
 
@@ -85,6 +89,13 @@ class Scale:
         return self.global_batch_size // (self.world_size * self.accum_freq)
 
     @property
+    def log_every(self) -> int:
+        """``--log-every-n-steps``: the scale's ``log_every_n_steps``, else 100 (GPU) / 10."""
+        if self.log_every_n_steps is not None:
+            return self.log_every_n_steps
+        return 100 if self.on_gpu else 10
+
+    @property
     def samples_per_checkpoint(self) -> int:
         """``--train-num-samples``: one open_clip "epoch" per checkpoint, as DataComp."""
         return self.samples_seen // self.checkpoints
@@ -104,6 +115,8 @@ class Scale:
         if self.samples_seen < self.checkpoints * self.global_batch_size:
             return (f"samples_seen {self.samples_seen} is less than one global batch "
                     f"({self.global_batch_size}) per checkpoint ({self.checkpoints})")
+        if self.log_every_n_steps is not None and self.log_every_n_steps < 1:
+            return f"log_every_n_steps must be at least 1 (got {self.log_every_n_steps})"
         if not self.on_gpu and self.precision not in ("fp32", "bf16"):
             return f"precision {self.precision} needs a GPU (gpus_per_node is 0): use fp32"
         return None

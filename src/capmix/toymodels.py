@@ -815,7 +815,8 @@ def _train_and_export(
     train_s = time.perf_counter() - train_start
     out_dir = Path(out_dir)
     export_model_dir(model_dir, checkpoint, out_dir)
-    summary = parse_train_log(train_log_path(train_dir))
+    summary = parse_train_log(train_log_path(train_dir),
+                              samples_per_step=int(settings["batch_size"]))
     num_samples = _count_samples(shards)
     n_params = sum(v.numel() for v in _load_weights(out_dir / WEIGHTS_NAME).values())
     record = {
@@ -836,6 +837,7 @@ def _train_and_export(
         "samples_per_s": round(
             sum(summary["samples_per_epoch"].values()) / train_s, 1) if train_s else None,
         "logged_step_samples_per_s": summary["logged_step_samples_per_s"],
+        "loss_curve": summary["loss_curve"],
         "parameters": n_params,
         "settings": dict(settings),
         "seed": seed,

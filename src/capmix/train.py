@@ -147,29 +147,48 @@ _TRAIN_LINE = re.compile(
 _LOSS = re.compile(r"(\w+): ([-+\w.]+) \(([-+\w.]+)\)")
 
 
-def parse_train_log(log_path: Path) -> dict[str, Any]:
-    """Summarise open_clip_train's ``out.log``: samples seen per epoch, losses, resumes.
+def parse_train_log(log_path: Path, *, samples_per_step: int | None = None) -> dict[str, Any]:
+    """Summarise open_clip_train's ``out.log``: samples seen per epoch, losses, resumes, curve.
 
-    The log is appended to across resumed runs; for each epoch the last progress line wins
-    (a retried epoch restarts its count). Losses are open_clip's per-epoch running averages
-    over the logged steps (``Loss`` is the weighted total).
+    The log is appended to across resumed runs; for each epoch the last attempt wins (a
+    retried epoch restarts its count at its first step, so a progress line whose count does
+    not exceed the one before it in the same epoch starts a new attempt, and the points of
+    the earlier attempt are dropped). Losses are open_clip's per-epoch running averages over
+    the logged steps (``Loss`` is the weighted total).
+
+    ``loss_curve`` is every progress line of the kept attempts, in epoch order: ``epoch``;
+    ``step``, the optimizer steps done when the line was logged, counted across epochs
+    (open_clip's own 0-based ``step`` of that batch + 1); ``samples_seen``, cumulative across
+    the logged epochs (so the last point's is ``samples_seen``); ``losses``, the line's
+    current value (not the running average) of each loss by lower-cased name
+    (``contrastive_loss``, ``caption_loss`` for CoCa, ``loss`` the weighted total).
+    open_clip logs ``batch_count * batch_size * accum_freq * world_size`` samples at step
+    ``batch_count`` of an epoch, so the step is samples / ``samples_per_step`` (the global
+    batch); when not given, it is read off the log: every epoch's first line is its first
+    step (open_clip logs step 1 and every ``--log-every-n-steps``-th after).
     """
-    per_epoch: dict[int, dict[str, Any]] = {}
+    attempts: dict[int, list[dict[str, Any]]] = {}
     resumed: list[int] = []
     loaded_weights: list[str] = []
+    rates: list[float] = []
     log_path = Path(log_path)
     text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
     for line in text.splitlines():
         match = _TRAIN_LINE.search(line)
         if match:
+            epoch, seen = int(match.group("epoch")), int(match.group("seen"))
             losses = {
                 name.lower(): {"last": float(val), "epoch_mean": float(avg)}
                 for name, val, avg in _LOSS.findall(match.group("losses"))
             }
-            per_epoch[int(match.group("epoch"))] = {
-                "samples": int(match.group("seen")),
-                "losses": losses,
-            }
+            point = {"samples": seen, "total": int(match.group("total")), "losses": losses}
+            kept = attempts.get(epoch)
+            if kept and seen > kept[-1]["samples"]:
+                kept.append(point)
+            else:  # the epoch's first line, or a retry of it restarting its count
+                attempts[epoch] = [point]
+            # samples/s as open_clip reports it (per logged step), averaged over the log.
+            rates.append(float(match.group("sps")))
             continue
         found = re.search(r"=> resuming checkpoint '.*' \(epoch (\d+)\)", line)
         if found:
@@ -177,8 +196,22 @@ def parse_train_log(log_path: Path) -> dict[str, Any]:
         found = re.search(r"Loading full pretrained weights from: (.*)$", line)
         if found:
             loaded_weights.append(found.group(1).strip())
-    # samples/s as open_clip reports it (per logged step), averaged over the log.
-    rates = [float(m.group("sps")) for m in map(_TRAIN_LINE.search, text.splitlines()) if m]
+    per_epoch = {epoch: points[-1] for epoch, points in attempts.items()}
+    per_step = samples_per_step or (
+        min(points[0]["samples"] for points in attempts.values()) if attempts else None)
+    curve: list[dict[str, Any]] = []
+    samples_before = steps_before = 0
+    for epoch in sorted(attempts):
+        for point in attempts[epoch]:
+            assert per_step
+            curve.append({
+                "epoch": epoch,
+                "step": steps_before + round(point["samples"] / per_step),
+                "samples_seen": samples_before + point["samples"],
+                "losses": {name: v["last"] for name, v in point["losses"].items()},
+            })
+        samples_before += per_epoch[epoch]["samples"]
+        steps_before += round(per_epoch[epoch]["samples"] / per_step)
     last = per_epoch[max(per_epoch)] if per_epoch else None
     return {
         "epochs_logged": sorted(per_epoch),
@@ -192,6 +225,8 @@ def parse_train_log(log_path: Path) -> dict[str, Any]:
         "logged_step_samples_per_s": sum(rates) / len(rates) if rates else None,
         "resumed_from_epochs": resumed,
         "loaded_pretrained_weights": loaded_weights,
+        "samples_per_step": per_step,
+        "loss_curve": curve,
     }
 
 
@@ -253,7 +288,7 @@ def open_clip_argv(scale: Scale, *, model: str, train_data: str, logs_dir: Path,
         "--save-frequency", "0",
         "--save-most-recent",
         "--resume", "latest",
-        "--log-every-n-steps", "10" if not scale.on_gpu else "100",
+        "--log-every-n-steps", str(scale.log_every),
     ]  # fmt: skip
     if scale.dataset_resampled:
         argv.append("--dataset-resampled")
@@ -588,7 +623,7 @@ def train_clip(scale: Scale, *, manifest_path: Path, work_dir: Path, final_path:
         raise RuntimeError(f"open_clip_train stopped at epoch {reached} of {scale.checkpoints}"
                            f"; see {train_log_path(work_dir)}")
     _link_final(latest_checkpoint(work_dir), Path(final_path))
-    trained = parse_train_log(train_log_path(work_dir))
+    trained = parse_train_log(train_log_path(work_dir), samples_per_step=scale.global_batch_size)
     summary = {
         "scale": scale.name, "model": model, "world_size": scale.world_size,
         "per_process_batch_size": scale.per_process_batch_size,
@@ -598,6 +633,9 @@ def train_clip(scale: Scale, *, manifest_path: Path, work_dir: Path, final_path:
         "steps": trained["samples_seen"] // scale.global_batch_size,
         "final_loss": trained["final_loss"], "first_loss": trained["first_loss"],
         "resumed_from_epochs": trained["resumed_from_epochs"],
+        # Every logged progress line of the kept attempts (parse_train_log): the curve the
+        # training_loss figure draws; first_loss/final_loss stay as they were.
+        "log_every_n_steps": scale.log_every, "loss_curve": trained["loss_curve"],
         "wall_s": sum(a.get("wall_s", 0.0) for a in attempts), "attempts": attempts,
         "train_data": manifest["train_data"], "n_training_samples": manifest["num_samples"],
         "open_clip_argv": argv, "launch": launch.kind, **dict(extra or {}),
