@@ -2,6 +2,7 @@
 # cross-references; then what the rules are wired with: the paths several rules or helpers
 # name (one pattern each), what each job asks for (`resource`), and helpers that take a
 # job's `wildcards` and turn config data into its inputs and params.
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,7 +18,12 @@ from capmix.analysisplan import ANALYSES, coco_task, plan_analyses, plan_inputs 
 from capmix.assetspec import asset_files, assets, assets_dir, resolve_file  # noqa: E402
 from capmix.captionsets import pool_caption_sets  # noqa: E402
 from capmix.chunks import CHUNK_PATTERN, chunk_names  # noqa: E402
-from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
+from capmix.config import (  # noqa: E402
+    check_references,
+    explain_errors,
+    load_schema,
+    pool_config_files,
+)
 from capmix.cost import cost_table, dry_run_requested  # noqa: E402
 from capmix.suites import (  # noqa: E402
     TASK_MANIFEST,
@@ -29,8 +35,11 @@ from capmix.findings import finding_inputs, plan_findings  # noqa: E402
 from capmix.figurespec import (  # noqa: E402
     FILES_DIR,
     INDEX,
+    POOLS_FIGURE_8,
     category_heading,
+    figure_8_pools,
     figure_entries,
+    missing_pool_files,
     plan_figures,
     read_captions,
 )
@@ -608,6 +617,37 @@ def figure_subcategory(wildcards):
 def figure_indexes():
     """The figure index of every pool with the target `figures` (rule figures)."""
     return [FIGURE_INDEX.format(pool=p) for p in POOLS if "figures" in pool_targets(p)]
+
+
+# ---- Figure 8 across pools (rule figure_8_pools) ------------------------------------------
+# The pools it joins (config figure_8.pools; default: this config's pools that train and
+# evaluate). A pool of another config is read from that run's finished file.
+FIGURE_8_POOLS = figure_8_pools(config)
+FIGURE_8_PNG = f"{POOLS_FIGURE_8}.png"
+FIGURE_8_PDF = f"{POOLS_FIGURE_8}.pdf"
+FIGURE_8_TABLE = f"{POOLS_FIGURE_8}.csv"
+FIGURE_8_CELLS = f"{POOLS_FIGURE_8}.cells.json"
+FIGURE_8_CATEGORY = category_heading("paper figure")
+FIGURE_8_LABEL = ", ".join(FIGURE_8_POOLS)
+
+
+def figure_8_inputs(wildcards):
+    """Each listed pool's pool_scaling JSON. One this config does not define must exist
+    already; if not, stop here naming the config that makes it (not a bare missing input)."""
+    files = {p: ANALYSIS.format(pool=p, analysis="pool_scaling") for p in FIGURE_8_POOLS}
+    problems = missing_pool_files(files, list(POOLS), os.path.exists,
+                                  pool_config_files(REPO / "config"))
+    if problems:
+        raise WorkflowError("Figure 8 across pools (rule figure_8_pools, config key "
+                            "figure_8.pools) reads pools this config does not make:\n  "
+                            + "\n  ".join(problems)
+                            + "\n  (draw fewer: --config 'figure_8={pools: [POOL, ...]}')")
+    return list(files.values())
+
+
+def figure_8_files():
+    """The cross-pool Figure 8's figure and table (rule figures), if any pool is listed."""
+    return [FIGURE_8_PNG, FIGURE_8_PDF, FIGURE_8_TABLE] if FIGURE_8_POOLS else []
 
 
 # ---- Targets: what `rule all` builds ---------------------------------------------------
