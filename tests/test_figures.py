@@ -228,6 +228,12 @@ def test_figure_8_across_pools_has_a_line_per_strategy_by_pool_size(tmp_path):
     assert legend == ["raw no filter", "synthetic no filter", "paper (Table 4, ImageNet)"]
     assert "evaluates no models" in " ".join(t.get_text() for t in figure.texts)
     assert "toy" not in figure.get_suptitle()
+    # Lines for the strategies every pool evaluates (medium also trains Table 5's sweeps).
+    rows.append({**rows[-1], "strategy": "raw_top_10"})
+    assert figures.shared_strategies(rows) == ["raw_no_filter", "synthetic_no_filter"]
+    picked = figures.pools_scaling(rows, ["medium", "small"], [], None,
+                                   strategies=["raw_top_10"])
+    assert [line.get_label() for line in picked.get_axes()[0].get_lines()] == ["raw top 10"]
 
 
 def test_figure_8_across_pools_writes_the_joined_rows_with_their_sources(tmp_path):
@@ -275,7 +281,7 @@ def test_figure_8_of_a_toy_pool_shows_ours_only(tmp_path):
 
 def test_figure_8_pools_default_and_a_missing_pool_names_its_config():
     config = pipeline_config()
-    assert config["figure_8"] == {"pools": None}
+    assert config["figure_8"] == {"pools": None, "strategies": None}
     assert figurespec.figure_8_pools(config) == ["toy_default"]  # trains and evaluates
     small = pipeline_config(REPO / "config" / "datacomp_small.yaml")
     assert figurespec.figure_8_pools(small) == ["datacomp_small", "datacomp_medium",

@@ -437,11 +437,24 @@ def _pool_size(n: float) -> str:
     return f"{n:g}"
 
 
+def shared_strategies(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The strategies every pool with rows evaluates (Figure 8's "select baselines": the
+    medium pool also trains Table 5's sweeps), in first-seen order; every strategy when no
+    one is shared."""
+    order = list(dict.fromkeys(r["strategy"] for r in rows))
+    pools = {r["pool"] for r in rows}
+    shared = [s for s in order
+              if {r["pool"] for r in rows if r["strategy"] == s} == pools]
+    return shared or order
+
+
 def pools_scaling(rows: Sequence[Mapping[str, Any]], pools: Sequence[str],
                   toy_pools: Sequence[str], numbers: PaperNumbers | None = None,
-                  missing: Mapping[str, str] | None = None) -> Figure:
+                  missing: Mapping[str, str] | None = None,
+                  strategies: Sequence[str] | None = None) -> Figure:
     """Figure 8 across pools: per panel (:func:`figure_8_panels`), one line per strategy
-    through its pools' points, x = candidate pool size (log). ``rows``: the joined
+    (``strategies``; None: :func:`shared_strategies`) through its pools' points, x =
+    candidate pool size (log). ``rows``: the joined
     pool_scaling rows (:func:`capmix.analyses.combine_pool_scaling`); for rows of a real pool
     (not in ``toy_pools``) the paper's number at the same strategy and training scale
     (:data:`FIGURE_8_PAPER`, from ``numbers``) is marked as a hollow marker of the line's
@@ -450,7 +463,7 @@ def pools_scaling(rows: Sequence[Mapping[str, Any]], pools: Sequence[str],
 
     panels = figure_8_panels(rows)
     figure, axes = _figure(len(panels), 5.5)
-    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    strategies = list(strategies) if strategies is not None else shared_strategies(rows)
     marked = False
     for i, strategy in enumerate(strategies):
         points = sorted((r for r in rows if r["strategy"] == strategy),
@@ -537,13 +550,15 @@ def pools_scaling_table(documents: Mapping[str, Mapping[str, Any]],
 
 
 def run_pools_figure(paths: Sequence[str], figure_paths: Sequence[Path], table_path: Path,
-                     numbers: PaperNumbers | None = None) -> dict[str, Any]:
+                     numbers: PaperNumbers | None = None,
+                     strategies: Sequence[str] | None = None) -> dict[str, Any]:
     """The figure_8_pools rule: the pool_scaling JSONs of ``paths`` (one per pool) joined
-    (:func:`capmix.analyses.combine_pool_scaling`), drawn (:func:`pools_scaling`) to every
-    path of ``figure_paths`` (PNG, PDF) and tabled (:func:`pools_scaling_table`) to
-    ``table_path`` (CSV + cells sidecar). Pools without rows (no evaluated model) are named
-    under the figure with why. A real pool's ImageNet points stand beside the paper's
-    (``numbers``, default config/paper_numbers.yaml); a toy pool's never do."""
+    (:func:`capmix.analyses.combine_pool_scaling`), drawn (:func:`pools_scaling`, lines for
+    ``strategies``) to every path of ``figure_paths`` (PNG, PDF) and tabled (every joined
+    row, :func:`pools_scaling_table`) to ``table_path`` (CSV + cells sidecar). Pools
+    without rows (no evaluated model) are named under the figure with why. A real pool's
+    ImageNet points stand beside the paper's (``numbers``, default
+    config/paper_numbers.yaml); a toy pool's never do."""
     from capmix.analyses import combine_pool_scaling
     from capmix.lineage import write_table
 
@@ -562,7 +577,7 @@ def run_pools_figure(paths: Sequence[str], figure_paths: Sequence[Path], table_p
             for r in rows]  # a retrieval task one pool's suite lacks: NaN in the join
     for pool, why in missing.items():
         log.info("%s: no rows (%s)", pool, why)
-    figure = pools_scaling(rows, pools, toy_pools, numbers, missing)
+    figure = pools_scaling(rows, pools, toy_pools, numbers, missing, strategies)
     try:
         for path in figure_paths:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
