@@ -240,8 +240,11 @@ def test_figure_8_across_pools_writes_the_joined_rows_with_their_sources(tmp_pat
     paths = figure_8_documents(tmp_path)
     out = tmp_path / "results/figures/figure_8_pools"
     result = figures.run_pools_figure(paths, [out.with_suffix(".png"), out.with_suffix(".pdf")],
-                                      out.with_suffix(".csv"))
+                                      out.with_suffix(".csv"),
+                                      absent={"large": "not run yet (config/large.yaml)"})
     assert result["pools"] == ["medium", "small", "none"] and result["rows"] == 4
+    # A pool with no rows and one not run yet are both named under the figure.
+    assert set(result["missing"]) == {"none", "large"}
     assert all(out.with_suffix(s).stat().st_size > 1000 for s in (".png", ".pdf"))
     lines = out.with_suffix(".csv").read_text().splitlines()
     header = lines[0].split(",")
@@ -292,10 +295,12 @@ def test_figure_8_pools_default_and_a_missing_pool_names_its_config():
     existing = {files["datacomp_400m"]}
     problems = figurespec.missing_pool_files(files, ["datacomp_small"], existing.__contains__,
                                              pool_config_files())
-    assert len(problems) == 2  # made by this run (small) or there already (400m): fine
-    assert problems[0].startswith("results/datacomp_medium/analyses/pool_scaling.json is "
-                                  "missing and pool 'datacomp_medium' is not in this run's")
-    assert "config/datacomp_medium.yaml" in problems[0] and "config/datacomp_large.yaml" \
-        in problems[1]
+    # Made by this run (small) or there already (400m): shown; the other two named.
+    assert list(problems) == ["datacomp_medium", "datacomp_large"]
+    assert problems["datacomp_medium"].startswith(
+        "results/datacomp_medium/analyses/pool_scaling.json is missing and pool "
+        "'datacomp_medium' is not in this run's")
+    assert "config/datacomp_medium.yaml" in problems["datacomp_medium"]
+    assert "config/datacomp_large.yaml" in problems["datacomp_large"]
     assert "no config under config/ defines it" in figurespec.missing_pool_files(
-        {"elsewhere": "x.json"}, [], lambda _: False, {})[0]
+        {"elsewhere": "x.json"}, [], lambda _: False, {})["elsewhere"]

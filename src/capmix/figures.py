@@ -499,7 +499,10 @@ def pools_scaling(rows: Sequence[Mapping[str, Any]], pools: Sequence[str],
     figure.suptitle(f"Figure 8: performance across candidate pool sizes "
                     f"({'toy, ' if toy else ''}pools {', '.join(pools)})")
     if missing:
-        figure.text(0.01, -0.02, "; ".join(f"{p}: {why}" for p, why in missing.items()),
+        import textwrap
+
+        figure.text(0.01, -0.02, "\n".join(textwrap.fill(f"{p}: {why}", 150)
+                                            for p, why in missing.items()),
                     fontsize=7, ha="left", va="top")
     figure.tight_layout()
     return figure
@@ -551,12 +554,14 @@ def pools_scaling_table(documents: Mapping[str, Mapping[str, Any]],
 
 def run_pools_figure(paths: Sequence[str], figure_paths: Sequence[Path], table_path: Path,
                      numbers: PaperNumbers | None = None,
-                     strategies: Sequence[str] | None = None) -> dict[str, Any]:
+                     strategies: Sequence[str] | None = None,
+                     absent: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The figure_8_pools rule: the pool_scaling JSONs of ``paths`` (one per pool) joined
     (:func:`capmix.analyses.combine_pool_scaling`), drawn (:func:`pools_scaling`, lines for
     ``strategies``) to every path of ``figure_paths`` (PNG, PDF) and tabled (every joined
     row, :func:`pools_scaling_table`) to ``table_path`` (CSV + cells sidecar). Pools
-    without rows (no evaluated model) are named under the figure with why. A real pool's
+    without rows (no evaluated model) and ``absent`` ones (pool -> why: not run yet) are
+    named under the figure with why. A real pool's
     ImageNet points stand beside the paper's (``numbers``, default
     config/paper_numbers.yaml); a toy pool's never do."""
     from capmix.analyses import combine_pool_scaling
@@ -575,6 +580,7 @@ def run_pools_figure(paths: Sequence[str], figure_paths: Sequence[Path], table_p
     rows = combine_pool_scaling(documents.values()).to_dict("records")
     rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
             for r in rows]  # a retrieval task one pool's suite lacks: NaN in the join
+    missing.update(absent or {})
     for pool, why in missing.items():
         log.info("%s: no rows (%s)", pool, why)
     figure = pools_scaling(rows, pools, toy_pools, numbers, missing, strategies)

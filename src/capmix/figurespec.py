@@ -176,13 +176,15 @@ def figure_8_pools(config: Mapping[str, Any]) -> list[str]:
 
 def missing_pool_files(files: Mapping[str, str], config_pools: Sequence[str],
                        exists: Callable[[str], bool],
-                       pool_configs: Mapping[str, Sequence[str]]) -> list[str]:
-    """Why the cross-pool Figure 8 cannot be drawn yet: for each pool (``files``: pool ->
-    its pool_scaling JSON) that this run's config does not define (``config_pools``) and
-    whose file does not exist, which config makes it (``pool_configs``: pool -> config
-    files, :func:`capmix.config.pool_config_files`) and how. Empty: every input is there or
+                       pool_configs: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """The pools the cross-pool Figure 8 cannot show yet, each with why: every pool
+    (``files``: pool -> its pool_scaling JSON) that this run's config does not define
+    (``config_pools``) and whose file does not exist, with the config that makes it
+    (``pool_configs``: pool -> config files, :func:`capmix.config.pool_config_files`) and
+    how. The figure shows the other pools and names these under its panels, so one scale's
+    run draws its figures before the other scales have run. Empty: every input is there or
     will be made by this run."""
-    problems = []
+    problems = {}
     for pool, path in files.items():
         if pool in config_pools or exists(path):
             continue
@@ -193,8 +195,8 @@ def missing_pool_files(files: Mapping[str, str], config_pools: Sequence[str],
                     "(or that config's whole run) first")
         else:
             made = "no config under config/ defines it"
-        problems.append(f"{path} is missing and pool '{pool}' is not in this run's config; "
-                        f"{made}, or leave '{pool}' out of `figure_8.pools`")
+        problems[pool] = (f"{path} is missing and pool '{pool}' is not in this run's config; "
+                          f"{made}, or leave '{pool}' out of `figure_8.pools`")
     return problems
 
 

@@ -631,18 +631,27 @@ FIGURE_8_CATEGORY = category_heading("paper figure")
 FIGURE_8_LABEL = ", ".join(FIGURE_8_POOLS)
 
 
-def figure_8_inputs(wildcards):
-    """Each listed pool's pool_scaling JSON. One this config does not define must exist
-    already; if not, stop here naming the config that makes it (not a bare missing input)."""
+def figure_8_absent(wildcards=None):
+    """Listed pools that neither this config makes nor an earlier run has made, each with the
+    config that makes it: the figure names them under its panels and shows the rest (the
+    job re-runs once they exist, as its inputs change)."""
     files = {p: ANALYSIS.format(pool=p, analysis="pool_scaling") for p in FIGURE_8_POOLS}
-    problems = missing_pool_files(files, list(POOLS), os.path.exists,
-                                  pool_config_files(REPO / "config"))
-    if problems:
+    return missing_pool_files(files, list(POOLS), os.path.exists,
+                              pool_config_files(REPO / "config"))
+
+
+def figure_8_inputs(wildcards):
+    """The pool_scaling JSON of each listed pool this config makes or an earlier run made;
+    if there is none, stop here naming the configs that make them (not a bare missing
+    input)."""
+    absent = figure_8_absent()
+    files = [ANALYSIS.format(pool=p, analysis="pool_scaling") for p in FIGURE_8_POOLS
+             if p not in absent]
+    if not files:
         raise WorkflowError("Figure 8 across pools (rule figure_8_pools, config key "
-                            "figure_8.pools) reads pools this config does not make:\n  "
-                            + "\n  ".join(problems)
-                            + "\n  (draw fewer: --config 'figure_8={pools: [POOL, ...]}')")
-    return list(files.values())
+                            "figure_8.pools) has no pool to show:\n  "
+                            + "\n  ".join(absent.values()))
+    return files
 
 
 def figure_8_files():

@@ -63,6 +63,7 @@ rule figure_8_pools:
         cells=FIGURE_8_CELLS,
     params:
         pools=FIGURE_8_POOLS,
+        absent=figure_8_absent,
         strategies=config["figure_8"]["strategies"],
     log:
         "logs/figure_8_pools.log",

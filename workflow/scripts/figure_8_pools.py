@@ -11,4 +11,5 @@ if __name__ == "__main__":
     setup_logging(sm.log[0])
     with job_provenance(sm):
         run_pools_figure(list(sm.input), [Path(sm.output.figure), Path(sm.output.pdf)],
-                         Path(sm.output.table), strategies=sm.params.strategies)
+                         Path(sm.output.table), strategies=sm.params.strategies,
+                         absent=dict(sm.params.absent))
