@@ -728,5 +728,8 @@ if list(TARGET_FILES) != TARGETS:
 
 
 def all_targets():
-    return [f for pool in POOLS for t in pool_targets(pool)
-            for f in TARGET_FILES[t](pool)]
+    """Every pool's target files, and Figure 8 across pools where any pool draws figures."""
+    files = [f for pool in POOLS for t in pool_targets(pool) for f in TARGET_FILES[t](pool)]
+    if any("figures" in pool_targets(pool) for pool in POOLS):
+        files += figure_8_files()
+    return files
