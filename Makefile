@@ -59,7 +59,7 @@ replicates: setup
 # may run (--allowed-rules; a missing upstream result stops with an error instead of a run),
 # and a finished upstream output counts as done whatever changed in its code or params since
 # (--rerun-triggers mtime). make figures CONFIG=config/smoke.yaml
-FIGURE_RULES := analyses draw_figures figures
+FIGURE_RULES := analyses draw_figures figure_8_pools figures
 figures: setup
 	$(BIN)/snakemake figures --cores $(CORES) $(CONFIGFILE) \
 	  --allowed-rules $(FIGURE_RULES) --rerun-triggers mtime

@@ -63,8 +63,10 @@ rule all:
     default_target: True
 
 
-# `snakemake figures` (`make figures`): every pool's figures and tables, and nothing else
-# (workflow/rules/figures.smk; each pool with the target `figures`).
+# `snakemake figures` (`make figures`): every pool's figures and tables, and Figure 8 across
+# the pools of config `figure_8.pools`, and nothing else (workflow/rules/figures.smk; each
+# pool with the target `figures`).
 rule figures:
     input:
         figure_indexes(),
+        figure_8_files(),

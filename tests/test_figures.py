@@ -339,3 +339,135 @@ def test_image_grid_shows_discarded_images_with_every_caption(tmp_path):
     others = {tuple(s["uid"] for s in figures.discarded_samples(
         {**spec, "options": {**spec["options"], "seed": seed}}, plan)) for seed in range(2, 8)}
     assert len(others | {tuple(sorted(shown))}) > 1
+
+
+def pool_scaling_doc(pool: str, n_pool: int, scale: str, values: dict, toy: bool = False) -> dict:
+    """A pool's analyses/pool_scaling.json: strategy -> (ImageNet, Flickr, MSCOCO)."""
+    rows = [{"pool": pool, "n_pool": n_pool, "train_scale": scale, "strategy": strategy,
+             "n_samples": n_pool // 2, "imagenet": imagenet, "retrieval:Flickr": flickr,
+             "retrieval:MSCOCO": coco, "average": 0.2}
+            for strategy, (imagenet, flickr, coco) in values.items()]
+    return {"analysis": "pool_scaling", "available": True, "reason": None, "pool": pool,
+            "toy": toy, "rows": rows}
+
+
+def figure_8_documents(tmp_path: Path) -> list[str]:
+    """Two real pools (small and medium, two strategies each) and one with no models."""
+    return [
+        write(tmp_path / "results/medium/analyses/pool_scaling.json",
+              pool_scaling_doc("medium", 1000, "medium", {"raw_no_filter": (0.18, 0.3, 0.2),
+                                                          "synthetic_no_filter": (0.28, 0.5,
+                                                                                  0.4)})),
+        write(tmp_path / "results/small/analyses/pool_scaling.json",
+              pool_scaling_doc("small", 100, "small", {"raw_no_filter": (0.03, 0.1, 0.1),
+                                                       "synthetic_no_filter": (0.07, 0.2,
+                                                                               0.2)})),
+        write(tmp_path / "results/none/analyses/pool_scaling.json",
+              {"analysis": "pool_scaling", "available": False, "pool": "none", "toy": False,
+               "reason": "not available: pool 'none' evaluates no models"}),
+    ]
+
+
+def test_figure_8_across_pools_has_a_line_per_strategy_by_pool_size(tmp_path):
+    from capmix.analyses import combine_pool_scaling
+    from capmix.papernumbers import load
+
+    documents = [json.loads(Path(p).read_text()) for p in figure_8_documents(tmp_path)]
+    rows = combine_pool_scaling(documents).to_dict("records")
+    figure = figures.pools_scaling(rows, ["medium", "small", "none"], [], load(),
+                                   {"none": "not available: pool 'none' evaluates no models"})
+    axes = figure.get_axes()
+    assert len(axes) == 2  # ImageNet and Flickr only: the paper leaves MS-COCO out
+    assert [ax.get_title() for ax in axes] == ["ImageNet", "Flickr retrieval"]
+    assert [ax.get_ylabel() for ax in axes] == ["ImageNet accuracy",
+                                                "Flickr retrieval score (mean R@1)"]
+    assert all(ax.get_xlabel() == "Candidate pool size" and ax.get_xscale() == "log"
+               for ax in axes)
+    for ax in axes:
+        lines = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines()}
+        assert lines == {"raw no filter": [100, 1000], "synthetic no filter": [100, 1000]}
+    imagenet = {line.get_label(): list(line.get_ydata()) for line in axes[0].get_lines()}
+    assert imagenet["synthetic no filter"] == [0.07, 0.28]
+    # The paper's Table 4 ImageNet at each real point (small and medium, both strategies).
+    marks = sorted(tuple(o) for c in axes[0].collections for o in c.get_offsets())
+    assert marks == [(100, 0.025), (100, 0.076), (1000, 0.176), (1000, 0.281)]
+    legend = [t.get_text() for t in axes[1].get_legend().get_texts()]
+    assert legend == ["raw no filter", "synthetic no filter", "paper (Table 4, ImageNet)"]
+    assert "evaluates no models" in " ".join(t.get_text() for t in figure.texts)
+    assert "toy" not in figure.get_suptitle()
+    # Lines for the strategies every pool evaluates (medium also trains Table 5's sweeps).
+    rows.append({**rows[-1], "strategy": "raw_top_10"})
+    assert figures.shared_strategies(rows) == ["raw_no_filter", "synthetic_no_filter"]
+    picked = figures.pools_scaling(rows, ["medium", "small"], [], None,
+                                   strategies=["raw_top_10"])
+    assert [line.get_label() for line in picked.get_axes()[0].get_lines()] == ["raw top 10"]
+
+
+def test_figure_8_across_pools_writes_the_joined_rows_with_their_sources(tmp_path):
+    paths = figure_8_documents(tmp_path)
+    out = tmp_path / "results/figures/figure_8_pools"
+    result = figures.run_pools_figure(paths, [out.with_suffix(".png"), out.with_suffix(".pdf")],
+                                      out.with_suffix(".csv"),
+                                      absent={"large": "not run yet (config/large.yaml)"})
+    assert result["pools"] == ["medium", "small", "none"] and result["rows"] == 4
+    # A pool with no rows and one not run yet are both named under the figure.
+    assert set(result["missing"]) == {"none", "large"}
+    assert all(out.with_suffix(s).stat().st_size > 1000 for s in (".png", ".pdf"))
+    lines = out.with_suffix(".csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert header == ["row", "pool", "strategy", "n_pool", "train_scale", "n_samples",
+                      "imagenet", "imagenet (paper)", "retrieval:Flickr", "retrieval:MSCOCO",
+                      "average", "source"]
+    by_row = {line.split(",")[0]: dict(zip(header, line.split(","), strict=True))
+              for line in lines[1:]}
+    assert list(by_row) == ["small/raw_no_filter", "small/synthetic_no_filter",
+                            "medium/raw_no_filter", "medium/synthetic_no_filter"]
+    assert by_row["medium/raw_no_filter"]["source"] == paths[0]
+    assert by_row["small/raw_no_filter"]["source"] == paths[1]
+    assert by_row["small/raw_no_filter"]["imagenet (paper)"] == "0.025*"
+    cell = find_cell(out.with_suffix(".csv"), "medium/synthetic_no_filter", "retrieval:Flickr")
+    assert cell["value"] == "0.5" and cell["sources"] == [paths[0]]
+    assert cell["field"] == "rows.1.retrieval:Flickr"
+    paper = find_cell(out.with_suffix(".csv"), "small/raw_no_filter", "imagenet (paper)")
+    assert paper["field"] == "entries.t4_small_raw_no_filter_imagenet"
+
+
+def test_figure_8_of_a_toy_pool_shows_ours_only(tmp_path):
+    path = write(tmp_path / "pool_scaling.json", pool_scaling_doc(
+        "toy_default", 2304, "toy", {"raw_no_filter": (0.15, 0.01, 0.0)}, toy=True))
+    doc = json.loads(Path(path).read_text())
+    for row in doc["rows"]:  # the toy suite: one retrieval task, no Flickr
+        row["retrieval:toy retrieval"] = row.pop("retrieval:Flickr")
+        del row["retrieval:MSCOCO"]
+    path = write(tmp_path / "pool_scaling.json", doc)
+    out = tmp_path / "f8"
+    figures.run_pools_figure([path], [out.with_suffix(".png")], out.with_suffix(".csv"))
+    header = out.with_suffix(".csv").read_text().splitlines()[0]
+    assert "paper" not in header and "retrieval:toy retrieval" in header
+    figure = figures.pools_scaling(doc["rows"], ["toy_default"], ["toy_default"])
+    assert [ax.get_title() for ax in figure.get_axes()] == ["ImageNet", "toy retrieval"]
+    assert "(toy, pools toy_default)" in figure.get_suptitle()
+
+
+def test_figure_8_pools_default_and_a_missing_pool_names_its_config():
+    config = pipeline_config()
+    assert config["figure_8"] == {"pools": None, "strategies": None}
+    assert figurespec.figure_8_pools(config) == ["toy_default"]  # trains and evaluates
+    small = pipeline_config(REPO / "config" / "datacomp_small.yaml")
+    assert figurespec.figure_8_pools(small) == ["datacomp_small", "datacomp_medium",
+                                                "datacomp_400m", "datacomp_large"]
+    from capmix.config import pool_config_files
+
+    files = {p: f"results/{p}/analyses/pool_scaling.json" for p in figurespec.figure_8_pools(small)}
+    existing = {files["datacomp_400m"]}
+    problems = figurespec.missing_pool_files(files, ["datacomp_small"], existing.__contains__,
+                                             pool_config_files())
+    # Made by this run (small) or there already (400m): shown; the other two named.
+    assert list(problems) == ["datacomp_medium", "datacomp_large"]
+    assert problems["datacomp_medium"].startswith(
+        "results/datacomp_medium/analyses/pool_scaling.json is missing and pool "
+        "'datacomp_medium' is not in this run's")
+    assert "config/datacomp_medium.yaml" in problems["datacomp_medium"]
+    assert "config/datacomp_large.yaml" in problems["datacomp_large"]
+    assert "no config under config/ defines it" in figurespec.missing_pool_files(
+        {"elsewhere": "x.json"}, [], lambda _: False, {})["elsewhere"]

@@ -379,7 +379,7 @@ def check_figures(workdir: Path, capsys: pytest.CaptureFixture) -> None:
         names = archive.namelist()
         pages = "".join(archive.read(n).decode("utf-8", "replace") for n in names
                         if n.endswith((".html", ".js")))
-    for name in SMOKE_DRAWN:
+    for name in [*SMOKE_DRAWN, "figure_8_pools"]:
         ext = ".csv" if name.startswith("table") else ".png"
         assert any(n.endswith(f"/{name}{ext}") for n in names), name
     for heading in ("Paper figures", "Paper tables", "Data quality", "Fetch",
@@ -397,19 +397,41 @@ def check_make_figures_reruns_nothing_upstream(workdir: Path) -> None:
     index = workdir / "results/toy_smoke/figures/index.json"
     drawn = index.read_text()
     index.unlink()
+    pools_figure = workdir / "results/figures/figure_8_pools.png"
+    pools_figure.unlink()
     script.write_text(code + "# edited\n")
     try:
         flags = ("--cores", "1", "--configfile", "config/smoke.yaml", "--allowed-rules",
-                 "analyses", "draw_figures", "figures", "--rerun-triggers", "mtime")
+                 *make_figure_rules(), "--rerun-triggers", "mtime")
         result = snakemake(workdir, "figures", *flags)
         assert result.returncode == 0, result.stderr[-3000:]
         assert job_stats(result.stdout + result.stderr) == {
-            "draw_figures": 1, "figures": 1, "total": 2}, \
+            "draw_figures": 1, "figure_8_pools": 1, "figures": 1, "total": 3}, \
             result.stderr[-3000:]
+        assert pools_figure.stat().st_size > 0
     finally:  # Snakemake tells a script's changes by its mtime: restore both
         script.write_text(code)
         os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert json.loads(index.read_text())["entries"].keys() == json.loads(drawn)["entries"].keys()
+
+
+def make_figure_rules() -> list[str]:
+    """The rules `make figures` allows (the Makefile's FIGURE_RULES)."""
+    line = re.search(r"^FIGURE_RULES := (.*)$", (REPO / "Makefile").read_text(), re.M)
+    return line.group(1).split()
+
+
+def test_dry_run_of_figures_plans_figure_8_across_pools(workdir):
+    """The target `figures` (and `make figures`' allowed rules) draw Figure 8 across the
+    default's pools that train and evaluate (config figure_8.pools: null)."""
+    assert "figure_8_pools" in make_figure_rules()
+    result = snakemake(workdir, "figures", "-n", "--cores", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_stats(result.stdout)["figure_8_pools"] == 1
+    inputs = dict(job_inputs(result.stdout))
+    assert inputs["figure_8_pools"] == "results/toy_default/analyses/pool_scaling.json"
+    assert "output: results/figures/figure_8_pools.png, results/figures/figure_8_pools.pdf, " \
+        "results/figures/figure_8_pools.csv" in result.stdout
 
 
 def check_provenance(workdir: Path, capsys: pytest.CaptureFixture) -> None:

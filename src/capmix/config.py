@@ -224,6 +224,24 @@ def pipeline_config(*extra: Path | str, overrides: Mapping[str, Any] | None = No
     return load_config(*BASE_CONFIGS, *extra, overrides=overrides)
 
 
+def pool_config_files(config_dir: Path | str = REPO_ROOT / "config") -> dict[str, list[str]]:
+    """Pool name -> the config files in ``config_dir`` whose ``pools`` define it (sorted,
+    as ``config/<file>``): which config to run for a pool another config's figures read
+    (the cross-pool Figure 8). Files that are not a mapping with a ``pools`` list are skipped.
+    """
+    found: dict[str, list[str]] = {}
+    for path in sorted(Path(config_dir).glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        pools = data.get("pools") if isinstance(data, dict) else None
+        for pool in pools if isinstance(pools, list) else []:
+            if isinstance(pool, dict) and isinstance(pool.get("name"), str):
+                found.setdefault(pool["name"], []).append(f"config/{path.name}")
+    return found
+
+
 def read_config_file(path: Path | str) -> dict[str, Any]:
     """One config file as a mapping, or a :class:`ConfigError` naming the file and line.
 

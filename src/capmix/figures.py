@@ -211,12 +211,17 @@ def retrieval_scatter(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figu
     return figure
 
 
+def retrieval_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ``retrieval:<task>`` columns of pool_scaling rows, in first-seen order."""
+    return list(dict.fromkeys(k for row in rows for k in row if k.startswith("retrieval:")))
+
+
 def pool_scaling(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
     """Figure 8 (this pool's column): ImageNet accuracy and retrieval per strategy at the
-    pool's size; other pools' columns come from their own pool_scaling files."""
+    pool's size; the pools together: :func:`pools_scaling` (rule figure_8_pools)."""
     document, _ = analysis(entry, "pool_scaling")
     rows = document["rows"]
-    retrieval = [k for k in rows[0] if k.startswith("retrieval:")] if rows else []
+    retrieval = retrieval_columns(rows[:1])
     figure, axes = _figure(1 + len(retrieval))
     names = [_short(r["strategy"]) for r in rows]
     colours = [f"C{i}" for i in range(len(rows))]
@@ -438,6 +443,198 @@ DRAWERS: dict[str, Drawer] = {
     "fetch_outcomes": fetch_outcomes,
     "training_loss": training_loss,
 }
+
+
+# ------------------------------------------------------------------------------ across pools
+
+#: The retrieval task of Figure 8's right panel: the paper leaves MS-COCO out (BLIP2 was
+#: trained on its captions). A suite without it (the toy one) shows each retrieval task.
+FIGURE_8_RETRIEVAL = "Flickr"
+#: Where the paper's numbers at Figure 8's points are (the figure itself prints none):
+#: Table 4's ImageNet accuracy of the same strategy at the same training scale.
+FIGURE_8_PAPER = "Table 4"
+
+
+def figure_8_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+    """Figure 8's panels as (column, title, y label): ImageNet, then Flickr retrieval (each
+    retrieval task when the suite has no Flickr)."""
+    retrieval = retrieval_columns(rows)
+    wanted = f"retrieval:{FIGURE_8_RETRIEVAL}"
+    panels = [("imagenet", "ImageNet", "ImageNet accuracy")]
+    for key in [wanted] if wanted in retrieval else retrieval:
+        task = key.split(":", 1)[1]
+        name = task if "retrieval" in task.lower() else f"{task} retrieval"
+        panels.append((key, name, f"{name} score (mean R@1)"))
+    return panels
+
+
+def _pool_size(n: float) -> str:
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return f"{n:g}"
+
+
+def shared_strategies(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The strategies every pool with rows evaluates (Figure 8's "select baselines": the
+    medium pool also trains Table 5's sweeps), in first-seen order; every strategy when no
+    one is shared."""
+    order = list(dict.fromkeys(r["strategy"] for r in rows))
+    pools = {r["pool"] for r in rows}
+    shared = [s for s in order
+              if {r["pool"] for r in rows if r["strategy"] == s} == pools]
+    return shared or order
+
+
+def pools_scaling(rows: Sequence[Mapping[str, Any]], pools: Sequence[str],
+                  toy_pools: Sequence[str], numbers: PaperNumbers | None = None,
+                  missing: Mapping[str, str] | None = None,
+                  strategies: Sequence[str] | None = None) -> Figure:
+    """Figure 8 across pools: per panel (:func:`figure_8_panels`), one line per strategy
+    (``strategies``; None: :func:`shared_strategies`) through its pools' points, x =
+    candidate pool size (log). ``rows``: the joined
+    pool_scaling rows (:func:`capmix.analyses.combine_pool_scaling`); for rows of a real pool
+    (not in ``toy_pools``) the paper's number at the same strategy and training scale
+    (:data:`FIGURE_8_PAPER`, from ``numbers``) is marked as a hollow marker of the line's
+    colour. ``missing``: pool -> why it has no rows (written under the panels)."""
+    from capmix.tables import paper_entry
+
+    panels = figure_8_panels(rows)
+    figure, axes = _figure(len(panels), 5.5)
+    strategies = list(strategies) if strategies is not None else shared_strategies(rows)
+    marked = False
+    for i, strategy in enumerate(strategies):
+        points = sorted((r for r in rows if r["strategy"] == strategy),
+                        key=lambda r: r["n_pool"])
+        style = {"color": f"C{i % 10}", "linestyle": ("-", "--", ":")[i // 10 % 3]}
+        for ax, (key, _, _) in zip(axes, panels, strict=True):
+            shown = [r for r in points if r.get(key) is not None]
+            ax.plot([r["n_pool"] for r in shown], [r[key] for r in shown], marker="o",
+                    label=_short(strategy), **style)
+        for row in points:
+            if row["pool"] in toy_pools:
+                continue
+            paper = paper_entry(numbers, FIGURE_8_PAPER, strategy=strategy,
+                                scale=row["train_scale"], metric="ImageNet")
+            if paper is not None:
+                axes[0].scatter([row["n_pool"]], [paper.value], s=70, marker="D",
+                                facecolors="none", edgecolors=style["color"], zorder=3)
+                marked = True
+    if marked:  # one legend entry for every hollow marker, in the legend beside the lines
+        axes[-1].scatter([], [], s=70, marker="D", facecolors="none", edgecolors="black",
+                         label=f"paper ({FIGURE_8_PAPER}, ImageNet)")
+    sizes = sorted({r["n_pool"] for r in rows})
+    for ax, (_, panel, label) in zip(axes, panels, strict=True):
+        ax.set_xscale("log")
+        if sizes:
+            ax.set_xticks(sizes, [_pool_size(n) for n in sizes])
+            ax.minorticks_off()
+        ax.set_xlabel("Candidate pool size")
+        ax.set_ylabel(label)
+        ax.set_title(panel)
+    legend(axes[-1], fontsize=7)
+    toy = any(p in toy_pools for p in pools)
+    figure.suptitle(f"Figure 8: performance across candidate pool sizes "
+                    f"({'toy, ' if toy else ''}pools {', '.join(pools)})")
+    if missing:
+        import textwrap
+
+        figure.text(0.01, -0.02, "\n".join(textwrap.fill(f"{p}: {why}", 150)
+                                            for p, why in missing.items()),
+                    fontsize=7, ha="left", va="top")
+    figure.tight_layout()
+    return figure
+
+
+#: The cross-pool table's columns besides the retrieval tasks, in order.
+FIGURE_8_COLUMNS = ("pool", "strategy", "n_pool", "train_scale", "n_samples", "imagenet")
+
+
+def pools_scaling_table(documents: Mapping[str, Mapping[str, Any]],
+                        rows: Sequence[Mapping[str, Any]], toy_pools: Sequence[str],
+                        numbers: PaperNumbers | None
+                        ) -> tuple[list[str], list[list[Any]], list[dict[str, Any]]]:
+    """The joined rows as a table (header, rows, cell records for
+    :func:`capmix.lineage.write_table`): one row per pool and strategy (label
+    ``<pool>/<strategy>``), every number with the pool_scaling JSON and field it came from,
+    the paper's ImageNet accuracy (:data:`FIGURE_8_PAPER`) beside ours for a real pool, and
+    the source file."""
+    from capmix.tables import paper_entry
+
+    source = {doc["pool"]: path for path, doc in documents.items()}
+    index = {(doc["pool"], r["strategy"]): i for doc in documents.values()
+             for i, r in enumerate(doc.get("rows") or [])}
+    papers = [None if r["pool"] in toy_pools else
+              paper_entry(numbers, FIGURE_8_PAPER, strategy=r["strategy"],
+                          scale=r["train_scale"], metric="ImageNet") for r in rows]
+    columns = [*FIGURE_8_COLUMNS, *(["imagenet (paper)"] if any(papers) else []),
+               *retrieval_columns(rows), "average"]
+    header, table, cells = ["row", *columns, "source"], [], []
+    for row, paper in zip(rows, papers, strict=True):
+        label = f"{row['pool']}/{row['strategy']}"
+        path = source[row["pool"]]
+        line: list[Any] = [label]
+        for column in columns:
+            if column == "imagenet (paper)":
+                line.append(paper.printed if paper else "")
+                if paper and numbers is not None:
+                    cells.append({"row": label, "column": column,
+                                  "sources": [str(numbers.path)], "field": f"entries.{paper.id}"})
+                continue
+            value = row.get(column)
+            line.append("" if value is None else value)
+            if value is not None:
+                cells.append({"row": label, "column": column, "sources": [path],
+                              "field": f"rows.{index[(row['pool'], row['strategy'])]}.{column}"})
+        table.append([*line, path])
+    return header, table, cells
+
+
+def run_pools_figure(paths: Sequence[str], figure_paths: Sequence[Path], table_path: Path,
+                     numbers: PaperNumbers | None = None,
+                     strategies: Sequence[str] | None = None,
+                     absent: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The figure_8_pools rule: the pool_scaling JSONs of ``paths`` (one per pool) joined
+    (:func:`capmix.analyses.combine_pool_scaling`), drawn (:func:`pools_scaling`, lines for
+    ``strategies``) to every path of ``figure_paths`` (PNG, PDF) and tabled (every joined
+    row, :func:`pools_scaling_table`) to ``table_path`` (CSV + cells sidecar). Pools
+    without rows (no evaluated model) and ``absent`` ones (pool -> why: not run yet) are
+    named under the figure with why. A real pool's
+    ImageNet points stand beside the paper's (``numbers``, default
+    config/paper_numbers.yaml); a toy pool's never do."""
+    from capmix.analyses import combine_pool_scaling
+    from capmix.lineage import write_table
+
+    documents = {str(p): read_json(str(p)) for p in paths}
+    pools = [doc.get("pool") or Path(path).parent.parent.name
+             for path, doc in documents.items()]
+    toy_pools = [pool for pool, doc in zip(pools, documents.values(), strict=True)
+                 if doc.get("toy")]
+    if numbers is None and len(toy_pools) < len(pools):
+        numbers = load_paper_numbers()
+    missing = {pool: doc.get("reason") or "not available"
+               for pool, doc in zip(pools, documents.values(), strict=True)
+               if not doc.get("available")}
+    rows = combine_pool_scaling(documents.values()).to_dict("records")
+    rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in rows]  # a retrieval task one pool's suite lacks: NaN in the join
+    missing.update(absent or {})
+    for pool, why in missing.items():
+        log.info("%s: no rows (%s)", pool, why)
+    figure = pools_scaling(rows, pools, toy_pools, numbers, missing, strategies)
+    try:
+        for path in figure_paths:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path, bbox_inches="tight", dpi=120,
+                           metadata={"CreationDate": None} if Path(path).suffix == ".pdf"
+                           else None)
+    finally:
+        plt.close(figure)
+    header, table, cells = pools_scaling_table(documents, rows, toy_pools, numbers)
+    Path(table_path).parent.mkdir(parents=True, exist_ok=True)
+    write_table(table_path, header, table, cells)
+    log.info("figure 8 across pools %s: %d rows", ", ".join(pools), len(rows))
+    return {"pools": pools, "rows": len(rows), "missing": missing}
 
 
 # ------------------------------------------------------------------------------ the stage

@@ -12,7 +12,7 @@ only the standard library, because the Snakefile calls it at start-up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,9 @@ ANALYSES_PREFIX = "analyses:"
 FIGURES_DIR = "results/{pool}/figures"
 INDEX = f"{FIGURES_DIR}/index.json"
 FILES_DIR = f"{FIGURES_DIR}/files"
+#: The cross-pool Figure 8 (rule figure_8_pools, config ``figure_8``): every listed pool's
+#: pool_scaling rows in one figure (PNG, PDF) and table (CSV + cells sidecar, Markdown, LaTeX).
+POOLS_FIGURE_8 = "results/figures/figure_8_pools"
 #: The files one drawn entry writes, by kind.
 EXTENSIONS = {"figure": (".png", ".pdf"), "table": (".csv", ".cells.json", ".md", ".tex")}
 
@@ -175,6 +178,42 @@ def plan_inputs(plan: Mapping[str, Any]) -> list[str]:
             else:
                 found.update(value.values())
     return sorted(found)
+
+
+def figure_8_pools(config: Mapping[str, Any]) -> list[str]:
+    """The pools the cross-pool Figure 8 joins: ``figure_8.pools`` as listed, or (null, the
+    default) every pool of the config that trains and evaluates models (a pool's
+    pool_scaling has a row per evaluated model only)."""
+    listed = (config.get("figure_8") or {}).get("pools")
+    if listed is not None:
+        return list(listed)
+    return [p["name"] for p in config.get("pools") or [] if p.get("train") and p.get("eval")]
+
+
+def missing_pool_files(files: Mapping[str, str], config_pools: Sequence[str],
+                       exists: Callable[[str], bool],
+                       pool_configs: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """The pools the cross-pool Figure 8 cannot show yet, each with why: every pool
+    (``files``: pool -> its pool_scaling JSON) that this run's config does not define
+    (``config_pools``) and whose file does not exist, with the config that makes it
+    (``pool_configs``: pool -> config files, :func:`capmix.config.pool_config_files`) and
+    how. The figure shows the other pools and names these under its panels, so one scale's
+    run draws its figures before the other scales have run. Empty: every input is there or
+    will be made by this run."""
+    problems = {}
+    for pool, path in files.items():
+        if pool in config_pools or exists(path):
+            continue
+        configs = pool_configs.get(pool) or []
+        if configs:
+            how = " or ".join(f"`snakemake {path} --configfile {c}`" for c in configs)
+            made = (f"the config that defines it ({', '.join(configs)}) makes it: run {how} "
+                    "(or that config's whole run) first")
+        else:
+            made = "no config under config/ defines it"
+        problems[pool] = (f"{path} is missing and pool '{pool}' is not in this run's config; "
+                          f"{made}, or leave '{pool}' out of `figure_8.pools`")
+    return problems
 
 
 def category_heading(category: str) -> str:

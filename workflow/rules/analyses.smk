@@ -2,7 +2,7 @@
 # on one pool's finished results: caption text statistics of its training sets, score
 # histograms, differences between its evaluated models, its subsets' sizes and thresholds.
 # One cheap job per pool; what the pool cannot measure is written as "not available" with the
-# reason. Across pools (Figure 8): capmix.analyses.combine_pool_scaling.
+# reason. Across pools (Figure 8): rule figure_8_pools (figures.smk) joins the pools' pool_scaling.
 
 
 rule analyses:

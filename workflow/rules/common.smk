@@ -2,6 +2,7 @@
 # cross-references; then what the rules are wired with: the paths several rules or helpers
 # name (one pattern each), what each job asks for (`resource`), and helpers that take a
 # job's `wildcards` and turn config data into its inputs and params.
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,7 +18,12 @@ from capmix.analysisplan import ANALYSES, coco_task, plan_analyses, plan_inputs 
 from capmix.assetspec import asset_files, assets, assets_dir, resolve_file  # noqa: E402
 from capmix.captionsets import RAW, pool_caption_sets  # noqa: E402
 from capmix.chunks import CHUNK_PATTERN, chunk_names  # noqa: E402
-from capmix.config import check_references, explain_errors, load_schema  # noqa: E402
+from capmix.config import (  # noqa: E402
+    check_references,
+    explain_errors,
+    load_schema,
+    pool_config_files,
+)
 from capmix.cost import cost_table, dry_run_requested  # noqa: E402
 from capmix.suites import (  # noqa: E402
     TASK_MANIFEST,
@@ -29,8 +35,11 @@ from capmix.findings import finding_inputs, plan_findings  # noqa: E402
 from capmix.figurespec import (  # noqa: E402
     FILES_DIR,
     INDEX,
+    POOLS_FIGURE_8,
     category_heading,
+    figure_8_pools,
     figure_entries,
+    missing_pool_files,
     plan_figures,
     read_captions,
 )
@@ -630,6 +639,46 @@ def figure_indexes():
     return [FIGURE_INDEX.format(pool=p) for p in POOLS if "figures" in pool_targets(p)]
 
 
+# ---- Figure 8 across pools (rule figure_8_pools) ------------------------------------------
+# The pools it joins (config figure_8.pools; default: this config's pools that train and
+# evaluate). A pool of another config is read from that run's finished file.
+FIGURE_8_POOLS = figure_8_pools(config)
+FIGURE_8_PNG = f"{POOLS_FIGURE_8}.png"
+FIGURE_8_PDF = f"{POOLS_FIGURE_8}.pdf"
+FIGURE_8_TABLE = f"{POOLS_FIGURE_8}.csv"
+FIGURE_8_CELLS = f"{POOLS_FIGURE_8}.cells.json"
+FIGURE_8_CATEGORY = category_heading("paper figure")
+FIGURE_8_LABEL = ", ".join(FIGURE_8_POOLS)
+
+
+def figure_8_absent(wildcards=None):
+    """Listed pools that neither this config makes nor an earlier run has made, each with the
+    config that makes it: the figure names them under its panels and shows the rest (the
+    job re-runs once they exist, as its inputs change)."""
+    files = {p: ANALYSIS.format(pool=p, analysis="pool_scaling") for p in FIGURE_8_POOLS}
+    return missing_pool_files(files, list(POOLS), os.path.exists,
+                              pool_config_files(REPO / "config"))
+
+
+def figure_8_inputs(wildcards):
+    """The pool_scaling JSON of each listed pool this config makes or an earlier run made;
+    if there is none, stop here naming the configs that make them (not a bare missing
+    input)."""
+    absent = figure_8_absent()
+    files = [ANALYSIS.format(pool=p, analysis="pool_scaling") for p in FIGURE_8_POOLS
+             if p not in absent]
+    if not files:
+        raise WorkflowError("Figure 8 across pools (rule figure_8_pools, config key "
+                            "figure_8.pools) has no pool to show:\n  "
+                            + "\n  ".join(absent.values()))
+    return files
+
+
+def figure_8_files():
+    """The cross-pool Figure 8's figure and table (rule figures), if any pool is listed."""
+    return [FIGURE_8_PNG, FIGURE_8_PDF, FIGURE_8_TABLE] if FIGURE_8_POOLS else []
+
+
 # ---- Targets: what `rule all` builds ---------------------------------------------------
 def pool_strategies(pool):
     return pool_strategy_names(config, POOLS[pool])
@@ -699,5 +748,8 @@ if list(TARGET_FILES) != TARGETS:
 
 
 def all_targets():
-    return [f for pool in POOLS for t in pool_targets(pool)
-            for f in TARGET_FILES[t](pool)]
+    """Every pool's target files, and Figure 8 across pools where any pool draws figures."""
+    files = [f for pool in POOLS for t in pool_targets(pool) for f in TARGET_FILES[t](pool)]
+    if any("figures" in pool_targets(pool) for pool in POOLS):
+        files += figure_8_files()
+    return files
