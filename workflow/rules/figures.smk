@@ -66,9 +66,9 @@ rule figure_8_pools:
         absent=figure_8_absent,
         strategies=config["figure_8"]["strategies"],
     log:
-        "logs/figure_8_pools.log",
+        "logs/figure_8_pools/figure_8_pools.log",
     benchmark:
-        "benchmarks/figure_8_pools.tsv"
+        "benchmarks/figure_8_pools/figure_8_pools.tsv"
     threads: resource("figure_8_pools", "threads")
     resources:
         mem_mb=resource("figure_8_pools", "mem_mb"),
