@@ -471,7 +471,6 @@ def subset_grid(entry: Mapping[str, Any], plan: Mapping[str, Any],
     return table
 
 
-
 #: The evaluation task Table 6 reads (config/eval_suites.yaml's name for DataComp's
 #: fairness/fairface) and the groups rows it takes (capmix.evalmetrics.face_metrics).
 FAIRFACE_TASK = "FairFace"

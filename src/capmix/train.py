@@ -201,9 +201,8 @@ def parse_train_log(log_path: Path, *, samples_per_step: int | None = None) -> d
         min(points[0]["samples"] for points in attempts.values()) if attempts else None)
     curve: list[dict[str, Any]] = []
     samples_before = steps_before = 0
-    for epoch in sorted(attempts):
+    for epoch in sorted(attempts) if per_step else ():  # no step size: no curve
         for point in attempts[epoch]:
-            assert per_step
             curve.append({
                 "epoch": epoch,
                 "step": steps_before + round(point["samples"] / per_step),
