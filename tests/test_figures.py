@@ -133,6 +133,8 @@ def test_table_shows_paper_ours_and_difference_for_a_real_pool(tmp_path):
     assert find_cell(csv_path, "raw_top_30", "ImageNet accuracy (reproduced)")["value"] == "yes"
     ours = find_cell(csv_path, "raw_top_30", "Training set size (ours)")
     assert ours["value"] == "300" and ours["field"] == "rows.0.n_samples"
+    threshold = find_cell(csv_path, "raw_top_30", "Threshold (ours)")
+    assert (threshold["value"], threshold["field"]) == ("0.25", "rows.0.thresholds.raw")
     assert "| raw_top_30 |" in (tmp_path / "files/table_4.md").read_text()
     assert r"\begin{tabular}" in (tmp_path / "files/table_4.tex").read_text()
 
@@ -471,3 +473,15 @@ def test_figure_8_pools_default_and_a_missing_pool_names_its_config():
     assert "config/datacomp_large.yaml" in problems["datacomp_large"]
     assert "no config under config/ defines it" in figurespec.missing_pool_files(
         {"elsewhere": "x.json"}, [], lambda _: False, {})["elsewhere"]
+
+
+def test_retrieval_table_names_the_toy_suites_retrieval_as_what_it_is(tmp_path):
+    doc = {"available": True, "reason": None,
+           "models": {"raw_top_30": {"retrieval_mean": 0.1, "imagenet": 0.4}}}
+    spec = entry("retrieval_table", kind="table",
+                 reads={"analyses": {"retrieval": write(tmp_path / "retrieval.json", doc)}})
+    toy = tables.retrieval_table(spec, plan_for([spec], toy=True), None)
+    real = tables.retrieval_table(spec, plan_for([spec], toy=False), None)
+    assert toy.columns[0] == "Retrieval (the toy suite's, in Flickr and MS-COCO's place)"
+    assert real.columns[0] == "Flickr and MS-COCO retrieval"
+    assert dict(toy.rows)["raw_top_30"][toy.columns[0]].value == 0.1
