@@ -489,8 +489,9 @@ def check_provenance(workdir: Path, capsys: pytest.CaptureFixture) -> None:
 
 def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:
     """A changed threshold re-runs that strategy's subset, the pool's analyses (its subset
-    table and caption statistics read the subset) and its figures, nothing else (it is not
-    trained, so it has no training shards)."""
+    table and caption statistics read the subset), its figures and Figure 8 across pools
+    (its pool_scaling file is rewritten), nothing else (it is not trained, so it has no
+    training shards)."""
     edit = workdir / "config" / "edit.yaml"
     edit.write_text(json.dumps({"strategies": {"raw_min_0p28": {
         "description": "Raw (CLIP score >= 0.3)",
@@ -499,7 +500,8 @@ def check_editing_one_strategy_reruns_only_it(workdir: Path) -> None:
                        "config/edit.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     stats = job_stats(result.stdout)
-    assert stats == {"subset": 1, "analyses": 1, "draw_figures": 1, "all": 1, "total": 4}, \
+    assert stats == {"subset": 1, "analyses": 1, "draw_figures": 1, "figure_8_pools": 1,
+                     "all": 1, "total": 5}, \
         result.stdout
     assert "raw_min_0p28" in result.stdout and "params" in result.stdout.lower()
 
