@@ -40,7 +40,6 @@ rule draw_figures:
         "../scripts/figures.py"
 
 
-
 rule figure_8_pools:
     input:
         figure_8_inputs,
