@@ -26,10 +26,10 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from capmix import tables  # noqa: E402
 from capmix.figurespec import entry_files  # noqa: E402
-from capmix.papernumbers import PaperNumbers  # noqa: E402
+from capmix.papernumbers import Entry, PaperNumbers  # noqa: E402
 from capmix.papernumbers import load as load_paper_numbers  # noqa: E402
 from capmix.provenance import code_version, write_json  # noqa: E402
-from capmix.tables import NotAvailable, analysis, read_json  # noqa: E402
+from capmix.tables import NotAvailable, analysis, paper_entry, read_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -486,6 +486,17 @@ def shared_strategies(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return shared or order
 
 
+def figure_8_paper(row: Mapping[str, Any], toy_pools: Sequence[str],
+                   numbers: PaperNumbers | None) -> Entry | None:
+    """The paper's number beside one joined row: Table 4's ImageNet accuracy of the row's
+    strategy at its training scale (:data:`FIGURE_8_PAPER`); None for a toy pool's row or
+    where the paper has none."""
+    if row["pool"] in toy_pools:
+        return None
+    return paper_entry(numbers, FIGURE_8_PAPER, strategy=row["strategy"],
+                       scale=row["train_scale"], metric="ImageNet")
+
+
 def pools_scaling(rows: Sequence[Mapping[str, Any]], pools: Sequence[str],
                   toy_pools: Sequence[str], numbers: PaperNumbers | None = None,
                   missing: Mapping[str, str] | None = None,
@@ -497,7 +508,6 @@ def pools_scaling(rows: Sequence[Mapping[str, Any]], pools: Sequence[str],
     (not in ``toy_pools``) the paper's number at the same strategy and training scale
     (:data:`FIGURE_8_PAPER`, from ``numbers``) is marked as a hollow marker of the line's
     colour. ``missing``: pool -> why it has no rows (written under the panels)."""
-    from capmix.tables import paper_entry
 
     panels = figure_8_panels(rows)
     figure, axes = _figure(len(panels), 5.5)
@@ -512,10 +522,7 @@ def pools_scaling(rows: Sequence[Mapping[str, Any]], pools: Sequence[str],
             ax.plot([r["n_pool"] for r in shown], [r[key] for r in shown], marker="o",
                     label=_short(strategy), **style)
         for row in points:
-            if row["pool"] in toy_pools:
-                continue
-            paper = paper_entry(numbers, FIGURE_8_PAPER, strategy=strategy,
-                                scale=row["train_scale"], metric="ImageNet")
+            paper = figure_8_paper(row, toy_pools, numbers)
             if paper is not None:
                 axes[0].scatter([row["n_pool"]], [paper.value], s=70, marker="D",
                                 facecolors="none", edgecolors=style["color"], zorder=3)
@@ -559,14 +566,11 @@ def pools_scaling_table(documents: Mapping[str, Mapping[str, Any]],
     ``<pool>/<strategy>``), every number with the pool_scaling JSON and field it came from,
     the paper's ImageNet accuracy (:data:`FIGURE_8_PAPER`) beside ours for a real pool, and
     the source file."""
-    from capmix.tables import paper_entry
 
     source = {doc["pool"]: path for path, doc in documents.items()}
     index = {(doc["pool"], r["strategy"]): i for doc in documents.values()
              for i, r in enumerate(doc.get("rows") or [])}
-    papers = [None if r["pool"] in toy_pools else
-              paper_entry(numbers, FIGURE_8_PAPER, strategy=r["strategy"],
-                          scale=r["train_scale"], metric="ImageNet") for r in rows]
+    papers = [figure_8_paper(r, toy_pools, numbers) for r in rows]
     columns = [*FIGURE_8_COLUMNS, *(["imagenet (paper)"] if any(papers) else []),
                *retrieval_columns(rows), "average"]
     header, table, cells = ["row", *columns, "source"], [], []
@@ -621,15 +625,8 @@ def run_pools_figure(paths: Sequence[str], figure_paths: Sequence[Path], table_p
     missing.update(absent or {})
     for pool, why in missing.items():
         log.info("%s: no rows (%s)", pool, why)
-    figure = pools_scaling(rows, pools, toy_pools, numbers, missing, strategies)
-    try:
-        for path in figure_paths:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(path, bbox_inches="tight", dpi=120,
-                           metadata={"CreationDate": None} if Path(path).suffix == ".pdf"
-                           else None)
-    finally:
-        plt.close(figure)
+    save_figure(pools_scaling(rows, pools, toy_pools, numbers, missing, strategies),
+                [Path(p) for p in figure_paths])
     header, table, cells = pools_scaling_table(documents, rows, toy_pools, numbers)
     Path(table_path).parent.mkdir(parents=True, exist_ok=True)
     write_table(table_path, header, table, cells)
@@ -648,13 +645,19 @@ def draw_entry(entry: Mapping[str, Any], plan: Mapping[str, Any], out_dir: Path,
     if entry["kind"] == "table":
         table = tables.WRITERS[entry["plot"]](entry, plan, numbers)
         return tables.write_all(table, out_dir, entry["id"], numbers, plan["toy"])
-    figure = DRAWERS[entry["plot"]](entry, plan)
+    paths = [out_dir / name for name in entry_files(entry)]
+    save_figure(DRAWERS[entry["plot"]](entry, plan), paths)
+    return paths
+
+
+def save_figure(figure: Figure, paths: Sequence[Path]) -> None:
+    """Write ``figure`` to each path (PNG, PDF: by suffix; a PDF without its creation date,
+    so a redraw of the same data is the same file), then close it."""
     try:
-        paths = [out_dir / name for name in entry_files(entry)]
         for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(path, bbox_inches="tight", dpi=120,
                            metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
-        return paths
     finally:
         plt.close(figure)
 
