@@ -463,7 +463,7 @@ def test_figure_8_pools_default_and_a_missing_pool_names_its_config():
     files = {p: f"results/{p}/analyses/pool_scaling.json" for p in figurespec.figure_8_pools(small)}
     existing = {files["datacomp_400m"]}
     problems = figurespec.missing_pool_files(files, ["datacomp_small"], existing.__contains__,
-                                             pool_config_files())
+                                             pool_config_files)
     # Made by this run (small) or there already (400m): shown; the other two named.
     assert list(problems) == ["datacomp_medium", "datacomp_large"]
     assert problems["datacomp_medium"].startswith(
@@ -472,7 +472,7 @@ def test_figure_8_pools_default_and_a_missing_pool_names_its_config():
     assert "config/datacomp_medium.yaml" in problems["datacomp_medium"]
     assert "config/datacomp_large.yaml" in problems["datacomp_large"]
     assert "no config under config/ defines it" in figurespec.missing_pool_files(
-        {"elsewhere": "x.json"}, [], lambda _: False, {})["elsewhere"]
+        {"elsewhere": "x.json"}, [], lambda _: False, dict)["elsewhere"]
 
 
 def test_retrieval_table_names_the_toy_suites_retrieval_as_what_it_is(tmp_path):

@@ -192,19 +192,23 @@ def figure_8_pools(config: Mapping[str, Any]) -> list[str]:
 
 def missing_pool_files(files: Mapping[str, str], config_pools: Sequence[str],
                        exists: Callable[[str], bool],
-                       pool_configs: Mapping[str, Sequence[str]]) -> dict[str, str]:
+                       pool_configs: Callable[[], Mapping[str, Sequence[str]]]
+                       ) -> dict[str, str]:
     """The pools the cross-pool Figure 8 cannot show yet, each with why: every pool
     (``files``: pool -> its pool_scaling JSON) that this run's config does not define
     (``config_pools``) and whose file does not exist, with the config that makes it
-    (``pool_configs``: pool -> config files, :func:`capmix.config.pool_config_files`) and
-    how. The figure shows the other pools and names these under its panels, so one scale's
-    run draws its figures before the other scales have run. Empty: every input is there or
+    (``pool_configs()``: pool -> config files, :func:`capmix.config.pool_config_files`;
+    called only when a pool is missing, since it reads every config file) and how. The
+    figure shows the other pools and names these under its panels, so one scale's run draws
+    its figures before the other scales have run. Empty: every input is there or
     will be made by this run."""
-    problems = {}
+    problems: dict[str, str] = {}
+    defined: Mapping[str, Sequence[str]] | None = None
     for pool, path in files.items():
         if pool in config_pools or exists(path):
             continue
-        configs = pool_configs.get(pool) or []
+        defined = pool_configs() if defined is None else defined
+        configs = defined.get(pool) or []
         if configs:
             how = " or ".join(f"`snakemake {path} --configfile {c}`" for c in configs)
             made = (f"the config that defines it ({', '.join(configs)}) makes it: run {how} "

@@ -530,8 +530,8 @@ def fairness_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
                            "has none: DataComp's suite has it, the toy suite does not)")
     scale = plan["train_scale"]
     races: dict[str, str] = {}
-    by_gender: dict[str, list[tuple[str, dict[str, Cell]]]] = {}
-    overall: list[tuple[str, dict[str, Cell]]] = []
+    by_gender: dict[str, dict[str, dict[str, Cell]]] = {}  # gender -> strategy -> race
+    overall: dict[str, dict[str, Cell]] = {}  # strategy -> race
     for strategy, (path, line) in found.items():
         rows = [(i, r) for i, r in enumerate(line.get("groups") or [])
                 if r.get("metric") == GENDER_X_RACE]
@@ -549,37 +549,28 @@ def fairness_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
                 metric="FairFace:" + GENDER_X_RACE,
                 group={"gender": _paper_name(numbers, entry, "gender", gender),
                        "race": _paper_name(numbers, entry, "race", race)}))
-            _row_of(by_gender.setdefault(gender, []), strategy)[_name_key(race)] = cell
+            by_gender.setdefault(gender, {}).setdefault(strategy, {})[_name_key(race)] = cell
             sums = totals.setdefault(_name_key(race), [0.0, 0.0])
             sums[0] += row["value"] * row["count"]
             sums[1] += row["count"]
-        overall.append((strategy, {
+        overall[strategy] = {
             race: Cell(weighted / count if count else None, path,
                        f"line {line['_line']}: groups ({GENDER_X_RACE}, count-weighted over "
                        "genders)", paper_entry(
                            numbers, entry["paper"], strategy=strategy, scale=scale,
                            metric="FairFace:acc_gender_by_race",
                            group={"race": _paper_name(numbers, entry, "race", races[race])}))
-            for race, (weighted, count) in totals.items()}))
+            for race, (weighted, count) in totals.items()}
     columns = sorted(races)
     table = TableData(f"{entry['paper']}: FairFace gender accuracy per race, pool "
                       f"{plan['pool']}", "Gender / model", [races[r] for r in columns])
     for gender in sorted(by_gender):
-        for strategy, cells in by_gender[gender]:
+        for strategy, cells in by_gender[gender].items():
             table.rows.append((f"{gender} / {strategy}",
                                {races[r]: c for r, c in cells.items()}))
-    for strategy, cells in overall:
+    for strategy, cells in overall.items():
         table.rows.append((f"Overall / {strategy}", {races[r]: c for r, c in cells.items()}))
     return table
-
-
-def _row_of(rows: list[tuple[str, dict[str, Cell]]], strategy: str) -> dict[str, Cell]:
-    """The cells of ``strategy``'s row in ``rows``, added empty if it has none yet."""
-    for label, cells in rows:
-        if label == strategy:
-            return cells
-    rows.append((strategy, {}))
-    return rows[-1][1]
 
 
 def _paper_name(numbers: PaperNumbers | None, entry: Mapping[str, Any], key: str,
