@@ -99,6 +99,11 @@ def file_checksum(path: Path | str) -> tuple[str, int]:
     return sha256_file(path), path.stat().st_size
 
 
+def _input_entry(path: Path | str) -> dict[str, Any]:
+    digest, size = file_checksum(path)
+    return {"path": str(path), "sha256": digest, "bytes": size}
+
+
 def provenance_record(
     stage: str,
     inputs: Iterable[Path | str] = (),
@@ -113,10 +118,7 @@ def provenance_record(
         "software": software_versions(packages),
         "host": {"platform": platform.platform(), "argv0": os.path.basename(sys.argv[0])},
         "params": params or {},
-        "inputs": [
-            dict(zip(("path", "sha256", "bytes"), (str(p), *file_checksum(p)), strict=True))
-            for p in inputs
-        ],
+        "inputs": [_input_entry(p) for p in inputs],
     }
 
 
