@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from capmix.lineage import write_table
-from capmix.papernumbers import Entry, PaperNumbers
+from capmix.papernumbers import Entry, PaperNumbers, lookup
 from capmix.provenance import write_text_atomic
 
 
@@ -198,16 +198,6 @@ TOY_FLICKR_FIELD = "aggregates.Retrieval"
 TOY_RETRIEVAL_COLUMN = "Retrieval (the toy suite's, in Flickr's place)"
 
 
-def dotted(document: Mapping[str, Any], path: str) -> Any:
-    """``document``'s value at a dotted path (None where a step is missing)."""
-    value: Any = document
-    for step in path.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(step)
-    return value
-
-
 def model_cells(path: str, numbers: PaperNumbers | None, where: str,
                 scale: str | None) -> dict[str, Cell]:
     """Table 1's ImageNet and Flickr cells of one no-filter model's aggregate JSON, each
@@ -219,7 +209,10 @@ def model_cells(path: str, numbers: PaperNumbers | None, where: str,
         if column == "Flickr retrieval" and document.get("toy"):
             fields = (*fields, TOY_FLICKR_FIELD)
         for name in fields:
-            value = dotted(document, name)
+            try:
+                value = lookup(document, name)
+            except KeyError:  # the field is not there: try the next one
+                value = None
             if value is not None:
                 if name == TOY_FLICKR_FIELD:
                     column = TOY_RETRIEVAL_COLUMN
