@@ -5,6 +5,7 @@
 import os
 import re
 import sys
+from functools import partial
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -657,7 +658,7 @@ def figure_8_absent(wildcards=None):
     job re-runs once they exist, as its inputs change)."""
     files = {p: ANALYSIS.format(pool=p, analysis="pool_scaling") for p in FIGURE_8_POOLS}
     return missing_pool_files(files, list(POOLS), os.path.exists,
-                              lambda: pool_config_files(REPO / "config"))
+                              partial(pool_config_files, REPO / "config"))
 
 
 def figure_8_inputs(wildcards):
