@@ -1,11 +1,11 @@
 """Benchmark: the Table 5 subsets (capmix.mix select + write_subset) on a DataComp-small pool.
 
 Builds a synthetic mix table shaped like the one build_mix_table gives (uid, score:S and
-caption:S for S = raw and blip2_opt_2.7b/0.75, in_image_clusters; sorted by uid), sorts the
-scores once (sort_scores), then runs every strategy of the nine Table 5 sweep families of
-config/strategies.yaml (54 strategies with the catalogue's six fractions) through select and,
-unless --no-write, write_subset (uids.npy, samples.parquet, summary.json), and prints seconds,
-rows/s and memory. Nothing is asserted.
+caption:S for S = raw and blip2_opt_2.7b/0.75, in_image_clusters; sorted by uid), finds
+every threshold the strategies need once (pool_thresholds), then runs every strategy of the
+nine Table 5 sweep families of config/strategies.yaml (54 strategies with the catalogue's six
+fractions) through select and, unless --no-write, write_subset (uids.npy, samples.parquet,
+summary.json), and prints seconds, rows/s and memory. Nothing is asserted.
 
 The synthetic table (seeded by --seed; generating it is timed but is not the measured work):
   uid                        32 lowercase hex chars, unique by construction (high 64 bits are
@@ -49,9 +49,10 @@ from capmix.config import pipeline_config
 from capmix.mix import (
     CLUSTER_COLUMN,
     caption_column,
+    pool_thresholds,
     score_column,
     select,
-    sort_scores,
+    threshold_needs,
     write_subset,
 )
 from capmix.provenance import provenance_record
@@ -230,8 +231,6 @@ def main() -> None:
     missing = [s for s in sources if s not in (RAW, SYNTHETIC)]
     if missing:
         raise SystemExit(f"the synthetic table has no source {missing} (only {RAW}, {SYNTHETIC})")
-    sorted_sources = sorted({resolve(p.score_source) for strategy in strategies
-                             for p in strategy.parts if p.keep.rule == "top"})
 
     n = args.rows
     rss_start = rss_gib()
@@ -259,9 +258,13 @@ def main() -> None:
     print(f"RSS after table   : {rss_table:8.3f} GiB  (peak while building: {peak_table:.3f} GiB)")
 
     start = time.perf_counter()
-    sorted_scores = sort_scores(table, sorted_sources)
+    needs: dict[str, set[float]] = {}
+    for strategy in strategies:
+        for source, fractions in threshold_needs(strategy, resolve).items():
+            needs.setdefault(source, set()).update(fractions)
+    pool_cut = pool_thresholds(lambda: [table], {s: sorted(f) for s, f in needs.items()})
     sorted_seconds = time.perf_counter() - start
-    print(f"sort_scores       : {sorted_seconds:8.2f} s  for {', '.join(sorted_sources)}")
+    print(f"pool_thresholds   : {sorted_seconds:8.2f} s  for {', '.join(sorted(needs))}")
 
     if args.out is not None:
         out_root = args.out
@@ -281,10 +284,10 @@ def main() -> None:
     try:
         for strategy in strategies:
             start = time.perf_counter()
-            selection = select(strategy, table, sorted_scores, resolve)
+            selection = select(strategy, table, pool_cut, resolve)
             selected = time.perf_counter() - start
             select_total += selected
-            samples = len(selection.samples)
+            samples = selection.rows.num_rows
             samples_total += samples
             thresholds = [p["threshold"] for p in selection.parts
                           if p["keep"] in ("top", "min_score")]
@@ -319,7 +322,7 @@ def main() -> None:
     if write:
         print(f"write_subset total: {write_total:8.2f} s")
     print(f"measured total    : {measured_total:8.2f} s  ({what}, {len(strategies)} strategies; "
-          f"sort_scores adds {sorted_seconds:.2f} s once)")
+          f"pool_thresholds adds {sorted_seconds:.2f} s once)")
     print(f"rows/s            : {n * len(strategies) / measured_total:,.0f}  (= {n:,} pool rows x "
           f"{len(strategies)} strategies / {what} seconds)")
     if peak > peak_table:

@@ -299,15 +299,18 @@ def _grid_inputs(tmp_path: Path) -> tuple[dict, dict, dict]:
                     tar.addfile(member, io.BytesIO(data))
                 index.append({"uid": uid, "status": "fetched", "shard": shard})
     pd.DataFrame(index).to_parquet(tmp_path / "index.parquet", index=False)
-    pd.DataFrame({"uid": uids,
-                  "caption:raw": [f"raw caption of {u[-2:]}" for u in uids],
-                  "caption:blip2": [f"a synthetic caption of {u[-2:]}" for u in uids],
-                  }).to_parquet(tmp_path / "mix.parquet", index=False)
+    mix = pd.DataFrame({"uid": uids,
+                        "caption:raw": [f"raw caption of {u[-2:]}" for u in uids],
+                        "caption:blip2": [f"a synthetic caption of {u[-2:]}" for u in uids],
+                        }).sort_values("uid")
+    (tmp_path / "mix").mkdir()  # the mix table in two uid-range parts
+    mix[:5].to_parquet(tmp_path / "mix" / "part-00000.parquet", index=False)
+    mix[5:].to_parquet(tmp_path / "mix" / "part-00001.parquet", index=False)
     kept = uids[::3]  # 4 kept, 6 discarded
     pd.DataFrame({"uid": kept}).to_parquet(tmp_path / "kept.parquet", index=False)
     spec = entry("image_grid", kept_by="raw_top_30", n=4, seed=1,
                  reads={"samples": {"index": str(tmp_path / "index.parquet"),
-                                    "table": str(tmp_path / "mix.parquet"),
+                                    "table": str(tmp_path / "mix"),
                                     "kept": str(tmp_path / "kept.parquet")}})
     plan = {**plan_for([spec], toy=True), "shards": str(shards)}
     return spec, plan, {"kept": set(kept), "colours": colours}

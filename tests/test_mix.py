@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,12 +28,10 @@ from capmix.mix import (
     Selection,
     build_mix_table,
     caption_column,
-    run_mix_table,
-    run_subset,
     score_column,
     select,
-    sort_scores,
 )
+from capmix.mixparts import part_files, run_mix_table, run_subset
 from capmix.strategies import (
     StrategyError,
     expand_strategies,
@@ -72,9 +71,8 @@ def catalogue() -> dict[str, dict]:
 def run(name: str, frame: pd.DataFrame | None = None) -> pd.DataFrame:
     frame = table() if frame is None else frame
     strategy = parse_strategy(name, catalogue()[name])
-    sorted_scores = sort_scores(frame, ["raw", "cap/0.75"])
     aliases = POOL["mix"]["sources"]
-    return select(strategy, frame, sorted_scores, lambda s: aliases.get(s, s)).samples
+    return select(strategy, frame, resolve=lambda s: aliases.get(s, s)).samples
 
 
 def chosen(samples: pd.DataFrame) -> list[tuple[int, str]]:
@@ -150,12 +148,12 @@ def test_top_raw_plus_top_synthetic_repeats_images_as_pairs(tmp_path):
                               catalogue()["raw_top_plus_synthetic_top_30"])
     from capmix.mix import write_subset
 
-    summary = write_subset(strategy, Selection(samples, []), 10, tmp_path, {})
+    summary = write_subset(strategy, Selection(pa.Table.from_pandas(samples), []), 10, tmp_path, {})
     assert (summary["n_samples"], summary["n_images"], summary["repeated_images"]) == (8, 6, 2)
     assert len(np.load(tmp_path / "uids.npy")) == 6
     # select() also hands over the distinct images (the fast path): same file, same counts.
     frame = table()
-    selection = select(strategy, frame, sort_scores(frame, ["raw", "cap/0.75"]),
+    selection = select(strategy, frame, None,
                        lambda s: POOL["mix"]["sources"].get(s, s))
     fast = write_subset(strategy, selection, 10, tmp_path / "fast", {})
     assert (fast["n_images"], fast["repeated_images"]) == (6, 2)
@@ -272,7 +270,7 @@ def test_fixed_threshold():
     spec = {"description": "x", "parts": [{"caption": "raw", "keep": {"min_score": 0.28}}]}
     frame = table()
     samples = select(parse_strategy("raw_own", spec), frame,
-                     sort_scores(frame, ["raw"])).samples
+                     None).samples
     assert chosen(samples) == pairs([0, 1, 2, 3, 4, 5, 6], "raw")
 
 
@@ -294,20 +292,18 @@ def test_fraction_one_keeps_everything_and_ties_are_kept():
     spec = {"description": "x", "parts": [{"caption": "raw", "keep": {"top": 0.1}}]}
     strategy = parse_strategy("tied", spec)
     # Every score equals the threshold, so all ten are kept (DataComp's >=).
-    assert len(select(strategy, frame, sort_scores(frame, ["raw"])).samples) == 10
+    assert len(select(strategy, frame, None).samples) == 10
     spec["parts"][0]["keep"]["top"] = 1.0
     assert len(select(parse_strategy("all", spec), table(),
-                      sort_scores(table(), ["raw"])).samples) == 10
+                      None).samples) == 10
 
 
 def test_summary_reports_thresholds_and_caption_shares(tmp_path):
     frame = table()
-    frame.to_parquet(tmp_path / "table.parquet")
-    np.savez(tmp_path / "sorted.npz",
-             **{k.replace("/", "@"): v for k, v in sort_scores(frame, ["raw", "cap/0.75"]).items()})
+    (tmp_path / "table").mkdir()
+    frame.to_parquet(tmp_path / "table" / "part-00000.parquet")
     name = "raw_top_synthetic_remaining_filtered_30"
-    summary = run_subset(name, catalogue()[name], POOL, tmp_path / "table.parquet",
-                         tmp_path / "sorted.npz", tmp_path / "out")
+    summary = run_subset(name, catalogue()[name], POOL, tmp_path / "table", tmp_path / "out")
     assert summary["thresholds"] == [0.6]
     assert summary["n_samples"] == 7 and summary["n_pool"] == 10
     assert summary["caption_kinds"]["raw"] == {"samples": 4, "share": 4 / 7}
@@ -330,10 +326,10 @@ def test_uid_file_in_datacomp_format_for_real_uid_values(tmp_path):
 
     uids = ["ffffffffffffffff0000000000000001", "0000000000000001ffffffffffffffff",
             "80000000000000008000000000000000"]
-    samples = pd.DataFrame({"uid": uids, "caption": "c", "source": "raw", "part": 0,
-                            "score": 0.5})
+    samples = pd.DataFrame({"uid": uids, "caption": "c", "source": "raw", "origin": "raw",
+                            "part": 0, "score": 0.5})
     strategy = parse_strategy("s", {"description": "s", "parts": [{"caption": "raw"}]})
-    write_subset(strategy, Selection(samples, []), 3, tmp_path, {})
+    write_subset(strategy, Selection(pa.Table.from_pandas(samples), []), 3, tmp_path, {})
     loaded = np.load(tmp_path / "uids.npy")
     by_hand = np.array(sorted((int(u[:16], 16), int(u[16:32], 16)) for u in uids),
                        np.dtype("u8,u8"))
@@ -414,7 +410,7 @@ def test_duplicate_uids_in_a_score_table_always_fail(tmp_path):
         build_mix_table([UIDS[0]], {"raw": [dup]}, on_missing_score="drop")
 
 
-def test_run_mix_table_writes_table_sorted_scores_and_report(tmp_path):
+def test_run_mix_table_writes_table_and_report(tmp_path):
     uids = UIDS[:4]
     raw = write_set(tmp_path, "raw", uids, [0.1, 0.4, 0.3, 0.2], list("abcd"))
     index = tmp_path / "index.parquet"
@@ -424,11 +420,10 @@ def test_run_mix_table_writes_table_sorted_scores_and_report(tmp_path):
     manifest.write_text(json.dumps({"shards": [{"output": str(raw.caption_files[0].relative_to(
         tmp_path))}]}))
     run_mix_table("toy", {"raw": ["raw"]}, {"raw": raw.scores}, {"raw": [manifest]}, index,
-                  tmp_path / "t.parquet", tmp_path / "s.npz", tmp_path / "t.json")
-    frame = pd.read_parquet(tmp_path / "t.parquet")
+                  tmp_path / "t", tmp_path / "t.json")
+    frame = pd.read_parquet(part_files(tmp_path / "t")[0])
     assert frame["uid"].tolist() == uids  # the failed fetch is not in the pool
-    with np.load(tmp_path / "s.npz") as data:
-        assert data["raw"].tolist() == [0.4, 0.3, 0.2, 0.1]
+    assert frame[score_column("raw")].tolist() == [0.1, 0.4, 0.3, 0.2]
     report = json.loads((tmp_path / "t.json").read_text())
     assert report["n_pool"] == 4 and report["provenance"]["stage"] == "mix_table"
 
@@ -612,7 +607,7 @@ def run_spec(name, spec, frame):
 
 def select_spec(name, spec, frame) -> Selection:
     aliases = POOL["mix"]["sources"]
-    return select(parse_strategy(name, spec), frame, sort_scores(frame, ["raw", "cap/0.75"]),
+    return select(parse_strategy(name, spec), frame, None,
                   lambda s: aliases.get(s, s))
 
 
@@ -675,7 +670,7 @@ def test_set_algebra_of_the_mixing_strategies(frame, fraction):
     # The distinct images a selection reports are its samples' uids, sorted, each once.
     for family in ("raw_top_plus_synthetic_top", "synthetic_top_in1k"):
         selection = family_select(family, fraction, frame)
-        assert list(selection.image_uids) == sorted(set(selection.samples["uid"]))
+        assert selection.image_uids.to_pylist() == sorted(set(selection.samples["uid"]))
 
 
 def test_the_schema_allows_exactly_the_keep_rules():

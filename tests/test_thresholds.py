@@ -1,18 +1,23 @@
 """Exact DataComp thresholds from a pool's parts (capmix.thresholds) against the whole-pool
-formula (capmix.mix.fraction_threshold on ``-np.sort(-s)``), on pools built to be hard:
+formula (capmix.thresholds.datacomp_threshold on ``-np.sort(-s)``), on pools built to be hard:
 heavy ties, one value, signed zeros, negatives, empty parts, tiny gather limits."""
 
 import numpy as np
 import pytest
 
-from capmix.mix import fraction_threshold
-from capmix.thresholds import key_values, order_keys, part_thresholds, rank_from_top
+from capmix.thresholds import (
+    datacomp_threshold,
+    key_values,
+    order_keys,
+    part_thresholds,
+    rank_from_top,
+)
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.75, 0.9, 1.0)
 
 
 def whole_pool(values: np.ndarray, fraction: float) -> float:
-    return fraction_threshold(-np.sort(-np.asarray(values, dtype=np.float64)), fraction)
+    return datacomp_threshold(-np.sort(-np.asarray(values, dtype=np.float64)), fraction)
 
 
 def split(values: np.ndarray, n_parts: int, seed: int) -> list[np.ndarray]:

@@ -200,6 +200,7 @@ def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> Non
     import webdataset as wds
 
     from capmix.config import pipeline_config
+    from capmix.mixparts import read_table
     from capmix.strategies import pool_strategy_names
 
     config = pipeline_config(workdir / "config" / "smoke.yaml")
@@ -207,7 +208,7 @@ def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> Non
     assert len(strategies) == 14
     # training shards are built for the strategies the pool trains (the `models` target)
     trained = set(config["pools"][0]["train"]["strategies"])
-    table = pd.read_parquet(workdir / "results/toy_smoke/mix/table.parquet")
+    table = read_table(workdir / "results/toy_smoke/mix/table")
     world = world.set_index("uid")
     for name in strategies:
         folder = workdir / "results/toy_smoke/subsets" / name

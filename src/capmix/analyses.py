@@ -419,10 +419,10 @@ def analyse_noise_diversity(plan: Mapping[str, Any], reader: _Reader) -> dict[st
     if not plan["subsets"] or not plan["mix_table"]:
         return unavailable(f"pool '{plan['pool']}' builds no training sets (no strategies)")
     settings = plan["settings"]["noise_diversity"]
-    import pyarrow.parquet as pq
+    from capmix.mixparts import table_columns
 
     # Only the scores: the table's caption columns hold the pool's text (GBs at scale).
-    names = pq.read_schema(plan["mix_table"]).names
+    names = table_columns(plan["mix_table"])
     table = reader.parquet(plan["mix_table"],
                            ["uid", *[c for c in names if c.startswith(score_column(""))]])
     sets = {}

@@ -265,14 +265,13 @@ def discarded_samples(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> list
     set's caption (the mix table's ``caption:<set>`` columns)."""
     import numpy as np
     import pandas as pd
-    import pyarrow.parquet as pq
 
+    from capmix.mixparts import read_table, table_columns
     from capmix.shards import ShardTask, read_shard
 
     files, options = entry["reads"]["samples"], entry["options"]
-    names = pq.read_schema(files["table"]).names
-    columns = [c for c in names if c.startswith("caption:")]
-    table = pd.read_parquet(files["table"], columns=["uid", *columns]).sort_values("uid")
+    columns = [c for c in table_columns(files["table"]) if c.startswith("caption:")]
+    table = read_table(files["table"], ["uid", *columns])
     kept = set(pd.read_parquet(files["kept"], columns=["uid"])["uid"])
     discarded = table[~table["uid"].isin(kept)].reset_index(drop=True)
     if discarded.empty:

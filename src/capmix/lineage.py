@@ -56,15 +56,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from capmix.provenance import REPO_ROOT, checksums_from, code_version, sha256_file, write_json
+from capmix.provenance import (
+    REPO_ROOT,
+    checksums_from,
+    code_version,
+    directory_digest,
+    directory_files,
+    sha256_file,
+    write_json,
+)
 
 #: The provenance root, relative to the workflow's working directory (``--directory``).
 PROVENANCE_DIR = Path("results") / "provenance"
 RECORD_FORMAT = "capmix-job-record/1"
 ENVIRONMENT_FORMAT = "capmix-environment/1"
 CELLS_FORMAT = "capmix-table-cells/1"
-#: Files Snakemake itself puts into directory outputs after the job: not the job's data.
-IGNORED_NAMES = frozenset({".snakemake_timestamp"})
 #: Files at least this big have their hash cached by (path, size, mtime_ns) under
 #: ``hashcache/``, so that a pool's metadata or shards, inputs of many jobs, are read once.
 #: Smaller ones are cheaper to hash than to look up. :func:`check` never uses the cache.
@@ -152,29 +158,6 @@ class Hasher:
             digest, size = self.file(path)
             return {"path": str(path), "sha256": digest, "bytes": size}
         return {"path": str(path), "missing": True}
-
-
-def directory_files(directory: Path, exclude: Iterable[str] = ()) -> list[str]:
-    """Every file under ``directory`` (relative POSIX paths, sorted), Snakemake's markers,
-    half-written ``*.tmp`` files and ``exclude`` left out."""
-    found, exclude = [], set(exclude)
-    for folder, dirs, files in os.walk(directory):
-        dirs.sort()
-        for name in files:
-            relative = Path(folder, name).relative_to(directory).as_posix()
-            if name in IGNORED_NAMES or name.endswith(".tmp") or relative in exclude:
-                continue
-            found.append(relative)
-    return sorted(found)
-
-
-def directory_digest(members: Iterable[Mapping[str, Any]]) -> str:
-    """One hash for a directory: over each file's relative path, size and SHA-256, sorted
-    (so it changes when a file is added, removed, renamed or edited, and not with mtimes)."""
-    digest = hashlib.sha256()
-    for member in sorted(members, key=lambda m: m["path"]):
-        digest.update(f"{member['path']}\0{member['bytes']}\0{member['sha256']}\n".encode())
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------ environment

@@ -28,9 +28,12 @@ Exact semantics, and the choices the paper leaves open (all documented in README
 
 Work shared by all strategies of a pool is done once, by :func:`build_mix_table`: every score
 table a pool's strategies need is loaded, checked (NaN or missing uids stop it here, with
-counts and examples) and joined into one table, and each source's scores are sorted once.
-Each strategy is then its own cheap job reading that table (:func:`select`), so editing one
-strategy re-runs only that strategy's subset and what follows from it.
+counts and examples) and joined into one table. A pool's table is held in uid-range parts
+(:mod:`capmix.mixparts` runs these functions part by part), so a strategy's thresholds come
+from :func:`capmix.thresholds.part_thresholds` over the parts, :func:`select` applies them to
+one part at a time, and :class:`SubsetWriter` appends each part's selection to the subset's
+files. Each strategy is its own job, so editing one strategy re-runs only that strategy's
+subset and what follows from it.
 """
 
 from __future__ import annotations
@@ -40,26 +43,26 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capmix.captionsets import RAW
-from capmix.provenance import provenance_record, write_json, write_parquet_atomic
+from capmix.provenance import write_json
 from capmix.strategies import (
     BEST,
     Strategy,
     StrategyError,
-    parse_strategy,
-    pool_mix,
-    resolve_source,
 )
 from capmix.textfilter import TextFilter
-from capmix.uids import ascending_uid_array, sorted_uid_array
+from capmix.thresholds import part_thresholds
+from capmix.uids import UID_PAIR_DTYPE, arrow_uids_to_pairs, ascending_pairs
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,8 @@ class CaptionSet:
     name: str
     scores: Path  # results/{pool}/scores/{scorer}/{set}.parquet
     caption_files: Sequence[Path]  # per-shard caption parquets (uid, captions, status)
+    # The score table an error names, where ``scores`` holds one part of it (capmix.mixparts).
+    reported_as: Path | None = None
 
 
 def _read_caption_set(caption_set: CaptionSet, best: bool) -> pd.DataFrame:
@@ -205,8 +210,9 @@ def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[Cap
             frame = _read_caption_set(caption_set, best)
             problems = check_scores(caption_set.name, caption_set.scores, frame, pool_index)
             if problems.get("duplicate_uids") or (problems and on_missing_score == "error"):
-                errors.append(describe_score_problems(caption_set.name, caption_set.scores,
-                                                      problems, len(pool_index)))
+                errors.append(describe_score_problems(
+                    caption_set.name, caption_set.reported_as or caption_set.scores, problems,
+                    len(pool_index)))
                 continue
             if problems:
                 # usable = a finite score and a caption; ±inf are as unusable as NaN
@@ -267,67 +273,94 @@ def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[Cap
     return table, report
 
 
-def sort_scores(table: pd.DataFrame, sources: Iterable[str]) -> dict[str, np.ndarray]:
-    """Each source's scores over the pool, sorted descending: the one sort all fractions use."""
-    return {s: -np.sort(-table[score_column(s)].to_numpy(dtype="float64")) for s in sources}
+def threshold_needs(strategy: Strategy,
+                    resolve: Callable[[str], str] = lambda s: s) -> dict[str, list[float]]:
+    """Concrete score source -> the fractions the strategy keeps the top of by it."""
+    needs: dict[str, set[float]] = {}
+    for part in strategy.parts:
+        if part.keep.rule == "top":
+            assert part.keep.value is not None
+            needs.setdefault(resolve(part.score_source), set()).add(float(part.keep.value))
+    return {source: sorted(fractions) for source, fractions in sorted(needs.items())}
 
 
-def write_mix_table(table: pd.DataFrame, sorted_scores: Mapping[str, np.ndarray],
-                    table_path: Path, sorted_path: Path, report_path: Path,
-                    report: dict[str, Any], provenance: dict[str, Any]) -> None:
-    write_parquet_atomic(table, table_path, {"stage": "mix_table"})
-    sorted_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sorted_path.with_name(sorted_path.name + ".tmp.npz")
-    np.savez(tmp, **{_sorted_key(s): v for s, v in sorted_scores.items()})
-    os.replace(tmp, sorted_path)
-    write_json(report_path, {**report, "provenance": provenance})
+def pool_thresholds(read_parts: Callable[[], Iterable[pa.Table | pd.DataFrame]],
+                    needs: Mapping[str, Sequence[float]]) -> dict[str, dict[float, float]]:
+    """Source -> fraction -> DataComp's threshold over the whole pool, whose table
+    ``read_parts()`` yields part by part (each time it is called; the parts need only the
+    score columns of ``needs``). Exact: :func:`capmix.thresholds.part_thresholds`."""
+    by_column = {score_column(source): list(fractions) for source, fractions in needs.items()}
 
+    def columns() -> Iterable[dict[str, np.ndarray]]:
+        for part in read_parts():
+            yield {c: np.asarray(part[c], dtype="float64") for c in by_column}
 
-def load_sorted_scores(path: Path, sources: Iterable[str]) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {s: np.asarray(data[_sorted_key(s)]) for s in sources}
+    found = part_thresholds(columns, by_column)
+    return {source: found[score_column(source)] for source in needs}
 
 
 # ------------------------------------------------------------------ one strategy
 
 
-def fraction_threshold(sorted_desc: np.ndarray, fraction: float) -> float:
-    """DataComp's clip_score threshold: ``-np.sort(-s)[int(N * f)]`` (f = 1 keeps all)."""
-    if len(sorted_desc) == 0:
-        return float("inf")
-    return float(sorted_desc[min(int(len(sorted_desc) * fraction), len(sorted_desc) - 1)])
+def as_arrow(table: pa.Table | pd.DataFrame) -> pa.Table:
+    """A mix table (or part) as Arrow: select works on Arrow columns, so a part's captions are
+    taken and written without a Python object per row."""
+    return table if isinstance(table, pa.Table) else pa.Table.from_pandas(table,
+                                                                          preserve_index=False)
 
 
-def text_filter_mask(table: pd.DataFrame, text_filter: TextFilter) -> np.ndarray:
+def _numbers(table: pa.Table, column: str, dtype: str) -> np.ndarray:
+    return np.asarray(table.column(column), dtype=dtype)
+
+
+def text_filter_mask(table: pa.Table | pd.DataFrame, text_filter: TextFilter) -> np.ndarray:
     """The images whose raw caption passes a text filter (DataComp's ``caption_filter``:
     ``fasttext_en & (caption_num_words > 1) & (caption_num_chars > 5)`` for language 'en',
     2 tokens, 6 characters)."""
-    mask = table[TOKENS_COLUMN].to_numpy(dtype="int64") >= text_filter.min_tokens
-    mask &= table[CHARS_COLUMN].to_numpy(dtype="int64") >= text_filter.min_chars
+    table = as_arrow(table)
+    mask = _numbers(table, TOKENS_COLUMN, "int64") >= text_filter.min_tokens
+    mask &= _numbers(table, CHARS_COLUMN, "int64") >= text_filter.min_chars
     if text_filter.language is not None:
-        mask &= table[LANGUAGE_COLUMN].to_numpy(dtype=object) == text_filter.language
+        same = pc.fill_null(pc.equal(table.column(LANGUAGE_COLUMN), text_filter.language), False)
+        mask &= np.asarray(same, dtype=bool)
     return mask
+
+
+#: samples.parquet's columns (fixed, so that parts with no rows write the same schema).
+SAMPLES_SCHEMA = pa.schema([("uid", pa.string()), ("caption", pa.string()),
+                            ("source", pa.string()), ("origin", pa.string()),
+                            ("part", pa.int16()), ("score", pa.float64())])
 
 
 @dataclass
 class Selection:
     """What a strategy chose: one row per training sample, and each part's threshold."""
 
-    samples: pd.DataFrame  # uid, caption, source, part, score
+    rows: pa.Table  # SAMPLES_SCHEMA: uid, caption, source, origin, part, score
     parts: list[dict[str, Any]]
     # The distinct images chosen, in the table's (uid-sorted) order. Kept because deriving it
-    # from ``samples`` hashes every uid string: at 12.8M rows that was ~90% of a subset's time.
-    image_uids: np.ndarray | None = None
+    # from the samples hashes every uid: at 12.8M rows that was ~90% of a subset's time.
+    image_uids: pa.Array | None = None
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        return self.rows.to_pandas()
 
 
-def select(strategy: Strategy, table: pd.DataFrame, sorted_scores: Mapping[str, np.ndarray],
+def select(strategy: Strategy, table: pa.Table | pd.DataFrame,
+           thresholds: Mapping[str, Mapping[float, float]] | None = None,
            resolve: Callable[[str], str] = lambda s: s) -> Selection:
-    """Apply a strategy to a pool table (from :func:`build_mix_table`).
+    """Apply a strategy to a pool table (from :func:`build_mix_table`), or to one part of it.
 
-    ``sorted_scores`` holds each score source sorted descending over the same table (from
-    :func:`sort_scores`), so a fraction costs one lookup.
+    ``thresholds`` (source -> fraction -> threshold, from :func:`pool_thresholds`) are the
+    pool's: a part of the pool must be given them. Without, ``table`` is the whole pool and
+    they are computed from it.
     """
-    n = len(table)
+    table = as_arrow(table)
+    if thresholds is None:
+        thresholds = pool_thresholds(lambda: [table], threshold_needs(strategy, resolve))
+    n = table.num_rows
+    names = set(table.column_names)
     chosen = np.zeros(n, dtype=bool)
     first_threshold: float | None = None
     masks: list[np.ndarray] = []
@@ -338,13 +371,13 @@ def select(strategy: Strategy, table: pd.DataFrame, sorted_scores: Mapping[str, 
         threshold: float | None = None
         if part.keep.rule == "top":
             assert part.keep.value is not None
-            threshold = fraction_threshold(sorted_scores[by], part.keep.value)
+            threshold = thresholds[by][float(part.keep.value)]
         elif part.keep.rule == "min_score":
             threshold = part.keep.value
         elif part.keep.rule == "same_threshold":
             threshold = first_threshold
         if threshold is not None:
-            mask &= table[score_column(by)].to_numpy(dtype="float64") >= threshold
+            mask &= _numbers(table, score_column(by), "float64") >= threshold
             if first_threshold is None:
                 first_threshold = threshold
         chosen |= mask
@@ -354,41 +387,44 @@ def select(strategy: Strategy, table: pd.DataFrame, sorted_scores: Mapping[str, 
                       "value": part.keep.value, "by": by if threshold is not None else None,
                       "threshold": threshold})
     if strategy.intersect_image_clusters:
-        if CLUSTER_COLUMN not in table:
+        if CLUSTER_COLUMN not in names:
             raise StrategyError(f"strategy '{strategy.name}' intersects with image clusters, "
                                 "but the pool table has none")
-        in_clusters = table[CLUSTER_COLUMN].to_numpy(dtype=bool)
+        in_clusters = _numbers(table, CLUSTER_COLUMN, "bool")
         masks = [m & in_clusters for m in masks]
     if strategy.text_filter is not None:
-        if any(c not in table for c in CAPTION_TEXT_COLUMNS):
+        if any(c not in names for c in CAPTION_TEXT_COLUMNS):
             raise StrategyError(f"strategy '{strategy.name}' filters by the raw caption, but the "
                                 "pool table has no caption languages")
         passing = text_filter_mask(table, strategy.text_filter)
         masks = [m & passing for m in masks]
-    frames = []
-    uids = table["uid"].to_numpy()
+    chunks = []
+    uids = table.column("uid")
     any_part = np.zeros(n, dtype=bool)
     for mask in masks:
         any_part |= mask
     for i, (part, mask) in enumerate(zip(strategy.parts, masks, strict=True)):
         rows = np.flatnonzero(mask)
+        take = pa.array(rows, type=pa.int64())
         sources = [resolve(s) for s in part.caption]
-        caption = table[caption_column(sources[0])].to_numpy()[rows].astype(object)
+        caption = table.column(caption_column(sources[0])).take(take)
         for other in sources[1:]:
-            caption = caption + CONCAT_SEPARATOR + table[caption_column(other)].to_numpy()[
-                rows].astype(object)
+            caption = pc.binary_join_element_wise(
+                caption, table.column(caption_column(other)).take(take), CONCAT_SEPARATOR)
         label = "+".join(sources)
-        origin = (table[origin_column(sources[0])].astype(str).to_numpy()[rows]
-                  if len(sources) == 1 and origin_column(sources[0]) in table else label)
-        frames.append(pd.DataFrame({
-            "uid": uids[rows], "caption": caption, "source": label, "origin": origin,
-            "part": np.full(len(rows), i, dtype="int16"),
-            "score": table[score_column(resolve(part.score_source))].to_numpy()[rows],
-        }))
+        if len(sources) == 1 and origin_column(sources[0]) in names:
+            origin = table.column(origin_column(sources[0])).take(take).cast(pa.string())
+        else:
+            origin = pa.repeat(label, len(rows))
+        chunks.append(pa.table({
+            "uid": uids.take(take), "caption": caption, "source": pa.repeat(label, len(rows)),
+            "origin": origin, "part": np.full(len(rows), i, dtype="int16"),
+            "score": _numbers(table, score_column(resolve(part.score_source)), "float64")[rows],
+        }).cast(SAMPLES_SCHEMA))
         parts[i]["n_selected"] = int(len(rows))
-    samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["uid", "caption", "source", "origin", "part", "score"])
-    return Selection(samples, parts, uids[any_part])
+    samples = pa.concat_tables(chunks) if chunks else SAMPLES_SCHEMA.empty_table()
+    return Selection(samples, parts, uids.take(pa.array(np.flatnonzero(any_part),
+                                                        type=pa.int64())))
 
 
 def source_kind(label: str) -> str:
@@ -397,18 +433,37 @@ def source_kind(label: str) -> str:
     return "raw" if label == RAW else "synthetic"
 
 
-def summarise(strategy: Strategy, selection: Selection, n_pool: int,
+@dataclass
+class Tally:
+    """What a subset's summary counts, summed over the parts of the pool it was chosen from."""
+
+    n_samples: int = 0
+    n_images: int = 0
+    sources: Counter = field(default_factory=Counter)
+    parts: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, selection: Selection) -> None:
+        rows = selection.rows
+        self.n_samples += rows.num_rows
+        self.n_images += (len(selection.image_uids) if selection.image_uids is not None
+                          else len(pc.unique(rows.column("uid"))))
+        self.sources.update({str(c["values"]): int(c["counts"])
+                             for c in pc.value_counts(rows.column("source")).to_pylist()})
+        if not self.parts:  # thresholds are the pool's, the same in every part
+            self.parts = [{**p, "n_selected": 0} for p in selection.parts]
+        for mine, theirs in zip(self.parts, selection.parts, strict=True):
+            mine["n_selected"] += int(theirs.get("n_selected", 0))
+
+
+def summarise(strategy: Strategy, tally: Tally, n_pool: int,
               language_id: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A subset's summary; ``language_id`` describes the model that identified the raw
     captions' languages (for a strategy with a text filter)."""
-    samples = selection.samples
-    by_source = samples["source"].value_counts().sort_index()
     kinds = Counter({k: 0 for k in ("raw", "synthetic", "concatenated")})
-    for label, count in by_source.items():
+    for label, count in tally.sources.items():
         kinds[source_kind(str(label))] += int(count)
-    total = int(len(samples))
-    n_images = (len(selection.image_uids) if selection.image_uids is not None
-                else int(samples["uid"].nunique()))
+    total = tally.n_samples
+    n_images = tally.n_images
     return {
         "strategy": strategy.name, "family": strategy.family, "fraction": strategy.fraction,
         "description": strategy.description, "paper": list(strategy.paper),
@@ -419,106 +474,104 @@ def summarise(strategy: Strategy, selection: Selection, n_pool: int,
         "n_pool": int(n_pool), "n_samples": total, "n_images": n_images,
         "repeated_images": total - n_images,
         "share_of_pool": (n_images / n_pool) if n_pool else None,
-        "parts": selection.parts,
+        "parts": tally.parts,
         # The thresholds the strategy sets (a "same threshold" part repeats one of them).
-        "thresholds": [p["threshold"] for p in selection.parts
+        "thresholds": [p["threshold"] for p in tally.parts
                        if p["keep"] in ("top", "min_score")],
-        "sources": {str(k): int(v) for k, v in by_source.items()},
+        "sources": dict(sorted(tally.sources.items())),
         "caption_kinds": {k: {"samples": v, "share": (v / total) if total else None}
                           for k, v in kinds.items()},
     }
 
 
+class SubsetWriter:
+    """A subset's files, written selection by selection (one per part of the pool, in uid
+    order): uids.npy (DataComp format), samples.parquet (the chosen captions), summary.json.
+
+    Memory holds one part's selection: samples go to the parquet as a row group per part, and
+    the uid pairs to a raw file that :meth:`close` turns into the ``.npy`` (the count is known
+    only then). Nothing is in place until :meth:`close` renames the files.
+    """
+
+    def __init__(self, strategy: Strategy, out_dir: Path):
+        self.strategy = strategy
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.tally = Tally()
+        schema = SAMPLES_SCHEMA.with_metadata(
+            {b"capmix": json.dumps({"strategy": strategy.name}, sort_keys=True).encode()})
+        self._samples_tmp = self.out_dir / "samples.parquet.tmp"
+        self._samples = pq.ParquetWriter(self._samples_tmp, schema)
+        self._schema = schema
+        self._pairs_tmp = self.out_dir / "uids.pairs.tmp"
+        self._pairs = open(self._pairs_tmp, "wb")  # noqa: SIM115 (closed in close())
+        self._n_pairs = 0
+        self._last: tuple[int, int] | None = None
+
+    def add(self, selection: Selection) -> None:
+        """Append one part's selection; parts must come in ascending uid order."""
+        uids = (selection.image_uids if selection.image_uids is not None
+                else selection.rows.column("uid"))
+        pairs = ascending_pairs(arrow_uids_to_pairs(uids))
+        if len(pairs) and self._last is not None and not (
+                (int(pairs[0]["f0"]), int(pairs[0]["f1"])) > self._last):
+            raise ValueError(f"subset '{self.strategy.name}': a part's uids do not follow the "
+                             "previous part's (the mix table's parts must be uid ranges, in "
+                             "order)")
+        if len(pairs):
+            self._last = (int(pairs[-1]["f0"]), int(pairs[-1]["f1"]))
+        self._pairs.write(pairs.tobytes())
+        self._n_pairs += len(pairs)
+        self._samples.write_table(selection.rows.cast(self._schema))
+        self.tally.add(selection)
+
+    def close(self, n_pool: int, provenance: dict[str, Any],
+              language_id: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Put the files in place; return the summary."""
+        self._samples.close()
+        self._pairs.close()
+        uids_tmp = self.out_dir / "uids.tmp.npy"
+        if self._n_pairs == 0:
+            np.save(uids_tmp, np.zeros(0, dtype=UID_PAIR_DTYPE))
+        else:
+            # np.lib.format writes the same header np.save does; the pairs are copied in
+            # bounded chunks.
+            out = np.lib.format.open_memmap(uids_tmp, mode="w+", dtype=UID_PAIR_DTYPE,
+                                            shape=(self._n_pairs,))
+            step = 1 << 22
+            for start in range(0, self._n_pairs, step):
+                count = min(step, self._n_pairs - start)
+                out[start:start + count] = np.fromfile(
+                    self._pairs_tmp, dtype=UID_PAIR_DTYPE, count=count,
+                    offset=start * UID_PAIR_DTYPE.itemsize)
+            out.flush()
+            del out
+        self._pairs_tmp.unlink()
+        os.replace(uids_tmp, self.out_dir / "uids.npy")
+        os.replace(self._samples_tmp, self.out_dir / "samples.parquet")
+        summary = summarise(self.strategy, self.tally, n_pool, language_id)
+        write_json(self.out_dir / "summary.json", {**summary, "provenance": provenance})
+        return summary
+
+
 def write_subset(strategy: Strategy, selection: Selection, n_pool: int, out_dir: Path,
                  provenance: dict[str, Any],
                  language_id: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """uids.npy (DataComp format), samples.parquet (the chosen captions), summary.json."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    uids_path = out_dir / "uids.npy"
-    tmp = out_dir / "uids.tmp.npy"
-    if selection.image_uids is not None:
-        np.save(tmp, ascending_uid_array(selection.image_uids))
-    else:
-        np.save(tmp, sorted_uid_array(selection.samples["uid"].unique()))
-    os.replace(tmp, uids_path)
-    write_parquet_atomic(selection.samples, out_dir / "samples.parquet",
-                         {"strategy": strategy.name})
-    summary = summarise(strategy, selection, n_pool, language_id)
-    write_json(out_dir / "summary.json", {**summary, "provenance": provenance})
-    return summary
+    """A subset chosen from a whole pool in memory: :class:`SubsetWriter` with one part."""
+    writer = SubsetWriter(strategy, out_dir)
+    writer.add(selection)
+    return writer.close(n_pool, provenance, language_id)
 
 
-def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], table_path: Path,
-               sorted_path: Path, out_dir: Path,
-               language_summary: Path | None = None) -> dict[str, Any]:
-    """The subset rule: one strategy of one pool. ``language_summary`` is the pool's
-    caption_language summary (which language-id model ran), for a strategy with a text
-    filter."""
-    strategy = parse_strategy(name, spec)
-
-    def resolve(source: str) -> str:
-        return resolve_source(source, pool)
-
+def strategy_columns(strategy: Strategy, resolve: Callable[[str], str],
+                     available: Iterable[str]) -> list[str]:
+    """The mix-table columns a strategy reads (``available``: the table's columns)."""
     sources = sorted({resolve(s) for s in strategy.sources()})
     columns = ["uid"] + [score_column(s) for s in sources] + [caption_column(s) for s in sources]
-    available = set(pq.read_schema(table_path).names)
-    columns += [origin_column(s) for s in sources if origin_column(s) in available]
+    names = set(available)
+    columns += [origin_column(s) for s in sources if origin_column(s) in names]
     if strategy.intersect_image_clusters:
         columns.append(CLUSTER_COLUMN)
     if strategy.text_filter is not None:
         columns += list(CAPTION_TEXT_COLUMNS)
-    table = pd.read_parquet(table_path, columns=columns)
-    scored = [s for p in strategy.parts if p.keep.rule in ("top",)
-              for s in [resolve(p.score_source)]]
-    sorted_scores = load_sorted_scores(sorted_path, sorted(set(scored)))
-    selection = select(strategy, table, sorted_scores, resolve)
-    language_id = None
-    inputs = [table_path]
-    if strategy.text_filter is not None and language_summary is not None:
-        language_id = json.loads(Path(language_summary).read_text())["language_id"]
-        inputs.append(language_summary)
-    provenance = provenance_record("subset", inputs=inputs,
-                                   params={"strategy": json.loads(json.dumps(spec)),
-                                           "pool_sources": dict(pool_mix(pool).get("sources",
-                                                                                   {}))})
-    summary = write_subset(strategy, selection, len(table), out_dir, provenance, language_id)
-    log.info("%s: %d samples (%d images) of %d; thresholds %s", name, summary["n_samples"],
-             summary["n_images"], len(table), summary["thresholds"])
-    return summary
-
-
-def run_mix_table(pool: str, sources: Mapping[str, Sequence[str]],
-                  score_paths: Mapping[str, str | Path],
-                  caption_manifests: Mapping[str, Sequence[str | Path]], index_path: Path,
-                  table_path: Path, sorted_path: Path, report_path: Path,
-                  clusters_path: Path | None = None,
-                  on_missing_score: str = "error",
-                  caption_text_path: Path | None = None) -> dict[str, Any]:
-    """The mix_table rule: load, check, join and sort every score the pool's strategies use."""
-    from capmix.caption import caption_files
-
-    index = pq.read_table(index_path, columns=["uid", "status"]).to_pandas()
-    fetched = index.loc[index["status"] == "fetched", "uid"].tolist()
-    sets = {
-        source: [CaptionSet(s, Path(score_paths[s]),
-                            caption_files([Path(p) for p in caption_manifests[s]]))
-                 for s in source_sets]
-        for source, source_sets in sources.items()
-    }
-    clusters = pd.read_parquet(clusters_path) if clusters_path is not None else None
-    caption_text = (pd.read_parquet(caption_text_path, columns=["uid", *CAPTION_TEXT_COLUMNS])
-                    if caption_text_path is not None else None)
-    table, report = build_mix_table(fetched, sets, clusters, on_missing_score, caption_text)
-    sorted_scores = sort_scores(table, sources)
-    inputs = [index_path, *(Path(p) for p in score_paths.values())]
-    if clusters_path is not None:
-        inputs.append(clusters_path)
-    if caption_text_path is not None:
-        inputs.append(caption_text_path)
-    provenance = provenance_record("mix_table", inputs=inputs,
-                                   params={"sources": {k: list(v) for k, v in sources.items()},
-                                           "on_missing_score": on_missing_score})
-    write_mix_table(table, sorted_scores, table_path, sorted_path, report_path,
-                    {"pool": pool, **report}, provenance)
-    log.info("%s: mix table of %d images, sources %s", pool, len(table), sorted(sources))
-    return report
+    return columns

@@ -13,7 +13,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 from capmix import __version__
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Files Snakemake itself puts into directory outputs after the job: not the job's data.
+IGNORED_NAMES = frozenset({".snakemake_timestamp"})
 
 
 def sha256_file(path: Path | str, chunk_size: int = 1 << 22) -> str:
@@ -99,7 +101,40 @@ def file_checksum(path: Path | str) -> tuple[str, int]:
     return sha256_file(path), path.stat().st_size
 
 
+def directory_files(directory: Path, exclude: Iterable[str] = ()) -> list[str]:
+    """Every file under ``directory`` (relative POSIX paths, sorted), Snakemake's markers,
+    half-written ``*.tmp`` files and ``exclude`` left out."""
+    found, exclude = [], set(exclude)
+    for folder, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in files:
+            relative = Path(folder, name).relative_to(directory).as_posix()
+            if name in IGNORED_NAMES or name.endswith(".tmp") or relative in exclude:
+                continue
+            found.append(relative)
+    return sorted(found)
+
+
+def directory_digest(members: Iterable[Mapping[str, Any]]) -> str:
+    """One hash for a directory: over each file's relative path, size and SHA-256, sorted
+    (so it changes when a file is added, removed, renamed or edited, and not with mtimes)."""
+    digest = hashlib.sha256()
+    for member in sorted(members, key=lambda m: m["path"]):
+        digest.update(f"{member['path']}\0{member['bytes']}\0{member['sha256']}\n".encode())
+    return digest.hexdigest()
+
+
 def _input_entry(path: Path | str) -> dict[str, Any]:
+    """{path, sha256, bytes}; a directory (a mix table's parts) is hashed as the job record
+    hashes one (:func:`directory_digest` over its files)."""
+    path = Path(path)
+    if path.is_dir():
+        members = []
+        for name in directory_files(path):
+            digest, size = file_checksum(path / name)
+            members.append({"path": name, "sha256": digest, "bytes": size})
+        return {"path": str(path), "kind": "directory", "sha256": directory_digest(members),
+                "bytes": sum(m["bytes"] for m in members), "files": len(members)}
     digest, size = file_checksum(path)
     return {"path": str(path), "sha256": digest, "bytes": size}
 

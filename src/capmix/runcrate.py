@@ -110,7 +110,7 @@ def write_crate(chain: Chain, out: Path, cell: Mapping[str, Any] | None = None) 
             if entry.get("kind") == "directory":
                 properties["description"] = (
                     f"directory of {entry.get('files')} files; sha256 over (path, size, "
-                    "sha256) of each (capmix.lineage.directory_digest)")
+                    "sha256) of each (capmix.provenance.directory_digest)")
             properties["alternateName"] = key  # its path in the run's working directory
             # An absolute file: URI: RO-Crate's way to name a local file that is not in the
             # crate's payload (validators do not require it to be there).

@@ -1,8 +1,8 @@
 """DataComp's top-fraction thresholds over a pool held in parts, exactly, in bounded memory.
 
 DataComp keeps the top fraction ``f`` of a pool by a score with
-``threshold = -np.sort(-s)[int(N * f)]`` and ``s >= threshold`` (:func:`capmix.mix.
-fraction_threshold`, which also keeps everything at ``f = 1``). Sorting needs the whole pool's
+``threshold = -np.sort(-s)[int(N * f)]`` and ``s >= threshold`` (:func:`datacomp_threshold`,
+which also keeps everything at ``f = 1``). Sorting needs the whole pool's
 scores in one process: 1.28B float64 scores are 10 GB, and a pool is read part by part
 (DataComp ships it as many parquet parts). The threshold is an order statistic, so it can be
 found without the sort: a radix select over the scores' bit patterns.
@@ -57,6 +57,15 @@ def key_values(keys: np.ndarray) -> np.ndarray:
     return bits.view(np.float64)
 
 
+def datacomp_threshold(sorted_desc: np.ndarray, fraction: float) -> float:
+    """DataComp's clip_score threshold on scores sorted high to low, ``sorted_desc[int(N * f)]``
+    (f = 1 keeps all; inf for no scores): the whole-pool formula :func:`part_thresholds`
+    equals, kept as the reference the tests compare with."""
+    if len(sorted_desc) == 0:
+        return float("inf")
+    return float(sorted_desc[rank_from_top(len(sorted_desc), fraction)])
+
+
 def rank_from_top(n: int, fraction: float) -> int:
     """The 0-based descending rank DataComp's formula reads: ``int(N * f)``, the last one at
     ``f = 1`` (capmix keeps everything there; DataComp would index past the end)."""
@@ -85,7 +94,7 @@ def part_thresholds(read_parts: Callable[[], Iterable[Mapping[str, np.ndarray]]]
                     fractions: Mapping[str, Sequence[float]],
                     gather_limit: int = GATHER_LIMIT) -> dict[str, dict[float, float]]:
     """Per score column and fraction, DataComp's threshold over the pool's parts, equal to
-    :func:`capmix.mix.fraction_threshold` on the whole pool sorted (inf for an empty pool).
+    :func:`datacomp_threshold` on the whole pool sorted (inf for an empty pool).
 
     ``read_parts()`` yields, each time it is called, every part as a mapping of column ->
     scores (one array per column of ``fractions``, the same rows in each); it is called once

@@ -143,8 +143,7 @@ QUALITY = "results/{pool}/quality/{scorer}/{caption_set}.json"
 IMAGE_CLUSTERS = "results/{pool}/mix/image_clusters.parquet"
 CAPTION_LANGUAGE = "results/{pool}/mix/caption_language.parquet"
 CAPTION_LANGUAGE_SUMMARY = "results/{pool}/mix/caption_language.json"
-MIX_TABLE = "results/{pool}/mix/table.parquet"
-SORTED_SCORES = "results/{pool}/mix/sorted_scores.npz"
+MIX_TABLE = "results/{pool}/mix/table"
 SUBSET_SAMPLES = "results/{pool}/subsets/{strategy}/samples.parquet"
 SUBSET_SUMMARY = "results/{pool}/subsets/{strategy}/summary.json"
 TRAIN_SHARDS_DIR = "results/{pool}/train_shards/{strategy}"
@@ -438,10 +437,9 @@ def strategy_spec(wildcards):
 
 
 def subset_inputs(wildcards):
-    """The pool's mix table and sorted scores; for a strategy with a text filter, also the
+    """The pool's mix table (its parts); for a strategy with a text filter, also the
     caption_language summary (which language-id model ran, recorded in the subset's)."""
-    inputs = {"table": MIX_TABLE.format(pool=wildcards.pool),
-              "sorted": SORTED_SCORES.format(pool=wildcards.pool)}
+    inputs = {"table": MIX_TABLE.format(pool=wildcards.pool)}
     if strategy_spec(wildcards).get("text_filter"):
         inputs["language"] = CAPTION_LANGUAGE_SUMMARY.format(pool=wildcards.pool)
     return inputs

@@ -1,7 +1,8 @@
 # Filtering and mixing: every strategy of the paper (config/strategies.yaml) on a
-# pool. The scores all strategies need are loaded, checked and sorted once per
-# pool (mix_table); each strategy is then its own small job (subset), so editing
-# one strategy re-runs only its subset and training shards.
+# pool. The scores all strategies need are loaded, checked and joined once per
+# pool (mix_table), into uid-range parts (pools[].mix.table_parts); each strategy
+# is then its own job (subset) that finds its thresholds over the parts and selects
+# part by part, so editing one strategy re-runs only its subset and training shards.
 
 
 rule image_clusters:
@@ -52,19 +53,20 @@ rule caption_language:
         "../scripts/caption_language.py"
 
 
-# The params map each caption set to its files (the inputs, listed flat).
+# The params map each caption set to its files (the inputs, listed flat). The table is a
+# directory of parts, part-NNNNN.parquet, in uid order (capmix.mixparts).
 rule mix_table:
     input:
         unpack(mix_table_inputs),
     output:
-        table=MIX_TABLE,
-        sorted=SORTED_SCORES,
+        table=directory(MIX_TABLE),
         report="results/{pool}/mix/table.json",
     params:
         sources=mix_sources,
         score_paths=mix_score_paths,
         caption_manifests=mix_caption_manifests,
         on_missing_score=pool_setting("mix", "on_missing_score"),
+        table_parts=pool_setting("mix", "table_parts"),
     log:
         "logs/mix_table/{pool}.log",
     benchmark:

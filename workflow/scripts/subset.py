@@ -1,16 +1,17 @@
-"""Entry point of rule subset: one strategy of one pool (uid file, captions, summary)."""
+"""Entry point of rule subset: one strategy of one pool (uid file, captions, summary), part by
+part of the pool's mix table."""
 
 from pathlib import Path
 
 from capmix.lineage import job_provenance
 from capmix.logs import setup_logging
-from capmix.mix import run_subset
+from capmix.mixparts import run_subset
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
     with job_provenance(sm):
         run_subset(sm.wildcards.strategy, sm.params.spec, {"mix": {"sources": sm.params.aliases}},
-                   Path(sm.input.table), Path(sm.input.sorted), Path(sm.output.summary).parent,
+                   Path(sm.input.table), Path(sm.output.summary).parent,
                    language_summary=Path(sm.input.language) if "language" in sm.input.keys()
                    else None)

@@ -1,0 +1,183 @@
+"""The mix table in uid-range parts (capmix.mixparts): the same table, the same subsets.
+
+A pool of random uids with two caption sets (several caption shards each), image clusters and
+caption languages is mixed whole (one part) and in parts; the concatenated parts must be the
+whole table, and every strategy of the Table 5 families (and the others that read clusters,
+text filters, "same threshold" and "best") must give bit-identical uid files, the same
+samples and the same summary. Scores are rounded to two decimals so that thresholds fall on
+heavy ties.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from capmix.config import pipeline_config
+from capmix.mix import (
+    CAPTION_TEXT_COLUMNS,
+    CLUSTER_COLUMN,
+    ScoreTableError,
+    score_column,
+)
+from capmix.mixparts import (
+    Scatter,
+    part_files,
+    read_table,
+    run_mix_table,
+    run_subset,
+    uid_parts,
+)
+from capmix.strategies import expand_strategies, parse_strategy
+from capmix.thresholds import datacomp_threshold
+
+N = 600
+POOL = {"name": "p", "mix": {"sources": {"synthetic": "cap/0.75"}}}
+
+
+def random_uids(n: int, rng: np.random.Generator) -> list[str]:
+    words = rng.integers(0, np.iinfo(np.uint64).max, size=(n, 2), dtype=np.uint64,
+                         endpoint=True)
+    return [f"{int(h):016x}{int(lo):016x}" for h, lo in words]
+
+
+def write_pool(root, seed=0, n=N):
+    """Index, two caption sets in 3 caption shards each, clusters and caption languages."""
+    rng = np.random.default_rng(seed)
+    uids = random_uids(n, rng)
+    status = np.where(rng.random(n) < 0.9, "fetched", "failed")
+    pd.DataFrame({"uid": uids, "status": status}).to_parquet(root / "index.parquet")
+    fetched = [u for u, s in zip(uids, status, strict=True) if s == "fetched"]
+    score_paths, manifests = {}, {}
+    for name, centre in (("raw", 0.25), ("cap/0.75", 0.3)):
+        folder = root / name.replace("/", "_")
+        folder.mkdir()
+        scores = np.round(rng.normal(centre, 0.05, len(fetched)), 2)  # heavy ties
+        pd.DataFrame({"uid": fetched, "cos": scores, "cos_all": [[s] for s in scores],
+                      "missing": [None] * len(fetched)}).to_parquet(folder / "scores.parquet")
+        shards = []
+        for k, rows in enumerate(np.array_split(np.arange(len(fetched)), 3)):
+            captions = [[f"{name} caption {i}"] for i in rows]
+            pd.DataFrame({"uid": [fetched[i] for i in rows], "captions": captions,
+                          "status": "ok"}).to_parquet(folder / f"{k}.parquet")
+            shards.append({"output": f"{k}.parquet"})
+        (folder / "manifest.json").write_text(json.dumps({"shards": shards}))
+        score_paths[name] = folder / "scores.parquet"
+        manifests[name] = [folder / "manifest.json"]
+    pd.DataFrame({"uid": fetched, CLUSTER_COLUMN: rng.random(len(fetched)) < 0.4}).to_parquet(
+        root / "clusters.parquet")
+    pd.DataFrame({"uid": fetched,
+                  CAPTION_TEXT_COLUMNS[0]: rng.choice(["en", "de"], len(fetched), p=[.8, .2]),
+                  CAPTION_TEXT_COLUMNS[1]: rng.integers(1, 8, len(fetched)),
+                  CAPTION_TEXT_COLUMNS[2]: rng.integers(3, 40, len(fetched))}).to_parquet(
+        root / "language.parquet")
+    return score_paths, manifests
+
+
+def mix(root, n_parts, score_paths, manifests):
+    out = root / f"table_{n_parts}"
+    report = run_mix_table("p", {"raw": ["raw"], "cap/0.75": ["cap/0.75"]}, score_paths,
+                           manifests, root / "index.parquet", out, root / f"t{n_parts}.json",
+                           n_parts=n_parts, clusters_path=root / "clusters.parquet",
+                           caption_text_path=root / "language.parquet")
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pool")
+    score_paths, manifests = write_pool(root)
+    whole, whole_report = mix(root, 1, score_paths, manifests)
+    parted, parted_report = mix(root, 7, score_paths, manifests)
+    return root, whole, whole_report, parted, parted_report
+
+
+def test_uid_parts_are_ordered_ranges_of_even_size():
+    uids = sorted(random_uids(20_000, np.random.default_rng(1)))
+    parts = uid_parts(uids, 16)
+    assert (np.diff(parts) >= 0).all()  # uid order is part order
+    counts = np.bincount(parts, minlength=16)
+    assert counts.min() > 1000 and counts.max() < 1500  # 1,250 each on average
+    assert uid_parts(["ffffffff" + "0" * 24, "0" * 32], 3).tolist() == [2, 0]
+    with pytest.raises(ValueError, match="'0000XYZ0.*row 1"):
+        uid_parts(["0" * 32, "0000XYZ0" + "0" * 24], 4)
+
+
+def test_parts_concatenated_are_the_whole_table(tables):
+    root, whole, whole_report, parted, parted_report = tables
+    assert len(part_files(parted)) == 7 and len(part_files(whole)) == 1
+    one, many = read_table(whole), read_table(parted)
+    pd.testing.assert_frame_equal(one, many)
+    assert many["uid"].is_monotonic_increasing
+    for key in ("n_fetched", "n_pool", "dropped"):
+        assert whole_report[key] == parted_report[key]
+    for source, entry in whole_report["sources"].items():
+        assert parted_report["sources"][source]["mean_score"] == pytest.approx(
+            entry["mean_score"])
+    rows = json.loads((root / "t7.json").read_text())["rows_per_part"]
+    assert sum(rows) == len(one) and min(rows) > 0
+    assert not (root / "table_7.scatter").exists()  # the scattered inputs are removed
+
+
+def table5_and_others():
+    catalogue = expand_strategies(pipeline_config()["strategies"])
+    names = [n for n, spec in catalogue.items()  # those this pool's two caption sets serve
+             if parse_strategy(n, spec).sources() <= {"raw", "synthetic"}]
+    return catalogue, sorted(names)
+
+
+def test_every_strategy_gives_the_same_subset_from_parts(tables, tmp_path):
+    root, whole, _, parted, _ = tables
+    catalogue, names = table5_and_others()
+    assert len(names) > 60
+    whole_table = read_table(whole)
+    for name in names:
+        one = run_subset(name, catalogue[name], POOL, whole, tmp_path / name / "1")
+        many = run_subset(name, catalogue[name], POOL, parted, tmp_path / name / "7")
+        assert ((tmp_path / name / "1" / "uids.npy").read_bytes()
+                == (tmp_path / name / "7" / "uids.npy").read_bytes()), name
+        strip = ("provenance",)
+        assert {k: v for k, v in one.items() if k not in strip} == {
+            k: v for k, v in many.items() if k not in strip}, name
+        a = pd.read_parquet(tmp_path / name / "1" / "samples.parquet")
+        b = pd.read_parquet(tmp_path / name / "7" / "samples.parquet")
+        key = ["part", "uid"]
+        pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True),
+                                      b.sort_values(key).reset_index(drop=True))
+        # DataComp's formula by hand on the whole pool's scores
+        strategy = parse_strategy(name, catalogue[name])
+        for part in one["parts"]:
+            if part["keep"] == "top":
+                scores = whole_table[score_column(part["by"])].to_numpy()
+                assert part["threshold"] == datacomp_threshold(-np.sort(-scores),
+                                                               part["value"]), name
+        assert strategy.name == name
+
+
+def test_score_problems_of_every_part_are_counted_before_anything_is_written(tmp_path):
+    score_paths, manifests = write_pool(tmp_path, seed=3, n=300)
+    scores = pd.read_parquet(score_paths["cap/0.75"])
+    scores.loc[::10, "cos"] = np.nan  # one in ten, spread over every part
+    scores.to_parquet(score_paths["cap/0.75"])
+    with pytest.raises(ScoreTableError) as error:
+        mix(tmp_path, 5, score_paths, manifests)
+    message = str(error.value)
+    assert "5 of 5 part(s)" in message and str(score_paths["cap/0.75"]) in message
+    assert "NaN" in message
+    assert not (tmp_path / "table_5").exists() and not (tmp_path / "table_5.building").exists()
+
+
+def test_scatter_takes_a_column_type_from_files_where_it_is_not_all_null(tmp_path):
+    uids = random_uids(40, np.random.default_rng(5))
+    pd.DataFrame({"uid": uids[:20], "captions": [None] * 20}).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame({"uid": uids[20:], "captions": [["x"]] * 20}).to_parquet(tmp_path / "b.parquet")
+    parts = Scatter(4, tmp_path / "work").scatter(
+        "captions", [tmp_path / "a.parquet", tmp_path / "b.parquet"], ["uid", "captions"])
+    frames = [pd.read_parquet(p[0]) for p in parts]
+    assert sum(len(f) for f in frames) == 40
+    assert sorted(pd.concat(frames)["uid"]) == sorted(uids)
+    for part, frame in enumerate(frames):
+        assert (uid_parts(frame["uid"].tolist(), 4) == part).all()
