@@ -13,8 +13,8 @@ paths the workflow's other stages would have written them (rows in --parts parqu
 (uids: 32 random hex digits; scores ~ N(0.22, 0.06) raw and N(0.27, 0.05) BLIP2, correlated
 0.4, rounded to 4 decimals so that thresholds fall on ties; captions of 40-60 characters drawn
 from 1M distinct random-word captions; 37% of images in the ImageNet-like clusters), then runs
-the workflow's own rules `mix_table` and `subset` on them (the repository's Snakefile,
-`--allowed-rules mix_table subset`: every other file is taken as it is) for every strategy of
+the workflow's own rules `mix_scatter`, `mix_table_part`, `mix_table` and `subset` on them (the
+repository's Snakefile, `--allowed-rules`: every other file is taken as it is) for every strategy of
 the nine Table 5 families at the catalogue's six fractions (54), --batch strategies per
 Snakemake call, removing each batch's samples.parquet afterwards (at 128M rows all 54 would
 need ~250 GB; the uid files and summaries stay). It prints, from Snakemake's benchmark files,
@@ -175,7 +175,8 @@ def pool_entry(name: str, strategies: list[str], table_parts: int) -> dict:
 def run_batch(root: Path, config: Path, targets: list[str], cores: int) -> float:
     command = [str(REPO / ".venv" / "bin" / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
                "--directory", str(root), "--configfile", str(config), "--cores", str(cores),
-               "--quiet", "rules", "--allowed-rules", "mix_table", "subset", "--", *targets]
+               "--quiet", "rules", "--allowed-rules", "mix_scatter", "mix_table_part", "mix_table",
+               "subset", "--", *targets]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
@@ -194,7 +195,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=128_000_000)
     parser.add_argument("--parts", type=int, default=64, help="metadata-like input parts")
     parser.add_argument("--table-parts", type=int, default=None,
-                        help="mix.table_parts (default: one per 2M rows)")
+                        help="mix.table_parts (default: one per 2M rows, at least 8)")
     parser.add_argument("--batch", type=int, default=2, help="strategies per Snakemake call")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -204,7 +205,7 @@ def main() -> None:
     parser.add_argument("--keep-samples", action="store_true")
     parser.add_argument("--families", nargs="+", default=list(TABLE5_FAMILIES))
     args = parser.parse_args()
-    table_parts = args.table_parts or max(1, round(args.rows / 2_000_000))
+    table_parts = args.table_parts or max(8, round(args.rows / 2_000_000))
     catalogue = expand_strategies(pipeline_config()["strategies"])
     strategies = [name for name, spec in catalogue.items() if spec.get("family") in args.families]
     root = args.out.resolve()
@@ -236,19 +237,23 @@ def main() -> None:
                     (root / "results" / name / "subsets" / strategy / "samples.parquet").unlink()
             print(f"  {name}: {min(i + args.batch, len(strategies))}/{len(strategies)} "
                   f"strategies, {wall:.0f} s", flush=True)
-    jobs = {"mix_table": read_benchmark(root / "benchmarks" / "mix_table" / f"{pool}.tsv")}
+    marks = root / "benchmarks"
+    jobs = {"mix_scatter": read_benchmark(marks / "mix_scatter" / f"{pool}.tsv")}
+    for path in sorted((marks / "mix_table_part" / pool).glob("*.tsv")):
+        jobs[f"mix_table_part {path.stem}"] = read_benchmark(path)
+    jobs["mix_table"] = read_benchmark(marks / "mix_table" / f"{pool}.tsv")
     for strategy in strategies:
         jobs[strategy] = read_benchmark(root / "benchmarks" / "subset" / pool / f"{strategy}.tsv")
     print(f"\n{'job':<46} {'wall s':>8} {'peak RSS MiB':>13}")
     for job, figures in jobs.items():
         print(f"{job:<46} {figures['s']:8.1f} {figures['max_rss_mb']:13.0f}")
     biggest = max(jobs.items(), key=lambda item: item[1]["max_rss_mb"])
-    summed = sum(f["s"] for f in jobs.values())
+    table = sum(f["s"] for job, f in jobs.items() if job.startswith("mix_"))
+    subsets = sum(f["s"] for job, f in jobs.items() if not job.startswith("mix_"))
     print(f"\nlargest peak RSS: {biggest[1]['max_rss_mb'] / 1024:.2f} GiB ({biggest[0]})")
-    print(f"job seconds summed: {summed:.0f} s; mix_table {jobs['mix_table']['s']:.0f} s "
-          f"= {args.rows / jobs['mix_table']['s']:,.0f} rows/s; subsets "
-          f"{summed - jobs['mix_table']['s']:.0f} s = "
-          f"{args.rows * len(strategies) / (summed - jobs['mix_table']['s']):,.0f} rows/s")
+    print(f"job seconds summed: {table + subsets:.0f} s; the table (scatter, parts, manifest) "
+          f"{table:.0f} s = {args.rows / table:,.0f} rows/s; subsets {subsets:.0f} s = "
+          f"{args.rows * len(strategies) / subsets:,.0f} rows/s")
     print(f"wall time of the Snakemake calls ({pool}{' and ' + whole if args.compare else ''}):"
           f" {wall:.0f} s")
     if args.compare:

@@ -223,11 +223,12 @@ def _write_tree(root):
         scores.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"uid": uids, "cos": cos[name]}).to_parquet(scores)
         files["scores"][name] = str(scores)
-    table = pool / "mix" / "table"  # the mix table's one part
-    table.mkdir(parents=True)
+    table = pool / "mix" / "table.json"  # the mix table's manifest, of one part
+    (pool / "mix" / "table").mkdir(parents=True)
     pd.DataFrame({"uid": uids, "score:raw": cos["raw"],
                   "score:toy_captioner/0.75": cos["toy_captioner/0.75"]}).to_parquet(
-        table / "part-00000.parquet")
+        pool / "mix" / "table" / "part-00000.parquet")
+    table.write_text(json.dumps({"parts": ["table/part-00000.parquet"]}))
     files["mix_table"] = str(table)
     for strategy, rows in {"raw_top_30": [("u3", "raw"), ("u2", "raw")],
                            "raw_top_synthetic_remaining_filtered_30": [

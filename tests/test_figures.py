@@ -306,11 +306,13 @@ def _grid_inputs(tmp_path: Path) -> tuple[dict, dict, dict]:
     (tmp_path / "mix").mkdir()  # the mix table in two uid-range parts
     mix[:5].to_parquet(tmp_path / "mix" / "part-00000.parquet", index=False)
     mix[5:].to_parquet(tmp_path / "mix" / "part-00001.parquet", index=False)
+    (tmp_path / "mix.json").write_text(json.dumps(
+        {"parts": ["mix/part-00000.parquet", "mix/part-00001.parquet"]}))
     kept = uids[::3]  # 4 kept, 6 discarded
     pd.DataFrame({"uid": kept}).to_parquet(tmp_path / "kept.parquet", index=False)
     spec = entry("image_grid", kept_by="raw_top_30", n=4, seed=1,
                  reads={"samples": {"index": str(tmp_path / "index.parquet"),
-                                    "table": str(tmp_path / "mix"),
+                                    "table": str(tmp_path / "mix.json"),
                                     "kept": str(tmp_path / "kept.parquet")}})
     plan = {**plan_for([spec], toy=True), "shards": str(shards)}
     return spec, plan, {"kept": set(kept), "colours": colours}

@@ -31,7 +31,7 @@ from capmix.mix import (
     score_column,
     select,
 )
-from capmix.mixparts import part_files, run_mix_table, run_subset
+from capmix.mixparts import MixInputs, build_table, part_files, run_subset
 from capmix.strategies import (
     StrategyError,
     expand_strategies,
@@ -302,8 +302,10 @@ def test_summary_reports_thresholds_and_caption_shares(tmp_path):
     frame = table()
     (tmp_path / "table").mkdir()
     frame.to_parquet(tmp_path / "table" / "part-00000.parquet")
+    (tmp_path / "table.json").write_text(json.dumps({"parts": ["table/part-00000.parquet"]}))
     name = "raw_top_synthetic_remaining_filtered_30"
-    summary = run_subset(name, catalogue()[name], POOL, tmp_path / "table", tmp_path / "out")
+    summary = run_subset(name, catalogue()[name], POOL, tmp_path / "table.json",
+                         tmp_path / "out")
     assert summary["thresholds"] == [0.6]
     assert summary["n_samples"] == 7 and summary["n_pool"] == 10
     assert summary["caption_kinds"]["raw"] == {"samples": 4, "share": 4 / 7}
@@ -419,9 +421,9 @@ def test_run_mix_table_writes_table_and_report(tmp_path):
     manifest = tmp_path / "raw_manifest.json"
     manifest.write_text(json.dumps({"shards": [{"output": str(raw.caption_files[0].relative_to(
         tmp_path))}]}))
-    run_mix_table("toy", {"raw": ["raw"]}, {"raw": raw.scores}, {"raw": [manifest]}, index,
-                  tmp_path / "t", tmp_path / "t.json")
-    frame = pd.read_parquet(part_files(tmp_path / "t")[0])
+    build_table("toy", {"raw": ["raw"]}, MixInputs.from_manifests(
+        index, {"raw": raw.scores}, {"raw": [manifest]}), tmp_path / "t.json")
+    frame = pd.read_parquet(part_files(tmp_path / "t.json")[0])
     assert frame["uid"].tolist() == uids  # the failed fetch is not in the pool
     assert frame[score_column("raw")].tolist() == [0.1, 0.4, 0.3, 0.2]
     report = json.loads((tmp_path / "t.json").read_text())

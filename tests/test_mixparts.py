@@ -24,10 +24,11 @@ from capmix.mix import (
     score_column,
 )
 from capmix.mixparts import (
+    MixInputs,
     Scatter,
+    build_table,
     part_files,
     read_table,
-    run_mix_table,
     run_subset,
     uid_parts,
 )
@@ -78,11 +79,12 @@ def write_pool(root, seed=0, n=N):
 
 
 def mix(root, n_parts, score_paths, manifests):
-    out = root / f"table_{n_parts}"
-    report = run_mix_table("p", {"raw": ["raw"], "cap/0.75": ["cap/0.75"]}, score_paths,
-                           manifests, root / "index.parquet", out, root / f"t{n_parts}.json",
-                           n_parts=n_parts, clusters_path=root / "clusters.parquet",
-                           caption_text_path=root / "language.parquet")
+    out = root / f"table_{n_parts}.json"
+    inputs = MixInputs.from_manifests(root / "index.parquet", score_paths, manifests,
+                                      clusters=root / "clusters.parquet",
+                                      caption_text=root / "language.parquet")
+    report = build_table("p", {"raw": ["raw"], "cap/0.75": ["cap/0.75"]}, inputs, out,
+                         n_parts=n_parts)
     return out, report
 
 
@@ -117,7 +119,7 @@ def test_parts_concatenated_are_the_whole_table(tables):
     for source, entry in whole_report["sources"].items():
         assert parted_report["sources"][source]["mean_score"] == pytest.approx(
             entry["mean_score"])
-    rows = json.loads((root / "t7.json").read_text())["rows_per_part"]
+    rows = json.loads(parted.read_text())["rows_per_part"]
     assert sum(rows) == len(one) and min(rows) > 0
     assert not (root / "table_7.scatter").exists()  # the scattered inputs are removed
 
@@ -157,7 +159,7 @@ def test_every_strategy_gives_the_same_subset_from_parts(tables, tmp_path):
         assert strategy.name == name
 
 
-def test_score_problems_of_every_part_are_counted_before_anything_is_written(tmp_path):
+def test_a_part_with_score_problems_names_them_and_writes_nothing(tmp_path):
     score_paths, manifests = write_pool(tmp_path, seed=3, n=300)
     scores = pd.read_parquet(score_paths["cap/0.75"])
     scores.loc[::10, "cos"] = np.nan  # one in ten, spread over every part
@@ -165,9 +167,12 @@ def test_score_problems_of_every_part_are_counted_before_anything_is_written(tmp
     with pytest.raises(ScoreTableError) as error:
         mix(tmp_path, 5, score_paths, manifests)
     message = str(error.value)
-    assert "5 of 5 part(s)" in message and str(score_paths["cap/0.75"]) in message
+    # the first part's job stops (each part is its own job in the DAG), naming the part,
+    # the caption set's score table (not the scattered copy), counts and examples
+    assert "part 0 of 5" in message and str(score_paths["cap/0.75"]) in message
     assert "NaN" in message
-    assert not (tmp_path / "table_5").exists() and not (tmp_path / "table_5.building").exists()
+    assert not (tmp_path / "table_5" / "part-00000.parquet").exists()
+    assert not (tmp_path / "table_5.json").exists()
 
 
 def test_scatter_takes_a_column_type_from_files_where_it_is_not_all_null(tmp_path):

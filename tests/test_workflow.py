@@ -208,7 +208,7 @@ def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> Non
     assert len(strategies) == 14
     # training shards are built for the strategies the pool trains (the `models` target)
     trained = set(config["pools"][0]["train"]["strategies"])
-    table = read_table(workdir / "results/toy_smoke/mix/table")
+    table = read_table(workdir / "results/toy_smoke/mix/table.json")
     world = world.set_index("uid")
     for name in strategies:
         folder = workdir / "results/toy_smoke/subsets" / name

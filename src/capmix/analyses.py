@@ -419,12 +419,13 @@ def analyse_noise_diversity(plan: Mapping[str, Any], reader: _Reader) -> dict[st
     if not plan["subsets"] or not plan["mix_table"]:
         return unavailable(f"pool '{plan['pool']}' builds no training sets (no strategies)")
     settings = plan["settings"]["noise_diversity"]
-    from capmix.mixparts import table_columns
+    from capmix.mixparts import read_table, table_columns
 
     # Only the scores: the table's caption columns hold the pool's text (GBs at scale).
     names = table_columns(plan["mix_table"])
-    table = reader.parquet(plan["mix_table"],
-                           ["uid", *[c for c in names if c.startswith(score_column(""))]])
+    reader.used.add(plan["mix_table"])
+    table = read_table(plan["mix_table"],
+                       ["uid", *[c for c in names if c.startswith(score_column(""))]])
     sets = {}
     for strategy, files in plan["subsets"].items():
         summary = reader.json(files["summary"])

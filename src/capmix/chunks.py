@@ -1,4 +1,4 @@
-"""Chunk names: how a stage's shards are split into jobs.
+"""Chunk names: how a stage's shards are split into jobs (and a mix table into parts).
 
 A stage with ``jobs: n`` (config ``caption.jobs``, ``score.jobs``, or a pool's own
 ``pools[].jobs``) runs n jobs per pool; job i takes shard k when ``k mod n == i``
@@ -35,3 +35,26 @@ def parse_chunk(name: str) -> tuple[int, int]:
         raise ValueError(f"not a chunk name: {name!r} (expected chunk<i>of<n>)")
     chunk, n_chunks = map(int, match.groups())
     return chunk, n_chunks
+
+
+#: The ``{table_part}`` wildcard's constraint: a mix-table part name (capmix.mixparts).
+TABLE_PART_PATTERN = "part-[0-9]{5}"
+_TABLE_PART = re.compile("part-([0-9]{5})")
+
+
+def table_part_name(part: int) -> str:
+    """Part ``part`` of a pool's mix table: ``part-00003`` (its file, ``part-00003.parquet``)."""
+    return f"part-{part:05d}"
+
+
+def table_part_names(n_parts: int) -> list[str]:
+    """Every part of a mix table held in ``n_parts`` parts, in uid order."""
+    return [table_part_name(i) for i in range(n_parts)]
+
+
+def parse_table_part(name: str) -> int:
+    """``part-00003`` -> 3; anything else is a ValueError naming it."""
+    match = _TABLE_PART.fullmatch(name)
+    if match is None:
+        raise ValueError(f"not a mix-table part name: {name!r} (expected part-NNNNN)")
+    return int(match.group(1))

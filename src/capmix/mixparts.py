@@ -3,20 +3,24 @@
 A pool's mix table (every source's score and caption per fetched image, :func:`capmix.mix.
 build_mix_table`) is too big for one process beyond DataComp medium: at small the old
 whole-pool table peaked at 10.1 GiB, at large it extrapolates to 0.4-0.8 TB. So the table is
-written as ``n`` parts (``pools[].mix.table_parts``), part ``p`` holding the uids whose first 32
-bits fall in the ``p``-th of ``n`` equal ranges (:func:`uid_parts`). Uids are hashes, so the
-parts are of even size; and because a part is a uid *range*, each part's uid-sorted rows
-concatenated in part order are the pool sorted by uid: a subset's DataComp uid file is the
-parts' uid files appended, bit for bit the whole-pool file, with no merge.
+built and kept as ``n`` parts (``pools[].mix.table_parts``), part ``p`` holding the uids whose
+first 32 bits fall in the ``p``-th of ``n`` equal ranges (:func:`uid_parts`). Uids are hashes, so
+the parts are of even size; and because a part is a uid *range*, the parts' uid-sorted rows in
+part order are the pool sorted by uid: a subset's DataComp uid file is the parts' selections
+appended, bit for bit the whole-pool file, with no merge.
 
-* :func:`run_mix_table` (rule ``mix_table``) reads its inputs a batch at a time and scatters
-  their rows into per-part files (:class:`Scatter`), then builds and checks each part's table
-  alone. Memory: one input batch, then one part's inputs. With one part (the toy world) the
-  inputs are read as they are, nothing is scattered.
-* :func:`run_subset` (rule ``subset``) finds the strategy's thresholds over every part in
-  bounded memory (:func:`capmix.mix.pool_thresholds`: an exact radix select, equal to
-  DataComp's formula on the whole pool), then selects part by part with them and appends each
-  part's selection to the subset's files (:class:`capmix.mix.SubsetWriter`). Memory: one part.
+A map and a reduce, each a Snakemake rule (workflow/rules/mix.smk):
+
+* :func:`run_scatter` (``mix_scatter``, only for n > 1) reads every input a batch at a time and
+  appends each row to its part's file (:class:`Scatter`). Memory: one batch.
+* :func:`run_table_part` (``mix_table_part``, one job per part, in parallel) builds and checks
+  one part. Memory: one part's rows.
+* :func:`run_mix_table` (``mix_table``) merges the parts' reports into the table's manifest,
+  ``results/{pool}/mix/table.json``, which lists the parts: readers take the manifest.
+* :func:`run_subset` (``subset``) finds the strategy's thresholds over every part in bounded
+  memory (:func:`capmix.mix.pool_thresholds`: an exact radix select, equal to DataComp's
+  formula on the whole pool), then selects part by part with them and appends each part's
+  selection to the subset's files (:class:`capmix.mix.SubsetWriter`). Memory: one part.
 
 Readers that want the whole table (the analyses, the image grid) read every part with
 :func:`read_table`.
@@ -29,6 +33,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from capmix.chunks import table_part_name
 from capmix.mix import (
     CAPTION_TEXT_COLUMNS,
     CLUSTER_COLUMN,
@@ -57,8 +63,12 @@ from capmix.uids import arrow_uids_to_pairs
 
 log = logging.getLogger(__name__)
 
-#: A part's file name in the table directory (sorted names are uid order).
-PART_NAME = "part-{:05d}.parquet"
+
+
+def part_file(directory: Path, part: int) -> Path:
+    """Part ``part``'s file in a folder of parts (sorted names are uid order)."""
+    return Path(directory) / f"{table_part_name(part)}.parquet"
+
 #: Rows read from an input at a time while scattering.
 BATCH_ROWS = 1 << 20
 
@@ -80,29 +90,27 @@ def uid_parts(uids: pa.Array | pa.ChunkedArray | Sequence[str], n_parts: int) ->
 # ------------------------------------------------------------------ the table's parts
 
 
-def part_files(table_dir: Path) -> list[Path]:
-    """The parts of a mix table directory, in uid order."""
-    files = sorted(Path(table_dir).glob("part-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{table_dir}: no mix table parts (part-*.parquet)")
-    return files
+def part_files(table: Path) -> list[Path]:
+    """The parts of a mix table, in uid order, from its manifest (``table.json``)."""
+    manifest = json.loads(Path(table).read_text())
+    return [Path(table).parent / p for p in manifest["parts"]]
 
 
-def table_columns(table_dir: Path) -> list[str]:
+def table_columns(table: Path) -> list[str]:
     """The columns of a mix table (every part has the same)."""
-    return list(pq.read_schema(part_files(table_dir)[0]).names)
+    return list(pq.read_schema(part_files(table)[0]).names)
 
 
-def read_table(table_dir: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+def read_table(table: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The whole mix table in memory, sorted by uid (for readers that need it all)."""
     frames = [pd.read_parquet(p, columns=list(columns) if columns else None)
-              for p in part_files(table_dir)]
+              for p in part_files(table)]
     return pd.concat(frames, ignore_index=True)
 
 
-def iter_parts(table_dir: Path, columns: Sequence[str]) -> Iterator[pa.Table]:
+def iter_parts(table: Path, columns: Sequence[str]) -> Iterator[pa.Table]:
     """The mix table a part at a time, in uid order (as Arrow: no Python object per row)."""
-    for path in part_files(table_dir):
+    for path in part_files(table):
         yield pq.read_table(path, columns=list(columns))
 
 
@@ -110,7 +118,7 @@ def iter_parts(table_dir: Path, columns: Sequence[str]) -> Iterator[pa.Table]:
 
 
 class Scatter:
-    """Rows of parquet inputs split into per-part files by uid (rule mix_table's map step).
+    """Rows of parquet inputs split into per-part files by uid (rule mix_scatter).
 
     ``scatter(name, files, columns)`` reads ``files`` a batch at a time and appends each row to
     ``work_dir/name/part-NNNNN.parquet`` of its uid's part; it returns the n part files (each
@@ -153,7 +161,7 @@ class Scatter:
                     ordered = table.take(pa.array(order))
                     for part in np.flatnonzero(np.diff(bounds)):
                         if part not in writers:
-                            writers[part] = pq.ParquetWriter(out_dir / PART_NAME.format(part),
+                            writers[part] = pq.ParquetWriter(part_file(out_dir, part),
                                                              schema)
                         writers[part].write_table(
                             ordered.slice(bounds[part], bounds[part + 1] - bounds[part]))
@@ -162,7 +170,7 @@ class Scatter:
                 writer.close()
         result = []
         for part in range(self.n_parts):
-            path = out_dir / PART_NAME.format(part)
+            path = part_file(out_dir, part)
             if part not in writers:
                 pq.write_table(schema.empty_table(), path)
             result.append([path])
@@ -221,97 +229,187 @@ def _merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def run_mix_table(pool: str, sources: Mapping[str, Sequence[str]],
-                  score_paths: Mapping[str, str | Path],
-                  caption_manifests: Mapping[str, Sequence[str | Path]], index_path: Path,
-                  table_dir: Path, report_path: Path, n_parts: int = 1,
-                  clusters_path: Path | None = None,
-                  on_missing_score: str = "error",
-                  caption_text_path: Path | None = None) -> dict[str, Any]:
-    """The mix_table rule: every score the pool's strategies use, loaded, checked and joined
-    into ``n_parts`` uid-range parts (``table_dir/part-NNNNN.parquet``, each sorted by uid).
+@dataclass
+class MixInputs:
+    """What a pool's mix table is built from: the fetch index, each caption set's score table
+    and caption files, and (if strategies need them) image clusters and caption languages."""
 
-    Score problems of every part are collected before the job fails, so the error counts them
-    all; nothing is left in ``table_dir`` then.
-    """
-    from capmix.caption import caption_files
+    index: Path
+    score_paths: Mapping[str, Path]
+    caption_files: Mapping[str, Sequence[Path]]
+    clusters: Path | None = None
+    caption_text: Path | None = None
 
-    fetched = pc.field("status") == "fetched"
-    work_dir = Path(table_dir).with_name(Path(table_dir).name + ".scatter")
-    building = Path(table_dir).with_name(Path(table_dir).name + ".building")
-    for stale in (work_dir, building):
-        shutil.rmtree(stale, ignore_errors=True)
-    building.mkdir(parents=True)
-    scatter = Scatter(n_parts, work_dir)
+    @classmethod
+    def from_manifests(cls, index: Path, score_paths: Mapping[str, str | Path],
+                       caption_manifests: Mapping[str, Sequence[str | Path]],
+                       clusters: Path | None = None,
+                       caption_text: Path | None = None) -> MixInputs:
+        from capmix.caption import caption_files
+
+        return cls(Path(index), {s: Path(p) for s, p in score_paths.items()},
+                   {s: caption_files([Path(m) for m in ms])
+                    for s, ms in caption_manifests.items()}, clusters, caption_text)
+
+    def files(self) -> list[Path]:
+        """Every input file (for provenance)."""
+        found = [self.index, *self.score_paths.values()]
+        for files in self.caption_files.values():
+            found += list(files)
+        return found + [p for p in (self.clusters, self.caption_text) if p is not None]
+
+    def record(self) -> dict[str, Any]:
+        """What :func:`run_scatter` notes beside the parts it writes (:meth:`from_record`)."""
+        return {"index": str(self.index),
+                "score_paths": {s: str(p) for s, p in self.score_paths.items()},
+                "caption_sets": sorted(self.caption_files),
+                "clusters": str(self.clusters) if self.clusters else None,
+                "caption_text": str(self.caption_text) if self.caption_text else None}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> MixInputs:
+        """The inputs a scatter was made from (caption sets by name only)."""
+        return cls(Path(record["index"]), {s: Path(p) for s, p in record["score_paths"].items()},
+                   {s: [] for s in record["caption_sets"]},
+                   Path(record["clusters"]) if record["clusters"] else None,
+                   Path(record["caption_text"]) if record["caption_text"] else None)
+
+    def scattered(self, scatter_dir: Path) -> MixInputs:
+        """The same inputs as :func:`run_scatter` wrote them into ``scatter_dir``: each one a
+        folder of part files (:meth:`part`)."""
+        return MixInputs(scatter_dir / "index",
+                         {s: scatter_dir / "scores" / s for s in self.score_paths},
+                         {s: [scatter_dir / "captions" / s] for s in self.caption_files},
+                         scatter_dir / "clusters" if self.clusters else None,
+                         scatter_dir / "caption_language" if self.caption_text else None)
+
+    def part(self, part: int) -> MixInputs:
+        """Part ``part`` of scattered inputs (a folder becomes its part file)."""
+        def pick(path: Path) -> Path:
+            return part_file(path, part) if path.is_dir() else path
+
+        return MixInputs(pick(self.index), {s: pick(p) for s, p in self.score_paths.items()},
+                         {s: [pick(f) for f in files] for s, files in self.caption_files.items()},
+                         pick(self.clusters) if self.clusters else None,
+                         pick(self.caption_text) if self.caption_text else None)
+
+
+SCORE_COLUMNS = ("uid", "cos", "cos_all", "missing")
+#: The file in a scatter folder naming the inputs it was made from.
+SCATTER_RECORD = "inputs.json"
+FETCHED = pc.field("status") == "fetched"
+
+
+def run_scatter(inputs: MixInputs, n_parts: int, out_dir: Path) -> None:
+    """The mix_scatter rule (pools with more than one part): every input's rows into
+    ``out_dir/<input>/part-NNNNN.parquet`` by uid (:class:`Scatter`), a batch at a time."""
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    write_json(out_dir / SCATTER_RECORD, {**inputs.record(), "parts": n_parts})
+    scatter = Scatter(n_parts, out_dir)
+    scatter.scatter("index", [inputs.index], ["uid", "status"], keep=FETCHED)
+    for name, path in inputs.score_paths.items():
+        scatter.scatter(f"scores/{name}", [path], SCORE_COLUMNS)
+    for name, files in inputs.caption_files.items():
+        scatter.scatter(f"captions/{name}", files, ["uid", "captions"])
+    if inputs.clusters is not None:
+        scatter.scatter("clusters", [inputs.clusters], ["uid", CLUSTER_COLUMN])
+    if inputs.caption_text is not None:
+        scatter.scatter("caption_language", [inputs.caption_text],
+                        ["uid", *CAPTION_TEXT_COLUMNS])
+
+
+def run_table_part(pool: str, part: int, n_parts: int, sources: Mapping[str, Sequence[str]],
+                   inputs: MixInputs | None, out_path: Path, report_path: Path,
+                   scatter_dir: Path | None = None, on_missing_score: str = "error",
+                   ) -> dict[str, Any]:
+    """The mix_table_part rule: one uid range of the pool's mix table, loaded, checked and
+    joined (:func:`capmix.mix.build_mix_table`), read from ``scatter_dir`` (what
+    :func:`run_scatter` wrote, which names the ``inputs``) or, for a pool in one part, from
+    ``inputs`` themselves."""
+    if scatter_dir is not None:
+        inputs = MixInputs.from_record(json.loads((Path(scatter_dir) / SCATTER_RECORD)
+                                                  .read_text()))
+        here = inputs.scattered(Path(scatter_dir)).part(part)
+    else:
+        assert inputs is not None
+        here = inputs
+    pool_uids = _read([here.index], ["uid", "status"], keep=FETCHED)["uid"]
+    sets = {source: [CaptionSet(s, here.score_paths[s], here.caption_files[s],
+                                reported_as=inputs.score_paths[s]) for s in names]
+            for source, names in sources.items()}
+    clusters = (_read([here.clusters], ["uid", CLUSTER_COLUMN])
+                if here.clusters is not None else None)
+    caption_text = (_read([here.caption_text], ["uid", *CAPTION_TEXT_COLUMNS])
+                    if here.caption_text is not None else None)
     try:
-        index_parts = scatter.scatter("index", [index_path], ["uid", "status"], keep=fetched)
-        set_parts: dict[str, tuple[list[list[Path]], list[list[Path]]]] = {}
-        for name in sorted({s for sets in sources.values() for s in sets}):
-            captions = caption_files([Path(p) for p in caption_manifests[name]])
-            set_parts[name] = (
-                scatter.scatter(f"scores/{name}", [Path(score_paths[name])],
-                                ["uid", "cos", "cos_all", "missing"]),
-                scatter.scatter(f"captions/{name}", captions, ["uid", "captions"]))
-        cluster_parts = (scatter.scatter("clusters", [clusters_path], ["uid", CLUSTER_COLUMN])
-                         if clusters_path is not None else None)
-        text_parts = (scatter.scatter("caption_language", [caption_text_path],
-                                      ["uid", *CAPTION_TEXT_COLUMNS])
-                      if caption_text_path is not None else None)
-        reports, errors = [], []
-        for part in range(n_parts):
-            pool_uids = _read(index_parts[part], ["uid", "status"], keep=fetched)["uid"]
-            sets = {source: [CaptionSet(s, set_parts[s][0][part][0], set_parts[s][1][part],
-                                        reported_as=Path(score_paths[s])) for s in names]
-                    for source, names in sources.items()}
-            clusters = (_read(cluster_parts[part], ["uid", CLUSTER_COLUMN])
-                        if cluster_parts is not None else None)
-            caption_text = (_read(text_parts[part], ["uid", *CAPTION_TEXT_COLUMNS])
-                            if text_parts is not None else None)
-            try:
-                table, report = build_mix_table(pool_uids.tolist(), sets, clusters,
-                                                on_missing_score, caption_text)
-            except ScoreTableError as error:
-                errors.append((part, str(error)))
-                continue
-            reports.append(report)
-            write_parquet_atomic(table, building / PART_NAME.format(part),
-                                 {"stage": "mix_table", "part": part, "parts": n_parts})
-        if errors:
-            shown = "\n".join(f"[part {p} of {n_parts}] {e}" for p, e in errors[:3])
-            raise ScoreTableError(f"{len(errors)} of {n_parts} part(s) of the mix table have "
-                                  f"incomplete scores; the first:\n{shown}")
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    shutil.rmtree(table_dir, ignore_errors=True)
-    os.replace(building, table_dir)
-    report = _merge_reports(reports)
-    inputs = [index_path, *(Path(p) for p in score_paths.values())]
-    if clusters_path is not None:
-        inputs.append(clusters_path)
-    if caption_text_path is not None:
-        inputs.append(caption_text_path)
-    provenance = provenance_record("mix_table", inputs=inputs,
-                                   params={"sources": {k: list(v) for k, v in sources.items()},
-                                           "on_missing_score": on_missing_score,
-                                           "table_parts": n_parts})
-    write_json(report_path, {"pool": pool, **report, "table_parts": n_parts,
-                             "rows_per_part": [int(pq.ParquetFile(p).metadata.num_rows)
-                                               for p in part_files(table_dir)],
-                             "provenance": provenance})
-    log.info("%s: mix table of %d images in %d part(s), sources %s", pool, report["n_pool"],
-             n_parts, sorted(sources))
+        table, report = build_mix_table(pool_uids.tolist(), sets, clusters, on_missing_score,
+                                        caption_text)
+    except ScoreTableError as error:
+        raise ScoreTableError(f"part {part} of {n_parts} of pool '{pool}''s mix table: "
+                              f"{error}") from error
+    write_parquet_atomic(table, Path(out_path), {"stage": "mix_table", "part": part,
+                                                 "parts": n_parts})
+    provenance = provenance_record("mix_table_part", inputs=here.files(), params={
+        "sources": {k: list(v) for k, v in sources.items()}, "part": part, "parts": n_parts,
+        "on_missing_score": on_missing_score})
+    report = {"pool": pool, "part": part, "parts": n_parts, **report,
+              "provenance": provenance}
+    write_json(report_path, report)
+    log.info("%s: part %d of %d: %d images", pool, part, n_parts, report["n_pool"])
     return report
+
+
+def run_mix_table(pool: str, part_paths: Sequence[Path], part_reports: Sequence[Path],
+                  manifest_path: Path) -> dict[str, Any]:
+    """The mix_table rule (the reduce): the parts' reports merged into the table's manifest,
+    which lists its parts (relative to the manifest, in uid order) and their rows."""
+    reports = [json.loads(Path(p).read_text()) for p in part_reports]
+    merged = _merge_reports(reports)
+    manifest_path = Path(manifest_path)
+    parts = [os.path.relpath(p, manifest_path.parent) for p in part_paths]
+    write_json(manifest_path, {
+        "pool": pool, **merged, "table_parts": len(parts), "parts": parts,
+        "rows_per_part": [int(r["n_pool"]) for r in reports],
+        "provenance": provenance_record("mix_table", inputs=list(part_paths),
+                                        params={"parts": len(parts)})})
+    log.info("%s: mix table of %d images in %d part(s)", pool, merged["n_pool"], len(parts))
+    return merged
+
+
+def build_table(pool: str, sources: Mapping[str, Sequence[str]], inputs: MixInputs,
+                manifest_path: Path, n_parts: int = 1,
+                on_missing_score: str = "error") -> dict[str, Any]:
+    """Scatter, every part and the reduce in one process: what the three rules do, for tests
+    and benchmarks that build a table without Snakemake. Parts go beside the manifest, in
+    ``<manifest stem>/``."""
+    manifest_path = Path(manifest_path)
+    table_dir = manifest_path.with_suffix("")
+    scatter_dir = manifest_path.with_name(manifest_path.stem + ".scatter") if n_parts > 1 \
+        else None
+    if scatter_dir is not None:
+        run_scatter(inputs, n_parts, scatter_dir)
+    paths, reports = [], []
+    try:
+        for part in range(n_parts):
+            paths.append(part_file(table_dir, part))
+            reports.append(table_dir / f"{table_part_name(part)}.json")
+            run_table_part(pool, part, n_parts, sources, inputs, paths[-1], reports[-1],
+                           scatter_dir, on_missing_score)
+    finally:
+        if scatter_dir is not None:
+            shutil.rmtree(scatter_dir, ignore_errors=True)
+    return run_mix_table(pool, paths, reports, manifest_path)
 
 
 # ------------------------------------------------------------------ rule subset
 
 
-def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], table_dir: Path,
+def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], table: Path,
                out_dir: Path, language_summary: Path | None = None) -> dict[str, Any]:
-    """The subset rule: one strategy of one pool, part by part. ``language_summary`` is the
+    """The subset rule: one strategy of one pool, part by part of the mix table whose manifest
+    is ``table``. ``language_summary`` is the
     pool's caption_language summary (which language-id model ran), for a strategy with a
     text filter."""
     strategy = parse_strategy(name, spec)
@@ -319,12 +417,12 @@ def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], tabl
     def resolve(source: str) -> str:
         return resolve_source(source, pool)
 
-    columns = strategy_columns(strategy, resolve, table_columns(table_dir))
+    columns = strategy_columns(strategy, resolve, table_columns(table))
     needs = threshold_needs(strategy, resolve)
     score_columns = [score_column(s) for s in needs]
-    thresholds = pool_thresholds(lambda: iter_parts(table_dir, score_columns), needs)
+    thresholds = pool_thresholds(lambda: iter_parts(table, score_columns), needs)
     language_id = None
-    inputs = [Path(table_dir)]
+    inputs = [Path(table)]  # the manifest: its job record hashes the parts
     if strategy.text_filter is not None and language_summary is not None:
         language_id = json.loads(Path(language_summary).read_text())["language_id"]
         inputs.append(Path(language_summary))
@@ -334,9 +432,9 @@ def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], tabl
                                                                                    {}))})
     writer = SubsetWriter(strategy, out_dir)
     n_pool = 0
-    for table in iter_parts(table_dir, columns):
-        writer.add(select(strategy, table, thresholds, resolve))
-        n_pool += table.num_rows
+    for part in iter_parts(table, columns):
+        writer.add(select(strategy, part, thresholds, resolve))
+        n_pool += part.num_rows
     summary = writer.close(n_pool, provenance, language_id)
     log.info("%s: %d samples (%d images) of %d; thresholds %s", name, summary["n_samples"],
              summary["n_images"], n_pool, summary["thresholds"])

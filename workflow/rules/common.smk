@@ -18,7 +18,12 @@ sys.path.insert(0, str(REPO / "src"))
 from capmix.analysisplan import ANALYSES, coco_task, plan_analyses, plan_inputs  # noqa: E402
 from capmix.assetspec import asset_files, assets, assets_dir, resolve_file  # noqa: E402
 from capmix.captionsets import RAW, pool_caption_sets  # noqa: E402
-from capmix.chunks import CHUNK_PATTERN, chunk_names  # noqa: E402
+from capmix.chunks import (  # noqa: E402
+    CHUNK_PATTERN,
+    TABLE_PART_PATTERN,
+    chunk_names,
+    table_part_names,
+)
 from capmix.config import (  # noqa: E402
     check_references,
     explain_errors,
@@ -114,6 +119,7 @@ wildcard_constraints:
     scorer=MODEL_NAME,
     temperature="[0-9]+[.][0-9]+",
     chunk=CHUNK_PATTERN,
+    table_part=TABLE_PART_PATTERN,
     caption_set=f"raw|{MODEL_NAME}/[0-9]+[.][0-9]+",
     strategy="|".join(STRATEGIES) or "no_strategy",
     data="[A-Za-z0-9][A-Za-z0-9_.-]*",
@@ -143,7 +149,9 @@ QUALITY = "results/{pool}/quality/{scorer}/{caption_set}.json"
 IMAGE_CLUSTERS = "results/{pool}/mix/image_clusters.parquet"
 CAPTION_LANGUAGE = "results/{pool}/mix/caption_language.parquet"
 CAPTION_LANGUAGE_SUMMARY = "results/{pool}/mix/caption_language.json"
-MIX_TABLE = "results/{pool}/mix/table"
+MIX_TABLE = "results/{pool}/mix/table.json"  # the manifest of its parts
+MIX_TABLE_PART = "results/{pool}/mix/table/{table_part}.parquet"
+MIX_SCATTER = "results/{pool}/mix/scatter"
 SUBSET_SAMPLES = "results/{pool}/subsets/{strategy}/samples.parquet"
 SUBSET_SUMMARY = "results/{pool}/subsets/{strategy}/summary.json"
 TRAIN_SHARDS_DIR = "results/{pool}/train_shards/{strategy}"
@@ -396,6 +404,23 @@ def mix_table_inputs(wildcards):
     if pool_filters_captions(config, POOLS[pool]):
         inputs["caption_language"] = CAPTION_LANGUAGE.format(pool=pool)
     return inputs
+
+
+def mix_table_part_inputs(wildcards):
+    """A part's inputs: the scattered inputs of a pool in several parts, the inputs themselves
+    for a pool in one."""
+    if POOLS[wildcards.pool]["mix"]["table_parts"] > 1:
+        return {"scatter": MIX_SCATTER.format(pool=wildcards.pool)}
+    return mix_table_inputs(wildcards)
+
+
+def mix_table_parts(wildcards):
+    return [MIX_TABLE_PART.format(pool=wildcards.pool, table_part=part)
+            for part in table_part_names(POOLS[wildcards.pool]["mix"]["table_parts"])]
+
+
+def mix_table_part_reports(wildcards):
+    return [path.removesuffix(".parquet") + ".json" for path in mix_table_parts(wildcards)]
 
 
 def image_cluster_spec(wildcards):

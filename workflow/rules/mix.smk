@@ -53,20 +53,66 @@ rule caption_language:
         "../scripts/caption_language.py"
 
 
-# The params map each caption set to its files (the inputs, listed flat). The table is a
-# directory of parts, part-NNNNN.parquet, in uid order (capmix.mixparts).
-rule mix_table:
+# The mix table in pools[].mix.table_parts uid-range parts (capmix.mixparts): a pool in
+# several parts has its inputs scattered once (mix_scatter), then each part is built by its
+# own job (mix_table_part) and the parts' reports merged into the table's manifest
+# (mix_table), results/{pool}/mix/table.json, which the readers take. The params map each
+# caption set to its files (the inputs, listed flat).
+rule mix_scatter:
     input:
         unpack(mix_table_inputs),
     output:
-        table=directory(MIX_TABLE),
-        report="results/{pool}/mix/table.json",
+        temp(directory(MIX_SCATTER)),
+    params:
+        score_paths=mix_score_paths,
+        caption_manifests=mix_caption_manifests,
+        table_parts=pool_setting("mix", "table_parts"),
+    log:
+        "logs/mix_scatter/{pool}.log",
+    benchmark:
+        "benchmarks/mix_scatter/{pool}.tsv"
+    threads: resource("mix_scatter", "threads")
+    resources:
+        mem_mb=resource("mix_scatter", "mem_mb"),
+        runtime=resource("mix_scatter", "runtime"),
+    conda:
+        "../../envs/mix.yaml"
+    script:
+        "../scripts/mix_scatter.py"
+
+
+rule mix_table_part:
+    input:
+        unpack(mix_table_part_inputs),
+    output:
+        table=MIX_TABLE_PART,
+        report="results/{pool}/mix/table/{table_part}.json",
     params:
         sources=mix_sources,
         score_paths=mix_score_paths,
         caption_manifests=mix_caption_manifests,
         on_missing_score=pool_setting("mix", "on_missing_score"),
         table_parts=pool_setting("mix", "table_parts"),
+    log:
+        "logs/mix_table_part/{pool}/{table_part}.log",
+    benchmark:
+        "benchmarks/mix_table_part/{pool}/{table_part}.tsv"
+    threads: resource("mix_table_part", "threads")
+    resources:
+        mem_mb=resource("mix_table_part", "mem_mb"),
+        runtime=resource("mix_table_part", "runtime"),
+    conda:
+        "../../envs/mix.yaml"
+    script:
+        "../scripts/mix_table_part.py"
+
+
+rule mix_table:
+    input:
+        parts=mix_table_parts,
+        reports=mix_table_part_reports,
+    output:
+        MIX_TABLE,
     log:
         "logs/mix_table/{pool}.log",
     benchmark:

@@ -1,5 +1,4 @@
-"""Entry point of rule mix_table: every score a pool's strategies need, checked and joined
-into uid-range parts."""
+"""Entry point of rule mix_table: the parts' reports merged into the mix table's manifest."""
 
 from pathlib import Path
 
@@ -11,12 +10,5 @@ if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
     with job_provenance(sm):
-        run_mix_table(
-            sm.wildcards.pool, sm.params.sources, sm.params.score_paths,
-            sm.params.caption_manifests,
-            Path(sm.input.index), Path(sm.output.table), Path(sm.output.report),
-            n_parts=sm.params.table_parts,
-            clusters_path=Path(sm.input.clusters) if "clusters" in sm.input.keys() else None,
-            on_missing_score=sm.params.on_missing_score,
-            caption_text_path=(Path(sm.input.caption_language)
-                               if "caption_language" in sm.input.keys() else None))
+        run_mix_table(sm.wildcards.pool, [Path(p) for p in sm.input.parts],
+                      [Path(p) for p in sm.input.reports], Path(sm.output[0]))
