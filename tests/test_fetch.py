@@ -12,11 +12,13 @@ import pytest
 from capmix.fetch import (
     ROUND_DONE,
     FetchSettings,
+    chunk_parts,
     failure_reason,
     fetch_pool,
+    merge_fetch,
     round_dirs,
 )
-from capmix.sources import build_metadata, source_files
+from capmix.sources import SourceFile, build_metadata, source_files
 from tests.conftest import write_image
 
 SETTINGS = FetchSettings(image_size=32, samples_per_shard=3, retries=0, threads_per_process=4,
@@ -170,3 +172,76 @@ def test_face_bboxes_are_blurred_like_datacomp(tmp_path):
     face, rest = pixels[4:28, 4:28].astype(float), pixels[36:60, 36:60].astype(float)
     assert face.std() < 0.5 * rest.std()  # the box is blurred, the rest is not
     assert rest.std() > 100
+
+
+# ------------------------------------------------------------------ fetch jobs over parts
+
+
+def parted_metadata(table: pd.DataFrame, tmp_path: Path, sizes=(3, 3, 2)) -> Path:
+    """The table as len(sizes) source files, so the metadata has that many parts."""
+    files, start = [], 0
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"table{i}.parquet"
+        table.iloc[start:start + size].to_parquet(path, index=False)
+        files.append(path)
+        start += size
+    source = {"type": "table", "path": str(files[0]), "format": "auto", "keep_columns": [],
+              "allow_local_urls": True}
+    # several files, as a DataComp source has (a table source reads one)
+    build_metadata("p", source, [SourceFile(f, "parquet") for f in files], tmp_path / "metadata")
+    return tmp_path / "metadata"
+
+
+def fetch_in_jobs(root: Path, metadata: Path, n_jobs: int, only=None,
+                  settings: FetchSettings = SETTINGS) -> dict:
+    chunks = [f"chunk{i}of{n_jobs}" for i in range(n_jobs)]
+    for i, chunk in enumerate(chunks):
+        if only is None or i in only:
+            fetch_pool("p", metadata, root / "shards" / chunk, root / chunk / "index.parquet",
+                       root / chunk / "report.json", settings, processes=1,
+                       parts=chunk_parts(metadata, i, n_jobs))
+    return merge_fetch("p", chunks, [root / c / "index.parquet" for c in chunks],
+                       [root / c / "report.json" for c in chunks], root / "index.parquet",
+                       root / "report.json")
+
+
+def test_fetch_jobs_over_parts_account_as_one_job_would(tmp_path, image_table):
+    table, _ = image_table
+    metadata = parted_metadata(table, tmp_path)
+    assert [len(chunk_parts(metadata, i, 2)) for i in range(2)] == [1, 2]
+    assert [len(chunk_parts(metadata, i, 4)) for i in range(4)] == [0, 1, 1, 1]
+    single = run(tmp_path / "one", metadata)
+    merged = fetch_in_jobs(tmp_path / "jobs", metadata, 4)  # the first job has no part
+    one = pd.read_parquet(tmp_path / "one" / "fetch" / "index.parquet")
+    jobs = pd.read_parquet(tmp_path / "jobs" / "index.parquet")
+    same = ["uid", "status", "reason", "round", "attempts", "part", "row", "width", "height"]
+    pd.testing.assert_frame_equal(one[same], jobs[same])  # metadata order, every uid once
+    for shard, key in jobs.loc[jobs["status"] == "fetched", ["shard", "key"]].to_numpy():
+        assert shard.startswith("chunk") and (tmp_path / "jobs" / "shards" / shard).exists()
+        with tarfile.open(tmp_path / "jobs" / "shards" / shard) as tar:
+            assert f"{key}.jpg" in tar.getnames()
+    for key in ("n_total", "n_fetched", "n_failed", "success_rate", "failures_by_reason",
+                "failure_examples", "attempts"):
+        assert merged[key] == single[key], key
+    assert sum(s["samples"] for s in merged["shards"]) == merged["n_fetched"] == 5
+    assert [j["metadata_parts"] for j in merged["jobs"]][0] == []
+
+
+def test_a_fetch_job_is_rerun_alone(tmp_path, image_table):
+    table, web = image_table
+    metadata = parted_metadata(table, tmp_path)
+    fetch_in_jobs(tmp_path, metadata, 2)
+    first = digests(tmp_path / "shards" / "chunk0of2" / "round_0")
+    dead = [u for u in table["uid"] if int(u, 16) in (0xd0, 0xd1)]
+    # the second job's dead links come back; re-running that job alone (retrying what was
+    # not found) fetches them
+    for i in range(2):
+        write_image(web / f"dead{i}.png", colour=(9, 9, 9))
+    report = fetch_in_jobs(tmp_path, metadata, 2, only={1},
+                           settings=replace(SETTINGS, retry_reasons=("not_found",)))
+    index = pd.read_parquet(tmp_path / "index.parquet").set_index("uid")
+    assert (index.loc[dead, "status"] == "fetched").all()
+    assert (index.loc[dead, "shard"].str.startswith("chunk1of2/round_1/")).all()
+    assert digests(tmp_path / "shards" / "chunk0of2" / "round_0") == first
+    assert not (tmp_path / "shards" / "chunk0of2" / "round_1").exists()
+    assert report["n_fetched"] == 7 and len(report["rounds"]["chunk1of2"]) == 2

@@ -13,6 +13,13 @@ tool and settings). This module adds what a reproduction needs around it:
   its round, shard and key) or failed with a reason, in ``index.parquet``,
   and ``report.json`` counts reasons and the success rate.
 
+* **Parts.** A pool's metadata parts are fetched by ``n`` jobs (``pools[].jobs.fetch``),
+  job ``i`` taking a contiguous run of parts (:func:`chunk_parts`) into its own shards
+  directory, ``results/{pool}/shards/chunk{i}of{n}/round_K/``, with its own index and report;
+  a job that fails does not stop the others and is re-run alone. :func:`merge_fetch` joins
+  their indexes (shard paths relative to ``results/{pool}/shards``) and reports, a part at a
+  time, into the pool's: the same accounting as one job fetching everything.
+
 The shards directory is deliberately *not* a Snakemake output: Snakemake
 deletes outputs before re-running a job, which would throw away every image
 already fetched. The job's outputs are the index and the report.
@@ -33,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from capmix.fetch_reasons import RETRYABLE_REASONS, failure_reason
@@ -46,6 +54,14 @@ ROUND_PREFIX = "round_"
 DEFAULT_QUALITY = {"jpg": 95, "webp": 95, "png": 9}
 ROUND_DONE = "_capmix_round.json"
 FACE_BOX_COLUMN = "face_bboxes"
+#: The fetch index's columns (build_index).
+INDEX_SCHEMA = pa.schema([
+    ("uid", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+    ("error_message", pa.string()), ("round", pa.int64()), ("shard", pa.string()),
+    ("key", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+    ("attempts", pa.int64()), ("part", pa.string()), ("row", pa.int64())])
+#: Failure examples a fetch report keeps per reason.
+EXAMPLES_PER_REASON = 3
 
 #: The smallest side, in pixels, an image must have unless the config says otherwise: 0 for
 #: DataComp pools (DataComp's own download sets none, so its pools stay comparable), this
@@ -218,10 +234,20 @@ def collect_attempts(shards_dir: Path) -> pd.DataFrame:
     return attempts
 
 
-def metadata_uids(metadata_dir: Path) -> pd.DataFrame:
-    """uid with its metadata part and row: where row-aligned extras (DataComp's npz) live."""
-    frames = []
-    for path in metadata_parts(metadata_dir):
+def chunk_parts(metadata_dir: Path, chunk: int, n_chunks: int) -> list[Path]:
+    """The metadata parts fetch job ``chunk`` of ``n_chunks`` takes: the ``chunk``-th of
+    ``n_chunks`` contiguous runs of the manifest's parts (none when there are more jobs than
+    parts), so the jobs' indexes, joined in order, list the uids in metadata order."""
+    parts = metadata_parts(metadata_dir)
+    return parts[len(parts) * chunk // n_chunks:len(parts) * (chunk + 1) // n_chunks]
+
+
+def metadata_uids(metadata_dir: Path, parts: Sequence[Path] | None = None) -> pd.DataFrame:
+    """uid with its metadata part and row: where row-aligned extras (DataComp's npz) live
+    (``parts``: these metadata parts only, default all)."""
+    frames = [pd.DataFrame({"uid": pd.Series(dtype=object), "part": pd.Series(dtype=object),
+                            "row": pd.Series(dtype="int64")})]
+    for path in (metadata_parts(metadata_dir) if parts is None else parts):
         frame = pq.read_table(path, columns=["uid"]).to_pandas()
         frame["part"] = path.name
         frame["row"] = range(len(frame))
@@ -246,13 +272,14 @@ def build_index(uids: pd.DataFrame, attempts: pd.DataFrame) -> pd.DataFrame:
     return index[columns].reset_index(drop=True)
 
 
-def pending_rows(metadata_dir: Path, fetched: set[str]) -> pd.DataFrame:
+def pending_rows(metadata_dir: Path, fetched: set[str],
+                 parts: Sequence[Path] | None = None) -> pd.DataFrame:
     """Metadata rows (only what img2dataset reads) whose uid has not been fetched."""
     manifest = read_manifest(metadata_dir)
     wanted = ["uid", "url", "text"] + ([FACE_BOX_COLUMN] if FACE_BOX_COLUMN in
                                        manifest["columns"] else [])
-    frames = []
-    for part in metadata_parts(metadata_dir):
+    frames = [pd.DataFrame(columns=wanted)]
+    for part in (metadata_parts(metadata_dir) if parts is None else parts):
         frame = pq.read_table(part, columns=wanted).to_pandas()
         frames.append(frame[~frame["uid"].isin(fetched)])
     return pd.concat(frames, ignore_index=True)
@@ -266,27 +293,48 @@ def face_box_column(metadata_dir: Path, settings: FetchSettings) -> str | None:
     return FACE_BOX_COLUMN if present and settings.blur_faces is not False else None
 
 
+def first_round_input(metadata_dir: Path, shards_dir: Path,
+                      parts: Sequence[Path] | None) -> Path | None:
+    """Round 0's input: the metadata folder, or (a job fetching some of its parts) a folder of
+    links to those parts; None when the job has no parts."""
+    if parts is None or list(parts) == metadata_parts(metadata_dir):
+        return Path(metadata_dir)
+    if not parts:
+        return None
+    folder = round_input(shards_dir, 0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        link = folder / part.name
+        if not link.exists():
+            link.symlink_to(Path(part).resolve())
+    return folder
+
+
 def next_round(metadata_dir: Path, shards_dir: Path,
-               retry_reasons: Sequence[str] = RETRYABLE_REASONS) -> tuple[int, Path] | None:
+               retry_reasons: Sequence[str] = RETRYABLE_REASONS,
+               parts: Sequence[Path] | None = None) -> tuple[int, Path] | None:
     """Which round to run now, and its input directory; None when nothing is left.
 
     An unfinished round is resumed; otherwise a new round covers the rows not fetched yet
     whose last failure is one of ``retry_reasons`` (all rows for round 0). The others keep
-    their failure in the index.
+    their failure in the index. ``parts``: the metadata parts this job fetches (default all).
     """
     rounds = round_dirs(shards_dir)
+    first = first_round_input(metadata_dir, shards_dir, parts)
+    if first is None:
+        return None
     if not rounds:
-        return 0, metadata_dir
+        return 0, first
     last = rounds[-1]
     k = int(last.name[len(ROUND_PREFIX):])
     if not round_is_complete(last):
-        return k, (metadata_dir if k == 0 else round_input(shards_dir, k))
+        return k, (first if k == 0 else round_input(shards_dir, k))
     attempts = collect_attempts(shards_dir)
     fetched = set(attempts.loc[attempts["status"] == "success", "uid"])
     last = attempts[attempts["status"] != "success"].sort_values("round").drop_duplicates(
         "uid", keep="last")
     final = set(last.loc[~last["reason"].isin(retry_reasons), "uid"]) - fetched
-    pending = pending_rows(metadata_dir, fetched | final)
+    pending = pending_rows(metadata_dir, fetched | final, parts)
     if pending.empty:
         return None
     input_dir = round_input(shards_dir, k + 1)
@@ -298,12 +346,14 @@ def next_round(metadata_dir: Path, shards_dir: Path,
 
 
 def fetch_pool(pool: str, metadata_dir: Path, shards_dir: Path, index_path: Path,
-               report_path: Path, settings: FetchSettings, processes: int = 1) -> dict[str, Any]:
-    """Run one fetch round (resume, first, or retry-the-failed) and account for every uid."""
+               report_path: Path, settings: FetchSettings, processes: int = 1,
+               parts: Sequence[Path] | None = None) -> dict[str, Any]:
+    """Run one fetch round (resume, first, or retry-the-failed) and account for every uid of
+    the metadata ``parts`` (default all; :func:`chunk_parts` gives a fetch job's)."""
     metadata_dir, shards_dir = Path(metadata_dir), Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
     bbox_col = face_box_column(metadata_dir, settings)
-    step = next_round(metadata_dir, shards_dir, settings.retry_reasons)
+    step = next_round(metadata_dir, shards_dir, settings.retry_reasons, parts)
     if step is None:
         log.info("%s: nothing left to fetch (every uid is fetched, or failed for a reason "
                  "not in fetch.retry_reasons)", pool)
@@ -322,23 +372,83 @@ def fetch_pool(pool: str, metadata_dir: Path, shards_dir: Path, index_path: Path
         })
 
     attempts = collect_attempts(shards_dir)
-    index = build_index(metadata_uids(metadata_dir), attempts)
+    index = build_index(metadata_uids(metadata_dir, parts), attempts)
     index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = index_path.with_name(index_path.name + ".tmp")
-    index.to_parquet(tmp, index=False)
+    # a fixed schema, so that the indexes of jobs with nothing fetched (or nothing at all)
+    # join the others'
+    pq.write_table(pa.Table.from_pandas(index, schema=INDEX_SCHEMA, preserve_index=False), tmp)
     os.replace(tmp, index_path)
     report = fetch_report(pool, metadata_dir, shards_dir, index, attempts, settings)
+    report["metadata_parts"] = [p.name for p in (metadata_parts(metadata_dir)
+                                                 if parts is None else parts)]
     write_json(report_path, report)
     log.info("%s: %d/%d fetched (%.1f%%); failures by reason: %s", pool, report["n_fetched"],
              report["n_total"], 100 * report["success_rate"], report["failures_by_reason"])
     return report
 
 
+def merge_fetch(pool: str, chunks: Sequence[str], index_paths: Sequence[Path],
+                report_paths: Sequence[Path], index_path: Path,
+                report_path: Path) -> dict[str, Any]:
+    """The fetch_merge rule: the fetch jobs' indexes joined, a job at a time, into the pool's
+    (each shard path prefixed with the job's folder, so that it is relative to
+    ``results/{pool}/shards``), and their reports into one that counts as a single job would."""
+    import pyarrow.compute as pc
+
+    from capmix.shards import unified_schema
+
+    schema = unified_schema(index_paths)
+    tmp = index_path.with_name(index_path.name + ".tmp")
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for chunk, path in zip(chunks, index_paths, strict=True):
+            table = pq.read_table(path).cast(schema)
+            shard = table.column("shard").cast(pa.string())
+            prefixed = pc.binary_join_element_wise(pa.scalar(chunk), shard, "/")
+            writer.write_table(table.set_column(table.schema.get_field_index("shard"), "shard",
+                                                prefixed))
+    os.replace(tmp, index_path)
+    reports = [json.loads(Path(p).read_text()) for p in report_paths]
+    n_total = sum(r["n_total"] for r in reports)
+    n_fetched = sum(r["n_fetched"] for r in reports)
+    reasons: dict[str, int] = {}
+    examples: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:  # in metadata order: the first examples are a single job's
+        for reason, count in report["failures_by_reason"].items():
+            reasons[reason] = reasons.get(reason, 0) + count
+        for reason, rows in report["failure_examples"].items():
+            kept = examples.setdefault(reason, [])
+            kept += rows[:EXAMPLES_PER_REASON - len(kept)]
+    merged = {
+        "pool": pool,
+        "toy": any(r["toy"] for r in reports),
+        "n_total": n_total, "n_fetched": n_fetched,
+        "n_failed": sum(r["n_failed"] for r in reports),
+        "success_rate": n_fetched / n_total if n_total else 0.0,
+        "failures_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "failure_examples": examples,
+        "attempts": sum(r["attempts"] for r in reports),
+        "rounds": {chunk: r["rounds"] for chunk, r in zip(chunks, reports, strict=True)},
+        "shards": [{**s, "path": f"{chunk}/{s['path']}"}
+                   for chunk, r in zip(chunks, reports, strict=True) for s in r["shards"]],
+        "jobs": [{"job": chunk, "metadata_parts": r.get("metadata_parts", []),
+                  "n_total": r["n_total"], "n_fetched": r["n_fetched"]}
+                 for chunk, r in zip(chunks, reports, strict=True)],
+        "settings": reports[0]["settings"] if reports else {},
+        "provenance": provenance_record("fetch_merge", inputs=[*index_paths, *report_paths],
+                                        params={"jobs": list(chunks)}),
+    }
+    write_json(report_path, merged)
+    log.info("%s: %d/%d fetched by %d job(s)", pool, n_fetched, n_total, len(chunks))
+    return merged
+
+
 def fetch_report(pool: str, metadata_dir: Path, shards_dir: Path, index: pd.DataFrame,
                  attempts: pd.DataFrame, settings: FetchSettings) -> dict[str, Any]:
     failed = index[index["status"] == "failed"]
     examples = {
-        reason: rows.head(3)[["uid", "error_message"]].to_dict("records")
+        reason: rows.head(EXAMPLES_PER_REASON)[["uid", "error_message"]].to_dict("records")
         for reason, rows in failed.groupby("reason")
     }
     rounds = []

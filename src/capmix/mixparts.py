@@ -58,6 +58,7 @@ from capmix.mix import (
     threshold_needs,
 )
 from capmix.provenance import provenance_record, write_json, write_parquet_atomic
+from capmix.shards import unified_schema
 from capmix.strategies import parse_strategy, pool_mix, resolve_source
 from capmix.uids import arrow_uids_to_pairs
 
@@ -139,7 +140,7 @@ class Scatter:
             return [list(files)]
         out_dir = self.work_dir / name
         out_dir.mkdir(parents=True, exist_ok=True)
-        schema = _common_schema(files, columns)
+        schema = unified_schema(files, columns)
         writers: dict[int, pq.ParquetWriter] = {}
         try:
             for path in files:
@@ -175,21 +176,6 @@ class Scatter:
                 pq.write_table(schema.empty_table(), path)
             result.append([path])
         return result
-
-
-def _common_schema(files: Sequence[Path], columns: Sequence[str]) -> pa.Schema:
-    """One schema for ``columns`` of every file (a column that is all null in one file takes
-    its type from the others); a file without one of the columns is a KeyError naming it."""
-    schemas = []
-    for path in files:
-        schema = pq.read_schema(path)
-        missing = [c for c in columns if c not in schema.names]
-        if missing:
-            raise KeyError(f"{path}: no column(s) {missing}")
-        schemas.append(pa.schema([schema.field(c) for c in columns]))
-    if not schemas:
-        raise FileNotFoundError("no input files to scatter")
-    return pa.unify_schemas(schemas, promote_options="default")
 
 
 # ------------------------------------------------------------------ rule mix_table
@@ -300,10 +286,25 @@ SCATTER_RECORD = "inputs.json"
 FETCHED = pc.field("status") == "fetched"
 
 
+def allow_open_files(needed: int) -> None:
+    """Raise this process's open-file limit to ``needed`` (scattering keeps one file open per
+    part); a hard limit below it stops the job before any work, naming both numbers."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise OSError(f"scattering into this many parts keeps {needed} files open, but "
+                          f"the hard limit is {hard} (ulimit -Hn): lower mix.table_parts or "
+                          "raise the limit")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def run_scatter(inputs: MixInputs, n_parts: int, out_dir: Path) -> None:
     """The mix_scatter rule (pools with more than one part): every input's rows into
     ``out_dir/<input>/part-NNNNN.parquet`` by uid (:class:`Scatter`), a batch at a time."""
     out_dir = Path(out_dir)
+    allow_open_files(n_parts + 64)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     write_json(out_dir / SCATTER_RECORD, {**inputs.record(), "parts": n_parts})

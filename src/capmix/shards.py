@@ -52,6 +52,23 @@ def listed_shard_files(manifest_paths: Sequence[Path | str]) -> list[Path]:
         files += [Path(path).parent / entry["output"] for entry in manifest["shards"]]
     return files
 
+def unified_schema(files: Sequence[Path], columns: Sequence[str] | None = None) -> pa.Schema:
+    """One schema for ``columns`` (default: all) of per-shard or per-part parquet files that
+    are to be concatenated: a column that is all null in one file takes its type from the
+    others. A file without one of the columns is a KeyError naming it."""
+    schemas = []
+    for path in files:
+        schema = pq.read_schema(path)
+        wanted = list(columns) if columns is not None else schema.names
+        missing = [c for c in wanted if c not in schema.names]
+        if missing:
+            raise KeyError(f"{path}: no column(s) {missing}")
+        schemas.append(pa.schema([schema.field(c) for c in wanted]).remove_metadata())
+    if not schemas:
+        raise FileNotFoundError("no files to read a schema from")
+    return pa.unify_schemas(schemas, promote_options="default")
+
+
 @dataclass(frozen=True)
 class Sample:
     key: str

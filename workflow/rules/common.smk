@@ -140,7 +140,10 @@ DOWNLOAD_RECORD = "results/{pool}/metadata_raw/download.json"
 METADATA = "results/{pool}/metadata"
 FETCH_INDEX = "results/{pool}/fetch/index.parquet"
 FETCH_REPORT = "results/{pool}/fetch/report.json"
+FETCH_CHUNK_INDEX = "results/{pool}/fetch/{chunk}/index.parquet"
+FETCH_CHUNK_REPORT = "results/{pool}/fetch/{chunk}/report.json"
 SHARDS = "results/{pool}/shards"  # img2dataset's rounds; read by every stage that decodes
+FETCH_CHUNK_SHARDS = f"{SHARDS}/{{chunk}}"  # one fetch job's rounds
 RAW_CAPTIONS = "results/{pool}/captions/raw/manifest.json"
 CAPTION_CHUNK = "results/{pool}/captions/{captioner}/{temperature}/{chunk}.json"
 IMAGE_EMBEDDINGS = "results/{pool}/scores/{scorer}/images/{chunk}.json"
@@ -339,8 +342,24 @@ def caption_sets(pool):
 
 
 def pool_jobs(pool, stage):
-    """Jobs per pass of `stage` (caption, score) over the pool: `pools[].jobs`, else config."""
-    return POOLS[pool]["jobs"].get(stage, config[stage]["jobs"])
+    """Jobs per pass of `stage` (fetch, caption, score) over the pool: `pools[].jobs`, else
+    config (fetch: one job)."""
+    default = config[stage]["jobs"] if stage in ("caption", "score") else 1
+    return POOLS[pool]["jobs"].get(stage, default)
+
+
+def fetch_chunks(wildcards):
+    """The pool's fetch jobs, in metadata order."""
+    return chunk_names(pool_jobs(wildcards.pool, "fetch"))
+
+
+def fetch_chunk_indexes(wildcards):
+    return [FETCH_CHUNK_INDEX.format(pool=wildcards.pool, chunk=c) for c in fetch_chunks(wildcards)]
+
+
+def fetch_chunk_reports(wildcards):
+    return [FETCH_CHUNK_REPORT.format(pool=wildcards.pool, chunk=c)
+            for c in fetch_chunks(wildcards)]
 
 
 def caption_manifests(pool, caption_set):

@@ -1,23 +1,25 @@
-# Fetch: img2dataset into webdataset shards (results/{pool}/shards/round_K/),
-# then every uid accounted for. Re-running the job (`-R fetch`) retries only the
-# rows that have not been fetched yet; the shards are kept across runs.
+# Fetch: img2dataset into webdataset shards, then every uid accounted for. A pool's
+# metadata parts are fetched by pools[].jobs.fetch jobs (job i of n takes the i-th of n
+# contiguous runs of parts into results/{pool}/shards/chunk{i}of{n}/round_K/); fetch_merge
+# joins their indexes and reports. Re-running a job (`-R fetch`) retries only the rows it has
+# not fetched yet; the shards are kept across runs, and a failed job is re-run alone.
 
 
 rule fetch:
     input:
         METADATA,
     output:
-        index=FETCH_INDEX,
-        report=FETCH_REPORT,
+        index=FETCH_CHUNK_INDEX,
+        report=FETCH_CHUNK_REPORT,
     params:
         settings=pool_setting("fetch"),
         source_type=pool_setting("source", "type"),
         allow_local_urls=local_urls_allowed,
-        shards=SHARDS,
+        shards=FETCH_CHUNK_SHARDS,
     log:
-        "logs/fetch/{pool}.log",
+        "logs/fetch/{pool}/{chunk}.log",
     benchmark:
-        "benchmarks/fetch/{pool}.tsv"
+        "benchmarks/fetch/{pool}/{chunk}.tsv"
     threads: resource("fetch", "threads")
     resources:
         mem_mb=resource("fetch", "mem_mb"),
@@ -26,3 +28,26 @@ rule fetch:
         "../../envs/core.yaml"
     script:
         "../scripts/fetch.py"
+
+
+rule fetch_merge:
+    input:
+        indexes=fetch_chunk_indexes,
+        reports=fetch_chunk_reports,
+    output:
+        index=FETCH_INDEX,
+        report=FETCH_REPORT,
+    params:
+        chunks=fetch_chunks,
+    log:
+        "logs/fetch_merge/{pool}.log",
+    benchmark:
+        "benchmarks/fetch_merge/{pool}.tsv"
+    threads: resource("fetch_merge", "threads")
+    resources:
+        mem_mb=resource("fetch_merge", "mem_mb"),
+        runtime=resource("fetch_merge", "runtime"),
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/fetch_merge.py"

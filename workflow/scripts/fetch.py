@@ -1,4 +1,5 @@
-"""Entry point of rule fetch: one img2dataset round and the per-uid accounting.
+"""Entry point of rule fetch: one img2dataset round over one job's metadata parts, and the
+per-uid accounting.
 
 img2dataset starts worker processes with the "spawn" method, which re-imports
 this file as ``__mp_main__`` in every worker; the ``__main__`` guard keeps the
@@ -7,7 +8,8 @@ workers from running the stage again (they have no ``snakemake`` object).
 
 from pathlib import Path
 
-from capmix.fetch import FetchSettings, fetch_pool
+from capmix.chunks import parse_chunk
+from capmix.fetch import FetchSettings, chunk_parts, fetch_pool
 from capmix.lineage import job_provenance
 from capmix.logs import setup_logging
 
@@ -21,6 +23,7 @@ if __name__ == "__main__":
             FetchSettings.from_config(sm.params.settings, sm.params.source_type,
                                       sm.params.allow_local_urls),
             processes=sm.threads,
+            parts=chunk_parts(Path(sm.input[0]), *parse_chunk(sm.wildcards.chunk)),
         )
         # The shards are not declared outputs (kept across rounds); the record hashes them.
         job.produced(sm.params.shards)
