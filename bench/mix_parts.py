@@ -17,7 +17,8 @@ the workflow's own rules `mix_scatter`, `mix_table_part`, `mix_table` and `subse
 repository's Snakefile, `--allowed-rules`: every other file is taken as it is) for every strategy of
 the nine Table 5 families at the catalogue's six fractions (54), --batch strategies per
 Snakemake call, removing each batch's samples.parquet afterwards (at 128M rows all 54 would
-need ~250 GB; the uid files and summaries stay). It prints, from Snakemake's benchmark files,
+need ~250 GB; without --compare the uid files go too, ~1 GB each at 64M rows; the summaries
+stay; --resume continues a run that stopped). It prints, from Snakemake's benchmark files,
 each job's wall seconds and peak RSS (max_rss), the largest, the total wall time and rows/s.
 
 With --compare the same inputs are also mixed by a pool with one part (the whole-pool path)
@@ -202,7 +203,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_mix_parts")
     parser.add_argument("--compare", action="store_true",
                         help="also mix with one part and compare the uid files byte for byte")
-    parser.add_argument("--keep-samples", action="store_true")
+    parser.add_argument("--keep-samples", action="store_true",
+                        help="keep each subset's samples.parquet and uids.npy (at 128M rows "
+                             "all 54 take ~250 GB)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the pool under --out and the strategies already done")
     parser.add_argument("--families", nargs="+", default=list(TABLE5_FAMILIES))
     args = parser.parse_args()
     table_parts = args.table_parts or max(8, round(args.rows / 2_000_000))
@@ -210,15 +215,17 @@ def main() -> None:
     strategies = [name for name, spec in catalogue.items() if spec.get("family") in args.families]
     root = args.out.resolve()
     pool, whole = "bench_parts", "bench_whole"
-    if root.exists():
+    resume = args.resume and (root / "config.yaml").exists()
+    if root.exists() and not resume:
         shutil.rmtree(root)
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
     print(f"{args.rows:,} rows in {args.parts} input parts, mix table in {table_parts} parts, "
           f"{len(strategies)} strategies, {os.cpu_count()} CPUs, --cores {args.cores}")
-    start = time.perf_counter()
-    write_pool(root, pool, args.rows, args.parts, args.seed)
-    size = sum(f.stat().st_size for f in (root / "results").rglob("*") if f.is_file())
-    print(f"pool written in {time.perf_counter() - start:.0f} s ({size / 2**30:.1f} GiB)")
+    if not resume:
+        start = time.perf_counter()
+        write_pool(root, pool, args.rows, args.parts, args.seed)
+        size = sum(f.stat().st_size for f in (root / "results").rglob("*") if f.is_file())
+        print(f"pool written in {time.perf_counter() - start:.0f} s ({size / 2**30:.1f} GiB)")
     pools = [pool_entry(pool, strategies, table_parts)]
     if args.compare:
         link_inputs(root, pool, whole)
@@ -228,13 +235,19 @@ def main() -> None:
     wall = 0.0
     for entry in pools:
         name = entry["name"]
+        subsets = root / "results" / name / "subsets"
         for i in range(0, len(strategies), args.batch):
-            batch = strategies[i:i + args.batch]
+            batch = [s for s in strategies[i:i + args.batch]
+                     if not (resume and (subsets / s / "summary.json").exists())]
+            if not batch:
+                continue
             wall += run_batch(root, config, [f"results/{name}/subsets/{s}/summary.json"
                                              for s in batch], args.cores)
             if not args.keep_samples:
                 for strategy in batch:
-                    (root / "results" / name / "subsets" / strategy / "samples.parquet").unlink()
+                    (subsets / strategy / "samples.parquet").unlink()
+                    if not args.compare:  # ~1 GB each at 64M rows: only a comparison needs them
+                        (subsets / strategy / "uids.npy").unlink()
             print(f"  {name}: {min(i + args.batch, len(strategies))}/{len(strategies)} "
                   f"strategies, {wall:.0f} s", flush=True)
     marks = root / "benchmarks"
@@ -254,8 +267,8 @@ def main() -> None:
     print(f"job seconds summed: {table + subsets:.0f} s; the table (scatter, parts, manifest) "
           f"{table:.0f} s = {args.rows / table:,.0f} rows/s; subsets {subsets:.0f} s = "
           f"{args.rows * len(strategies) / subsets:,.0f} rows/s")
-    print(f"wall time of the Snakemake calls ({pool}{' and ' + whole if args.compare else ''}):"
-          f" {wall:.0f} s")
+    print(f"wall time of the Snakemake calls ({pool}{' and ' + whole if args.compare else ''}"
+          f"{', this run: resumed' if resume else ''}): {wall:.0f} s")
     if args.compare:
         differ = []
         for strategy in strategies:

@@ -205,8 +205,8 @@ def fetch_in_jobs(root: Path, metadata: Path, n_jobs: int, only=None,
                        root / "report.json")
 
 
-def test_fetch_jobs_over_parts_account_as_one_job_would(tmp_path, image_table):
-    table, _ = image_table
+def test_fetch_jobs_over_parts_account_as_one_job_would_and_rerun_alone(tmp_path, image_table):
+    table, web = image_table
     metadata = parted_metadata(table, tmp_path)
     assert [len(chunk_parts(metadata, i, 2)) for i in range(2)] == [1, 2]
     assert [len(chunk_parts(metadata, i, 4)) for i in range(4)] == [0, 1, 1, 1]
@@ -226,22 +226,20 @@ def test_fetch_jobs_over_parts_account_as_one_job_would(tmp_path, image_table):
     assert sum(s["samples"] for s in merged["shards"]) == merged["n_fetched"] == 5
     assert [j["metadata_parts"] for j in merged["jobs"]][0] == []
 
-
-def test_a_fetch_job_is_rerun_alone(tmp_path, image_table):
-    table, web = image_table
-    metadata = parted_metadata(table, tmp_path)
-    fetch_in_jobs(tmp_path, metadata, 2)
-    first = digests(tmp_path / "shards" / "chunk0of2" / "round_0")
-    dead = [u for u in table["uid"] if int(u, 16) in (0xd0, 0xd1)]
-    # the second job's dead links come back; re-running that job alone (retrying what was
-    # not found) fetches them
+    # The dead links (metadata part 1: the third job) come back. Re-running that job alone,
+    # retrying what was not found, fetches them and leaves the other jobs' shards as they were.
+    others = {c: digests(tmp_path / "jobs" / "shards" / c / "round_0")
+              for c in ("chunk1of4", "chunk3of4")}
     for i in range(2):
         write_image(web / f"dead{i}.png", colour=(9, 9, 9))
-    report = fetch_in_jobs(tmp_path, metadata, 2, only={1},
+    report = fetch_in_jobs(tmp_path / "jobs", metadata, 4, only={2},
                            settings=replace(SETTINGS, retry_reasons=("not_found",)))
-    index = pd.read_parquet(tmp_path / "index.parquet").set_index("uid")
-    assert (index.loc[dead, "status"] == "fetched").all()
-    assert (index.loc[dead, "shard"].str.startswith("chunk1of2/round_1/")).all()
-    assert digests(tmp_path / "shards" / "chunk0of2" / "round_0") == first
-    assert not (tmp_path / "shards" / "chunk0of2" / "round_1").exists()
-    assert report["n_fetched"] == 7 and len(report["rounds"]["chunk1of2"]) == 2
+    index = pd.read_parquet(tmp_path / "jobs" / "index.parquet").set_index("uid")
+    dead = [f"{0xd0:032x}", f"{0xd1:032x}"]
+    assert index.loc[dead[0], "shard"].startswith("chunk2of4/round_1/")
+    assert index.loc[dead[0], "status"] == "fetched"
+    assert index.loc[dead[1], "status"] == "failed"  # its part is the fourth job's, not re-run
+    for chunk, before in others.items():
+        assert digests(tmp_path / "jobs" / "shards" / chunk / "round_0") == before
+        assert not (tmp_path / "jobs" / "shards" / chunk / "round_1").exists()
+    assert report["n_fetched"] == 6 and len(report["rounds"]["chunk2of4"]) == 2

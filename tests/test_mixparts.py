@@ -186,3 +186,31 @@ def test_scatter_takes_a_column_type_from_files_where_it_is_not_all_null(tmp_pat
     assert sorted(pd.concat(frames)["uid"]) == sorted(uids)
     for part, frame in enumerate(frames):
         assert (uid_parts(frame["uid"].tolist(), 4) == part).all()
+
+
+def test_scattering_raises_the_open_file_limit_or_says_why_it_cannot(monkeypatch):
+    import resource
+
+    from capmix.mixparts import allow_open_files
+
+    calls = []
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, limits: calls.append(limits))
+    allow_open_files(3000)
+    assert calls == [(3000, 4096)]
+    with pytest.raises(OSError, match="8000 files open.*hard limit is 4096"):
+        allow_open_files(8000)
+    allow_open_files(100)  # under the soft limit: nothing to do
+    assert calls == [(3000, 4096)]
+
+
+def test_parts_out_of_uid_order_stop_the_subset_and_leave_no_half_files(tables, tmp_path):
+    _, _, _, parted, _ = tables
+    manifest = json.loads(parted.read_text())
+    manifest["parts"] = [str(p) for p in reversed(part_files(parted))]  # not uid ranges in order
+    shuffled = tmp_path / "shuffled.json"
+    shuffled.write_text(json.dumps(manifest))
+    catalogue, _ = table5_and_others()
+    with pytest.raises(ValueError, match="do not follow the previous part's"):
+        run_subset("raw_top_30", catalogue["raw_top_30"], POOL, shuffled, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

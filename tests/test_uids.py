@@ -66,3 +66,21 @@ def test_duplicate_positions_groups_repeats():
     groups = sorted(sorted(g.tolist()) for g in duplicate_positions(uids_to_pairs(uids)))
     assert groups == [[0, 2, 5], [1, 4]]
     assert duplicate_positions(uids_to_pairs(["a" * 32, "b" * 32])) == []
+
+
+def test_arrow_uids_decode_as_python_strings_do():
+    import pyarrow as pa
+
+    from capmix.uids import arrow_uids_to_pairs, ascending_pairs
+
+    uids = [f"{i * 0x9e3779b97f4a7c15 % 2**128:032x}" for i in range(1, 200)]
+    assert (arrow_uids_to_pairs(pa.array(uids)) == uids_to_pairs(uids)).all()
+    # a slice of an array (an offset into its buffers), and a chunked array
+    assert (arrow_uids_to_pairs(pa.array(uids).slice(50, 20)) == uids_to_pairs(uids[50:70])).all()
+    chunked = pa.chunked_array([uids[:10], uids[10:]])
+    assert (arrow_uids_to_pairs(chunked) == uids_to_pairs(uids)).all()
+    assert len(arrow_uids_to_pairs(pa.array([], type=pa.string()))) == 0
+    assert (ascending_pairs(uids_to_pairs(uids)) == sorted_uid_array(uids)).all()
+    for bad in ("A" * 32, "0" * 31, None):
+        with pytest.raises(ValueError, match="row 1"):
+            arrow_uids_to_pairs(pa.array(["0" * 32, bad]))

@@ -55,11 +55,7 @@ import pyarrow.parquet as pq
 
 from capmix.captionsets import RAW
 from capmix.provenance import write_json
-from capmix.strategies import (
-    BEST,
-    Strategy,
-    StrategyError,
-)
+from capmix.strategies import BEST, Strategy, StrategyError
 from capmix.textfilter import TextFilter
 from capmix.thresholds import part_thresholds
 from capmix.uids import UID_PAIR_DTYPE, arrow_uids_to_pairs, ascending_pairs
@@ -99,11 +95,6 @@ def caption_column(source: str) -> str:
 def origin_column(source: str) -> str:
     """The mix table's column naming the caption set each ``captioner/best`` caption came from."""
     return f"from:{source}"
-
-
-def _sorted_key(source: str) -> str:
-    # npz member names are file names: keep them free of '/'.
-    return source.replace("/", "@")
 
 
 @dataclass
@@ -525,6 +516,17 @@ class SubsetWriter:
         self._samples.write_table(selection.rows.cast(self._schema))
         self.tally.add(selection)
 
+    def abort(self) -> None:
+        """Remove what was written (a job that fails leaves no half files beside its outputs,
+        which Snakemake removes)."""
+        for handle in (self._samples, self._pairs):
+            try:
+                handle.close()
+            except OSError:
+                pass
+        for path in (self._samples_tmp, self._pairs_tmp, self.out_dir / "uids.tmp.npy"):
+            path.unlink(missing_ok=True)
+
     def close(self, n_pool: int, provenance: dict[str, Any],
               language_id: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Put the files in place; return the summary."""
@@ -559,8 +561,12 @@ def write_subset(strategy: Strategy, selection: Selection, n_pool: int, out_dir:
                  language_id: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A subset chosen from a whole pool in memory: :class:`SubsetWriter` with one part."""
     writer = SubsetWriter(strategy, out_dir)
-    writer.add(selection)
-    return writer.close(n_pool, provenance, language_id)
+    try:
+        writer.add(selection)
+        return writer.close(n_pool, provenance, language_id)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def strategy_columns(strategy: Strategy, resolve: Callable[[str], str],

@@ -433,10 +433,14 @@ def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], tabl
                                                                                    {}))})
     writer = SubsetWriter(strategy, out_dir)
     n_pool = 0
-    for part in iter_parts(table, columns):
-        writer.add(select(strategy, part, thresholds, resolve))
-        n_pool += part.num_rows
-    summary = writer.close(n_pool, provenance, language_id)
+    try:
+        for part in iter_parts(table, columns):
+            writer.add(select(strategy, part, thresholds, resolve))
+            n_pool += part.num_rows
+        summary = writer.close(n_pool, provenance, language_id)
+    except BaseException:
+        writer.abort()
+        raise
     log.info("%s: %d samples (%d images) of %d; thresholds %s", name, summary["n_samples"],
              summary["n_images"], n_pool, summary["thresholds"])
     return summary

@@ -433,6 +433,16 @@ def mix_table_part_inputs(wildcards):
     return mix_table_inputs(wildcards)
 
 
+def mix_table_part_files(wildcards):
+    """A pool in one part: its part reads the score tables and caption manifests themselves
+    (a scattered part finds them in the scatter's record; listing every caption chunk for each
+    of thousands of parts made xlarge's DAG take minutes to build)."""
+    if POOLS[wildcards.pool]["mix"]["table_parts"] > 1:
+        return {}
+    return {"score_paths": mix_score_paths(wildcards),
+            "caption_manifests": mix_caption_manifests(wildcards)}
+
+
 def mix_table_parts(wildcards):
     return [MIX_TABLE_PART.format(pool=wildcards.pool, table_part=part)
             for part in table_part_names(POOLS[wildcards.pool]["mix"]["table_parts"])]

@@ -89,8 +89,7 @@ rule mix_table_part:
         report="results/{pool}/mix/table/{table_part}.json",
     params:
         sources=mix_sources,
-        score_paths=mix_score_paths,
-        caption_manifests=mix_caption_manifests,
+        unscattered=mix_table_part_files,
         on_missing_score=pool_setting("mix", "on_missing_score"),
         table_parts=pool_setting("mix", "table_parts"),
     log:

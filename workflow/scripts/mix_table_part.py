@@ -12,8 +12,9 @@ if __name__ == "__main__":
     setup_logging(sm.log[0])
     with job_provenance(sm):
         scatter = Path(sm.input.scatter) if "scatter" in sm.input.keys() else None
+        files = sm.params.unscattered
         inputs = None if scatter else MixInputs.from_manifests(
-            Path(sm.input.index), sm.params.score_paths, sm.params.caption_manifests,
+            Path(sm.input.index), files["score_paths"], files["caption_manifests"],
             clusters=Path(sm.input.clusters) if "clusters" in sm.input.keys() else None,
             caption_text=(Path(sm.input.caption_language)
                           if "caption_language" in sm.input.keys() else None))
