@@ -149,8 +149,9 @@ def test_smoke_dag_end_to_end(workdir, capsys):
     for shard in report["shards"]:
         assert (workdir / "results/toy_smoke/shards" / shard["path"]).exists()
     assert report["provenance"]["inputs"][0]["sha256"]
-    assert (workdir / "logs/fetch/toy_smoke.log").exists()
-    assert (workdir / "benchmarks/fetch/toy_smoke.tsv").exists()
+    assert (workdir / "logs/fetch/toy_smoke/chunk0of1.log").exists()  # one fetch job
+    assert (workdir / "benchmarks/fetch/toy_smoke/chunk0of1.tsv").exists()
+    assert [j["job"] for j in report["jobs"]] == ["chunk0of1"]
 
     # Captions, scores and quality for every caption set of both smoke pools (the COCO
     # captioner captions the NoCaps-like pool only).
@@ -187,11 +188,12 @@ def test_smoke_dag_end_to_end(workdir, capsys):
     result = snakemake(workdir, "results/toy_smoke/fetch/report.json", "--cores", "2",
                        "--configfile", "config/smoke.yaml", "-R", "fetch")
     assert result.returncode == 0, result.stderr[-5000:]
-    assert not (workdir / "results/toy_smoke/shards/round_1").exists()
+    assert not (workdir / "results/toy_smoke/shards/chunk0of1/round_1").exists()
     again = pd.read_parquet(workdir / "results/toy_smoke/fetch/index.parquet")
     pd.testing.assert_frame_equal(again[["uid", "status", "reason"]],
                                   index[["uid", "status", "reason"]])
-    assert "nothing left to fetch" in (workdir / "logs/fetch/toy_smoke.log").read_text()
+    log = workdir / "logs/fetch/toy_smoke/chunk0of1.log"
+    assert "nothing left to fetch" in log.read_text()
 
 
 def check_subsets_and_training_shards(workdir: Path, world: pd.DataFrame) -> None:
@@ -458,14 +460,15 @@ def check_provenance(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     assert "field aggregates.Average; from results/toy_smoke/eval/" \
         "raw_top_synthetic_remaining_filtered_30.aggregate.json" in out
     for job in ("evaluate[pool=toy_smoke, strategy=raw_top_synthetic_remaining_filtered_30]",
-                "train[pool=toy_smoke", "fetch[pool=toy_smoke]", "metadata[pool=toy_smoke]",
+                "train[pool=toy_smoke", "fetch_merge[pool=toy_smoke]",
+                "fetch[chunk=chunk0of1, pool=toy_smoke]", "metadata[pool=toy_smoke]",
                 "toy_world[world=smoke]"):
         assert f"- {job}" in out, job
     assert "consumed: results/toyworld/smoke/pool.parquet" in out  # the toy pool's metadata
     assert cli.main(["provenance", "--json", str(table), *cell]) == 0
     chain = json.loads(capsys.readouterr().out)
-    assert {"metadata", "toy_world", "fetch", "caption", "score", "mix_table", "subset",
-            "train_shards", "train", "evaluate", "toy_model"} <= {
+    assert {"metadata", "toy_world", "fetch", "fetch_merge", "caption", "score", "mix_table",
+            "mix_table_part", "subset", "train_shards", "train", "evaluate", "toy_model"} <= {
                 j["rule"] for j in chain["jobs"].values()}
     assert cli.main(["provenance", "--check", str(table), *cell]) == 0
     assert "\nOK: every file of " in capsys.readouterr().out

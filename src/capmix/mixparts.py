@@ -64,14 +64,13 @@ from capmix.uids import arrow_uids_to_pairs
 
 log = logging.getLogger(__name__)
 
+#: Rows read from an input at a time while scattering.
+BATCH_ROWS = 1 << 20
 
 
 def part_file(directory: Path, part: int) -> Path:
     """Part ``part``'s file in a folder of parts (sorted names are uid order)."""
     return Path(directory) / f"{table_part_name(part)}.parquet"
-
-#: Rows read from an input at a time while scattering.
-BATCH_ROWS = 1 << 20
 
 
 # ------------------------------------------------------------------ which part a uid is in
