@@ -17,7 +17,7 @@ tool and settings). This module adds what a reproduction needs around it:
   job ``i`` taking a contiguous run of parts (:func:`chunk_parts`) into its own shards
   directory, ``results/{pool}/shards/chunk{i}of{n}/round_K/``, with its own index and report;
   a job that fails does not stop the others and is re-run alone. :func:`merge_fetch` joins
-  their indexes (shard paths relative to ``results/{pool}/shards``) and reports, a part at a
+  their indexes (shard paths relative to ``results/{pool}/shards``) and reports, a job at a
   time, into the pool's: the same accounting as one job fetching everything.
 
 The shards directory is deliberately *not* a Snakemake output: Snakemake
