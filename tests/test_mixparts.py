@@ -25,11 +25,11 @@ from capmix.mix import (
 )
 from capmix.mixparts import (
     MixInputs,
-    Scatter,
     build_table,
     part_files,
     read_table,
     run_subset,
+    scatter_rows,
     uid_parts,
 )
 from capmix.strategies import expand_strategies, parse_strategy
@@ -179,9 +179,9 @@ def test_scatter_takes_a_column_type_from_files_where_it_is_not_all_null(tmp_pat
     uids = random_uids(40, np.random.default_rng(5))
     pd.DataFrame({"uid": uids[:20], "captions": [None] * 20}).to_parquet(tmp_path / "a.parquet")
     pd.DataFrame({"uid": uids[20:], "captions": [["x"]] * 20}).to_parquet(tmp_path / "b.parquet")
-    parts = Scatter(4, tmp_path / "work").scatter(
-        "captions", [tmp_path / "a.parquet", tmp_path / "b.parquet"], ["uid", "captions"])
-    frames = [pd.read_parquet(p[0]) for p in parts]
+    scatter_rows([tmp_path / "a.parquet", tmp_path / "b.parquet"], ["uid", "captions"], 4,
+                 tmp_path / "work")
+    frames = [pd.read_parquet(tmp_path / "work" / f"part-0000{i}.parquet") for i in range(4)]
     assert sum(len(f) for f in frames) == 40
     assert sorted(pd.concat(frames)["uid"]) == sorted(uids)
     for part, frame in enumerate(frames):

@@ -12,7 +12,7 @@ appended, bit for bit the whole-pool file, with no merge.
 A map and a reduce, each a Snakemake rule (workflow/rules/mix.smk):
 
 * :func:`run_scatter` (``mix_scatter``, only for n > 1) reads every input a batch at a time and
-  appends each row to its part's file (:class:`Scatter`). Memory: one batch.
+  appends each row to its part's file (:func:`scatter_rows`). Memory: one batch.
 * :func:`run_table_part` (``mix_table_part``, one job per part, in parallel) builds and checks
   one part. Memory: one part's rows.
 * :func:`run_mix_table` (``mix_table``) merges the parts' reports into the table's manifest,
@@ -117,64 +117,45 @@ def iter_parts(table: Path, columns: Sequence[str]) -> Iterator[pa.Table]:
 # ------------------------------------------------------------------ scattering inputs
 
 
-class Scatter:
-    """Rows of parquet inputs split into per-part files by uid (rule mix_scatter).
-
-    ``scatter(name, files, columns)`` reads ``files`` a batch at a time and appends each row to
-    ``work_dir/name/part-NNNNN.parquet`` of its uid's part; it returns the n part files (each
-    written, empty ones too, with the inputs' schema). With one part nothing is copied: the
-    part's files are the inputs themselves.
-    """
-
-    def __init__(self, n_parts: int, work_dir: Path):
-        self.n_parts = n_parts
-        self.work_dir = Path(work_dir)
-
-    def scatter(self, name: str, files: Sequence[Path], columns: Sequence[str],
-                keep: Any = None) -> list[list[Path]]:
-        """Part -> its files of input ``name``; ``keep`` is an optional Arrow filter
-        expression rows must pass to be scattered (e.g. fetched only; with one part the
-        reader filters)."""
-        if self.n_parts == 1:
-            return [list(files)]
-        out_dir = self.work_dir / name
-        out_dir.mkdir(parents=True, exist_ok=True)
-        schema = unified_schema(files, columns)
-        writers: dict[int, pq.ParquetWriter] = {}
-        try:
-            for path in files:
-                for batch in pq.ParquetFile(path).iter_batches(BATCH_ROWS, columns=list(columns)):
-                    table = pa.Table.from_batches([batch])
-                    if keep is not None:
-                        table = table.filter(keep)
-                    try:
-                        table = table.cast(schema)
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-                        raise ValueError(f"{path}: columns {list(columns)} do not match the "
-                                         f"other files of '{name}' ({error})") from error
-                    try:
-                        parts = uid_parts(table.column("uid"), self.n_parts)
-                    except ValueError as error:
-                        raise ValueError(f"{path}: {error}") from error
-                    order = np.argsort(parts, kind="stable")
-                    bounds = np.searchsorted(parts[order], np.arange(self.n_parts + 1))
-                    ordered = table.take(pa.array(order))
-                    for part in np.flatnonzero(np.diff(bounds)):
-                        if part not in writers:
-                            writers[part] = pq.ParquetWriter(part_file(out_dir, part),
-                                                             schema)
-                        writers[part].write_table(
-                            ordered.slice(bounds[part], bounds[part + 1] - bounds[part]))
-        finally:
-            for writer in writers.values():
-                writer.close()
-        result = []
-        for part in range(self.n_parts):
-            path = part_file(out_dir, part)
-            if part not in writers:
-                pq.write_table(schema.empty_table(), path)
-            result.append([path])
-        return result
+def scatter_rows(files: Sequence[Path], columns: Sequence[str], n_parts: int, out_dir: Path,
+                 keep: Any = None) -> None:
+    """Rows of parquet inputs split into per-part files by uid (rule mix_scatter): ``files``
+    are read a batch at a time and each row is appended to ``out_dir/part-NNNNN.parquet`` of
+    its uid's part; every part's file is written, empty ones too, with the inputs' schema.
+    ``keep`` is an optional Arrow filter expression rows must pass (e.g. fetched only)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    schema = unified_schema(files, columns)
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(BATCH_ROWS, columns=list(columns)):
+                table = pa.Table.from_batches([batch])
+                if keep is not None:
+                    table = table.filter(keep)
+                try:
+                    table = table.cast(schema)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                    raise ValueError(f"{path}: columns {list(columns)} do not match the "
+                                     f"other files of {out_dir} ({error})") from error
+                try:
+                    parts = uid_parts(table.column("uid"), n_parts)
+                except ValueError as error:
+                    raise ValueError(f"{path}: {error}") from error
+                order = np.argsort(parts, kind="stable")
+                bounds = np.searchsorted(parts[order], np.arange(n_parts + 1))
+                ordered = table.take(pa.array(order))
+                for part in np.flatnonzero(np.diff(bounds)):
+                    if part not in writers:
+                        writers[part] = pq.ParquetWriter(part_file(out_dir, part), schema)
+                    writers[part].write_table(
+                        ordered.slice(bounds[part], bounds[part + 1] - bounds[part]))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for part in range(n_parts):
+        if part not in writers:
+            pq.write_table(schema.empty_table(), part_file(out_dir, part))
 
 
 # ------------------------------------------------------------------ rule mix_table
@@ -301,23 +282,24 @@ def allow_open_files(needed: int) -> None:
 
 def run_scatter(inputs: MixInputs, n_parts: int, out_dir: Path) -> None:
     """The mix_scatter rule (pools with more than one part): every input's rows into
-    ``out_dir/<input>/part-NNNNN.parquet`` by uid (:class:`Scatter`), a batch at a time."""
+    ``out_dir/<input>/part-NNNNN.parquet`` by uid (:func:`scatter_rows`), a batch at a time."""
     out_dir = Path(out_dir)
     allow_open_files(n_parts + 64)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     write_json(out_dir / SCATTER_RECORD, {**inputs.record(), "parts": n_parts})
-    scatter = Scatter(n_parts, out_dir)
-    scatter.scatter("index", [inputs.index], ["uid", "status"], keep=FETCHED)
+    # where each input goes is what the parts read back: MixInputs.scattered, in one place
+    target = inputs.scattered(out_dir)
+    scatter_rows([inputs.index], ["uid", "status"], n_parts, target.index, keep=FETCHED)
     for name, path in inputs.score_paths.items():
-        scatter.scatter(f"scores/{name}", [path], SCORE_COLUMNS)
+        scatter_rows([path], SCORE_COLUMNS, n_parts, target.score_paths[name])
     for name, files in inputs.caption_files.items():
-        scatter.scatter(f"captions/{name}", files, ["uid", "captions"])
-    if inputs.clusters is not None:
-        scatter.scatter("clusters", [inputs.clusters], ["uid", CLUSTER_COLUMN])
-    if inputs.caption_text is not None:
-        scatter.scatter("caption_language", [inputs.caption_text],
-                        ["uid", *CAPTION_TEXT_COLUMNS])
+        scatter_rows(files, ["uid", "captions"], n_parts, target.caption_files[name][0])
+    if inputs.clusters is not None and target.clusters is not None:
+        scatter_rows([inputs.clusters], ["uid", CLUSTER_COLUMN], n_parts, target.clusters)
+    if inputs.caption_text is not None and target.caption_text is not None:
+        scatter_rows([inputs.caption_text], ["uid", *CAPTION_TEXT_COLUMNS], n_parts,
+                     target.caption_text)
 
 
 def run_table_part(pool: str, part: int, n_parts: int, sources: Mapping[str, Sequence[str]],
