@@ -215,7 +215,14 @@ def test_fetch_jobs_over_parts_account_as_one_job_would_and_rerun_alone(tmp_path
     one = pd.read_parquet(tmp_path / "one" / "fetch" / "index.parquet")
     jobs = pd.read_parquet(tmp_path / "jobs" / "index.parquet")
     same = ["uid", "status", "reason", "round", "attempts", "part", "row", "width", "height"]
-    pd.testing.assert_frame_equal(one[same], jobs[same])  # metadata order, every uid once
+    # every uid once (the merged index is ordered by shard, a job's index by metadata row)
+    pd.testing.assert_frame_equal(one[same].sort_values("uid", ignore_index=True),
+                                  jobs[same].sort_values("uid", ignore_index=True))
+    shards = pd.read_parquet(tmp_path / "jobs" / "shards.parquet")
+    fetched = jobs[jobs["status"] == "fetched"]
+    assert list(shards["shard"]) == list(dict.fromkeys(fetched["shard"]))
+    assert list(shards["n_fetched"]) == [len(fetched[fetched["shard"] == s])
+                                         for s in shards["shard"]]
     for shard, key in jobs.loc[jobs["status"] == "fetched", ["shard", "key"]].to_numpy():
         assert shard.startswith("chunk") and (tmp_path / "jobs" / "shards" / shard).exists()
         with tarfile.open(tmp_path / "jobs" / "shards" / shard) as tar:

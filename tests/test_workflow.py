@@ -48,7 +48,7 @@ def test_dry_run_builds_the_dag(workdir, configfile):
         assert not (workdir / "results" / "assets").exists()
         if scale == "xlarge":
             # 8,192 caption and score jobs per set take Snakemake over two minutes to lay out;
-            # 64 wire the same rules (job i takes shard i mod jobs).
+            # 64 wire the same rules (job i takes the i-th of 64 runs of shards).
             fewer = workdir / "config" / "fewer_jobs.yaml"
             fewer.write_text("caption: {jobs: 64}\nscore: {jobs: 64}\n")
             args.append(str(fewer))  # a second file after --configfile

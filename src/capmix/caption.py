@@ -30,11 +30,14 @@ import pandas as pd
 from capmix.modelrun import resolve_device
 from capmix.provenance import provenance_record, write_json
 from capmix.shards import (
+    ROWS_PER_RANGE,
     Progress,
     ShardTask,
     check_loader_fits,
+    fetched_rows,
     is_complete,
     listed_shard_files,
+    plan_ranges,
     plan_tasks,
     read_shard,
     shard_loader,
@@ -183,6 +186,16 @@ def summarise(tasks: list[ShardTask]) -> dict[str, Any]:
             "failures": {k: int(v) for k, v in statuses[statuses != "ok"].value_counts().items()}}
 
 
+def add_summaries(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Two :func:`summarise` results as one (a pool summarised range by range)."""
+    failures = dict(total["failures"])
+    for status, count in part["failures"].items():
+        failures[status] = failures.get(status, 0) + count
+    return {"n_images": total["n_images"] + part["n_images"],
+            "n_captioned": total["n_captioned"] + part["n_captioned"],
+            "failures": dict(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0])))}
+
+
 def caption_released(pool: str, captioner_name: str, spec: Mapping[str, Any], temperature: float,
                      index_path: Path, shards_dir: Path, out_dir: Path, manifest_path: Path,
                      download_dir: Path, chunk: int = 0, n_chunks: int = 1,
@@ -196,7 +209,8 @@ def caption_released(pool: str, captioner_name: str, spec: Mapping[str, Any], te
 
     files = download_released(spec["repo"], temperature, download_dir, hub=hub)
     tasks = plan_tasks(index_path, shards_dir, out_dir, ".parquet", chunk, n_chunks)
-    keys = pd.read_parquet(index_path, columns=["uid", "key"]).set_index("uid")["key"]
+    keys = fetched_rows(index_path, [t.shard for t in tasks], ["uid", "key"]).to_pandas()
+    keys = keys.set_index("uid")["key"]
     uids = [u for t in tasks for u in t.uids]
     columns = spec.get("columns", {})
     joined, report = join_released(uids, files, uid_column=columns.get("uid", "uid"),
@@ -228,23 +242,32 @@ def caption_released(pool: str, captioner_name: str, spec: Mapping[str, Any], te
 
 
 def raw_caption_sets(pool: str, index_path: Path, shards_dir: Path, out_dir: Path,
-                     manifest_path: Path) -> dict[str, Any]:
-    """The raw (web) captions, as img2dataset stored them beside each image."""
-    tasks = plan_tasks(index_path, shards_dir, out_dir, ".parquet")
-    for task in tasks:
-        if is_complete(task.output, task.uids):
-            continue
-        samples = read_shard(task)
-        frame = pd.DataFrame({
-            "uid": [s.uid for s in samples], "key": [s.key for s in samples],
-            "captions": [[s.text] for s in samples], "caption": [s.text for s in samples],
-            "status": "ok", "error": None,
-        })
-        write_parquet_atomic(frame, task.output, {"pool": pool, "captioner": "raw"})
+                     manifest_path: Path, rows_per_range: int = ROWS_PER_RANGE) -> dict[str, Any]:
+    """The raw (web) captions, as img2dataset stored them beside each image.
+
+    One job for the whole pool, walking it range by range (:func:`capmix.shards.plan_ranges`):
+    it holds one range's uids and statuses at a time, plus the manifest's list of shards."""
+    summary: dict[str, Any] = {"n_images": 0, "n_captioned": 0, "failures": {}}
+    listed = []
+    for tasks in plan_ranges(index_path, shards_dir, out_dir, ".parquet", rows_per_range):
+        for task in tasks:
+            if is_complete(task.output, task.uids):
+                continue
+            samples = read_shard(task)
+            frame = pd.DataFrame({
+                "uid": [s.uid for s in samples], "key": [s.key for s in samples],
+                "captions": [[s.text] for s in samples], "caption": [s.text for s in samples],
+                "status": "ok", "error": None,
+            })
+            write_parquet_atomic(frame, task.output, {"pool": pool, "captioner": "raw"})
+        summary = add_summaries(summary, summarise(tasks))
+        listed += [{"shard": t.shard, "output": str(t.output.relative_to(out_dir)),
+                    "samples": len(t.uids)} for t in tasks]
+        log.info("raw captions of %s: %d shards, %d images so far", pool, len(listed),
+                 summary["n_images"])
     manifest = {
-        "pool": pool, "captioner": "raw", **summarise(tasks),
-        "shards": [{"shard": t.shard, "output": str(t.output.relative_to(out_dir)),
-                    "samples": len(t.uids)} for t in tasks],
+        "pool": pool, "captioner": "raw", **summary,
+        "shards": listed,
         "provenance": provenance_record("raw_captions", inputs=[index_path]),
     }
     write_json(manifest_path, manifest)

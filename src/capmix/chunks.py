@@ -1,11 +1,12 @@
 """Chunk names: how a stage's shards are split into jobs (and a mix table into parts).
 
 A stage with ``jobs: n`` (config ``caption.jobs``, ``score.jobs``, or a pool's own
-``pools[].jobs``) runs n jobs per pool; job i takes shard k when ``k mod n == i``
-(capmix.shards.plan_tasks). Job i is named ``chunk{i}of{n}`` in its output paths and its
-``{chunk}`` wildcard. This module is the one place that builds such names (the workflow's
-inputs), constrains them (its wildcard constraint) and parses them (the jobs' scripts).
-Imports nothing heavy: the workflow reads it at start-up.
+``pools[].jobs``) runs n jobs per pool; job i takes the i-th of n contiguous runs of the
+pool's shards, balanced by fetched images (capmix.shards.plan_tasks). Job i is named
+``chunk{i}of{n}`` in its output paths and its ``{chunk}`` wildcard. This module is the one
+place that builds such names (the workflow's inputs), constrains them (its wildcard
+constraint) and parses them (the jobs' scripts). Imports nothing heavy: the workflow reads it
+at start-up.
 """
 
 from __future__ import annotations

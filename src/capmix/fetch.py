@@ -18,7 +18,11 @@ tool and settings). This module adds what a reproduction needs around it:
   directory, ``results/{pool}/shards/chunk{i}of{n}/round_K/``, with its own index and report;
   a job that fails does not stop the others and is re-run alone. :func:`merge_fetch` joins
   their indexes (shard paths relative to ``results/{pool}/shards``) and reports, a job at a
-  time, into the pool's: the same accounting as one job fetching everything.
+  time, into the pool's: the same accounting as one job fetching everything. The pool's
+  index is ordered by shard (a job's rows sorted by shard, those never attempted last; jobs
+  in order) in row groups of at most :data:`INDEX_ROW_GROUP_ROWS`, with a shard table beside
+  it (``shards.parquet``: shard, fetched rows, metadata parts), so that a caption or
+  embedding job reads only its own shards' rows (capmix.shards.plan_tasks).
 
 The shards directory is deliberately *not* a Snakemake output: Snakemake
 deletes outputs before re-running a job, which would throw away every image
@@ -60,6 +64,11 @@ INDEX_SCHEMA = pa.schema([
     ("error_message", pa.string()), ("round", pa.int64()), ("shard", pa.string()),
     ("key", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
     ("attempts", pa.int64()), ("part", pa.string()), ("row", pa.int64())])
+#: Rows per row group of the pool's fetch index (fetch_merge). Parquet keeps each row group's
+#: min/max ``shard``, so a reader filtering on its shards skips the others: a per-shard job
+#: reads its rows plus at most this many on either side (each fetch job's rows start new row
+#: groups, so no row group spans two jobs' shard prefixes).
+INDEX_ROW_GROUP_ROWS = 2 ** 20
 #: Failure examples a fetch report keeps per reason.
 EXAMPLES_PER_REASON = 3
 
@@ -388,26 +397,76 @@ def fetch_pool(pool: str, metadata_dir: Path, shards_dir: Path, index_path: Path
     return report
 
 
+def shard_ordered(index: pa.Table) -> pa.Table:
+    """A fetch job's index rows ordered by shard path (a failed row has the shard of its last
+    attempt), the rows never attempted (no shard) last; a stable sort, so a shard's rows keep
+    their metadata order."""
+    import pyarrow.compute as pc
+
+    order = pc.sort_indices(index, sort_keys=[("shard", "ascending", "at_end")])
+    return index.take(order)
+
+
+def shard_table(index: pa.Table) -> pa.Table:
+    """One row per shard of a shard-ordered index (:func:`shard_ordered`), in its order:
+    shard, its fetched rows, the metadata parts they come from (sorted)."""
+    import pyarrow.compute as pc
+
+    from capmix.shards import SHARD_TABLE_SCHEMA
+
+    fetched = index.filter(pc.equal(index.column("status"), "fetched"))
+    grouped = fetched.group_by("shard", use_threads=False).aggregate(
+        [("uid", "count"), ("part", "distinct")]).sort_by("shard")
+    return pa.table({
+        "shard": grouped.column("shard").cast(pa.string()),
+        "n_fetched": grouped.column("uid_count").cast(pa.int64()),
+        "parts": pa.array([sorted(p for p in parts if p is not None)
+                           for parts in grouped.column("part_distinct").to_pylist()],
+                          pa.list_(pa.string())),
+    }, schema=SHARD_TABLE_SCHEMA)
+
+
 def merge_fetch(pool: str, chunks: Sequence[str], index_paths: Sequence[Path],
                 report_paths: Sequence[Path], index_path: Path,
                 report_path: Path) -> dict[str, Any]:
     """The fetch_merge rule: the fetch jobs' indexes joined, a job at a time, into the pool's
     (each shard path prefixed with the job's folder, so that it is relative to
-    ``results/{pool}/shards``), and their reports into one that counts as a single job would."""
+    ``results/{pool}/shards``), and their reports into one that counts as a single job would.
+
+    The index is written ordered by shard: each job's rows sorted by shard (one job's index
+    is in memory anyway), the jobs in order (their shard paths are prefixed with the job's
+    name, so whatever the jobs' names sort like, each row group, never spanning two jobs,
+    covers a tight range of paths), in row groups of :data:`INDEX_ROW_GROUP_ROWS`; the shard
+    table beside it (capmix.shards.SHARD_TABLE_NAME) lists the shards in that order."""
     import pyarrow.compute as pc
 
-    from capmix.shards import unified_schema
+    from capmix.shards import SHARD_TABLE_SCHEMA, shard_table_path, unified_schema
 
     schema = unified_schema(index_paths)
     tmp = index_path.with_name(index_path.name + ".tmp")
     index_path.parent.mkdir(parents=True, exist_ok=True)
+    tables = []
     with pq.ParquetWriter(tmp, schema) as writer:
         for chunk, path in zip(chunks, index_paths, strict=True):
             table = pq.read_table(path).cast(schema)
             shard = table.column("shard").cast(pa.string())
             prefixed = pc.binary_join_element_wise(pa.scalar(chunk), shard, "/")
-            writer.write_table(table.set_column(table.schema.get_field_index("shard"), "shard",
-                                                prefixed))
+            table = shard_ordered(table.set_column(table.schema.get_field_index("shard"),
+                                                   "shard", prefixed))
+            # Rows with a shard, then those without (never attempted), in row groups of their
+            # own: a row group mixing paths and nulls could not be skipped by a filter on its
+            # paths (pyarrow cannot rule out `shard in (...)` when statistics allow nulls).
+            # A job without parts adds no (empty, statistics-free) row group.
+            with_shard = table.num_rows - table.column("shard").null_count
+            for rows in (table.slice(0, with_shard), table.slice(with_shard)):
+                if rows.num_rows:
+                    writer.write_table(rows, row_group_size=INDEX_ROW_GROUP_ROWS)
+            tables.append(shard_table(table))
+    shards_path = shard_table_path(index_path)
+    shards_tmp = shards_path.with_name(shards_path.name + ".tmp")
+    pq.write_table(pa.concat_tables(tables) if tables else SHARD_TABLE_SCHEMA.empty_table(),
+                   shards_tmp)
+    os.replace(shards_tmp, shards_path)
     os.replace(tmp, index_path)
     reports = [json.loads(Path(p).read_text()) for p in report_paths]
     n_total = sum(r["n_total"] for r in reports)

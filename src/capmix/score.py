@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from capmix.shards import (
     Progress,
     ShardTask,
     check_loader_fits,
+    fetched_rows,
     listed_shard_files,
     plan_tasks,
     read_shard,
@@ -154,7 +155,8 @@ class ShippedEmbeddings:
     """Rows of a DataComp metadata npz (e.g. ``l14_img``), gathered by (part, row).
 
     img2dataset shards each metadata file in order, so consecutive shards read
-    the same part: one part's array is kept in memory at a time.
+    the same part: one part's array is kept in memory at a time, and :meth:`gather` reads
+    each part a job needs once (a retry round's shard draws on several parts).
 
     The rows are returned L2-normalised in float32, so what is stored (and every
     score computed from it) is a cosine whatever the npz holds. What DataComp ships:
@@ -193,6 +195,43 @@ class ShippedEmbeddings:
         assert self._array is not None
         return unit_rows(self._array[rows], f"{self.key} of metadata part {part}")
 
+    def gather(self, tasks: Sequence[ShardTask],
+               where: pd.DataFrame) -> Iterator[tuple[ShardTask, np.ndarray]]:
+        """Each task's rows, in the order of its uids, reading each metadata part's npz once.
+
+        ``where``: part and row by uid for (at least) the tasks' uids. Parts are read in the
+        order the tasks first need them, and a task is yielded as soon as every part it draws
+        on has been read, so only tasks waiting on a later part are held (a contiguous chunk's
+        first-round shards each wait on none)."""
+        located, users = [], {}
+        for i, task in enumerate(tasks):
+            uids = pd.Index(task.uids)
+            position = where.index.get_indexer(uids)
+            if (position < 0).any():
+                raise KeyError(f"shard {task.shard}: uid(s) {list(uids[position < 0][:3])} "
+                               "have no metadata part/row in the fetch index")
+            parts = where["part"].to_numpy()[position]
+            rows = where["row"].to_numpy()[position].astype("int64")
+            located.append((parts, rows))
+            for part in dict.fromkeys(parts):
+                users.setdefault(part, []).append(i)
+        for task, (parts, _) in zip(tasks, located, strict=True):
+            if not len(parts):
+                yield task, np.zeros((0, 0), "float32")
+        left = {i: len(set(parts)) for i, (parts, _) in enumerate(located)}
+        gathered: dict[int, np.ndarray] = {}
+        for part, readers in users.items():
+            for i in readers:
+                parts, rows = located[i]
+                mine = parts == part
+                found = self.rows(part, rows[mine])
+                if i not in gathered:
+                    gathered[i] = np.zeros((len(parts), found.shape[1]), "float32")
+                gathered[i][mine] = found
+                left[i] -= 1
+                if not left[i]:
+                    yield tasks[i], gathered.pop(i)
+
 
 def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], index_path: Path,
                       shards_dir: Path, out_dir: Path, manifest_path: Path,
@@ -211,8 +250,6 @@ def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], inde
     shipped = None
     if shipped_key and metadata_dir is not None and todo:
         shipped = ShippedEmbeddings(metadata_dir, shipped_key)
-        where = pq.read_table(index_path, columns=["uid", "part", "row"]).to_pandas()
-        where = where.set_index("uid")
     elif todo and scorer is None:
         scorer = load_scorer(scorer_name, spec, device, settings.precision)
     if todo and shipped is None:
@@ -221,25 +258,26 @@ def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], inde
                           settings.prefetch_factor, "score")
     progress = Progress(f"image embeddings {scorer_name}", len(tasks),
                         sum(len(t.uids) for t in tasks))
-    failures: dict[str, str] = {}
+    pending = {t.shard for t in todo}
     for task in tasks:
-        if task not in todo:
+        if task.shard not in pending:
             progress.update(len(task.uids), skipped=True)
-            continue
-        if shipped is not None:
-            uids = list(task.uids)
-            located = where.loc[uids]
-            parts = [shipped.rows(part, rows["row"].to_numpy())
-                     for part, rows in located.groupby("part", sort=False)]
-            order = [u for _, rows in located.groupby("part", sort=False) for u in rows.index]
-            embeddings, uids = np.concatenate(parts), order
-        else:
+    failures: dict[str, str] = {}
+    if shipped is not None:
+        # uid -> metadata part and row, for the shards to do only (the index's rows of them)
+        where = fetched_rows(index_path, [t.shard for t in todo],
+                             ["uid", "part", "row"]).to_pandas().set_index("uid")
+        for task, embeddings in shipped.gather(todo, where):
+            write_embeddings(task.output, list(task.uids), embeddings)
+            progress.update(len(task.uids))
+    else:
+        for task in todo:
             assert scorer is not None
             uids, embeddings, failed = embed_task(scorer, task, settings)
             failures.update(failed)
-        write_embeddings(task.output, uids, embeddings,
-                         [u for u in task.uids if u in failures])
-        progress.update(len(uids))
+            write_embeddings(task.output, uids, embeddings,
+                             [u for u in task.uids if u in failures])
+            progress.update(len(uids))
     manifest = {
         "pool": pool, "scorer": scorer_name, "chunk": chunk, "n_chunks": n_chunks,
         "shipped": shipped_key if shipped is not None else None,

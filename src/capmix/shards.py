@@ -5,6 +5,13 @@ by shard: it reads one img2dataset tar, writes one output file per shard
 atomically (temp file + rename), and on a re-run skips shards whose output is
 complete. A shard's output counts as complete only if it holds exactly the
 uids the fetch index lists for that shard, so a partial file can never pass.
+
+A stage's job ``i`` of ``n`` takes the ``i``-th of ``n`` contiguous runs of the pool's
+shards, balanced by fetched rows (:func:`chunk_bounds`), in the order of the shard table
+``fetch_merge`` writes beside the index (:data:`SHARD_TABLE_NAME`). The index is ordered by
+shard in bounded row groups, so a job reads the rows of its own shards only: a filter on
+``shard`` skips every row group whose min/max statistics exclude them
+(:func:`fetched_rows`). A job's memory follows its shards' rows, not the pool's.
 """
 
 from __future__ import annotations
@@ -16,16 +23,22 @@ import logging
 import shutil
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
 from capmix.provenance import write_parquet_atomic  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +49,17 @@ SHM_DIR = Path("/dev/shm")
 #: The largest image a fetch stores (DataComp's img2dataset image_size, keep_ratio_largest):
 #: the blank image a transform's output size is measured on.
 PROBE_IMAGE_SIZE = 512
+#: The shard table's file name: beside the pool's fetch index (``results/{pool}/fetch/``),
+#: written with it by fetch_merge (capmix.fetch.merge_fetch); the workflow's
+#: ``FETCH_SHARD_TABLE`` names the same file.
+SHARD_TABLE_NAME = "shards.parquet"
+#: One row per shard with fetched images, in the index's row order: its path (relative to
+#: the shards dir), how many fetched rows the index lists in it, and the metadata parts they
+#: come from (one for a first round's shard; a retry round's may draw on several).
+SHARD_TABLE_SCHEMA = pa.schema([("shard", pa.string()), ("n_fetched", pa.int64()),
+                                ("parts", pa.list_(pa.string()))])
+#: Fetched rows per range when one job walks a whole pool range by range (raw_captions).
+ROWS_PER_RANGE = 1_000_000
 
 
 class ShardError(ValueError):
@@ -94,23 +118,146 @@ def stable_seed(*keys: object) -> int:
 
 
 def fetched_by_shard(index_path: Path) -> dict[str, list[str]]:
-    """shard -> uids fetched into it, from the fetch index."""
+    """shard -> uids fetched into it, from the whole fetch index (train_shards' reshard;
+    per-shard stages plan with :func:`plan_tasks`, which reads their shards' rows only)."""
     index = pq.read_table(index_path, columns=["uid", "status", "shard"]).to_pandas()
     fetched = index[index["status"] == "fetched"].sort_values(["shard", "uid"])
     return {shard: rows["uid"].tolist() for shard, rows in fetched.groupby("shard", sort=True)}
 
 
-def plan_tasks(index_path: Path, shards_dir: Path, out_dir: Path, suffix: str,
-               chunk: int = 0, n_chunks: int = 1) -> list[ShardTask]:
-    """The shards of one chunk (shard i belongs to chunk i mod n_chunks), sorted."""
+def shard_table_path(index_path: Path) -> Path:
+    """Where fetch_merge puts the shard table of ``index_path``: beside it."""
+    return Path(index_path).with_name(SHARD_TABLE_NAME)
+
+
+def read_shard_table(index_path: Path) -> pa.Table:
+    """shard and n_fetched of every shard, in the index's row order (the order chunks are cut
+    from). The table beside the index when there is one; otherwise (a single fetch job's
+    index, or one merged before the table existed) counted from the index's ``status`` and
+    ``shard`` columns a row group at a time (memory: one row group and the shard counts),
+    sorted by path."""
+    path = shard_table_path(index_path)
+    if path.exists():
+        table = pq.read_table(path, columns=["shard", "n_fetched"])
+        missing = {"shard", "n_fetched"} - set(table.column_names)
+        if missing:
+            raise ShardError(f"{path}: shard table without column(s) {sorted(missing)}")
+        return table
+    log.info("%s: no shard table beside the index (fetch_merge writes %s); counting its "
+             "shards", index_path, SHARD_TABLE_NAME)
+    counts: Counter[str] = Counter()
+    for batch in pq.ParquetFile(index_path).iter_batches(columns=["status", "shard"]):
+        shards = batch.column("shard").filter(pc.equal(batch.column("status"), "fetched"))
+        for entry in pc.value_counts(shards).to_pylist():
+            counts[entry["values"]] += entry["counts"]
+    ordered = sorted(counts)
+    return pa.table({"shard": pa.array(ordered, pa.string()),
+                     "n_fetched": pa.array([counts[s] for s in ordered], pa.int64())})
+
+
+def chunk_bounds(n_fetched: Sequence[int], n_chunks: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each of ``n_chunks`` contiguous runs of shards whose fetched rows
+    are ``n_fetched`` (in order). A shard goes to the chunk whose share of the rows holds its
+    middle row, so every shard is in exactly one chunk and a chunk holds its ``1/n_chunks``
+    of the rows within one shard's rows either way; with more chunks than shards some runs
+    are empty."""
+    if n_chunks < 1:
+        raise ValueError(f"n_chunks must be at least 1, not {n_chunks}")
+    counts = np.asarray(n_fetched, dtype="int64")
+    if len(counts) and (counts < 0).any():
+        raise ValueError("a shard's count of fetched rows is negative")
+    if not len(counts):
+        return [(0, 0)] * n_chunks
+    weights = counts if counts.sum() > 0 else np.ones_like(counts)
+    total = int(weights.sum())
+    middle2 = 2 * np.cumsum(weights) - weights  # twice each shard's middle row
+    owner = np.minimum(middle2 * n_chunks // (2 * total), n_chunks - 1)
+    starts = np.searchsorted(owner, np.arange(n_chunks), side="left")
+    stops = np.searchsorted(owner, np.arange(n_chunks), side="right")
+    return [(int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
+
+
+def chunk_shard_table(index_path: Path, chunk: int, n_chunks: int) -> pa.Table:
+    """The rows of the shard table that chunk ``chunk`` of ``n_chunks`` takes."""
     if not 0 <= chunk < n_chunks:
         raise ValueError(f"chunk {chunk} is outside 0..{n_chunks - 1}")
-    tasks = []
-    for i, (shard, uids) in enumerate(sorted(fetched_by_shard(index_path).items())):
-        if i % n_chunks == chunk:
-            tasks.append(ShardTask(shard, shards_dir / shard,
-                                   out_dir / Path(shard).with_suffix(suffix), tuple(uids)))
-    return tasks
+    table = read_shard_table(index_path)
+    start, stop = chunk_bounds(table.column("n_fetched").to_numpy(), n_chunks)[chunk]
+    return table.slice(start, stop - start)
+
+
+def fetched_rows(index_path: Path, shards: Sequence[str], columns: Sequence[str],
+                 index: ds.Dataset | None = None) -> pa.Table:
+    """``columns`` of the fetched rows of these shards, and of no others.
+
+    A filter on ``shard``: parquet skips each row group whose min/max ``shard`` statistics
+    hold none of them (fetch_merge writes the index ordered by shard in row groups of
+    ``capmix.fetch.INDEX_ROW_GROUP_ROWS``), so a job reads its rows plus at most a row group
+    at either end, never the whole index. On an index that is not ordered (a single fetch
+    job's) the filter still keeps only these rows, a batch at a time. One thread and no
+    read-ahead: what a job holds is its rows and the row group being decoded. ``index``: the
+    index opened once by a caller that reads it range by range (its footer parsed once)."""
+    import pyarrow.dataset as ds
+
+    if not shards:
+        return pq.read_schema(index_path).empty_table().select(list(columns))
+    wanted = pc.field("shard").isin(list(shards)) & (pc.field("status") == "fetched")
+    index = index if index is not None else ds.dataset(index_path, format="parquet")
+    return index.to_table(
+        columns=list(columns), filter=wanted, use_threads=False, batch_readahead=1,
+        fragment_readahead=1)
+
+
+def tasks_for(index_path: Path, shard_table: pa.Table, shards_dir: Path, out_dir: Path,
+              suffix: str, index: ds.Dataset | None = None) -> list[ShardTask]:
+    """The tasks of these shard-table rows, in their order, each with its uids sorted; the
+    index must list as many fetched rows per shard as the table says (a stale or foreign
+    table is an error naming both files)."""
+    shards = shard_table.column("shard").to_pylist()
+    expected = dict(zip(shards, shard_table.column("n_fetched").to_pylist(), strict=True))
+    rows = fetched_rows(index_path, shards, ["uid", "shard"], index).sort_by(
+        [("shard", "ascending"), ("uid", "ascending")])
+    # the sorted rows sliced at the ends of the runs of equal shards, not grouped
+    runs = pc.run_end_encode(rows.column("shard").combine_chunks())
+    uids: dict[str, tuple[str, ...]] = {}
+    start = 0
+    for shard, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+        uids[shard] = tuple(rows.column("uid").slice(start, end - start).to_pylist())
+        start = end
+    for shard in shards:
+        found = len(uids.get(shard, ()))
+        if found != expected[shard]:
+            raise ShardError(
+                f"{index_path}: shard {shard} has {found} fetched row(s) but "
+                f"{shard_table_path(index_path)} says {expected[shard]}; re-run fetch_merge "
+                "(the shard table and the index are written together)")
+    return [ShardTask(shard, shards_dir / shard, out_dir / Path(shard).with_suffix(suffix),
+                      uids[shard]) for shard in shards]
+
+
+def plan_tasks(index_path: Path, shards_dir: Path, out_dir: Path, suffix: str,
+               chunk: int = 0, n_chunks: int = 1) -> list[ShardTask]:
+    """The shards of one chunk: the ``chunk``-th of ``n_chunks`` contiguous runs of the
+    shard table (balanced by fetched rows), read from the index's rows of those shards only.
+    Their outputs do not depend on the chunk, so a re-run with any chunking resumes."""
+    return tasks_for(index_path, chunk_shard_table(index_path, chunk, n_chunks), shards_dir,
+                     out_dir, suffix)
+
+
+def plan_ranges(index_path: Path, shards_dir: Path, out_dir: Path, suffix: str,
+                rows_per_range: int = ROWS_PER_RANGE) -> Iterator[list[ShardTask]]:
+    """Every shard of the pool, as consecutive ranges of about ``rows_per_range`` fetched
+    rows: a job that walks the whole pool (raw_captions) holds one range's uids at a time."""
+    import pyarrow.dataset as ds
+
+    index = ds.dataset(index_path, format="parquet")
+    table = read_shard_table(index_path)
+    total = int(pc.sum(table.column("n_fetched")).as_py() or 0)
+    n_ranges = max(1, -(-total // rows_per_range))
+    for start, stop in chunk_bounds(table.column("n_fetched").to_numpy(), n_ranges):
+        if stop > start:
+            yield tasks_for(index_path, table.slice(start, stop - start), shards_dir, out_dir,
+                            suffix, index)
 
 
 def read_shard(task: ShardTask) -> list[Sample]:

@@ -7,6 +7,7 @@
 rule raw_captions:
     input:
         index=FETCH_INDEX,
+        shard_table=FETCH_SHARD_TABLE,
     output:
         manifest=RAW_CAPTIONS,
     params:
@@ -28,6 +29,7 @@ rule raw_captions:
 rule caption:
     input:
         index=FETCH_INDEX,
+        shard_table=FETCH_SHARD_TABLE,
         model=captioner_model,
     output:
         manifest=CAPTION_CHUNK,

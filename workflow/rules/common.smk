@@ -139,6 +139,9 @@ TOY_MODEL_CONFIG = f"results/toymodels/{{world}}/{{kind}}/{CONFIG_NAME}"
 DOWNLOAD_RECORD = "results/{pool}/metadata_raw/download.json"
 METADATA = "results/{pool}/metadata"
 FETCH_INDEX = "results/{pool}/fetch/index.parquet"
+# shard, fetched rows, metadata parts, in the index's (shard) order: fetch_merge writes it
+# beside the index (capmix.shards.SHARD_TABLE_NAME); per-shard jobs cut their chunk from it
+FETCH_SHARD_TABLE = "results/{pool}/fetch/shards.parquet"
 FETCH_REPORT = "results/{pool}/fetch/report.json"
 FETCH_CHUNK_INDEX = "results/{pool}/fetch/{chunk}/index.parquet"
 FETCH_CHUNK_REPORT = "results/{pool}/fetch/{chunk}/report.json"

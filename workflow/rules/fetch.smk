@@ -1,8 +1,9 @@
 # Fetch: img2dataset into webdataset shards, then every uid accounted for. A pool's
 # metadata parts are fetched by pools[].jobs.fetch jobs (job i of n takes the i-th of n
 # contiguous runs of parts into results/{pool}/shards/chunk{i}of{n}/round_K/); fetch_merge
-# joins their indexes and reports. Re-running a job (`-R fetch`) retries only the rows it has
-# not fetched yet; the shards are kept across runs, and a failed job is re-run alone.
+# joins their indexes (ordered by shard, with the shard table beside it) and reports.
+# Re-running a job (`-R fetch`) retries only the rows it has not fetched yet; the shards are
+# kept across runs, and a failed job is re-run alone.
 
 
 rule fetch:
@@ -36,6 +37,7 @@ rule fetch_merge:
         reports=fetch_chunk_reports,
     output:
         index=FETCH_INDEX,
+        shard_table=FETCH_SHARD_TABLE,
         report=FETCH_REPORT,
     params:
         chunks=fetch_chunks,

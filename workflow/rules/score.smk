@@ -6,6 +6,7 @@
 rule embed_images:
     input:
         index=FETCH_INDEX,
+        shard_table=FETCH_SHARD_TABLE,
         metadata=METADATA,
         model=scorer_model,
     output:
