@@ -370,9 +370,9 @@ def run_assign_clusters(pool: str, image_manifests: Sequence[Path], centroids_pa
     import pyarrow.parquet as pq
 
     centroids, targets = load_centroids(centroids_path)
-    schema = cluster_schema().with_metadata(
-        {**(cluster_schema().metadata or {}),
-         b"capmix": json.dumps({"pool": pool, "stage": "image_clusters_part"}).encode()})
+    schema = cluster_schema()
+    schema = schema.with_metadata({**(schema.metadata or {}), b"capmix": json.dumps(
+        {"pool": pool, "stage": "image_clusters_part"}, sort_keys=True).encode()})
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     rows = 0

@@ -20,6 +20,12 @@ core here); :class:`LangidModel` does the same arithmetic for a batch at once (t
 labels, about 13,000 captions/s; fastText about 60,000). The summary
 records which model ran: backend, package and version, and for a model file its path and
 SHA-256.
+
+No job holds every caption (issue 18): ``caption_language_part`` jobs
+(``pools[].jobs.caption_language``) each measure a contiguous run of the raw captions' shard
+files, a file at a time, and count what the summary needs (:func:`caption_counts`: sums, so
+parts add up); ``caption_language`` streams the parts, in order, into the pool's file and
+makes the summary from the merged counts (:func:`summary_of`).
 """
 
 from __future__ import annotations
