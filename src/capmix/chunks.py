@@ -2,16 +2,20 @@
 
 A stage with ``jobs: n`` (config ``caption.jobs``, ``score.jobs``, or a pool's own
 ``pools[].jobs``) runs n jobs per pool; job i takes the i-th of n contiguous runs of the
-pool's shards, balanced by fetched images (capmix.shards.plan_tasks). Job i is named
-``chunk{i}of{n}`` in its output paths and its ``{chunk}`` wildcard. This module is the one
-place that builds such names (the workflow's inputs), constrains them (its wildcard
-constraint) and parses them (the jobs' scripts). Imports nothing heavy: the workflow reads it
-at start-up.
+pool's shards, balanced by fetched images (capmix.shards.plan_tasks); jobs over a list of
+files take contiguous runs of it (:func:`contiguous_run`). Job i is named ``chunk{i}of{n}``
+in its output paths and its ``{chunk}`` wildcard. This module is the one place that builds
+such names (the workflow's inputs), constrains them (its wildcard constraint) and parses them
+(the jobs' scripts). Imports nothing heavy: the workflow reads it at start-up.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _NUMBER = "[0-9]+"
 #: The ``{chunk}`` wildcard's constraint: a chunk name, nothing else.
@@ -27,6 +31,15 @@ def chunk_name(chunk: int, n_chunks: int) -> str:
 def chunk_names(n_chunks: int) -> list[str]:
     """Every chunk of a stage that runs ``n_chunks`` jobs per pool, in order."""
     return [chunk_name(i, n_chunks) for i in range(n_chunks)]
+
+
+def contiguous_run(items: Sequence[T], chunk: int, n_chunks: int) -> list[T]:
+    """The ``chunk``-th of ``n_chunks`` contiguous runs of ``items`` (empty when there are more
+    jobs than items): jobs over a stage's files in order, so their outputs, joined in job
+    order, list the rows in the files' order (a reduce then equals the one-job result)."""
+    if not 0 <= chunk < n_chunks:
+        raise ValueError(f"chunk {chunk} is outside 0..{n_chunks - 1}")
+    return list(items[len(items) * chunk // n_chunks:len(items) * (chunk + 1) // n_chunks])
 
 
 def parse_chunk(name: str) -> tuple[int, int]:

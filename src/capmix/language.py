@@ -20,13 +20,21 @@ core here); :class:`LangidModel` does the same arithmetic for a batch at once (t
 labels, about 13,000 captions/s; fastText about 60,000). The summary
 records which model ran: backend, package and version, and for a model file its path and
 SHA-256.
+
+No job holds every caption (issue 18): ``caption_language_part`` jobs
+(``pools[].jobs.caption_language``) each measure a contiguous run of the raw captions' shard
+files, a file at a time, and count what the summary needs (:func:`caption_counts`: sums, so
+parts add up); ``caption_language`` streams the parts, in order, into the pool's file and
+makes the summary from the merged counts (:func:`summary_of`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -172,41 +180,151 @@ def measure_captions(uids: Sequence[str], texts: Sequence[str | None],
     })
 
 
-def summarise(frame: pd.DataFrame, top: int = 20) -> dict[str, Any]:
-    counts = frame[LANGUAGE_COLUMN].value_counts()
-    n = int(len(frame))
+def caption_counts(frame: pd.DataFrame) -> dict[str, Any]:
+    """What the summary is made of, as counts and sums that add across parts (:func:`merge_counts`):
+    captions, captions per language, fastText tokens and characters summed, and the captions
+    at DataComp's limits (at most 1 token, at most 5 characters)."""
     return {
-        "n_captions": n,
-        "languages": {str(k): int(v) for k, v in counts.head(top).items()},
-        "other_languages": int(counts.iloc[top:].sum()),
-        "share_by_language": {str(k): float(v) / n for k, v in counts.head(top).items()},
-        "tokens": {"mean": float(frame[TOKENS_COLUMN].mean()) if n else None,
-                   "at_most_1": int((frame[TOKENS_COLUMN] <= 1).sum())},
-        "chars": {"mean": float(frame[CHARS_COLUMN].mean()) if n else None,
-                  "at_most_5": int((frame[CHARS_COLUMN] <= 5).sum())},
+        "n_captions": int(len(frame)),
+        "languages": {str(k): int(v) for k, v in frame[LANGUAGE_COLUMN].value_counts().items()},
+        "tokens_sum": int(frame[TOKENS_COLUMN].sum()),
+        "tokens_at_most_1": int((frame[TOKENS_COLUMN] <= 1).sum()),
+        "chars_sum": int(frame[CHARS_COLUMN].sum()),
+        "chars_at_most_5": int((frame[CHARS_COLUMN] <= 5).sum()),
     }
 
 
-def run_caption_language(pool: str, raw_manifest: Path, settings: Mapping[str, Any],
-                         model_path: Path | None, out_path: Path,
-                         summary_path: Path) -> dict[str, Any]:
-    """The caption_language rule: every fetched image's raw caption, measured."""
-    from capmix.caption import caption_files
-    from capmix.provenance import provenance_record, write_json, write_parquet_atomic
+def merge_counts(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The counts of the parts' captions together (Python ints: exact at any pool size)."""
+    merged: dict[str, Any] = {"n_captions": 0, "languages": {}, "tokens_sum": 0,
+                              "tokens_at_most_1": 0, "chars_sum": 0, "chars_at_most_5": 0}
+    for part in parts:
+        for key in merged:
+            if key == "languages":
+                for label, count in part["languages"].items():
+                    merged["languages"][label] = merged["languages"].get(label, 0) + count
+            else:
+                merged[key] += part[key]
+    return merged
 
-    files = caption_files([raw_manifest])
-    raw = (pd.concat([pd.read_parquet(f, columns=["uid", "caption"]) for f in files],
-                     ignore_index=True) if files else pd.DataFrame(columns=["uid", "caption"]))
+
+def summary_of(counts: Mapping[str, Any], top: int = 20) -> dict[str, Any]:
+    """The summary's figures from :func:`caption_counts` (one part's or merged): the ``top``
+    languages by count (ties by label), the rest counted together, the means and the captions
+    at DataComp's limits."""
+    ordered = sorted(counts["languages"].items(), key=lambda item: (-item[1], item[0]))
+    n = int(counts["n_captions"])
+    return {
+        "n_captions": n,
+        "languages": dict(ordered[:top]),
+        "other_languages": sum(count for _, count in ordered[top:]),
+        "share_by_language": {label: count / n for label, count in ordered[:top]},
+        "tokens": {"mean": counts["tokens_sum"] / n if n else None,
+                   "at_most_1": counts["tokens_at_most_1"]},
+        "chars": {"mean": counts["chars_sum"] / n if n else None,
+                  "at_most_5": counts["chars_at_most_5"]},
+    }
+
+
+def summarise(frame: pd.DataFrame, top: int = 20) -> dict[str, Any]:
+    """The summary of one frame of measured captions (:func:`summary_of`)."""
+    return summary_of(caption_counts(frame), top)
+
+
+def language_schema() -> Any:
+    """CAPTION_LANGUAGE's columns, for every part and the reduce (an empty part too)."""
+    import pyarrow as pa
+
+    from capmix.provenance import frame_schema
+
+    frame = pd.DataFrame({"uid": pd.Series(dtype=object),
+                          LANGUAGE_COLUMN: pd.Series(dtype=object),
+                          LANGUAGE_SCORE_COLUMN: pd.Series(dtype="float64"),
+                          TOKENS_COLUMN: pd.Series(dtype="int64"),
+                          CHARS_COLUMN: pd.Series(dtype="int64")})
+    return frame_schema(frame, {"uid": pa.string(), LANGUAGE_COLUMN: pa.string(),
+                                LANGUAGE_SCORE_COLUMN: pa.float64(), TOKENS_COLUMN: pa.int64(),
+                                CHARS_COLUMN: pa.int64()})
+
+
+def read_raw_captions(path: Path) -> pd.DataFrame:
+    """uid and caption of one raw caption shard, or a ValueError naming it."""
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path, columns=["uid", "caption"])
+    except (OSError, ValueError, KeyError, pa.ArrowException) as error:
+        raise ValueError(f"{path}: cannot read raw captions (uid, caption): {error}") from error
+
+
+def run_caption_language_part(pool: str, raw_manifest: Path, chunk: int, n_chunks: int,
+                              settings: Mapping[str, Any], model_path: Path | None,
+                              out_path: Path, counts_path: Path) -> dict[str, Any]:
+    """The caption_language_part rule: the raw captions of the ``chunk``-th of ``n_chunks``
+    contiguous runs of the raw manifest's shard files, measured a file at a time and written
+    as they go (memory: one file's captions), and their counts (:func:`caption_counts`) for
+    the reduce."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from capmix.caption import caption_files
+    from capmix.chunks import contiguous_run
+    from capmix.provenance import write_json
+
+    files = contiguous_run(caption_files([raw_manifest]), chunk, n_chunks)
     model = load_language_model(settings, model_path)
     described = model.describe()
-    log.info("%s: identifying the language of %d raw captions with %s", pool, len(raw),
-             described)
-    frame = measure_captions(raw["uid"].tolist(), raw["caption"].tolist(), model)
-    write_parquet_atomic(frame, out_path, {"pool": pool, "stage": "caption_language",
-                                           "language_id": described})
-    inputs = [raw_manifest, *([model_path] if model_path is not None else [])]
-    summary = {"pool": pool, "language_id": described, **summarise(frame),
+    log.info("%s: identifying the language of the raw captions in %d file(s) with %s", pool,
+             len(files), described)
+    schema = language_schema()
+    schema = schema.with_metadata({**(schema.metadata or {}), b"capmix": json.dumps(
+        {"pool": pool, "stage": "caption_language_part", "language_id": described},
+        sort_keys=True).encode()})
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    counts = []
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for path in files:
+            raw = read_raw_captions(path)
+            frame = measure_captions(raw["uid"].tolist(), raw["caption"].tolist(), model)
+            writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
+            counts.append(caption_counts(frame))
+    os.replace(tmp, out_path)
+    report = {"pool": pool, "chunk": chunk, "n_chunks": n_chunks,
+              "files": [str(f) for f in files], "language_id": described,
+              "counts": merge_counts(counts)}
+    write_json(counts_path, report)
+    return report
+
+
+def run_caption_language(pool: str, raw_manifest: Path, part_paths: Sequence[Path],
+                         counts_paths: Sequence[Path], settings: Mapping[str, Any],
+                         model_path: Path | None, out_path: Path,
+                         summary_path: Path) -> dict[str, Any]:
+    """The caption_language rule: the parts streamed, in order, into the pool's caption
+    languages (the rows one job over every raw caption wrote) and its summary from their
+    merged counts. Every part must have run the same model."""
+    from capmix.provenance import concat_parquet_atomic, provenance_record, write_json
+
+    reports = [json.loads(Path(p).read_text()) for p in counts_paths]
+    if not reports:
+        raise ValueError(f"{pool}: caption_language has no parts to merge")
+    described = reports[0]["language_id"]
+    for path, report in zip(counts_paths, reports, strict=True):
+        if report["language_id"] != described:
+            raise ValueError(f"{path}: language model {report['language_id']}, but "
+                             f"{counts_paths[0]}'s is {described}")
+    rows = concat_parquet_atomic(part_paths, out_path, language_schema(),
+                                 {"pool": pool, "stage": "caption_language",
+                                  "language_id": described})
+    counts = merge_counts(r["counts"] for r in reports)
+    if rows != counts["n_captions"]:
+        raise ValueError(f"{pool}: the caption_language parts hold {rows} rows but their "
+                         f"counts say {counts['n_captions']} (a part rewritten since?)")
+    inputs = [raw_manifest, *([model_path] if model_path is not None else []), *counts_paths]
+    summary = {"pool": pool, "language_id": described, **summary_of(counts),
                "columns": ["uid", *CAPTION_TEXT_COLUMNS, LANGUAGE_SCORE_COLUMN],
+               "parts": len(part_paths),
                "provenance": provenance_record(
                    "caption_language", inputs=inputs, params=dict(settings),
                    packages=("numpy", "pandas", described["package"] or described["backend"]))}

@@ -13,7 +13,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
@@ -186,3 +186,45 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path, tags: dict[str, Any]) 
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+def frame_schema(frame: pd.DataFrame, types: Mapping[str, Any]) -> Any:
+    """The arrow schema ``write_parquet_atomic`` gives ``frame``, with each column's type fixed
+    by ``types`` (column -> pyarrow type): an empty part then has the same schema as a full one
+    (an empty object column would be arrow's null type), pandas metadata included."""
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame[list(types)], schema=pa.schema(list(types.items())),
+                                preserve_index=False).schema
+
+
+def concat_parquet_atomic(files: Sequence[Path], path: Path, schema: Any,
+                          tags: dict[str, Any],
+                          visit: Callable[[Any, Path], None] | None = None) -> int:
+    """Stream the rows of per-job parquet ``files``, in order, into one parquet at ``path``
+    with ``schema`` and ``tags`` (as :func:`write_parquet_atomic` writes one frame): one record
+    batch in memory at a time; ``visit(table, file)`` sees each batch, as a table (a reduce
+    counts with it).
+    A file without a column of the schema is a KeyError naming it. Returns the rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = schema.with_metadata({**(schema.metadata or {}),
+                                   b"capmix": json.dumps(tags, sort_keys=True).encode()})
+    tmp = path.with_name(path.name + ".tmp")
+    rows = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for file in files:
+            parquet = pq.ParquetFile(file)
+            missing = [n for n in schema.names if n not in parquet.schema_arrow.names]
+            if missing:
+                raise KeyError(f"{file}: no column(s) {missing}")
+            for batch in parquet.iter_batches(batch_size=1 << 20, columns=schema.names):
+                table = pa.Table.from_batches([batch]).cast(schema.remove_metadata())
+                if visit is not None:
+                    visit(table, Path(file))
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+                rows += table.num_rows
+    os.replace(tmp, path)
+    return rows

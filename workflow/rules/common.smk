@@ -22,6 +22,8 @@ from capmix.chunks import (  # noqa: E402
     CHUNK_PATTERN,
     TABLE_PART_PATTERN,
     chunk_names,
+    contiguous_run,
+    parse_chunk,
     table_part_names,
 )
 from capmix.config import (  # noqa: E402
@@ -153,8 +155,16 @@ IMAGE_EMBEDDINGS = "results/{pool}/scores/{scorer}/images/{chunk}.json"
 SCORES = "results/{pool}/scores/{scorer}/{caption_set}.parquet"
 QUALITY = "results/{pool}/quality/{scorer}/{caption_set}.json"
 IMAGE_CLUSTERS = "results/{pool}/mix/image_clusters.parquet"
+# image_clusters' map: the centroids and target clusters (npz) and how they were made (json);
+# each job's assignments (pools[].jobs.image_clusters).
+IMAGE_CLUSTER_CENTROIDS = "results/{pool}/mix/image_clusters/centroids.npz"
+IMAGE_CLUSTER_CENTROIDS_RECORD = "results/{pool}/mix/image_clusters/centroids.json"
+IMAGE_CLUSTERS_PART = "results/{pool}/mix/image_clusters/{chunk}.parquet"
 CAPTION_LANGUAGE = "results/{pool}/mix/caption_language.parquet"
 CAPTION_LANGUAGE_SUMMARY = "results/{pool}/mix/caption_language.json"
+# caption_language's map: each job's measurements and counts (pools[].jobs.caption_language).
+CAPTION_LANGUAGE_PART = "results/{pool}/mix/caption_language/{chunk}.parquet"
+CAPTION_LANGUAGE_PART_COUNTS = "results/{pool}/mix/caption_language/{chunk}.json"
 MIX_TABLE = "results/{pool}/mix/table.json"  # the manifest of its parts
 MIX_TABLE_PART = "results/{pool}/mix/table/{table_part}.parquet"
 MIX_SCATTER = "results/{pool}/mix/scatter"
@@ -345,8 +355,8 @@ def caption_sets(pool):
 
 
 def pool_jobs(pool, stage):
-    """Jobs per pass of `stage` (fetch, caption, score) over the pool: `pools[].jobs`, else
-    config (fetch: one job)."""
+    """Jobs per pass of `stage` (fetch, caption, score, image_clusters, caption_language) over
+    the pool: `pools[].jobs`, else config (caption, score) or one job."""
     default = config[stage]["jobs"] if stage in ("caption", "score") else 1
     return POOLS[pool]["jobs"].get(stage, default)
 
@@ -468,16 +478,31 @@ def listed(value):
     return [resolve_file(config, v) for v in ([value] if isinstance(value, str) else value)]
 
 
-def image_cluster_inputs(wildcards):
+def image_cluster_centroid_inputs(wildcards):
+    """The references and the given centroids; the pool's image embeddings only when k-means
+    trains on them (given centroids do not wait for embed_images)."""
     spec = image_cluster_spec(wildcards)
     scorer = POOLS[wildcards.pool]["scorer"]
     reference = spec.get("reference_pool")
+    centroids = listed(spec.get("centroids"))
     return {
-        "images": embedding_manifests(wildcards.pool, scorer),
+        "images": [] if centroids else embedding_manifests(wildcards.pool, scorer),
         "reference_images": embedding_manifests(reference, scorer) if reference else [],
         "reference_files": listed(spec.get("reference_embeddings")),
-        "centroids": listed(spec.get("centroids")),
+        "centroids": centroids,
     }
+
+
+def image_clusters_part_inputs(wildcards):
+    """One assignment job: its contiguous run of the pool's embed_images chunk manifests."""
+    manifests = embedding_manifests(wildcards.pool, POOLS[wildcards.pool]["scorer"])
+    return {"images": contiguous_run(manifests, *parse_chunk(wildcards.chunk)),
+            "centroids": IMAGE_CLUSTER_CENTROIDS.format(pool=wildcards.pool)}
+
+
+def image_clusters_parts(wildcards):
+    return [IMAGE_CLUSTERS_PART.format(pool=wildcards.pool, chunk=chunk)
+            for chunk in chunk_names(pool_jobs(wildcards.pool, "image_clusters"))]
 
 
 def language_id_spec(wildcards):
@@ -488,6 +513,15 @@ def caption_language_inputs(wildcards):
     """The pool's raw captions, and the language-id model file if its backend reads one."""
     return {"raw": RAW_CAPTIONS.format(pool=wildcards.pool),
             "model": listed(language_id_spec(wildcards).get("model"))}
+
+
+def caption_language_merge_inputs(wildcards):
+    """The parts' measurements and counts (and what they were made from, for provenance)."""
+    chunks = chunk_names(pool_jobs(wildcards.pool, "caption_language"))
+    return {**caption_language_inputs(wildcards),
+            "parts": [CAPTION_LANGUAGE_PART.format(pool=wildcards.pool, chunk=c) for c in chunks],
+            "counts": [CAPTION_LANGUAGE_PART_COUNTS.format(pool=wildcards.pool, chunk=c)
+                       for c in chunks]}
 
 
 def strategy_spec(wildcards):

@@ -5,15 +5,62 @@
 # part by part, so editing one strategy re-runs only its subset and training shards.
 
 
+# ImageNet-1k-like image clusters (capmix.clusters), a map and a reduce: the centroids
+# (DataComp's, or k-means on a seeded sample of at most train_sample embeddings) and the
+# target clusters; pools[].jobs.image_clusters jobs each assigning a contiguous run of the
+# embed_images chunks; the reduce streams them into one file and writes the summary.
+rule image_cluster_centroids:
+    input:
+        unpack(image_cluster_centroid_inputs),
+    output:
+        centroids=IMAGE_CLUSTER_CENTROIDS,
+        record=IMAGE_CLUSTER_CENTROIDS_RECORD,
+    params:
+        spec=image_cluster_spec,
+        seed=config["seed"],
+    log:
+        "logs/image_cluster_centroids/{pool}.log",
+    benchmark:
+        "benchmarks/image_cluster_centroids/{pool}.tsv"
+    threads: resource("image_cluster_centroids", "threads")
+    resources:
+        mem_mb=resource("image_cluster_centroids", "mem_mb"),
+        runtime=resource("image_cluster_centroids", "runtime"),
+        gpu=resource("image_cluster_centroids", "gpu"),
+    conda:
+        "../../envs/mix.yaml"
+    script:
+        "../scripts/image_cluster_centroids.py"
+
+
+rule image_clusters_part:
+    input:
+        unpack(image_clusters_part_inputs),
+    output:
+        IMAGE_CLUSTERS_PART,
+    log:
+        "logs/image_clusters_part/{pool}/{chunk}.log",
+    benchmark:
+        "benchmarks/image_clusters_part/{pool}/{chunk}.tsv"
+    threads: resource("image_clusters_part", "threads")
+    resources:
+        mem_mb=resource("image_clusters_part", "mem_mb"),
+        runtime=resource("image_clusters_part", "runtime"),
+    conda:
+        "../../envs/mix.yaml"
+    script:
+        "../scripts/image_clusters_part.py"
+
+
 rule image_clusters:
     input:
-        unpack(image_cluster_inputs),
+        parts=image_clusters_parts,
+        centroids=IMAGE_CLUSTER_CENTROIDS_RECORD,
     output:
         clusters=IMAGE_CLUSTERS,
         summary="results/{pool}/mix/image_clusters.json",
     params:
         spec=image_cluster_spec,
-        seed=config["seed"],
     log:
         "logs/image_clusters/{pool}.log",
     benchmark:
@@ -22,7 +69,6 @@ rule image_clusters:
     resources:
         mem_mb=resource("image_clusters", "mem_mb"),
         runtime=resource("image_clusters", "runtime"),
-        gpu=resource("image_clusters", "gpu"),
     conda:
         "../../envs/mix.yaml"
     script:
@@ -31,9 +77,33 @@ rule image_clusters:
 
 # Each raw caption's language id, fastText tokens and characters, for strategies with a
 # text filter (DataComp's image-based caption filter); the model is the pool's language_id.
-rule caption_language:
+# pools[].jobs.caption_language jobs each measure a contiguous run of the raw captions'
+# shard files; the reduce streams them into one file and merges their counts.
+rule caption_language_part:
     input:
         unpack(caption_language_inputs),
+    output:
+        languages=CAPTION_LANGUAGE_PART,
+        counts=CAPTION_LANGUAGE_PART_COUNTS,
+    params:
+        settings=language_id_spec,
+    log:
+        "logs/caption_language_part/{pool}/{chunk}.log",
+    benchmark:
+        "benchmarks/caption_language_part/{pool}/{chunk}.tsv"
+    threads: resource("caption_language_part", "threads")
+    resources:
+        mem_mb=resource("caption_language_part", "mem_mb"),
+        runtime=resource("caption_language_part", "runtime"),
+    conda:
+        "../../envs/mix.yaml"
+    script:
+        "../scripts/caption_language_part.py"
+
+
+rule caption_language:
+    input:
+        unpack(caption_language_merge_inputs),
     output:
         languages=CAPTION_LANGUAGE,
         summary=CAPTION_LANGUAGE_SUMMARY,

@@ -1,4 +1,5 @@
-"""Entry point of rule caption_language: each raw caption's language id, tokens, characters."""
+"""Entry point of rule caption_language: the parts joined into the pool's caption languages,
+and the summary from their merged counts."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ if __name__ == "__main__":
     setup_logging(sm.log[0])
     with job_provenance(sm):
         run_caption_language(
-            sm.wildcards.pool, Path(sm.input.raw), dict(sm.params.settings),
+            sm.wildcards.pool, Path(sm.input.raw), [Path(p) for p in sm.input.parts],
+            [Path(p) for p in sm.input.counts], dict(sm.params.settings),
             Path(sm.input.model[0]) if sm.input.model else None, Path(sm.output.languages),
             Path(sm.output.summary))

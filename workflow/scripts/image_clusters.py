@@ -1,8 +1,9 @@
-"""Entry point of rule image_clusters: the pool's images in ImageNet-1k-like clusters."""
+"""Entry point of rule image_clusters: the assignment parts joined into the pool's image
+clusters, and the summary."""
 
 from pathlib import Path
 
-from capmix.clusters import run_image_clusters
+from capmix.clusters import run_merge_clusters
 from capmix.lineage import job_provenance
 from capmix.logs import setup_logging
 
@@ -10,9 +11,6 @@ if __name__ == "__main__":
     sm = snakemake  # noqa: F821
     setup_logging(sm.log[0])
     with job_provenance(sm):
-        run_image_clusters(
-            sm.wildcards.pool, [Path(p) for p in sm.input.images],
-            [Path(p) for p in sm.input.reference_images],
-            [Path(p) for p in sm.input.reference_files],
-            Path(sm.input.centroids[0]) if sm.input.centroids else None,
-            dict(sm.params.spec), sm.params.seed, Path(sm.output.clusters), Path(sm.output.summary))
+        run_merge_clusters(sm.wildcards.pool, [Path(p) for p in sm.input.parts],
+                           Path(sm.input.centroids), dict(sm.params.spec or {}),
+                           Path(sm.output.clusters), Path(sm.output.summary))
