@@ -472,7 +472,8 @@ def check_provenance(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["provenance", "--json", str(table), *cell]) == 0
     chain = json.loads(capsys.readouterr().out)
     assert {"metadata", "toy_world", "fetch", "fetch_merge", "caption", "caption_merge",
-            "score", "score_merge", "mix_table", "mix_table_part", "subset", "train_shards", "train", "evaluate", "toy_model"} <= {
+            "score", "score_merge", "mix_table", "mix_table_part", "subset", "train_shards",
+            "train", "evaluate", "toy_model"} <= {
                 j["rule"] for j in chain["jobs"].values()}
     assert cli.main(["provenance", "--check", str(table), *cell]) == 0
     assert "\nOK: every file of " in capsys.readouterr().out
