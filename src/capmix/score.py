@@ -12,7 +12,9 @@ Two steps, so that a new caption set costs only the text tower:
    text embeddings of the set's captions, cosine with the stored image
    embedding, and CLIP-S = 2.5 * max(cos, 0) (Hessel et al., 2021). For the raw
    captions of a DataComp pool the shipped ``clip_l14_similarity_score`` can be
-   used as is.
+   used as is. One job per embed_images chunk scores that chunk's shards
+   (:func:`score_chunk`, memory bounded by the chunk, not the set); a small reduce
+   streams the chunks into the set's table and summary (:func:`merge_scores`).
 """
 
 from __future__ import annotations
