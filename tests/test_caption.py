@@ -233,3 +233,31 @@ def test_released_captions_join_by_uid_into_the_same_layout(fetched_pool):
     assert manifest["failures"] == {"no_released_caption": 6}
     assert manifest["join"]["n_joined"] == 6
     assert manifest["join"]["n_released_not_in_pool"] == 1
+
+
+def test_a_caption_set_is_one_manifest_in_the_raw_captions_format(fetched_pool):
+    """caption_merge: the chunks' manifests as one, with the raw captions' keys, outputs
+    relative to it (the same files), shards sorted and counts summed."""
+    import json
+
+    from capmix.caption import merge_caption_chunks
+
+    out = fetched_pool / "captions" / "c" / "0.75"
+    chunks = [run(fetched_pool, RecordingCaptioner(), chunk=c, n_chunks=3) for c in range(3)]
+    paths = [out / f"chunk{c}of3.json" for c in range(3)]
+    merged = merge_caption_chunks("p", paths, out / "manifest.json")
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(merged))
+    raw_dir = fetched_pool / "captions" / "raw"
+    raw = raw_caption_sets("p", fetched_pool / "index.parquet", fetched_pool / "shards",
+                           raw_dir, raw_dir / "manifest.json")
+    assert set(raw) <= set(merged)
+    assert [set(e) for e in merged["shards"]] == [set(e) for e in raw["shards"]]
+    assert [e["shard"] for e in merged["shards"]] == [e["shard"] for e in raw["shards"]]
+    assert sorted(caption_files([out / "manifest.json"])) == sorted(caption_files(paths))
+    assert merged["n_images"] == sum(c["n_images"] for c in chunks) == 12
+    assert merged["n_captioned"] == 12 and merged["temperature"] == 0.75
+    assert merged["decoding"] == chunks[0]["decoding"]
+    assert merged["chunks"] == [p.name for p in paths]
+    with pytest.raises(ValueError, match=r"shard round_0/\d+\.tar is listed by two caption "
+                                         r"chunks, .*chunk0of3.json and .*chunk0of3.json"):
+        merge_caption_chunks("p", [paths[0], paths[0]], out / "manifest.json")

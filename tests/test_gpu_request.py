@@ -56,9 +56,12 @@ def job(script: str, tmp_path: Path, gpu: int | None) -> Job:
                    output=Job(manifest=str(out / "chunk0of1.json")),
                    params=Job(spec=model, settings=RUN_SETTINGS, shards=str(missing)))
     if script == "score":
-        return Job(**common, wildcards=Job(pool="p", scorer="s", caption_set="raw"),
-                   input=Job(images=[], captions=[], metadata=str(missing)),
-                   output=Job(scores=str(out / "raw.parquet"), summary=str(out / "raw.json")),
+        return Job(**common,
+                   wildcards=Job(pool="p", scorer="s", caption_set="raw", chunk="chunk0of1"),
+                   input=Job(images=str(missing / "chunk0of1.json"),
+                             captions=str(missing / "manifest.json"),
+                             index=str(missing / "index.parquet"), metadata=str(missing)),
+                   output=Job(scores=str(out / "raw" / "chunk0of1.parquet")),
                    params=Job(spec=model, settings=RUN_SETTINGS))
     training = tmp_path / "training.json"
     training.write_text(json.dumps({"model": model["model"]}))
@@ -89,7 +92,7 @@ def test_a_gpu_job_without_a_gpu_fails_before_reading_its_inputs(
         runpy.run_path(path, {"snakemake": job(script, tmp_path, gpu=1)}, run_name="__main__")
 
     # Without the request (a laptop), the same job runs on the CPU and gets as far as its
-    # missing inputs (the score job as far as its scorer's missing model).
+    # missing inputs.
     for gpu in (0, None):
         with pytest.raises((FileNotFoundError, ScorerLoadError), match=str(tmp_path)):
             runpy.run_path(path, {"snakemake": job(script, tmp_path, gpu)}, run_name="__main__")

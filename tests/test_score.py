@@ -15,10 +15,14 @@ from PIL import Image
 
 from capmix.caption import RunSettings, caption_files, raw_caption_sets
 from capmix.score import (
+    CaptionFileError,
     clip_s,
     embed_pool_images,
+    index_rows,
     load_scorer,
+    merge_scores,
     read_embeddings,
+    score_chunk,
     score_pool_caption_set,
 )
 from capmix.shards import plan_tasks, read_shard
@@ -41,6 +45,31 @@ def embed(pool: Path, spec: dict, **kwargs):
     return embed_pool_images("p", "s", spec, pool / "index.parquet", pool / "shards", out,
                              out / "chunk0of1.json", SETTINGS, metadata_dir=pool / "metadata",
                              **kwargs)
+
+
+def embed_chunks(pool: Path, spec: dict, n_chunks: int, **kwargs) -> list[Path]:
+    """Image embeddings in ``n_chunks`` embed_images jobs; their manifests."""
+    out = pool / "scores" / "s" / "images"
+    for chunk in range(n_chunks):
+        embed_pool_images("p", "s", spec, pool / "index.parquet", pool / "shards", out,
+                          out / f"chunk{chunk}of{n_chunks}.json", SETTINGS,
+                          metadata_dir=pool / "metadata", chunk=chunk, n_chunks=n_chunks,
+                          **kwargs)
+    return [out / f"chunk{chunk}of{n_chunks}.json" for chunk in range(n_chunks)]
+
+
+def score_in_chunks(pool: Path, spec: dict, caption_set: str, set_manifest: Path,
+                    images: list[Path], **kwargs) -> tuple[pd.DataFrame, dict]:
+    """Rule score per embed chunk, then rule score_merge: the set's table and summary."""
+    out = pool / "chunked" / caption_set
+    chunks = []
+    for manifest in images:
+        chunks.append(out / manifest.with_suffix(".parquet").name)
+        score_chunk("p", "s", spec, caption_set, set_manifest, manifest, chunks[-1], SETTINGS,
+                    index_path=pool / "index.parquet", metadata_dir=pool / "metadata", **kwargs)
+    summary = merge_scores("p", "s", caption_set, chunks, set_manifest, out / "scores.parquet",
+                           out / "scores.json")
+    return pd.read_parquet(out / "scores.parquet"), summary
 
 
 def raw(pool: Path) -> list[Path]:
@@ -217,3 +246,158 @@ def test_missing_captions_are_reported_not_dropped(fetched_pool, clip_dir):
                                     fetched_pool / "r.parquet", fetched_pool / "r.json", SETTINGS)
     assert len(scores) == 12
     assert scores["missing"].value_counts().to_dict() == {"caption_undecodable": 1}
+
+
+def same_rows(chunked: pd.DataFrame, whole: pd.DataFrame) -> None:
+    """Equal rows, by uid; floats to 1e-6 (the text tower's batches are formed per shard in
+    a chunk, per set in one job, and a batch's composition can change the last bits)."""
+    a = chunked.sort_values("uid").reset_index(drop=True)
+    b = whole.sort_values("uid").reset_index(drop=True)
+    assert list(a.columns) == list(b.columns)
+    pd.testing.assert_frame_equal(a.drop(columns="cos_all"), b.drop(columns="cos_all"),
+                                  check_exact=False, rtol=1e-6, atol=1e-6)
+    for x, y in zip(a["cos_all"], b["cos_all"], strict=True):
+        np.testing.assert_allclose(np.asarray(x, float), np.asarray(y, float), rtol=1e-6,
+                                   atol=1e-6)
+
+
+def same_summary(chunked: dict, whole: dict) -> None:
+    """Equal summaries but for provenance; the means to 1e-6 (the rows' own rounding, see
+    same_rows, and sums in another order: chunk by chunk, then divided)."""
+    a = {k: v for k, v in chunked.items() if k != "provenance"}
+    b = {k: v for k, v in whole.items() if k != "provenance"}
+    assert a.keys() == b.keys()
+    for key in ("mean_cos", "mean_clip_s"):
+        assert a.pop(key) == pytest.approx(b.pop(key), rel=1e-6, abs=1e-9), key
+    assert a == b
+
+
+def synthetic_set(pool: Path, n_chunks: int) -> Path:
+    """A synthetic caption set with two captions per image, captioned in ``n_chunks`` caption
+    jobs and listed in one manifest (rule caption_merge)."""
+    from capmix.caption import merge_caption_chunks
+    from tests.test_caption import RecordingCaptioner
+    from tests.test_caption import run as caption_chunk
+
+    out = pool / "captions" / "c" / "0.75"
+    for chunk in range(n_chunks):
+        caption_chunk(pool, RecordingCaptioner(), chunk=chunk, n_chunks=n_chunks)
+    merge_caption_chunks("p", [out / f"chunk{c}of{n_chunks}.json" for c in range(n_chunks)],
+                         out / "manifest.json")
+    return out / "manifest.json"
+
+
+def test_scoring_chunk_by_chunk_equals_one_job(fetched_pool, clip_dir):
+    """Rule score per embed chunk (3 chunks of the 4 shards; a 5th-of-5 chunk with no shard
+    at all), merged by score_merge: the rows, values and summary one job gives on the same
+    pool, for the raw captions and a synthetic set of 2 captions per image captioned in 2 jobs
+    (so a score chunk's shards come from both caption chunks)."""
+    spec = spec_for(clip_dir)
+    scorer = load_scorer("s", spec)
+    raw_files = raw(fetched_pool)
+    raw_manifest = fetched_pool / "captions" / "raw" / "manifest.json"
+    synthetic = synthetic_set(fetched_pool, 2)
+    for n_chunks in (3, 5):
+        images = embed_chunks(fetched_pool, spec, n_chunks, scorer=scorer)
+        files = embedding_files(fetched_pool)
+        for name, manifest, captions in (("raw", raw_manifest, raw_files),
+                                         ("c/0.75", synthetic, caption_files([synthetic]))):
+            whole = score_pool_caption_set("p", "s", spec, name, captions, files,
+                                           fetched_pool / "w.parquet", fetched_pool / "w.json",
+                                           SETTINGS, scorer=scorer)
+            chunked, summary = score_in_chunks(fetched_pool, spec, name, manifest, images,
+                                               scorer=scorer)
+            assert len(chunked) == 12 and chunked["cos"].notna().all()
+            same_rows(chunked, whole)
+            same_summary(summary, json.loads((fetched_pool / "w.json").read_text()))
+            tags = pq.read_schema(fetched_pool / "chunked" / name / "scores.parquet").metadata
+            assert json.loads(tags[b"capmix"]) == json.loads(
+                pq.read_schema(fetched_pool / "w.parquet").metadata[b"capmix"])
+            # a row group per chunk that has rows
+            assert pq.ParquetFile(fetched_pool / "chunked" / name / "scores.parquet"
+                                  ).metadata.num_row_groups == min(n_chunks, 4)
+        if n_chunks == 3:
+            assert (chunked["n_captions"] == 2).all()  # the synthetic set's two captions
+            for path in files:
+                path.unlink()
+            for manifest in images:
+                manifest.unlink()
+
+
+def test_a_chunk_whose_caption_file_is_missing_names_the_shard_and_set(fetched_pool, clip_dir):
+    spec = spec_for(clip_dir)
+    images = embed_chunks(fetched_pool, spec, 2)
+    files = raw(fetched_pool)
+    manifest = fetched_pool / "captions" / "raw" / "manifest.json"
+    listed = json.loads(manifest.read_text())
+    shard = json.loads(images[1].read_text())["shards"][0]["shard"]
+    gone = next(f for f, e in zip(files, listed["shards"], strict=True) if e["shard"] == shard)
+    gone.unlink()
+    with pytest.raises(CaptionFileError, match=rf"caption set 'raw' \(.*manifest.json\): the "
+                                               rf"caption file of shard {shard} is missing"):
+        score_in_chunks(fetched_pool, spec, "raw", manifest, images)
+    listed["shards"] = [e for e in listed["shards"] if e["shard"] != shard]
+    manifest.write_text(json.dumps(listed))
+    with pytest.raises(CaptionFileError, match=rf"caption set 'raw' \(.*\) lists no caption "
+                                               rf"file for shard {shard}"):
+        score_in_chunks(fetched_pool, spec, "raw", manifest, images)
+
+
+def test_merge_stops_on_a_shard_no_chunk_scored(fetched_pool, clip_dir):
+    spec = spec_for(clip_dir)
+    images = embed_chunks(fetched_pool, spec, 2)
+    raw(fetched_pool)
+    manifest = fetched_pool / "captions" / "raw" / "manifest.json"
+    out = fetched_pool / "chunked"
+    score_chunk("p", "s", spec, "raw", manifest, images[0], out / "c0.parquet", SETTINGS)
+    first = json.loads(images[1].read_text())["shards"][0]["shard"]
+    with pytest.raises(ValueError, match=rf"score_merge p/s/raw \(.*manifest.json\): 2 "
+                                         rf"shard\(s\) of the set no chunk scored, e.g. "
+                                         rf"\['{first}'"):
+        merge_scores("p", "s", "raw", [out / "c0.parquet"], manifest, out / "s.parquet",
+                     out / "s.json")
+    assert not (out / "s.parquet").exists() and not (out / "s.parquet.tmp").exists()
+    with pytest.raises(ValueError, match=r"is scored by two chunks"):
+        merge_scores("p", "s", "raw", [out / "c0.parquet"] * 2, manifest, out / "s.parquet",
+                     out / "s.json")
+
+
+def test_shipped_raw_scores_are_read_for_the_chunk_only(fetched_pool, monkeypatch):
+    """DataComp's shipped raw score, per chunk: the chunk's uids (their part and row from the
+    fetch index) and only those rows; equal to one job's reading of every part."""
+    import capmix.score as score_module
+
+    metadata = fetched_pool / "metadata"
+    part = metadata / "part-00000.parquet"
+    table = ship_l14_img(fetched_pool, np.random.default_rng(0).normal(size=(12, 8)))
+    table["clip_l14_similarity_score"] = np.linspace(0.1, 0.3, len(table))
+    table.loc[0, "clip_l14_similarity_score"] = np.nan
+    table.to_parquet(part, index=False, row_group_size=5)  # rows across three row groups
+    manifest = json.loads((metadata / "manifest.json").read_text())
+    manifest["columns"].append("clip_l14_similarity_score")
+    (metadata / "manifest.json").write_text(json.dumps(manifest))
+    spec = {"backend": "open_clip", "model": "does-not-exist", "pretrained": None,
+            "shipped_image_embeddings": "l14_img",
+            "shipped_raw_score": "clip_l14_similarity_score"}
+    images = embed_chunks(fetched_pool, spec, 3)
+    files = raw(fetched_pool)
+    whole = score_pool_caption_set("p", "s", spec, "raw", files, embedding_files(fetched_pool),
+                                   fetched_pool / "w.parquet", fetched_pool / "w.json", SETTINGS,
+                                   metadata_dir=metadata)
+    read = []
+    real = score_module.read_rows
+    monkeypatch.setattr(score_module, "shipped_scores", None)  # never every part
+    monkeypatch.setattr(score_module, "read_rows",
+                        lambda path, columns, rows: read.append(len(rows)) or real(
+                            path, columns, rows))
+    chunked, summary = score_in_chunks(fetched_pool, spec, "raw",
+                                       fetched_pool / "captions" / "raw" / "manifest.json",
+                                       images)
+    same_rows(chunked, whole)
+    same_summary(summary, json.loads((fetched_pool / "w.json").read_text()))
+    assert summary["shipped_raw_score"] == "clip_l14_similarity_score"
+    assert summary["missing"] == {"no_shipped_score": 1}
+    assert sorted(read) == sorted(len(json.loads(m.read_text())["shards"]) * 3 for m in images)
+    shards = [e["shard"] for e in json.loads(images[0].read_text())["shards"]]
+    rows = index_rows(fetched_pool / "index.parquet", shards, ["uid", "part", "row"])
+    assert len(rows) == 3 * len(shards) and list(rows.columns) == ["uid", "part", "row"]

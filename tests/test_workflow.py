@@ -171,6 +171,10 @@ def test_smoke_dag_end_to_end(workdir, capsys):
         manifest = json.loads((workdir / f"results/{pool}/captions/toy_captioner/0.75/"
                                "chunk0of1.json").read_text())
         assert manifest["n_captioned"] == n_fetched and manifest["decoding"]["top_k"] == 50
+        # the set's one manifest (caption_merge), in the raw captions' format
+        merged = json.loads((workdir / f"results/{pool}/captions/toy_captioner/0.75/"
+                             "manifest.json").read_text())
+        assert merged["n_captioned"] == n_fetched and merged["shards"] == manifest["shards"]
     for kind in ("captioner", "captioner_coco", "scorer"):
         assert (workdir / f"results/toymodels/smoke/{kind}/{CONFIG_NAME}").exists()
 
@@ -467,8 +471,9 @@ def check_provenance(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     assert "consumed: results/toyworld/smoke/pool.parquet" in out  # the toy pool's metadata
     assert cli.main(["provenance", "--json", str(table), *cell]) == 0
     chain = json.loads(capsys.readouterr().out)
-    assert {"metadata", "toy_world", "fetch", "fetch_merge", "caption", "score", "mix_table",
-            "mix_table_part", "subset", "train_shards", "train", "evaluate", "toy_model"} <= {
+    assert {"metadata", "toy_world", "fetch", "fetch_merge", "caption", "caption_merge",
+            "score", "score_merge", "mix_table", "mix_table_part", "subset", "train_shards",
+            "train", "evaluate", "toy_model"} <= {
                 j["rule"] for j in chain["jobs"].values()}
     assert cli.main(["provenance", "--check", str(table), *cell]) == 0
     assert "\nOK: every file of " in capsys.readouterr().out

@@ -18,7 +18,10 @@ the raw-caption, quality and mixing jobs use this module's file helpers (``capti
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -275,5 +278,49 @@ def raw_caption_sets(pool: str, index_path: Path, shards_dir: Path, out_dir: Pat
 
 
 def caption_files(manifest_paths: Sequence[Path]) -> list[Path]:
-    """The per-shard caption parquets listed by a caption set's chunk manifests."""
+    """The per-shard caption parquets listed by caption manifests (a set's, or chunks')."""
     return listed_shard_files(manifest_paths)
+
+
+#: Keys a caption set's manifest copies from its chunks' (equal in every chunk of the set).
+SET_KEYS = ("captioner", "temperature", "decoding", "released")
+
+
+def merge_caption_chunks(pool: str, chunk_manifests: Sequence[Path],
+                         manifest_path: Path) -> dict[str, Any]:
+    """The caption_merge rule: a synthetic caption set's chunk manifests as one manifest, in the
+    raw captions' format (``shards: [{shard, output, samples}]``, outputs relative to it, sorted
+    by shard; counts summed), so every consumer reads one manifest per caption set.
+
+    Reads only the chunk manifests (no caption file): its memory follows the set's shards. A
+    shard listed by two chunks is an error naming it and both manifests.
+    """
+    shards: list[dict[str, Any]] = []
+    listed_by: dict[str, Path] = {}
+    failures: Counter[str] = Counter()
+    n_images = n_captioned = 0
+    first: dict[str, Any] = {}
+    for path in chunk_manifests:
+        chunk = json.loads(Path(path).read_text())
+        first = first or chunk
+        for entry in chunk["shards"]:
+            shard = entry["shard"]
+            if shard in listed_by:
+                raise ValueError(f"{pool}: shard {shard} is listed by two caption chunks, "
+                                 f"{listed_by[shard]} and {path}")
+            listed_by[shard] = Path(path)
+            output = os.path.relpath(Path(path).parent / entry["output"], manifest_path.parent)
+            shards.append({**entry, "output": output})
+        n_images += int(chunk["n_images"])
+        n_captioned += int(chunk["n_captioned"])
+        failures.update({k: int(v) for k, v in chunk["failures"].items()})
+    manifest = {
+        "pool": pool, **{k: first[k] for k in SET_KEYS if k in first},
+        "chunks": [os.path.relpath(p, manifest_path.parent) for p in chunk_manifests],
+        "n_images": n_images, "n_captioned": n_captioned,
+        "failures": dict(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "shards": sorted(shards, key=lambda entry: entry["shard"]),
+        "provenance": provenance_record("caption_merge", inputs=list(chunk_manifests)),
+    }
+    write_json(manifest_path, manifest)
+    return manifest

@@ -12,11 +12,14 @@ Two steps, so that a new caption set costs only the text tower:
    text embeddings of the set's captions, cosine with the stored image
    embedding, and CLIP-S = 2.5 * max(cos, 0) (Hessel et al., 2021). For the raw
    captions of a DataComp pool the shipped ``clip_l14_similarity_score`` can be
-   used as is.
+   used as is. One job per embed_images chunk scores that chunk's shards
+   (:func:`score_chunk`, memory bounded by the chunk, not the set); a small reduce
+   streams the chunks into the set's table and summary (:func:`merge_scores`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +44,7 @@ from capmix.shards import (
     plan_tasks,
     read_shard,
     shard_loader,
+    unified_schema,
     write_parquet_atomic,
 )
 from capmix.weights import CACHE_KEY
@@ -295,6 +299,17 @@ def embed_pool_images(pool: str, scorer_name: str, spec: Mapping[str, Any], inde
 # ------------------------------------------------------------------------ scoring
 
 
+#: The columns of a scores table (score_caption_set), in order.
+SCORE_COLUMNS = ("uid", "n_captions", "cos", "cos_max", "cos_mean", "clip_s", "cos_all",
+                 "missing")
+#: Rows of the fetch index read at a time when looking up a chunk's uids.
+INDEX_BATCH_ROWS = 1_000_000
+
+
+class CaptionFileError(FileNotFoundError):
+    """A shard a score chunk scores whose caption file its caption set lacks; names both."""
+
+
 def embedding_files(manifest_paths: Sequence[Path]) -> list[Path]:
     """The per-shard embedding files listed by a pool's embed_images chunk manifests."""
     return listed_shard_files(manifest_paths)
@@ -316,6 +331,15 @@ def clip_s(cos: np.ndarray) -> np.ndarray:
     return CLIP_S_WEIGHT * np.maximum(cos, 0.0)
 
 
+def read_captions(caption_files: Sequence[Path]) -> pd.DataFrame:
+    """uid, captions, status of the given per-shard caption parquets (none: no rows)."""
+    columns = ["uid", "captions", "status"]
+    if not caption_files:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    return pd.concat([pd.read_parquet(f, columns=columns) for f in caption_files],
+                     ignore_index=True)
+
+
 def score_caption_set(scorer: Scorer | None, caption_files: Sequence[Path],
                       embedding_files: Sequence[Path], shipped_raw: pd.Series | None = None,
                       batch_size: int = 256) -> pd.DataFrame:
@@ -325,45 +349,97 @@ def score_caption_set(scorer: Scorer | None, caption_files: Sequence[Path],
     (of the first caption), cos_all (list). Rows whose image has no embedding or
     whose caption is missing get NaN and a reason, never a silent gap.
     """
-    captions = pd.concat([pd.read_parquet(f, columns=["uid", "captions", "status"])
-                          for f in caption_files], ignore_index=True)
+    captions = read_captions(caption_files)
     if shipped_raw is not None:
         cos = shipped_raw.reindex(captions["uid"]).to_numpy(dtype="float64")
         all_cos = [[c] for c in cos]
     else:
-        assert scorer is not None
         index, embeddings = load_image_embeddings(embedding_files)
         position = index.get_indexer(captions["uid"])
         flat = [(row, text) for row, texts in enumerate(captions["captions"])
                 if position[row] >= 0 for text in (texts if texts is not None else [])]
-        text_emb = scorer.encode_texts([t for _, t in flat], batch_size)
+        if flat:
+            assert scorer is not None
+            text_emb = scorer.encode_texts([t for _, t in flat], batch_size)
         rows = np.array([r for r, _ in flat], dtype="int64")
         sims = np.einsum("ij,ij->i", text_emb,
                          embeddings[position[rows]].astype("float32")) if len(flat) else []
         all_cos = [[] for _ in range(len(captions))]
         for row, sim in zip(rows, sims, strict=True):
             all_cos[row].append(float(sim))
-        cos = np.array([c[0] if c else np.nan for c in all_cos])
+        cos = np.array([c[0] if c else np.nan for c in all_cos], dtype="float64")
     frame = pd.DataFrame({
         "uid": captions["uid"],
-        "n_captions": [len(c) for c in all_cos],
+        "n_captions": np.array([len(c) for c in all_cos], dtype="int64"),
         "cos": cos,
-        "cos_max": [max(c) if c else np.nan for c in all_cos],
-        "cos_mean": [float(np.mean(c)) if c else np.nan for c in all_cos],
+        "cos_max": np.array([max(c) if c else np.nan for c in all_cos], dtype="float64"),
+        "cos_mean": np.array([float(np.mean(c)) if c else np.nan for c in all_cos],
+                             dtype="float64"),
         "clip_s": clip_s(np.nan_to_num(cos, nan=-1.0, posinf=-1.0, neginf=-1.0)),
-        "cos_all": all_cos,
+        "cos_all": pd.Series(all_cos, dtype=object),  # lists, even with no rows
     })
     frame.loc[~np.isfinite(frame["cos"].to_numpy(dtype="float64")), "clip_s"] = np.nan
     # Why a row has no usable score: its caption failed, the shipped score is absent (shipped
     # scores are not computed here, so no embedding is involved), the image has no embedding,
     # or the score is not finite.
     no_score = "no_shipped_score" if shipped_raw is not None else "no_image_embedding"
-    frame["missing"] = np.where(
+    frame["missing"] = pd.Series(np.where(
         captions["status"] != "ok", "caption_" + captions["status"],
         np.where(frame["cos"].isna(), no_score,
                  np.where(~np.isfinite(frame["cos"].to_numpy(dtype="float64")),
-                          "non_finite_score", None)))
+                          "non_finite_score", None))), index=frame.index, dtype=object)
     return frame
+
+
+class ScoreTally:
+    """The summary's counts and means, added up table by table (a chunk at a time in
+    score_merge), equal to those of the whole table at once up to the order of the sums.
+
+    Same definitions as a whole table: scored = ``cos`` not NaN (an infinite cosine counts,
+    so ``mean_cos`` is then infinite); ``mean_clip_s`` over scored rows whose CLIP-S is not
+    NaN (pandas' ``mean`` skips NaN), NaN if there is none."""
+
+    def __init__(self) -> None:
+        self.n = self.n_scored = self.n_clip_s = 0
+        self.sum_cos = self.sum_clip_s = 0.0
+        self.missing: dict[str, int] = {}
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """Count one table's rows (columns cos, clip_s, missing)."""
+        cos = frame["cos"].to_numpy(dtype="float64")
+        clip = frame["clip_s"].to_numpy(dtype="float64")
+        scored = ~np.isnan(cos)
+        with_clip = scored & ~np.isnan(clip)
+        self.n += len(frame)
+        self.n_scored += int(scored.sum())
+        self.n_clip_s += int(with_clip.sum())
+        self.sum_cos += float(cos[scored].sum())
+        self.sum_clip_s += float(clip[with_clip].sum())
+        for reason, count in frame["missing"].value_counts().items():
+            self.missing[str(reason)] = self.missing.get(str(reason), 0) + int(count)
+
+    def summary(self) -> dict[str, Any]:
+        """n, n_scored, missing (reason -> rows, most first), mean_cos, mean_clip_s."""
+        none = self.n_scored == 0
+        return {
+            "n": self.n, "n_scored": self.n_scored,
+            "missing": dict(sorted(self.missing.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "mean_cos": None if none else self.sum_cos / self.n_scored,
+            "mean_clip_s": None if none else (self.sum_clip_s / self.n_clip_s
+                                              if self.n_clip_s else float("nan")),
+        }
+
+
+def shipped_raw_column(spec: Mapping[str, Any], caption_set: str,
+                       metadata_dir: Path | None) -> str | None:
+    """The metadata column whose shipped score stands for the scorer's on the raw captions
+    (DataComp's ``clip_l14_similarity_score``), if the scorer names one and the pool ships it."""
+    column = spec.get("shipped_raw_score") if caption_set == "raw" else None
+    if column and not ships(metadata_dir, column=column):
+        log.info("metadata %s has no '%s'; scoring raw captions with the model", metadata_dir,
+                 column)
+        return None
+    return column
 
 
 def score_pool_caption_set(pool: str, scorer_name: str, spec: Mapping[str, Any], caption_set: str,
@@ -371,14 +447,12 @@ def score_pool_caption_set(pool: str, scorer_name: str, spec: Mapping[str, Any],
                            out_path: Path, summary_path: Path, settings: RunSettings,
                            metadata_dir: Path | None = None,
                            scorer: Scorer | None = None) -> pd.DataFrame:
-    """The score rule: one caption set of one pool, with one scorer (a job that asked for a
-    GPU and sees none fails first)."""
+    """One caption set of one pool in one call, the whole set in memory (tests, benches and
+    small pools; the workflow scores a set chunk by chunk: :func:`score_chunk` then
+    :func:`merge_scores`, same table and summary). A call that asked for a GPU and sees none
+    fails first."""
     device = settings.torch_device(f"score {pool}/{scorer_name}/{caption_set}")
-    shipped_column = spec.get("shipped_raw_score") if caption_set == "raw" else None
-    if shipped_column and not ships(metadata_dir, column=shipped_column):
-        log.info("%s: metadata has no '%s'; scoring raw captions with the model", pool,
-                 shipped_column)
-        shipped_column = None
+    shipped_column = shipped_raw_column(spec, caption_set, metadata_dir)
     shipped = None
     if shipped_column and metadata_dir is not None:
         shipped = shipped_scores(metadata_dir, shipped_column)
@@ -386,21 +460,246 @@ def score_pool_caption_set(pool: str, scorer_name: str, spec: Mapping[str, Any],
         scorer = load_scorer(scorer_name, spec, device, settings.precision)
     frame = score_caption_set(scorer, caption_files, embedding_files, shipped,
                               batch_size=settings.batch_size)
-    write_parquet_atomic(frame, out_path, {"pool": pool, "scorer": scorer_name,
-                                           "caption_set": caption_set, "spec": dict(spec)})
-    scored = frame.dropna(subset=["cos"])
+    write_parquet_atomic(frame, out_path, set_tags(pool, scorer_name, caption_set, spec))
+    tally = ScoreTally()
+    tally.add(frame)
     write_json(summary_path, {
-        "pool": pool, "scorer": scorer_name, "caption_set": caption_set,
-        "n": int(len(frame)), "n_scored": int(len(scored)),
-        "missing": {k: int(v) for k, v in frame["missing"].value_counts().items()},
-        "mean_cos": float(scored["cos"].mean()) if len(scored) else None,
-        "mean_clip_s": float(scored["clip_s"].mean()) if len(scored) else None,
+        "pool": pool, "scorer": scorer_name, "caption_set": caption_set, **tally.summary(),
         "shipped_raw_score": shipped_column if shipped is not None else None,
         "provenance": provenance_record("score", inputs=list(caption_files),
                                         params={"spec": dict(spec)},
                                         packages=("torch", "open_clip_torch")),
     })
     return frame
+
+
+def set_tags(pool: str, scorer_name: str, caption_set: str,
+             spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The key-value metadata of a caption set's scores table."""
+    return {"pool": pool, "scorer": scorer_name, "caption_set": caption_set, "spec": dict(spec)}
+
+
+# ------------------------------------------------------- scoring a chunk, then merging
+
+
+def caption_set_shards(caption_set: str, set_manifest: Path) -> dict[str, Path]:
+    """shard -> its caption parquet, from a caption set's manifest (rule caption_merge's, or
+    raw_captions')."""
+    manifest = json.loads(Path(set_manifest).read_text())
+    return {entry["shard"]: Path(set_manifest).parent / entry["output"]
+            for entry in manifest["shards"]}
+
+
+def chunk_caption_files(caption_set: str, set_manifest: Path,
+                        shards: Sequence[str]) -> list[Path]:
+    """The caption parquet of each of ``shards``, looked up in the set's manifest; a shard the
+    set does not list, or whose file is gone, is a :class:`CaptionFileError` naming both."""
+    listed = caption_set_shards(caption_set, set_manifest)
+    files = []
+    for shard in shards:
+        if shard not in listed:
+            raise CaptionFileError(f"caption set '{caption_set}' ({set_manifest}) lists no "
+                                   f"caption file for shard {shard}")
+        if not listed[shard].exists():
+            raise CaptionFileError(f"caption set '{caption_set}' ({set_manifest}): the caption "
+                                   f"file of shard {shard} is missing: {listed[shard]}")
+        files.append(listed[shard])
+    return files
+
+
+def index_rows(index_path: Path, shards: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    """``columns`` of the fetch index's fetched rows in ``shards``, read a batch at a time.
+
+    Memory follows the rows returned, not the index: row groups whose shard range (parquet
+    statistics; fetch_merge writes one run of groups per fetch job, whose shards share the
+    job's prefix) holds none of the shards are skipped, the rest read INDEX_BATCH_ROWS rows at
+    a time and filtered."""
+    import bisect
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = sorted(set(shards))
+    file = pq.ParquetFile(index_path)
+    position = file.schema_arrow.get_field_index("shard")
+    groups = []
+    for group in range(file.metadata.num_row_groups):
+        stats = file.metadata.row_group(group).column(position).statistics
+        if stats is not None and stats.has_min_max:
+            first = bisect.bisect_left(wanted, stats.min)
+            if first == len(wanted) or wanted[first] > stats.max:
+                continue
+        groups.append(group)
+    read = list(dict.fromkeys([*columns, "shard", "status"]))
+    value_set = pa.array(wanted, pa.string())
+    batches = []
+    if wanted and groups:
+        for batch in file.iter_batches(INDEX_BATCH_ROWS, row_groups=groups, columns=read):
+            keep = pc.and_(pc.is_in(batch.column("shard"), value_set=value_set),
+                           pc.equal(batch.column("status"), "fetched"))
+            batches.append(batch.filter(pc.fill_null(keep, False)).select(list(columns)))
+    if not batches:
+        return file.schema_arrow.empty_table().select(list(columns)).to_pandas()
+    return pa.Table.from_batches(batches).to_pandas()
+
+
+def read_rows(path: Path, columns: Sequence[str], rows: np.ndarray) -> pd.DataFrame:
+    """``columns`` of the given rows of a parquet file, in the order given, reading only the
+    row groups that hold them (one at a time)."""
+    file = pq.ParquetFile(path)
+    rows = np.asarray(rows, dtype="int64")
+    sizes = [file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype("int64")
+    if len(rows) and (rows.min() < 0 or rows.max() >= starts[-1]):
+        raise IndexError(f"{path}: rows outside 0..{starts[-1] - 1} asked for")
+    group_of = np.searchsorted(starts, rows, side="right") - 1
+    parts, order = [], []
+    for group in np.unique(group_of):
+        mine = np.flatnonzero(group_of == group)
+        table = file.read_row_group(int(group), columns=list(columns))
+        parts.append(table.take(rows[mine] - starts[group]).to_pandas())
+        order.append(mine)
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.iloc[np.argsort(np.concatenate(order), kind="stable")].reset_index(drop=True)
+
+
+def shipped_chunk_scores(index_path: Path, metadata_dir: Path, column: str,
+                         shards: Sequence[str]) -> pd.Series:
+    """uid -> the shipped score (``column``) of the fetched uids of ``shards`` only: their
+    metadata part and row from the fetch index, then those rows of each part (not every
+    part's uids and scores, as :func:`shipped_scores` reads)."""
+    where = index_rows(index_path, shards, ["uid", "part", "row"])
+    scores = []
+    for part, rows in where.groupby("part", sort=True):
+        path = Path(metadata_dir) / str(part)
+        if column not in pq.read_schema(path).names:
+            raise KeyError(f"{path}: no column '{column}' to take shipped scores from")
+        found = read_rows(path, ["uid", column], rows["row"].to_numpy())
+        wrong = found["uid"].to_numpy() != rows["uid"].to_numpy()
+        if wrong.any():
+            at = int(np.flatnonzero(wrong)[0])
+            raise ValueError(f"{path}: row {int(rows['row'].iloc[at])} holds uid "
+                             f"{found['uid'].iloc[at]}, the fetch index {index_path} says "
+                             f"{rows['uid'].iloc[at]}")
+        scores.append(pd.Series(found[column].to_numpy(dtype="float64"),
+                                index=rows["uid"].to_numpy()))
+    if not scores:
+        return pd.Series(dtype="float64")
+    return pd.concat(scores)
+
+
+def score_chunk(pool: str, scorer_name: str, spec: Mapping[str, Any], caption_set: str,
+                set_manifest: Path, images_manifest: Path, out_path: Path,
+                settings: RunSettings, index_path: Path | None = None,
+                metadata_dir: Path | None = None, scorer: Scorer | None = None) -> pd.DataFrame:
+    """The score rule: one caption set on the shards of one embed_images chunk (those its
+    manifest lists), shard by shard.
+
+    Each shard's captions (found by shard in the set's manifest) are scored against that
+    shard's image embeddings, so a job holds the scorer, one shard's text embeddings and the
+    chunk's result rows, never the set. The raw captions' shipped score is read for the
+    chunk's uids only (:func:`shipped_chunk_scores`). The parquet's metadata names the shards
+    (score_merge checks they cover the set). A job that asked for a GPU and sees none fails
+    first."""
+    device = settings.torch_device(f"score {pool}/{scorer_name}/{caption_set}")
+    images = json.loads(Path(images_manifest).read_text())
+    shards = [entry["shard"] for entry in images["shards"]]
+    embeddings = [Path(images_manifest).parent / entry["output"] for entry in images["shards"]]
+    captions = chunk_caption_files(caption_set, set_manifest, shards)
+    shipped_column = shipped_raw_column(spec, caption_set, metadata_dir)
+    shipped = None
+    if shipped_column and metadata_dir is not None:
+        if index_path is None:
+            raise ValueError(f"score {pool}/{scorer_name}/{caption_set}: the shipped "
+                             f"'{shipped_column}' is looked up in the fetch index; none given")
+        shipped = shipped_chunk_scores(index_path, metadata_dir, shipped_column, shards)
+    elif scorer is None and shards:
+        scorer = load_scorer(scorer_name, spec, device, settings.precision)
+    progress = Progress(f"score {scorer_name} {caption_set}", len(shards),
+                        sum(pq.read_metadata(f).num_rows for f in captions))
+    frames = []
+    for caption_file, embedding_file in zip(captions, embeddings, strict=True):
+        frames.append(score_caption_set(scorer, [caption_file], [embedding_file], shipped,
+                                        batch_size=settings.batch_size))
+        progress.update(len(frames[-1]))
+    frame = (pd.concat(frames, ignore_index=True) if frames else
+             score_caption_set(scorer, [], [], shipped, batch_size=settings.batch_size))
+    write_parquet_atomic(frame, out_path, {
+        **set_tags(pool, scorer_name, caption_set, spec),
+        "chunk": images.get("chunk"), "n_chunks": images.get("n_chunks"), "shards": shards,
+        "shipped_raw_score": shipped_column if shipped is not None else None})
+    return frame
+
+
+def merge_scores(pool: str, scorer_name: str, caption_set: str, chunk_paths: Sequence[Path],
+                 set_manifest: Path, out_path: Path, summary_path: Path) -> dict[str, Any]:
+    """The score_merge rule: the chunks' tables streamed into the set's scores table (a row
+    group per chunk, one chunk in memory at a time; a column all null in some chunks typed
+    from the others) and its summary from running sums (:class:`ScoreTally`).
+
+    Same columns, metadata (the chunks' scorer spec) and summary fields as one job scoring the
+    whole set. The chunks must agree on the set's tags and cover the shards of the set's
+    manifest exactly once: a shard no chunk scored, or two did, is an error naming it."""
+    import pyarrow as pa
+
+    if not chunk_paths:
+        raise ValueError(f"score_merge {pool}/{scorer_name}/{caption_set}: no chunks")
+    first = json.loads(pq.read_schema(chunk_paths[0]).metadata[b"capmix"])
+    tags = set_tags(pool, scorer_name, caption_set, first["spec"])
+    schema = unified_schema(chunk_paths, SCORE_COLUMNS).with_metadata(
+        {b"capmix": json.dumps(tags, sort_keys=True).encode()})
+    scored_by: dict[str, Path] = {}
+    shipped: set[str | None] = set()
+    tally = ScoreTally()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for path in chunk_paths:
+                chunk_tags = json.loads(pq.read_schema(path).metadata[b"capmix"])
+                if {k: chunk_tags.get(k) for k in tags} != tags:
+                    raise ValueError(f"{path}: scored for {[chunk_tags.get(k) for k in tags]}, "
+                                     f"not {list(tags.values())} like {chunk_paths[0]}")
+                for shard in chunk_tags["shards"]:
+                    if shard in scored_by:
+                        raise ValueError(f"{caption_set}: shard {shard} is scored by two "
+                                         f"chunks, {scored_by[shard]} and {path}")
+                    scored_by[shard] = Path(path)
+                shipped.add(chunk_tags.get("shipped_raw_score"))
+                table = pq.read_table(path, columns=list(SCORE_COLUMNS))
+                table = pa.Table.from_arrays(
+                    [table.column(name).cast(schema.field(name).type) for name in SCORE_COLUMNS],
+                    schema=schema)
+                tally.add(table.select(["cos", "clip_s", "missing"]).to_pandas())
+                if table.num_rows:
+                    writer.write_table(table, row_group_size=table.num_rows)
+        listed = caption_set_shards(caption_set, set_manifest)
+        unscored = sorted(set(listed) - set(scored_by))
+        stray = sorted(set(scored_by) - set(listed))
+        if unscored:
+            raise ValueError(f"{len(unscored)} shard(s) of the set no chunk scored, e.g. "
+                             f"{unscored[:3]}")
+        if stray:
+            raise ValueError(f"{len(stray)} shard(s) scored that the set does not list, e.g. "
+                             f"{stray[:3]}")
+        if len(shipped) > 1:
+            raise ValueError(f"chunks disagree on the shipped score: {sorted(map(str, shipped))}")
+    except ValueError as error:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"score_merge {pool}/{scorer_name}/{caption_set} ({set_manifest}): "
+                         f"{error}") from error
+    os.replace(tmp, out_path)
+    summary = {
+        "pool": pool, "scorer": scorer_name, "caption_set": caption_set, **tally.summary(),
+        "shipped_raw_score": next(iter(shipped)),
+        "provenance": provenance_record("score_merge", inputs=[set_manifest, *chunk_paths],
+                                        params={"spec": first["spec"]},
+                                        packages=("torch", "open_clip_torch", "pyarrow")),
+    }
+    write_json(summary_path, summary)
+    return summary
 
 
 def ships(metadata_dir: Path | None, npz: bool = False, column: str | None = None) -> bool:

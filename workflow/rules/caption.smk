@@ -1,7 +1,8 @@
 # Captioning: synthetic captions per fetched shard, one job per (pool,
-# captioner, temperature, chunk); resumable shard by shard. The raw captions
-# are materialised in the same per-shard layout so every later stage treats
-# raw and synthetic caption sets alike.
+# captioner, temperature, chunk); resumable shard by shard; caption_merge lists a
+# set's chunks in one manifest. The raw captions are materialised in the same
+# per-shard layout (one manifest too), so every later stage treats raw and
+# synthetic caption sets alike, one manifest per set.
 
 
 rule raw_captions:
@@ -51,3 +52,22 @@ rule caption:
         "../../envs/torch.yaml"
     script:
         "../scripts/caption.py"
+
+
+rule caption_merge:
+    input:
+        chunks=caption_chunk_manifests,
+    output:
+        manifest=CAPTION_SET,
+    log:
+        "logs/caption_merge/{pool}/{captioner}/{temperature}.log",
+    benchmark:
+        "benchmarks/caption_merge/{pool}/{captioner}/{temperature}.tsv"
+    threads: resource("caption_merge", "threads")
+    resources:
+        mem_mb=resource("caption_merge", "mem_mb"),
+        runtime=resource("caption_merge", "runtime"),
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/caption_merge.py"

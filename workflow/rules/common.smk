@@ -151,7 +151,11 @@ SHARDS = "results/{pool}/shards"  # img2dataset's rounds; read by every stage th
 FETCH_CHUNK_SHARDS = f"{SHARDS}/{{chunk}}"  # one fetch job's rounds
 RAW_CAPTIONS = "results/{pool}/captions/raw/manifest.json"
 CAPTION_CHUNK = "results/{pool}/captions/{captioner}/{temperature}/{chunk}.json"
+# A synthetic caption set's one manifest (rule caption_merge), in RAW_CAPTIONS' format.
+CAPTION_SET = "results/{pool}/captions/{captioner}/{temperature}/manifest.json"
 IMAGE_EMBEDDINGS = "results/{pool}/scores/{scorer}/images/{chunk}.json"
+# One score job's table: a caption set on the shards of one embed_images chunk.
+SCORE_CHUNK = "results/{pool}/scores/{scorer}/{caption_set}/{chunk}.parquet"
 SCORES = "results/{pool}/scores/{scorer}/{caption_set}.parquet"
 QUALITY = "results/{pool}/quality/{scorer}/{caption_set}.json"
 IMAGE_CLUSTERS = "results/{pool}/mix/image_clusters.parquet"
@@ -376,13 +380,24 @@ def fetch_chunk_reports(wildcards):
             for c in fetch_chunks(wildcards)]
 
 
-def caption_manifests(pool, caption_set):
-    """The manifests of a caption set: raw's one, a synthetic set's one per chunk."""
+def caption_manifest(pool, caption_set):
+    """A caption set's one manifest: raw_captions', or a synthetic set's (caption_merge)."""
     if caption_set == "raw":
-        return [RAW_CAPTIONS.format(pool=pool)]
+        return RAW_CAPTIONS.format(pool=pool)
     captioner, temperature = caption_set.split("/")
-    return [CAPTION_CHUNK.format(pool=pool, captioner=captioner, temperature=temperature,
-                                 chunk=chunk) for chunk in chunk_names(pool_jobs(pool, "caption"))]
+    return CAPTION_SET.format(pool=pool, captioner=captioner, temperature=temperature)
+
+
+def caption_manifests(pool, caption_set):
+    """The caption set's manifest as a list (what the mix and analyses jobs take per set)."""
+    return [caption_manifest(pool, caption_set)]
+
+
+def caption_chunk_manifests(wildcards):
+    """A synthetic caption set's chunk manifests (rule caption), in chunk order."""
+    return [CAPTION_CHUNK.format(pool=wildcards.pool, captioner=wildcards.captioner,
+                                 temperature=wildcards.temperature, chunk=chunk)
+            for chunk in chunk_names(pool_jobs(wildcards.pool, "caption"))]
 
 
 def embedding_manifests(pool, scorer):
@@ -390,12 +405,15 @@ def embedding_manifests(pool, scorer):
             for chunk in chunk_names(pool_jobs(pool, "score"))]
 
 
-def caption_set_manifests(wildcards):
-    return caption_manifests(wildcards.pool, wildcards.caption_set)
+def caption_set_manifest(wildcards):
+    return caption_manifest(wildcards.pool, wildcards.caption_set)
 
 
-def image_embeddings(wildcards):
-    return embedding_manifests(wildcards.pool, wildcards.scorer)
+def score_chunks(wildcards):
+    """A caption set's score tables, one per embed_images chunk, in chunk order."""
+    return [SCORE_CHUNK.format(pool=wildcards.pool, scorer=wildcards.scorer,
+                               caption_set=wildcards.caption_set, chunk=chunk)
+            for chunk in chunk_names(pool_jobs(wildcards.pool, "score"))]
 
 
 def pool_scores(pool, sets):

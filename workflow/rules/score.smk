@@ -1,6 +1,7 @@
 # CLIP scoring: image embeddings once per (pool, scorer), then every caption
-# set (raw and synthetic) costs only the text tower; plus the caption-set
-# quality measures of Table 1 (CLIP-S, mean cosine, unique trigrams, CIDEr).
+# set (raw and synthetic) costs only the text tower, one score job per embed_images
+# chunk and a score_merge per set; plus the caption-set quality measures of Table 1
+# (CLIP-S, mean cosine, unique trigrams, CIDEr).
 
 
 rule embed_images:
@@ -32,20 +33,20 @@ rule embed_images:
 
 rule score:
     input:
-        captions=caption_set_manifests,
-        images=image_embeddings,
+        captions=caption_set_manifest,
+        images=IMAGE_EMBEDDINGS,
+        index=FETCH_INDEX,
         metadata=METADATA,
         model=scorer_model,
     output:
-        scores=SCORES,
-        summary="results/{pool}/scores/{scorer}/{caption_set}.json",
+        scores=SCORE_CHUNK,
     params:
         spec=scorer_spec,
         settings=config["score"],
     log:
-        "logs/score/{pool}/{scorer}/{caption_set}.log",
+        "logs/score/{pool}/{scorer}/{caption_set}/{chunk}.log",
     benchmark:
-        "benchmarks/score/{pool}/{scorer}/{caption_set}.tsv"
+        "benchmarks/score/{pool}/{scorer}/{caption_set}/{chunk}.tsv"
     threads: resource("score", "threads")
     resources:
         mem_mb=resource("score", "mem_mb"),
@@ -57,9 +58,30 @@ rule score:
         "../scripts/score.py"
 
 
+rule score_merge:
+    input:
+        captions=caption_set_manifest,
+        chunks=score_chunks,
+    output:
+        scores=SCORES,
+        summary="results/{pool}/scores/{scorer}/{caption_set}.json",
+    log:
+        "logs/score_merge/{pool}/{scorer}/{caption_set}.log",
+    benchmark:
+        "benchmarks/score_merge/{pool}/{scorer}/{caption_set}.tsv"
+    threads: resource("score_merge", "threads")
+    resources:
+        mem_mb=resource("score_merge", "mem_mb"),
+        runtime=resource("score_merge", "runtime"),
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/score_merge.py"
+
+
 rule quality:
     input:
-        captions=caption_set_manifests,
+        captions=caption_set_manifest,
         scores=SCORES,
         metadata=METADATA,
     output:

@@ -12,6 +12,6 @@ if __name__ == "__main__":
     setup_logging(sm.log[0])
     with job_provenance(sm):
         write_quality(sm.wildcards.pool, sm.wildcards.caption_set,
-                      caption_files([Path(p) for p in sm.input.captions]), Path(sm.input.scores),
+                      caption_files([Path(sm.input.captions)]), Path(sm.input.scores),
                       Path(sm.input.metadata), sm.params.references_column, Path(sm.output[0]),
                       sm.params.trigram_sample_size, sm.params.seed)
