@@ -109,7 +109,7 @@ class UidOrder:
         self._needed: np.ndarray | None = None
         self._starts: np.ndarray | None = None
         self._positions: np.ndarray | None = None
-        self._gathered: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._gathered: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def _buckets(self, keys: np.ndarray) -> np.ndarray:
         if not self.bits:
@@ -133,8 +133,11 @@ class UidOrder:
         self._starts = ends[self._needed] - self.counts[self._needed]
         self._positions = positions
 
-    def gather(self, piece: int, keys: np.ndarray, rows: np.ndarray) -> None:
-        """Second pass: the same kept rows as :meth:`count` got, with their rows in the piece."""
+    def gather(self, piece: int, keys: np.ndarray, rows: np.ndarray,
+               ties: np.ndarray | None = None) -> None:
+        """Second pass: the same kept rows as :meth:`count` got, with their rows in the piece
+        and optionally a tie-break before reading order (a subset's ``part``: its samples are
+        sorted by uid, then part)."""
         assert self._needed is not None, "call want() first"
         if not len(self._needed):
             return
@@ -142,7 +145,10 @@ class UidOrder:
         at = np.minimum(np.searchsorted(self._needed, buckets), len(self._needed) - 1)
         hit = self._needed[at] == buckets
         if hit.any():
-            self._gathered.append((keys[hit], np.full(int(hit.sum()), piece, dtype=np.int64),
+            tie = (np.zeros(int(hit.sum()), dtype=np.int64) if ties is None
+                   else np.asarray(ties, dtype=np.int64)[hit])
+            self._gathered.append((keys[hit], tie,
+                                   np.full(int(hit.sum()), piece, dtype=np.int64),
                                    np.asarray(rows, dtype=np.int64)[hit]))
 
     def picks(self) -> tuple[np.ndarray, np.ndarray]:
@@ -151,12 +157,13 @@ class UidOrder:
         assert self._positions is not None
         if self._gathered:
             keys = np.concatenate([g[0] for g in self._gathered])
-            piece = np.concatenate([g[1] for g in self._gathered])
-            row = np.concatenate([g[2] for g in self._gathered])
+            tie = np.concatenate([g[1] for g in self._gathered])
+            piece = np.concatenate([g[2] for g in self._gathered])
+            row = np.concatenate([g[3] for g in self._gathered])
         else:
-            keys, piece, row = (np.zeros(0, dtype=UID_PAIR_DTYPE), np.zeros(0, np.int64),
-                                np.zeros(0, np.int64))
-        order = np.lexsort((row, piece, keys["f1"], keys["f0"]))
+            keys = np.zeros(0, dtype=UID_PAIR_DTYPE)
+            tie, piece, row = (np.zeros(0, np.int64) for _ in range(3))
+        order = np.lexsort((row, piece, tie, keys["f1"], keys["f0"]))
         keys, piece, row = keys[order], piece[order], row[order]
         buckets = self._buckets(keys)
         at = np.searchsorted(self._needed, buckets)
@@ -188,12 +195,13 @@ def take(found: Sequence[Piece], piece: np.ndarray, row: np.ndarray, column: str
 
 
 def sample_in_uid_order(found: Sequence[Piece], column: str, draw: Any,
-                        keep_non_null: bool = False) -> tuple[int, list[Any]]:
+                        keep_non_null: bool = False,
+                        tie: str | None = None) -> tuple[int, list[Any]]:
     """Two passes over ``found`` (uid, and ``column`` if ``keep_non_null``): the number ``n``
     of rows (those whose ``column`` is not null if ``keep_non_null``) and the values of
-    ``column`` at positions ``draw(n)`` of those rows in uid order (ties in reading order),
-    in the order ``draw`` gives them."""
-    columns = ["uid", column] if keep_non_null else ["uid"]
+    ``column`` at positions ``draw(n)`` of those rows in uid order (ties by the ``tie``
+    column if given, then in reading order), in the order ``draw`` gives them."""
+    columns = ["uid", *([column] if keep_non_null else []), *([tie] if tie else [])]
     order = UidOrder(sum(p.rows for p in found))
     for index, table in iter_pieces(found, columns):
         keys, _ = _kept(table, found[index], column if keep_non_null else None)
@@ -202,7 +210,10 @@ def sample_in_uid_order(found: Sequence[Piece], column: str, draw: Any,
     order.want(positions)
     for index, table in iter_pieces(found, columns):
         keys, rows = _kept(table, found[index], column if keep_non_null else None)
-        order.gather(index, keys, rows)
+        ties = None
+        if tie:
+            ties = np.asarray(table.column(tie).to_numpy(zero_copy_only=False))[rows]
+        order.gather(index, keys, rows, ties)
     piece, row = order.picks()
     return order.n, take(found, piece, row, column)
 
