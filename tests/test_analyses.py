@@ -205,7 +205,8 @@ def test_analyses_problems_name_the_config_key():
 def _write_tree(root):
     """A pool of four images: raw and one synthetic caption set, two subsets, two models."""
     pool = root / "results" / "toy_default"
-    uids = ["u1", "u2", "u3", "u4"]
+    uids = [f"{i:032x}" for i in range(1, 5)]  # the pipeline's uids: 32 hex digits
+    u1, u2, u3, u4 = uids
     captions = {"raw": ["Buy now", "a red circle", "a blue square", "Image not found"],
                 "toy_captioner/0.75": ["a red circle", "a red circle on white",
                                        "a blue square", "a green star"]}
@@ -230,9 +231,9 @@ def _write_tree(root):
         pool / "mix" / "table" / "part-00000.parquet")
     table.write_text(json.dumps({"parts": ["table/part-00000.parquet"]}))
     files["mix_table"] = str(table)
-    for strategy, rows in {"raw_top_30": [("u3", "raw"), ("u2", "raw")],
+    for strategy, rows in {"raw_top_30": [(u3, "raw"), (u2, "raw")],
                            "raw_top_synthetic_remaining_filtered_30": [
-                               ("u3", "raw"), ("u2", "raw"), ("u4", "toy_captioner/0.75")]}.items():
+                               (u3, "raw"), (u2, "raw"), (u4, "toy_captioner/0.75")]}.items():
         folder = pool / "subsets" / strategy
         folder.mkdir(parents=True)
         samples = pd.DataFrame({"uid": [u for u, _ in rows], "source": [s for _, s in rows],
@@ -309,3 +310,122 @@ def test_missing_per_class_is_not_available(tmp_path):
     doc = run_analyses(plan_analyses(config, "toy_default", files), tmp_path / "out",
                        ["class_groups"])["class_groups"]
     assert not doc["available"] and "no per-class accuracy" in doc["reason"]
+
+
+# ------------------------------------------------------------------ in parts = whole
+
+
+def _hex_uids(rng, n):
+    return [f"{u:032x}" for u in rng.integers(0, 2**63, n)]
+
+
+def test_cosine_histograms_in_parts_equal_the_whole_join(tmp_path, monkeypatch):
+    import capmix.analyses as analyses
+    from capmix.analyses import cosine_histograms_in_parts, uid_range_parts
+
+    rng = np.random.default_rng(0)
+    uids = _hex_uids(rng, 900)
+    raw = pd.DataFrame({"uid": uids[:700], "cos": rng.uniform(-0.3, 0.6, 700)})
+    raw.loc[::11, "cos"] = np.nan
+    synthetic = pd.DataFrame({"uid": uids[200:][::-1], "cos": rng.uniform(-0.2, 0.9, 700)})
+    files = {"raw": [], "cap/0.75": []}
+    for name, frame in (("raw", raw), ("cap/0.75", synthetic)):
+        for i, chunk in enumerate(np.array_split(np.arange(len(frame)), 3)):
+            path = tmp_path / f"{name.replace('/', '_')}_{i}.parquet"
+            frame.iloc[chunk].to_parquet(path, row_group_size=100)
+            files[name].append(path)
+    monkeypatch.setattr(analyses, "JOIN_PART_ROWS", 64)  # 11 parts, scattered
+    for size in (5, 100, 10_000):
+        whole = cosine_histograms(raw, synthetic, EDGES, size, seed=2)
+        with uid_range_parts(files, ["uid", "cos"], tmp_path / "scratch") as (n, read, rows):
+            assert n == 11 and rows == {"raw": 700, "cap/0.75": 700}
+            parts = cosine_histograms_in_parts(
+                lambda p, read=read: (read(p, "raw"), read(p, "cap/0.75")), n, 700, 700,
+                EDGES, size, seed=2)
+        assert parts == whole
+    assert not list((tmp_path / "scratch").iterdir())  # the scattered parts are removed
+    with pytest.raises(FileNotFoundError, match="gone.parquet"), uid_range_parts(
+            {"raw": [tmp_path / "gone.parquet"]}, ["uid", "cos"], tmp_path):
+        pass
+
+
+def test_diversity_scaling_in_parts_equals_the_whole_curve(tmp_path, monkeypatch):
+    import capmix.analyses as analyses
+    from capmix import textstats
+    from capmix.analyses import _both_captions, diversity_scaling_in_parts, uid_range_parts
+
+    rng = np.random.default_rng(1)
+    uids = _hex_uids(rng, 400)
+    words = ["red", "blue", "circle", "square", "on", "white", "a", "star", "dog"]
+    def texts(n):
+        return [None if rng.random() < 0.05 else " ".join(rng.choice(words, 4))
+                for _ in range(n)]
+    raw = pd.DataFrame({"uid": uids + uids[:5], "caption": texts(405)})  # 5 uids twice
+    synthetic = pd.DataFrame({"uid": uids[50:], "caption": texts(350)})
+    files = {}
+    for name, frame in (("raw", raw), ("cap", synthetic)):
+        files[name] = []
+        for i, chunk in enumerate(np.array_split(np.arange(len(frame)), 4)):
+            path = tmp_path / f"{name}_{i}.parquet"
+            frame.iloc[chunk].to_parquet(path)
+            files[name].append(path)
+    both = raw.dropna().drop_duplicates("uid").merge(
+        synthetic.dropna().drop_duplicates("uid"), on="uid", suffixes=("_raw", "_synthetic"))
+    both = both.sort_values("uid")
+    settings = {"min_size": 10, "max_size": 200, "points": 4}
+    sizes = textstats.subset_sizes(len(both), 10, 200, 4)
+    monkeypatch.setattr(analyses, "JOIN_PART_ROWS", 50)
+    with uid_range_parts(files, ["uid", "caption"], tmp_path) as (n, read, _):
+        assert n == 9
+        cache = {}
+        result = diversity_scaling_in_parts(lambda p: _both_captions(read, "raw", "cap", p),
+                                            n, settings, 4, cache)
+    assert result["n_images"] == len(both) and result["sizes"] == sizes
+    assert result["raw"] == textstats.diversity_curve(list(both["caption_raw"]), sizes, 4)
+    assert result["synthetic"] == textstats.diversity_curve(list(both["caption_synthetic"]),
+                                                            sizes, 4)
+    assert list(cache.values()) == [result["raw"]]
+
+
+def test_streamed_noise_diversity_and_caption_sample_over_parts(tmp_path):
+    from capmix.analyses import streamed_noise_diversity
+    from capmix.mixparts import uid_parts
+    from capmix.uidorder import pieces, sample_in_uid_order
+
+    rng = np.random.default_rng(2)
+    uids = sorted(_hex_uids(rng, 600))
+    table = pd.DataFrame({"uid": uids, "score:raw": rng.uniform(0, 0.4, 600),
+                          "score:cap/0.75": rng.uniform(0, 0.5, 600)})
+    which = uid_parts(uids, 4)
+    (tmp_path / "table").mkdir()
+    for p in range(4):
+        table[which == p].to_parquet(tmp_path / "table" / f"part-{p:05d}.parquet")
+    (tmp_path / "table.json").write_text(json.dumps(
+        {"parts": [f"table/part-{p:05d}.parquet" for p in range(4)]}))
+    # A subset as SubsetWriter writes it: per table part, part 0's rows then part 1's.
+    chunks = []
+    for p in range(4):
+        mine = table[which == p]
+        first, second = mine.iloc[::2], mine.iloc[::3]
+        chunks += [pd.DataFrame({"uid": first["uid"], "part": 0, "source": "raw",
+                                 "caption": [f"raw caption {i % 17} x" for i in
+                                             range(len(first))]}),
+                   pd.DataFrame({"uid": second["uid"], "part": 1,
+                                 "source": "raw+cap/0.75" if p == 1 else "cap/0.75",
+                                 "caption": [f"a synthetic caption {i % 23}" for i in
+                                             range(len(second))]})]
+    samples = pd.concat(chunks, ignore_index=True).astype({"part": "int16"})
+    samples.to_parquet(tmp_path / "samples.parquet", row_group_size=70)
+    for pool_sample_size in (30, 600):
+        whole = noise_diversity(samples, table, 600, pool_sample_size, seed=1)
+        streamed = streamed_noise_diversity(tmp_path / "samples.parquet",
+                                            tmp_path / "table.json", 600, pool_sample_size, 1)
+        assert streamed.pop("mean_cos") == pytest.approx(whole.pop("mean_cos"), rel=1e-12)
+        assert streamed == whole
+    # Figure 3's sample: the same captions as the sorted samples' sample_indices
+    ordered = samples.sort_values(["uid", "part"], kind="stable")
+    from capmix.quality import sample_indices
+    n, picked = sample_in_uid_order(pieces([tmp_path / "samples.parquet"]), "caption",
+                                    lambda n: sample_indices(n, 50, 3), tie="part")
+    assert n == len(samples)
+    assert picked == [ordered["caption"].iloc[int(i)] for i in sample_indices(n, 50, 3)]

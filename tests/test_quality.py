@@ -95,3 +95,75 @@ def test_attribute_accuracy_on_known_captions():
     quality = caption_set_quality(captions, truth=truth)
     assert quality["attributes"] == result
     assert "attributes" not in caption_set_quality(captions)
+
+
+def _split_caption_set(tmp_path, n=2000, files=5, seed=0):
+    """A caption set of ``n`` hex-uid captions in ``files`` shards (row groups of 150 rows),
+    not sorted across shards, with missing captions and a uid twice; its scores beside."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    uids = [f"{u:032x}" for u in rng.integers(0, 2**63, n)]
+    uids[7] = uids[1500]  # a uid in two shards
+    words = ["red", "blue", "circle", "square", "on", "white", "a", "small", "star"]
+    captions = [None if rng.random() < 0.1 else
+                " ".join(rng.choice(words, size=rng.integers(1, 7))) for _ in range(n)]
+    frame = pd.DataFrame({"uid": uids, "caption": captions})
+    paths = []
+    for i, chunk in enumerate(np.array_split(np.arange(n), files)):
+        path = tmp_path / f"shard_{i}.parquet"
+        frame.iloc[chunk].to_parquet(path, row_group_size=150)
+        paths.append(path)
+    cos = rng.uniform(-0.2, 0.5, n).astype("float32")
+    cos[::13] = np.nan
+    scores = pd.DataFrame({"uid": uids, "cos": cos,
+                           "clip_s": 2.5 * np.maximum(cos.astype("float64"), 0)})
+    scores.to_parquet(tmp_path / "scores.parquet", row_group_size=300)
+    return frame, scores, paths
+
+
+@pytest.mark.parametrize("sample_size", [50, 1000, 5000])
+def test_streamed_quality_equals_the_whole_set(tmp_path, sample_size):
+    from capmix.quality import streamed_caption_set_quality
+
+    frame, scores, paths = _split_caption_set(tmp_path)
+    references = {frame["uid"][i]: ["a red circle on white"] for i in range(0, 2000, 97)}
+    truth = pd.DataFrame({"uid": frame["uid"][:300], "shape": "circle", "colour": "red",
+                          "size": "small", "position": "center", "background": "white"})
+    whole = caption_set_quality(frame, scores, references, sample_size, seed=5, truth=truth)
+    streamed = streamed_caption_set_quality(paths, tmp_path / "scores.parquet", references,
+                                            sample_size, seed=5, truth=truth)
+    for key in ("mean_cos", "clip_s"):
+        assert streamed.pop(key) == pytest.approx(whole.pop(key), rel=1e-6)
+    assert streamed == whole
+    assert whole["trigram_sample_size"] == min(sample_size, whole["n_captions"])
+
+
+def test_streamed_sample_is_the_same_captions_with_tiny_buckets(tmp_path, monkeypatch):
+    """Buckets of ~2 uids: the gathering pass ranks within many buckets, ties included."""
+    import capmix.uidorder
+    from capmix.quality import streamed_caption_set_quality
+
+    monkeypatch.setattr(capmix.uidorder, "TARGET_BUCKET_ROWS", 2)
+    frame, _, paths = _split_caption_set(tmp_path, seed=3)
+    for size in (1, 333):
+        assert streamed_caption_set_quality(paths, trigram_sample_size=size, seed=9) == \
+            caption_set_quality(frame, trigram_sample_size=size, seed=9)
+
+
+def test_streamed_quality_names_a_missing_or_invalid_file(tmp_path):
+    from capmix.quality import streamed_caption_set_quality
+
+    _, _, paths = _split_caption_set(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+        streamed_caption_set_quality([*paths, tmp_path / "nope.parquet"])
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not parquet")
+    with pytest.raises(ValueError, match="broken.parquet"):
+        streamed_caption_set_quality([paths[0], broken])
+    pd.DataFrame({"uid": ["not-a-uid"], "caption": ["a red circle"]}).to_parquet(
+        tmp_path / "bad_uid.parquet")
+    with pytest.raises(ValueError, match="bad_uid.parquet.*not-a-uid"):
+        streamed_caption_set_quality([paths[0], tmp_path / "bad_uid.parquet"])
+    with pytest.raises(FileNotFoundError, match="missing_scores.parquet"):
+        streamed_caption_set_quality(paths, tmp_path / "missing_scores.parquet")

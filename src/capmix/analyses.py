@@ -36,8 +36,12 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +52,7 @@ from capmix import textstats
 from capmix.analysisplan import ANALYSES
 from capmix.mix import score_column
 from capmix.provenance import provenance_record, write_json
-from capmix.quality import sample_indices
+from capmix.quality import sample_indices, unique_ngrams
 from capmix.suites import read_results
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,64 @@ def unavailable(reason: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ Figure 4
 
 
+def common_cosines(raw: pd.DataFrame, synthetic: pd.DataFrame) -> pd.DataFrame:
+    """uid, cos_raw, cos_synthetic of the images scored (finitely) on both sides, by uid."""
+    both = raw[["uid", "cos"]].merge(synthetic[["uid", "cos"]], on="uid",
+                                     suffixes=("_raw", "_synthetic"))
+    both = both[np.isfinite(both["cos_raw"]) & np.isfinite(both["cos_synthetic"])]
+    return both.sort_values("uid", kind="stable").reset_index(drop=True)
+
+
+def picked_in_parts(read_part: Callable[[int], pd.DataFrame], counts: Sequence[int],
+                    positions: np.ndarray, columns: Sequence[str]) -> dict[str, list[Any]]:
+    """The ``columns`` of the rows at ``positions`` of a frame held as uid-range parts (part
+    ``p``'s rows, ``counts[p]`` of them, from ``read_part(p)``), in the order of
+    ``positions``; only the parts holding a position are read."""
+    picked: dict[str, list[Any]] = {c: [None] * len(positions) for c in columns}
+    ends = np.cumsum(np.asarray(counts, dtype=np.int64))
+    owner = np.searchsorted(ends, positions, side="right")
+    order = np.argsort(owner, kind="stable")
+    for group in np.split(order, np.flatnonzero(np.diff(owner[order])) + 1):
+        if not len(group):
+            continue
+        part = int(owner[group[0]])
+        frame = read_part(part)
+        rows = positions[group] - (ends[part] - counts[part])
+        for column in columns:
+            values = frame[column].to_numpy()[rows]
+            for slot, value in zip(group, values, strict=True):
+                picked[column][int(slot)] = value
+    return picked
+
+
+def cosine_histograms_in_parts(read_part: Callable[[int], tuple[pd.DataFrame, pd.DataFrame]],
+                               n_parts: int, n_raw: int, n_synthetic: int, edges: np.ndarray,
+                               sample_size: int, seed: int) -> dict[str, Any]:
+    """:func:`cosine_histograms` of raw and synthetic scores held as ``n_parts`` uid-range
+    parts (``read_part(p)``: both sides' rows of part p): a pass counts each part's common
+    images, a second reads only the sampled ones. Parts are uid ranges in order, so the
+    sample is the whole-set one's, value for value. Memory: one part."""
+    last: dict[int, pd.DataFrame] = {}
+
+    def common(part: int) -> pd.DataFrame:
+        if part not in last:
+            last.clear()
+            last[part] = common_cosines(*read_part(part))
+        return last[part]
+
+    counts = [len(common(p)) for p in range(n_parts)]
+    n_common = int(sum(counts))
+    picked = picked_in_parts(common, counts, sample_indices(n_common, sample_size, seed),
+                             ["cos_raw", "cos_synthetic"])
+    result: dict[str, Any] = {"n_images": len(picked["cos_raw"]), "n_common": n_common,
+                              "n_raw": int(n_raw), "n_synthetic": int(n_synthetic)}
+    for side in ("raw", "synthetic"):
+        values = np.asarray(picked[f"cos_{side}"], dtype=np.float64)
+        result[side] = {"mean": float(values.mean()) if values.size else None,
+                        "histogram": textstats.histogram(values, edges)}
+    return result
+
+
 def cosine_histograms(raw: pd.DataFrame, synthetic: pd.DataFrame, edges: np.ndarray,
                       sample_size: int, seed: int) -> dict[str, Any]:
     """Raw vs synthetic image-text cosines on the same images (Figure 4).
@@ -78,18 +140,8 @@ def cosine_histograms(raw: pd.DataFrame, synthetic: pd.DataFrame, edges: np.ndar
     ``raw``/``synthetic``: uid, cos. Only images scored in both count; of those, a seeded
     sample of ``sample_size`` (by uid order). Both histograms share ``edges``.
     """
-    both = raw[["uid", "cos"]].merge(synthetic[["uid", "cos"]], on="uid",
-                                     suffixes=("_raw", "_synthetic"))
-    both = both[np.isfinite(both["cos_raw"]) & np.isfinite(both["cos_synthetic"])]
-    both = both.sort_values("uid", kind="stable").reset_index(drop=True)
-    picked = both.iloc[sample_indices(len(both), sample_size, seed)]
-    result: dict[str, Any] = {"n_images": int(len(picked)), "n_common": int(len(both)),
-                              "n_raw": int(len(raw)), "n_synthetic": int(len(synthetic))}
-    for side in ("raw", "synthetic"):
-        values = picked[f"cos_{side}"].to_numpy(dtype=np.float64)
-        result[side] = {"mean": float(values.mean()) if values.size else None,
-                        "histogram": textstats.histogram(values, edges)}
-    return result
+    return cosine_histograms_in_parts(lambda _: (raw, synthetic), 1, len(raw), len(synthetic),
+                                      edges, sample_size, seed)
 
 
 # ------------------------------------------------------------------------------ Figure 5
@@ -128,6 +180,44 @@ def noise_diversity(samples: pd.DataFrame, table: pd.DataFrame, n_pool: int,
             "n_scored": int(scored.sum()),
             "sample_size": size,
             "unique_trigrams": textstats.sampled_unique_trigrams(texts, size, seed)}
+
+
+def streamed_noise_diversity(samples: Path, table: Path, n_pool: int, pool_sample_size: int,
+                             seed: int) -> dict[str, Any]:
+    """:func:`noise_diversity` of a subset's samples file and the pool's mix table, read a
+    row group of samples and a table part (uid and score columns) at a time: samples follow
+    the table's uid-range parts, so each part is read once. The trigram sample is the same
+    positions of the samples in (uid, part) order (:mod:`capmix.uidorder`). Memory: one
+    table part, one row group, the sample."""
+    from capmix.mixparts import part_files, table_columns, uid_parts
+    from capmix.uidorder import iter_pieces, pieces, sample_in_uid_order
+
+    parts = part_files(table)
+    columns = ["uid", *[c for c in table_columns(table) if c.startswith(score_column(""))]]
+    found = pieces([samples])
+    loaded: tuple[int, pd.DataFrame] | None = None
+    total, n_scored, n = 0.0, 0, 0
+    for index, rows in iter_pieces(found, ["uid", "source"]):
+        frame = rows.to_pandas()
+        n += len(frame)
+        try:
+            which = uid_parts(rows.column("uid"), len(parts))
+        except ValueError as error:
+            raise ValueError(f"{found[index].path}: {error}") from error
+        for part in np.unique(which):
+            if loaded is None or loaded[0] != part:
+                loaded = (int(part), pd.read_parquet(parts[int(part)], columns=columns))
+            scores = own_scores(frame[which == part], loaded[1])
+            scored = np.isfinite(scores)
+            total += float(scores[scored].sum())
+            n_scored += int(scored.sum())
+    size = textstats.scaled_sample_size(n, n_pool, pool_sample_size)
+    _, picked = sample_in_uid_order(found, "caption", partial(sample_indices, size=size,
+                                                              seed=seed), tie="part")
+    return {"n_samples": n, "n_pool": int(n_pool),
+            "mean_cos": total / n_scored if n_scored else None, "n_scored": n_scored,
+            "sample_size": size,
+            "unique_trigrams": unique_ngrams((str(t) for t in picked), 3)}
 
 
 # ------------------------------------------------------------------------------ Figures 6-10
@@ -326,21 +416,67 @@ def task_captions(manifest: Path) -> Iterator[str]:
                     yield from (line for line in text.splitlines() if line.strip())
 
 
-def _captions(manifests: Sequence[str]) -> pd.DataFrame:
-    from capmix.caption import caption_files
-
-    files = caption_files([Path(m) for m in manifests])
-    frame = pd.concat([pd.read_parquet(f, columns=["uid", "caption"]) for f in files],
-                      ignore_index=True)
+def _captions(frame: pd.DataFrame) -> pd.DataFrame:
+    """A caption set's first caption per image (rows in file order)."""
     return frame.dropna(subset=["caption"]).drop_duplicates("uid")
+
+
+#: Rows per part when an analysis joins two per-uid inputs that are not in uid-range parts
+#: (Figure 4's score tables, Figure 12's caption sets): they are scattered into parts of
+#: about this many rows (at most :data:`MAX_JOIN_PARTS` parts), joined a part at a time.
+JOIN_PART_ROWS = 1 << 22
+MAX_JOIN_PARTS = 1000
+
+
+def join_parts(n_rows: int) -> int:
+    """How many uid-range parts a join of inputs of at most ``n_rows`` rows is done in."""
+    return min(MAX_JOIN_PARTS, max(1, math.ceil(n_rows / JOIN_PART_ROWS)))
+
+
+@contextmanager
+def uid_range_parts(inputs: Mapping[str, Sequence[Path]], columns: Sequence[str],
+                    scratch: Path) -> Iterator[tuple[int, Callable[[int, str], pd.DataFrame],
+                                                     dict[str, int]]]:
+    """Each input (name -> its parquet files) as uid-range parts: (number of parts,
+    ``read(part, name)``, rows per input). One part (inputs of at most
+    :data:`JOIN_PART_ROWS` rows): the files are read whole. Otherwise every input is scattered
+    once into a temporary folder under ``scratch`` (:func:`capmix.mixparts.scatter_rows`, a
+    batch at a time; removed afterwards): a uid's rows stay in file order, parts follow uid
+    order, so a join part by part, in part order, is the whole join sorted by uid. A missing
+    or unreadable file is named."""
+    from capmix.mixparts import part_file, scatter_rows
+    from capmix.uidorder import pieces
+
+    rows = {name: sum(p.rows for p in pieces(files)) for name, files in inputs.items()}
+    n_parts = join_parts(max(rows.values(), default=0))
+    if n_parts == 1:
+        def whole(_: int, name: str) -> pd.DataFrame:
+            frames = [pd.read_parquet(f, columns=list(columns)) for f in inputs[name]]
+            return pd.concat(frames, ignore_index=True) if frames else \
+                pd.DataFrame(columns=list(columns))
+
+        yield 1, whole, rows
+        return
+    Path(scratch).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".join-") as folder:
+        folders = {name: Path(folder) / str(i) for i, name in enumerate(inputs)}
+        for name, files in inputs.items():
+            scatter_rows([Path(f) for f in files], columns, n_parts, folders[name])
+
+        def part(index: int, name: str) -> pd.DataFrame:
+            return pd.read_parquet(part_file(folders[name], index), columns=list(columns))
+
+        yield n_parts, part, rows
 
 
 class _Reader:
     """Reads the plan's files once each and remembers which ones an analysis used."""
 
-    def __init__(self) -> None:
+    def __init__(self, scratch: Path | None = None) -> None:
         self.cache: dict[tuple[str, str], Any] = {}
         self.used: set[str] = set()
+        #: Where joins scatter their inputs for a while (:func:`uid_range_parts`).
+        self.scratch = Path(scratch) if scratch is not None else Path(tempfile.gettempdir())
 
     def json(self, path: str) -> Any:
         self.used.add(path)
@@ -391,13 +527,16 @@ def analyse_caption_stats(plan: Mapping[str, Any], reader: _Reader) -> dict[str,
     settings = plan["settings"]["caption_stats"]
     edges = textstats.bin_edges(0.0, 1.0, settings["ratio_bin_width"])
     sets = {}
+    from capmix.uidorder import pieces, sample_in_uid_order
+
     for strategy, files in plan["subsets"].items():
-        samples = reader.parquet(files["samples"], ["uid", "part", "caption"])
-        samples = samples.sort_values(["uid", "part"], kind="stable")
-        texts = [str(t) for t in samples["caption"]]
-        picked = [texts[int(i)] for i in sample_indices(len(texts), settings["sample_size"],
-                                                        plan["seed"])]
-        sets[strategy] = textstats.caption_stats(picked, vocabulary, edges)
+        # The sample of the samples in (uid, part) order, reading only its rows' captions.
+        reader.used.add(files["samples"])
+        _, picked = sample_in_uid_order(
+            pieces([Path(files["samples"])]), "caption",
+            partial(sample_indices, size=settings["sample_size"], seed=plan["seed"]),
+            tie="part")
+        sets[strategy] = textstats.caption_stats([str(t) for t in picked], vocabulary, edges)
     return {"available": True, "vocabulary": {**about, "size": len(vocabulary)},
             "sample_size": settings["sample_size"], "training_sets": sets}
 
@@ -408,10 +547,12 @@ def analyse_cosine_histograms(plan: Mapping[str, Any], reader: _Reader) -> dict[
         return unavailable(f"pool '{plan['pool']}' scores no synthetic caption set beside raw")
     settings = plan["settings"]["cosine_histograms"]
     edges = textstats.bin_edges(settings["low"], settings["high"], settings["bin_width"])
-    raw = reader.parquet(plan["scores"][plan["raw"]], ["uid", "cos"])
-    pairs = {s: cosine_histograms(raw, reader.parquet(plan["scores"][s], ["uid", "cos"]),
-                                  edges, settings["sample_size"], plan["seed"])
-             for s in synthetic}
+    reader.used.update(plan["scores"][s] for s in [plan["raw"], *synthetic])
+    inputs = {s: [Path(plan["scores"][s])] for s in [plan["raw"], *synthetic]}
+    with uid_range_parts(inputs, ["uid", "cos"], reader.scratch) as (n_parts, read, rows):
+        pairs = {s: cosine_histograms_in_parts(
+            partial(_both_sides, read, plan["raw"], s), n_parts, rows[plan["raw"]], rows[s],
+            edges, settings["sample_size"], plan["seed"]) for s in synthetic}
     return {"available": True, "sample_size": settings["sample_size"], "pairs": pairs}
 
 
@@ -419,19 +560,15 @@ def analyse_noise_diversity(plan: Mapping[str, Any], reader: _Reader) -> dict[st
     if not plan["subsets"] or not plan["mix_table"]:
         return unavailable(f"pool '{plan['pool']}' builds no training sets (no strategies)")
     settings = plan["settings"]["noise_diversity"]
-    from capmix.mixparts import read_table, table_columns
-
-    # Only the scores: the table's caption columns hold the pool's text (GBs at scale).
-    names = table_columns(plan["mix_table"])
+    # Only the table's scores, a part at a time: its caption columns hold the pool's text.
     reader.used.add(plan["mix_table"])
-    table = read_table(plan["mix_table"],
-                       ["uid", *[c for c in names if c.startswith(score_column(""))]])
     sets = {}
     for strategy, files in plan["subsets"].items():
         summary = reader.json(files["summary"])
-        samples = reader.parquet(files["samples"], ["uid", "part", "caption", "source"])
-        sets[strategy] = noise_diversity(samples, table, int(summary["n_pool"]),
-                                         settings["pool_sample_size"], plan["seed"])
+        reader.used.add(files["samples"])
+        sets[strategy] = streamed_noise_diversity(
+            Path(files["samples"]), Path(plan["mix_table"]), int(summary["n_pool"]),
+            settings["pool_sample_size"], plan["seed"])
     return {"available": True, "pool_sample_size": settings["pool_sample_size"],
             "training_sets": sets}
 
@@ -441,25 +578,65 @@ def analyse_diversity_scaling(plan: Mapping[str, Any], reader: _Reader) -> dict[
     if plan["raw"] not in plan["captions"] or not synthetic:
         return unavailable(f"pool '{plan['pool']}' captions no synthetic set beside raw")
     settings = plan["settings"]["diversity_scaling"]
+    from capmix.caption import caption_files
+
     for manifests in plan["captions"].values():
         reader.used.update(manifests)
-    raw = _captions(plan["captions"][plan["raw"]])
+    inputs = {s: caption_files([Path(m) for m in plan["captions"][s]])
+              for s in [plan["raw"], *synthetic]}
     curves: dict[str, Any] = {}
-    raw_curves: dict[tuple[str, ...], list[dict[str, int]]] = {}  # per image set: tag once
-    for caption_set in synthetic:
-        other = _captions(plan["captions"][caption_set])
-        both = raw.merge(other, on="uid", suffixes=("_raw", "_synthetic")).sort_values("uid")
-        sizes = textstats.subset_sizes(len(both), settings["min_size"], settings["max_size"],
-                                       settings["points"])
-        key = tuple(both["uid"])
-        if key not in raw_curves:
-            raw_curves[key] = textstats.diversity_curve([str(t) for t in both["caption_raw"]],
-                                                        sizes, plan["seed"])
-        curves[caption_set] = {
-            "n_images": int(len(both)), "sizes": sizes, "raw": raw_curves[key],
-            "synthetic": textstats.diversity_curve([str(t) for t in both["caption_synthetic"]],
-                                                   sizes, plan["seed"])}
+    raw_curves: dict[tuple[int, str], list[dict[str, int]]] = {}  # per image set: tag once
+    with uid_range_parts(inputs, ["uid", "caption"], reader.scratch) as (n_parts, read, _):
+        for caption_set in synthetic:
+            curves[caption_set] = diversity_scaling_in_parts(
+                partial(_both_captions, read, plan["raw"], caption_set), n_parts, settings,
+                plan["seed"], raw_curves)
     return {"available": True, "pairs": curves}
+
+
+def _both_sides(read: Callable[[int, str], pd.DataFrame], raw: str, synthetic: str,
+                part: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return read(part, raw), read(part, synthetic)
+
+
+def _both_captions(read: Callable[[int, str], pd.DataFrame], raw: str, synthetic: str,
+                   part: int) -> pd.DataFrame:
+    """Part ``part`` of the images both sets caption: uid, caption_raw, caption_synthetic."""
+    both = _captions(read(part, raw)).merge(_captions(read(part, synthetic)), on="uid",
+                                            suffixes=("_raw", "_synthetic"))
+    return both.sort_values("uid").reset_index(drop=True)
+
+
+def diversity_scaling_in_parts(read_part: Callable[[int], pd.DataFrame], n_parts: int,
+                               settings: Mapping[str, Any], seed: int,
+                               raw_curves: dict[tuple[int, str], list[dict[str, int]]],
+                               ) -> dict[str, Any]:
+    """Figure 12 for one pair, its images both sets caption held as uid-range parts
+    (``read_part(p)``: uid, caption_raw, caption_synthetic): a pass counts the images (and
+    fingerprints their uids, so a raw curve over the same images is drawn once, from
+    ``raw_curves``), then only the texts the nested subsets hold are read
+    (:func:`capmix.textstats.nested_order`). Memory: one part, the subsets' texts and the
+    permutation (8 bytes per image)."""
+    import hashlib
+
+    counts, digest = [], hashlib.sha256()
+    for part in range(n_parts):
+        uids = read_part(part)["uid"]
+        counts.append(len(uids))
+        digest.update("\n".join(uids).encode() + b"\n")
+    n = int(sum(counts))
+    sizes = textstats.subset_sizes(n, settings["min_size"], settings["max_size"],
+                                   settings["points"])
+    order = textstats.nested_order(n, sizes, seed)
+    key = (n, digest.hexdigest())
+    columns = ["caption_synthetic", *([] if key in raw_curves else ["caption_raw"])]
+    picked = picked_in_parts(read_part, counts, order, columns)
+    if key not in raw_curves:
+        raw_curves[key] = textstats.curve_in_order([str(t) for t in picked["caption_raw"]],
+                                                   sizes, n)
+    return {"n_images": n, "sizes": sizes, "raw": raw_curves[key],
+            "synthetic": textstats.curve_in_order(
+                [str(t) for t in picked["caption_synthetic"]], sizes, n)}
 
 
 def _pair_documents(plan: Mapping[str, Any], reader: _Reader) -> dict[str, Any]:
@@ -596,7 +773,7 @@ if list(ANALYSERS) != list(ANALYSES):
 def run_analyses(plan: Mapping[str, Any], out_dir: Path,
                  names: Sequence[str] = tuple(ANALYSES)) -> dict[str, dict[str, Any]]:
     """The analyses rule: every analysis of the plan, one JSON each in ``out_dir``."""
-    reader = _Reader()
+    reader = _Reader(Path(out_dir))
     documents = {}
     for name in names:
         result = ANALYSERS[name](plan, reader)

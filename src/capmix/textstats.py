@@ -208,6 +208,18 @@ def subset_sizes(n: int, min_size: int, max_size: int, points: int) -> list[int]
     return sorted({int(round(s)) for s in sizes[:-1]} | {top})
 
 
+def nested_order(n: int, sizes: Sequence[int], seed: int) -> np.ndarray:
+    """The first ``max(sizes)`` positions (of ``n``) of :func:`diversity_curve`'s seeded
+    permutation: the images its subsets hold, in the order they join.
+
+    The whole permutation is drawn (8 bytes per image, transiently): a prefix of numpy's
+    shuffle cannot be drawn alone, and the same seed must give the same subsets as before.
+    """
+    wanted = sorted(s for s in set(sizes) if 0 < s <= n)
+    order = np.random.default_rng(seed).permutation(n)
+    return order[:wanted[-1]].copy() if wanted else order[:0].copy()
+
+
 def diversity_curve(texts: Sequence[str], sizes: Sequence[int], seed: int,
                     count_nouns: bool = True) -> list[dict[str, int]]:
     """Unique trigrams (and nouns) in growing random subsets of ``texts`` (Figure 12).
@@ -215,16 +227,22 @@ def diversity_curve(texts: Sequence[str], sizes: Sequence[int], seed: int,
     One seeded permutation is read in order and the counts are taken as it passes each size,
     so every subset contains the smaller ones and the curve costs one pass.
     """
-    order = np.random.default_rng(seed).permutation(len(texts))
-    wanted = sorted(s for s in set(sizes) if 0 < s <= len(texts))
+    order = nested_order(len(texts), sizes, seed)
+    return curve_in_order([texts[int(i)] for i in order], sizes, len(texts), count_nouns)
+
+
+def curve_in_order(picked: Sequence[str], sizes: Sequence[int], n: int,
+                   count_nouns: bool = True) -> list[dict[str, int]]:
+    """:func:`diversity_curve` from the texts its permutation picks (:func:`nested_order`),
+    in order, of a set of ``n``: the analyses read only those texts of a pool."""
+    wanted = sorted(s for s in set(sizes) if 0 < s <= n)
     trigrams: set[tuple[str, ...]] = set()
     noun_set: set[str] = set()
     tagged: set[str] = set()  # a caption seen again adds no noun: tag each text once
     points: list[dict[str, int]] = []
     done = 0
     for size in wanted:
-        for i in order[done:size]:
-            text = texts[int(i)]
+        for text in picked[done:size]:
             trigrams.update(ngrams(text, 3))
             if count_nouns and text not in tagged:
                 tagged.add(text)
