@@ -352,7 +352,7 @@ def test_cosine_histograms_in_parts_equal_the_whole_join(tmp_path, monkeypatch):
 def test_diversity_scaling_in_parts_equals_the_whole_curve(tmp_path, monkeypatch):
     import capmix.analyses as analyses
     from capmix import textstats
-    from capmix.analyses import _both_captions, diversity_scaling_in_parts, uid_range_parts
+    from capmix.analyses import both_captions, diversity_scaling_in_parts, uid_range_parts
 
     rng = np.random.default_rng(1)
     uids = _hex_uids(rng, 400)
@@ -378,7 +378,7 @@ def test_diversity_scaling_in_parts_equals_the_whole_curve(tmp_path, monkeypatch
     with uid_range_parts(files, ["uid", "caption"], tmp_path) as (n, read, _):
         assert n == 9
         cache = {}
-        result = diversity_scaling_in_parts(lambda p: _both_captions(read, "raw", "cap", p),
+        result = diversity_scaling_in_parts(lambda p: both_captions(read, "raw", "cap", p),
                                             n, settings, 4, cache)
     assert result["n_images"] == len(both) and result["sizes"] == sizes
     assert result["raw"] == textstats.diversity_curve(list(both["caption_raw"]), sizes, 4)

@@ -589,7 +589,7 @@ def analyse_diversity_scaling(plan: Mapping[str, Any], reader: _Reader) -> dict[
     with uid_range_parts(inputs, ["uid", "caption"], reader.scratch) as (n_parts, read, _):
         for caption_set in synthetic:
             curves[caption_set] = diversity_scaling_in_parts(
-                partial(_both_captions, read, plan["raw"], caption_set), n_parts, settings,
+                partial(both_captions, read, plan["raw"], caption_set), n_parts, settings,
                 plan["seed"], raw_curves)
     return {"available": True, "pairs": curves}
 
@@ -599,7 +599,7 @@ def _both_sides(read: Callable[[int, str], pd.DataFrame], raw: str, synthetic: s
     return read(part, raw), read(part, synthetic)
 
 
-def _both_captions(read: Callable[[int, str], pd.DataFrame], raw: str, synthetic: str,
+def both_captions(read: Callable[[int, str], pd.DataFrame], raw: str, synthetic: str,
                    part: int) -> pd.DataFrame:
     """Part ``part`` of the images both sets caption: uid, caption_raw, caption_synthetic."""
     both = _captions(read(part, raw)).merge(_captions(read(part, synthetic)), on="uid",
