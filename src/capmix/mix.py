@@ -522,7 +522,10 @@ class SubsetWriter:
             self._last = (int(pairs[-1]["f0"]), int(pairs[-1]["f1"]))
         self._pairs.write(pairs.tobytes())
         self._n_pairs += len(pairs)
-        self._samples.write_table(selection.rows.cast(self._schema))
+        rows = selection.rows
+        if SHARD_COLUMN not in rows.column_names:  # a selection from a table without shards
+            rows = rows.append_column(SHARD_COLUMN, pa.nulls(rows.num_rows, pa.string()))
+        self._samples.write_table(rows.select(self._schema.names).cast(self._schema))
         self.tally.add(selection)
 
     def abort(self) -> None:
