@@ -50,7 +50,10 @@ def write_pool(root, seed=0, n=N):
     rng = np.random.default_rng(seed)
     uids = random_uids(n, rng)
     status = np.where(rng.random(n) < 0.9, "fetched", "failed")
-    pd.DataFrame({"uid": uids, "status": status}).to_parquet(root / "index.parquet")
+    shard = [f"round_0/{i % 37:05d}.tar" if s == "fetched" else None
+             for i, s in enumerate(status)]
+    pd.DataFrame({"uid": uids, "status": status, "shard": shard}).to_parquet(
+        root / "index.parquet")
     fetched = [u for u, s in zip(uids, status, strict=True) if s == "fetched"]
     score_paths, manifests = {}, {}
     for name, centre in (("raw", 0.25), ("cap/0.75", 0.3)):
@@ -136,6 +139,7 @@ def test_every_strategy_gives_the_same_subset_from_parts(tables, tmp_path):
     catalogue, names = table5_and_others()
     assert len(names) > 60
     whole_table = read_table(whole)
+    index = pd.read_parquet(root / "index.parquet").set_index("uid")["shard"]
     for name in names:
         one = run_subset(name, catalogue[name], POOL, whole, tmp_path / name / "1")
         many = run_subset(name, catalogue[name], POOL, parted, tmp_path / name / "7")
@@ -149,6 +153,8 @@ def test_every_strategy_gives_the_same_subset_from_parts(tables, tmp_path):
         key = ["part", "uid"]
         pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True),
                                       b.sort_values(key).reset_index(drop=True))
+        # each sample carries its image's pool shard, for resharding (capmix.reshard)
+        assert (a["shard"] == a["uid"].map(index)).all() and a["shard"].notna().all(), name
         # DataComp's formula by hand on the whole pool's scores
         strategy = parse_strategy(name, catalogue[name])
         for part in one["parts"]:

@@ -5,18 +5,29 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import braceexpand
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import webdataset as wds
 from PIL import Image
 
-from capmix.reshard import reshard
+from capmix.chunks import chunk_names
+from capmix.reshard import (
+    plan_layout,
+    reshard,
+    run_reshard_job,
+    run_reshard_reduce,
+    scatter_samples,
+)
 
 N_SHARDS, PER_SHARD = 4, 3
 FAILED_UID = f"{0xfa11:032x}"
@@ -248,3 +259,174 @@ def test_refuses_to_write_into_the_pool(pool):
         reshard(strategy(), pool.index, pool.shards_dir, pool.shards_dir / "round_0",
                 pool.tmp / "m.json")
     assert sorted((pool.shards_dir / "round_0").glob("*.tar")) == before
+
+
+# ------------------------------------------------------------------ held in parts
+
+
+def samples_file(pool: SimpleNamespace, samples: pd.DataFrame, name: str = "samples") -> Path:
+    """A subset's samples.parquet: the samples with each image's pool shard (as the mix table
+    carries it), in two row groups (a subset writes one per part of the mix table)."""
+    index = pd.read_parquet(pool.index).set_index("uid")["shard"]
+    frame = samples.assign(shard=samples["uid"].map(index)).reset_index(drop=True)
+    path = pool.tmp / f"{name}.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path,
+                   row_group_size=max(1, len(frame) // 2 + 1))
+    return path
+
+
+def run_parts(pool: SimpleNamespace, samples_path: Path, n_jobs: int, name: str,
+              samples_per_shard: int, jobs: Sequence[int] | None = None):
+    """The three rules in turn: scatter, the part jobs (all, or ``jobs``), the reduce."""
+    scatter = pool.tmp / f"{name}.scatter"
+    if not scatter.exists():
+        scatter_samples(samples_path, n_jobs, samples_per_shard, scatter)
+    out = pool.tmp / name
+    reports = [pool.tmp / f"{name}.jobs" / f"{c}.json" for c in chunk_names(n_jobs)]
+    for job, chunk in enumerate(chunk_names(n_jobs)):
+        if jobs is None or job in jobs:
+            run_reshard_job(scatter, chunk, pool.shards_dir, out, reports[job])
+    return out, run_reshard_reduce(reports, out, pool.tmp / f"{name}.json")
+
+
+@pytest.mark.parametrize(("n_jobs", "samples_per_shard"), [(2, 4), (3, 1), (6, 1), (2, 100)])
+def test_parts_write_the_one_job_shards(pool, n_jobs, samples_per_shard):
+    samples = strategy()
+    one, whole = run(pool, samples, samples_per_shard=samples_per_shard)
+    out, parts = run_parts(pool, samples_file(pool, samples), n_jobs, "parts",
+                           samples_per_shard)
+    # the same shards by name and byte (so the same keys, captions, images and json)
+    assert [p.name for p in tars(out)] == [p.name for p in tars(one)] == whole["shards"]
+    for path in tars(one):
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    assert (out / "sizes.json").read_bytes() == (one / "sizes.json").read_bytes()
+    same = ("num_samples", "num_images", "num_shards", "shards", "samples_per_shard",
+            "sources")
+    assert {k: parts[k] for k in same} == {k: whole[k] for k in same}
+    assert parts["jobs"] == n_jobs and parts["train_data"] == whole["train_data"].replace(
+        str(one.resolve()), str(out.resolve()))
+    # each job wrote a contiguous run of them; more jobs than shards leave some with none
+    written = [json.loads((pool.tmp / "parts.jobs" / f"{c}.json").read_text())["shards"]
+               for c in chunk_names(n_jobs)]
+    assert [n for shards in written for n in shards] == whole["shards"]
+    assert sum(1 for shards in written if not shards) == max(0, n_jobs - whole["num_shards"])
+
+
+def test_each_part_reads_only_its_pool_shards(pool):
+    samples_path = samples_file(pool, strategy())
+    scatter = pool.tmp / "parts.scatter"
+    layout = scatter_samples(samples_path, 2, 4, scatter)
+    # pool shard 0 -> 00000.tar (4 samples), 1 and 2 -> 00001.tar (6), 3 -> 00002.tar (2);
+    # a job per half of the samples, by where each output starts (sample 0, 4, 10 of 12)
+    assert [o.sources for o in layout.outputs] == [
+        ("round_0/00000.tar",), ("round_0/00001.tar", "round_0/00002.tar"),
+        ("round_0/00003.tar",)]
+    assert layout.jobs == ((0, 2), (2, 3))
+    for job, chunk in enumerate(chunk_names(2)):
+        mine = {s for o in layout.job_outputs(job) for s in o.sources}
+        held = set(pq.read_table(scatter / f"{chunk}.parquet").column("shard").to_pylist())
+        assert held == mine  # its file holds its pool shards' samples, nothing else
+        hidden = pool.tmp / f"hidden_{job}"
+        hidden.mkdir()
+        others = [p for p in (pool.shards_dir / "round_0").glob("*.tar")
+                  if f"round_0/{p.name}" not in mine]
+        for path in others:  # the other runs' pool shards are gone while it runs
+            path.rename(hidden / path.name)
+        pool.index.rename(pool.tmp / "index.hidden")  # and so is the fetch index
+        try:
+            report = run_reshard_job(scatter, chunk, pool.shards_dir, pool.tmp / "parts",
+                                     pool.tmp / f"{chunk}.json")
+        finally:
+            (pool.tmp / "index.hidden").rename(pool.index)
+            for path in others:
+                (hidden / path.name).rename(path)
+        assert list(report["shards"]) == [o.name for o in layout.job_outputs(job)]
+
+
+def test_a_failed_part_resumes_alone(pool, monkeypatch):
+    import capmix.reshard as rs
+
+    samples = strategy()
+    reference, _ = run(pool, samples, samples_per_shard=1)
+    samples_path = samples_file(pool, samples)
+    out, first = run_parts(pool, samples_path, 2, "parts", 1)
+    assert first["shards_written"] == 4
+    job_of = {name: job for job, c in enumerate(chunk_names(2)) for name in json.loads(
+        (pool.tmp / "parts.jobs" / f"{c}.json").read_text())["shards"]}
+    assert sorted(job_of.values()) == [0, 0, 1, 1]
+    for path in tars(out):
+        os.utime(path, ns=(10**9, 10**9))
+    theirs = [p for p in tars(out) if job_of[p.name] == 1]
+    ours = [p for p in tars(out) if job_of[p.name] == 0]
+    theirs[0].write_bytes(theirs[0].read_bytes()[:700])  # cut short
+    theirs[1].unlink()
+    (out / (theirs[1].name + ".tmp")).write_bytes(b"half")  # a killed writer's temp file
+
+    # job 1 fails after one shard: it keeps that one, and the next run writes the other
+    write_shard, calls = rs.write_shard, []
+
+    def fail_second(job):
+        calls.append(job.path.name)
+        if len(calls) == 2:
+            raise OSError("node lost")
+        return write_shard(job)
+
+    monkeypatch.setattr(rs, "write_shard", fail_second)
+    with pytest.raises(OSError, match="node lost"):
+        run_reshard_job(pool.tmp / "parts.scatter", chunk_names(2)[1], pool.shards_dir, out,
+                        pool.tmp / "failed.json")
+    monkeypatch.setattr(rs, "write_shard", write_shard)
+    done = [p for p in theirs if p.exists() and p.stat().st_mtime_ns != 10**9]
+    assert len(done) == 1
+    kept = done[0].stat().st_mtime_ns
+    report = run_reshard_job(pool.tmp / "parts.scatter", chunk_names(2)[1], pool.shards_dir,
+                             out, pool.tmp / "parts.jobs" / f"{chunk_names(2)[1]}.json")
+    assert report["shards_written"] == 1 and report["shards_skipped"] == 1
+    assert done[0].stat().st_mtime_ns == kept
+    assert all(p.stat().st_mtime_ns == 10**9 for p in ours)  # job 0 is untouched
+    _, again = run_parts(pool, samples_path, 2, "parts", 1, jobs=[])  # the reduce alone
+    assert again["shards"] == first["shards"] and not list(out.glob("*.tmp"))
+    for path in tars(reference):
+        assert (out / path.name).read_bytes() == path.read_bytes()
+
+
+def test_a_changed_layout_rewrites_and_drops_stale_shards(pool):
+    samples = strategy()
+    samples_path = samples_file(pool, samples)
+    out, _ = run_parts(pool, samples_path, 2, "parts", 1)
+    assert len(tars(out)) == 4 and len(list((out / "plans").glob("*.json"))) == 2
+    shutil.rmtree(pool.tmp / "parts.scatter")
+    # 3 jobs now, a changed caption: every job's plan changed, the names moved between jobs
+    changed = samples_file(pool, strategy("another caption"), "changed")
+    _, three = run_parts(pool, changed, 3, "parts", 1)
+    assert three["shards_written"] == 4 and three["jobs"] == 3
+    captions = {s["txt"].decode() for p in tars(out) for s in read_tar(p)}
+    assert "another caption" in captions and "a synthetic caption of image 1" not in captions
+    shutil.rmtree(pool.tmp / "parts.scatter")
+    _, fewer = run_parts(pool, changed, 2, "parts", 100)
+    assert [p.name for p in tars(out)] == ["00000.tar"] == fewer["shards"]
+    assert sorted(p.stem for p in (out / "plans").glob("*.json")) == chunk_names(2)
+    assert json.loads((out / "sizes.json").read_text()) == {"00000.tar": 12}
+
+
+def test_plan_layout_names_and_balances_jobs():
+    layout = plan_layout({f"s{i:06d}": 1 for i in range(100_001)}, 1, n_jobs=7)
+    names = [o.name for o in layout.outputs]
+    assert names[0] == "000000.tar" and names[-1] == "100000.tar"  # one brace range still
+    assert layout.jobs[0][0] == 0 and layout.jobs[-1][1] == len(names)
+    assert all(a[1] == b[0] for a, b in zip(layout.jobs, layout.jobs[1:], strict=False))
+    sizes = [stop - first for first, stop in layout.jobs]
+    assert max(sizes) - min(sizes) <= 1
+    assert plan_layout({}, 10, n_jobs=3).jobs == ((0, 0), (0, 0), (0, 0))
+
+
+def test_scatter_needs_each_samples_pool_shard(pool):
+    samples = strategy()
+    bare = pool.tmp / "bare.parquet"
+    samples.to_parquet(bare, index=False)
+    with pytest.raises(ValueError, match="no column.*shard.*re-run its subset"):
+        scatter_samples(bare, 2, 4, pool.tmp / "s1")
+    unknown = pd.concat([samples, pd.DataFrame(
+        [{"uid": FAILED_UID, "caption": "x", "source": "raw", "part": 0}])])
+    with pytest.raises(ValueError, match=rf"1 sample\(s\) have no pool shard.*{FAILED_UID}"):
+        scatter_samples(samples_file(pool, unknown, "unknown"), 2, 4, pool.tmp / "s2")

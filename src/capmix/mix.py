@@ -317,17 +317,23 @@ def text_filter_mask(table: pa.Table | pd.DataFrame, text_filter: TextFilter) ->
     return mask
 
 
-#: samples.parquet's columns (fixed, so that parts with no rows write the same schema).
+#: The mix table's column naming the fetched shard that holds each image (from the fetch
+#: index), carried into a subset's samples so that resharding finds each image's pool shard
+#: part by part, without the fetch index (capmix.reshard).
+SHARD_COLUMN = "shard"
+#: samples.parquet's columns (fixed, so that parts with no rows write the same schema);
+#: ``shard`` is null where the mix table has none (tables built before it carried it).
 SAMPLES_SCHEMA = pa.schema([("uid", pa.string()), ("caption", pa.string()),
                             ("source", pa.string()), ("origin", pa.string()),
-                            ("part", pa.int16()), ("score", pa.float64())])
+                            ("part", pa.int16()), ("score", pa.float64()),
+                            (SHARD_COLUMN, pa.string())])
 
 
 @dataclass
 class Selection:
     """What a strategy chose: one row per training sample, and each part's threshold."""
 
-    rows: pa.Table  # SAMPLES_SCHEMA: uid, caption, source, origin, part, score
+    rows: pa.Table  # SAMPLES_SCHEMA: uid, caption, source, origin, part, score, shard
     parts: list[dict[str, Any]]
     # The distinct images chosen, in the table's (uid-sorted) order. Kept because deriving it
     # from the samples hashes every uid: at 12.8M rows that was ~90% of a subset's time.
@@ -391,6 +397,8 @@ def select(strategy: Strategy, table: pa.Table | pd.DataFrame,
         masks = [m & passing for m in masks]
     chunks = []
     uids = table.column("uid")
+    shards = (table.column(SHARD_COLUMN) if SHARD_COLUMN in names
+              else pa.nulls(n, pa.string()))
     any_part = np.zeros(n, dtype=bool)
     for mask in masks:
         any_part |= mask
@@ -411,6 +419,7 @@ def select(strategy: Strategy, table: pa.Table | pd.DataFrame,
             "uid": uids.take(take), "caption": caption, "source": pa.repeat(label, len(rows)),
             "origin": origin, "part": np.full(len(rows), i, dtype="int16"),
             "score": _numbers(table, score_column(resolve(part.score_source)), "float64")[rows],
+            SHARD_COLUMN: shards.take(take).cast(pa.string()),
         }).cast(SAMPLES_SCHEMA))
         parts[i]["n_selected"] = int(len(rows))
     samples = pa.concat_tables(chunks) if chunks else SAMPLES_SCHEMA.empty_table()
@@ -513,7 +522,10 @@ class SubsetWriter:
             self._last = (int(pairs[-1]["f0"]), int(pairs[-1]["f1"]))
         self._pairs.write(pairs.tobytes())
         self._n_pairs += len(pairs)
-        self._samples.write_table(selection.rows.cast(self._schema))
+        rows = selection.rows
+        if SHARD_COLUMN not in rows.column_names:  # a selection from a table without shards
+            rows = rows.append_column(SHARD_COLUMN, pa.nulls(rows.num_rows, pa.string()))
+        self._samples.write_table(rows.select(self._schema.names).cast(self._schema))
         self.tally.add(selection)
 
     def abort(self) -> None:
@@ -580,4 +592,6 @@ def strategy_columns(strategy: Strategy, resolve: Callable[[str], str],
         columns.append(CLUSTER_COLUMN)
     if strategy.text_filter is not None:
         columns += list(CAPTION_TEXT_COLUMNS)
+    if SHARD_COLUMN in names:
+        columns.append(SHARD_COLUMN)
     return columns

@@ -47,6 +47,7 @@ from capmix.chunks import table_part_name
 from capmix.mix import (
     CAPTION_TEXT_COLUMNS,
     CLUSTER_COLUMN,
+    SHARD_COLUMN,
     CaptionSet,
     ScoreTableError,
     SubsetWriter,
@@ -261,6 +262,14 @@ class MixInputs:
 
 
 SCORE_COLUMNS = ("uid", "cos", "cos_all", "missing")
+
+
+def index_columns(index: Path) -> list[str]:
+    """The fetch index's columns the mix table reads: uid, status, and the shard of each
+    image where the index has one (the table carries it into the subsets, for resharding)."""
+    names = pq.read_schema(index).names
+    return ["uid", "status"] + ([SHARD_COLUMN] if SHARD_COLUMN in names else [])
+
 #: The file in a scatter folder naming the inputs it was made from.
 SCATTER_RECORD = "inputs.json"
 FETCHED = pc.field("status") == "fetched"
@@ -290,7 +299,8 @@ def run_scatter(inputs: MixInputs, n_parts: int, out_dir: Path) -> None:
     write_json(out_dir / SCATTER_RECORD, {**inputs.record(), "parts": n_parts})
     # where each input goes is what the parts read back: MixInputs.scattered, in one place
     target = inputs.scattered(out_dir)
-    scatter_rows([inputs.index], ["uid", "status"], n_parts, target.index, keep=FETCHED)
+    scatter_rows([inputs.index], index_columns(inputs.index), n_parts, target.index,
+                 keep=FETCHED)
     for name, path in inputs.score_paths.items():
         scatter_rows([path], SCORE_COLUMNS, n_parts, target.score_paths[name])
     for name, files in inputs.caption_files.items():
@@ -317,7 +327,8 @@ def run_table_part(pool: str, part: int, n_parts: int, sources: Mapping[str, Seq
     else:
         assert inputs is not None
         here = inputs
-    pool_uids = _read([here.index], ["uid", "status"], keep=FETCHED)["uid"]
+    fetched = _read([here.index], index_columns(here.index), keep=FETCHED)
+    pool_uids = fetched["uid"]
     sets = {source: [CaptionSet(s, here.score_paths[s], here.caption_files[s],
                                 reported_as=inputs.score_paths[s]) for s in names]
             for source, names in sources.items()}
@@ -331,6 +342,9 @@ def run_table_part(pool: str, part: int, n_parts: int, sources: Mapping[str, Seq
     except ScoreTableError as error:
         raise ScoreTableError(f"part {part} of {n_parts} of pool '{pool}''s mix table: "
                               f"{error}") from error
+    if SHARD_COLUMN in fetched.columns:  # each image's pool shard (a fetched uid has one)
+        shard_of = fetched.drop_duplicates("uid").set_index("uid")[SHARD_COLUMN]
+        table[SHARD_COLUMN] = table["uid"].map(shard_of).astype(object)
     write_parquet_atomic(table, Path(out_path), {"stage": "mix_table", "part": part,
                                                  "parts": n_parts})
     provenance = provenance_record("mix_table_part", inputs=here.files(), params={

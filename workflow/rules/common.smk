@@ -176,6 +176,11 @@ SUBSET_SAMPLES = "results/{pool}/subsets/{strategy}/samples.parquet"
 SUBSET_SUMMARY = "results/{pool}/subsets/{strategy}/summary.json"
 TRAIN_SHARDS_DIR = "results/{pool}/train_shards/{strategy}"
 TRAIN_SHARDS = f"{TRAIN_SHARDS_DIR}/manifest.json"
+TRAIN_SHARDS_OUT = f"{TRAIN_SHARDS_DIR}/shards"  # the tars, sizes.json, plans/
+# A strategy resharded in parts (pools[].jobs.train_shards > 1): its samples split by runs
+# of pool shards, and each train_shards_part job's report.
+TRAIN_SHARDS_SCATTER = f"{TRAIN_SHARDS_DIR}/scatter"
+TRAIN_SHARDS_PART = f"{TRAIN_SHARDS_DIR}/jobs/{{chunk}}.json"
 MODEL_DIR = "results/{pool}/models/{strategy}"  # checkpoints of a run in progress live here
 CHECKPOINT = f"{MODEL_DIR}/final.pt"
 TRAINING = f"{MODEL_DIR}/training.json"
@@ -359,8 +364,8 @@ def caption_sets(pool):
 
 
 def pool_jobs(pool, stage):
-    """Jobs per pass of `stage` (fetch, caption, score, image_clusters, caption_language) over
-    the pool: `pools[].jobs`, else config (caption, score) or one job."""
+    """Jobs per pass of `stage` (fetch, caption, score, image_clusters, caption_language,
+    train_shards) over the pool: `pools[].jobs`, else config (caption, score) or one job."""
     default = config[stage]["jobs"] if stage in ("caption", "score") else 1
     return POOLS[pool]["jobs"].get(stage, default)
 
@@ -564,6 +569,23 @@ def asset_spec(wildcards):
 
 def pool_aliases(wildcards):
     return POOLS[wildcards.pool]["mix"]["sources"]
+
+
+def train_shard_jobs(wildcards):
+    """The jobs that write a strategy's training shards (pools[].jobs.train_shards)."""
+    return pool_jobs(wildcards.pool, "train_shards")
+
+
+def train_shards_inputs(wildcards):
+    """In one job: the subset's samples (and the fetch index, for samples without their pool
+    shard); in parts: every train_shards_part job's report, which the job joins."""
+    pool, strategy = wildcards.pool, wildcards.strategy
+    n_jobs = train_shard_jobs(wildcards)
+    if n_jobs == 1:
+        return {"samples": SUBSET_SAMPLES.format(pool=pool, strategy=strategy),
+                "index": FETCH_INDEX.format(pool=pool)}
+    return {"reports": [TRAIN_SHARDS_PART.format(pool=pool, strategy=strategy, chunk=c)
+                        for c in chunk_names(n_jobs)]}
 
 
 # ---- Training and evaluation -----------------------------------------------------------

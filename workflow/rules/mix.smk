@@ -221,16 +221,62 @@ rule subset:
 
 
 # The shards are not declared outputs (Snakemake deletes the outputs of a failed
-# job): a killed job resumes from the shards already written (capmix.reshard).
-rule train_shards:
+# job): a killed job resumes from the shards already written (capmix.reshard). With
+# pools[].jobs.train_shards = n > 1 the samples are split by runs of pool shards
+# (train_shards_scatter), n train_shards_part jobs write the shards, and train_shards joins
+# their reports; with one job (the default) train_shards does it all.
+rule train_shards_scatter:
     input:
         samples=SUBSET_SAMPLES,
-        index=FETCH_INDEX,
+    output:
+        temp(directory(TRAIN_SHARDS_SCATTER)),
+    params:
+        jobs=train_shard_jobs,
+        samples_per_shard=pool_setting("mix", "samples_per_shard"),
+    log:
+        "logs/train_shards_scatter/{pool}/{strategy}.log",
+    benchmark:
+        "benchmarks/train_shards_scatter/{pool}/{strategy}.tsv"
+    threads: resource("train_shards_scatter", "threads")
+    resources:
+        mem_mb=resource("train_shards_scatter", "mem_mb"),
+        runtime=resource("train_shards_scatter", "runtime"),
+    conda:
+        "../../envs/mix.yaml"
+    script:
+        "../scripts/train_shards_scatter.py"
+
+
+rule train_shards_part:
+    input:
+        scatter=TRAIN_SHARDS_SCATTER,
+    output:
+        report=TRAIN_SHARDS_PART,
+    params:
+        shards=SHARDS,
+        out=TRAIN_SHARDS_OUT,
+    log:
+        "logs/train_shards_part/{pool}/{strategy}/{chunk}.log",
+    benchmark:
+        "benchmarks/train_shards_part/{pool}/{strategy}/{chunk}.tsv"
+    threads: resource("train_shards_part", "threads")
+    resources:
+        mem_mb=resource("train_shards_part", "mem_mb"),
+        runtime=resource("train_shards_part", "runtime"),
+    conda:
+        "../../envs/mix.yaml"
+    script:
+        "../scripts/train_shards_part.py"
+
+
+rule train_shards:
+    input:
+        unpack(train_shards_inputs),
     output:
         manifest=TRAIN_SHARDS,
     params:
         shards=SHARDS,
-        out=f"{TRAIN_SHARDS_DIR}/shards",
+        out=TRAIN_SHARDS_OUT,
         samples_per_shard=pool_setting("mix", "samples_per_shard"),
     log:
         "logs/train_shards/{pool}/{strategy}.log",
