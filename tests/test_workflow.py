@@ -47,8 +47,8 @@ def test_dry_run_builds_the_dag(workdir, configfile):
         # lid.176.bin) are fetched by the DAG: a fresh copy plans the whole run.
         assert not (workdir / "results" / "assets").exists()
         if scale == "xlarge":
-            # 8,192 caption and score jobs per set take Snakemake over two minutes to lay out;
-            # 64 wire the same rules (job i takes the i-th of 64 runs of shards).
+            # 4,096 caption and 1,024 embed_images jobs, each printed in full by `-n`, take
+            # Snakemake long to list; 64 wire the same rules (job i takes the i-th of 64 runs).
             fewer = workdir / "config" / "fewer_jobs.yaml"
             fewer.write_text("caption: {jobs: 64}\nscore: {jobs: 64}\n")
             args.append(str(fewer))  # a second file after --configfile

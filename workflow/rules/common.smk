@@ -5,7 +5,7 @@
 import os
 import re
 import sys
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -223,10 +223,19 @@ def stage_resources(stage, wildcards):
 
 
 def resource(stage, key):
-    """One resource of `stage`'s jobs, as a function of a job's wildcards (threads: key
-    "threads"); see stage_resources."""
+    """One resource of `stage`'s jobs (threads: key "threads"); see stage_resources. A stage
+    whose request is one per config (all but PER_POOL_RESOURCES) gets the value itself:
+    Snakemake calls a function once per job and resource, which cost the DAG of xlarge's
+    45,863 jobs more than a minute; train and evaluate get a function of the job's pool."""
     if stage not in PER_POOL_RESOURCES and stage not in config["resources"]:
         raise WorkflowError(f"stage '{stage}' has no entry in config `resources`")
+    if stage not in PER_POOL_RESOURCES:
+        requested = stage_resources(stage, None)
+        if key not in requested:
+            named = {v: k for k, v in RESOURCE_NAMES.items()}.get(key, key)
+            raise WorkflowError(f"config `resources.{stage}` sets no `{named}` (it sets "
+                                f"{', '.join(sorted(config['resources'][stage])) or 'nothing'})")
+        return requested[key]
 
     def job_resource(wildcards):
         return stage_resources(stage, wildcards)[key]
@@ -312,18 +321,27 @@ def model_input(pool, role, name):
     """What captioner/scorer `name` (config `role`) loads: the toy stand-in (trained by the
     pipeline), the record of its weights fetched into the cache (rule model_weights), or
     nothing (a local model, released captions)."""
+    return model_file(pool, role, name) or []
+
+
+@cache
+def model_file(pool, role, name):
+    """model_input's file, None for nothing; once per (pool, model): every chunk job asks."""
     spec = config[role][name]
     if spec.get("toy_model"):
         return toy_model_config(POOLS[pool]["source"]["world"], spec["toy_model"])
     if weights_source(spec) is not None:
         return MODEL_WEIGHTS.format(role=role, model=name)
-    return []
+    return None
 
 
-def resolved_spec(spec, model_config):
-    """A captioner/scorer spec as its job loads it: a toy stand-in's model dir filled in
-    (local-dir:), or, for weights from the Hub, the cache to load them from offline."""
-    spec = dict(spec)
+@cache
+def resolved_spec(role, name, model_config):
+    """Captioner/scorer `name`'s spec (config `role`) as its job loads it: a toy stand-in's
+    model dir filled in (local-dir:, from its `model_config` file), or, for weights from the
+    Hub, the cache to load them from offline. Once per model (paths resolved on disk); the
+    jobs share the dict, which nothing changes."""
+    spec = dict(config[role][name])
     if spec.get("toy_model"):
         spec["model"] = f"local-dir:{Path(str(model_config)).parent.resolve()}"
     elif weights_source(spec) is not None:
@@ -347,7 +365,7 @@ def captioner_model(wildcards):
 
 
 def captioner_spec(wildcards, input):
-    return resolved_spec(config["captioners"][wildcards.captioner], input.model)
+    return resolved_spec("captioners", wildcards.captioner, str(input.model))
 
 
 def scorer_model(wildcards):
@@ -355,7 +373,7 @@ def scorer_model(wildcards):
 
 
 def scorer_spec(wildcards, input):
-    return resolved_spec(config["scorers"][wildcards.scorer], input.model)
+    return resolved_spec("scorers", wildcards.scorer, str(input.model))
 
 
 def caption_sets(pool):
@@ -429,8 +447,15 @@ def pool_scores(pool, sets):
 
 # ---- Filtering and mixing --------------------------------------------------------------
 def mix_sources(wildcards):
-    """Concrete caption source -> the caption sets it reads, for the pool's strategies."""
-    return pool_sources(config, POOLS[wildcards.pool])
+    """Concrete caption source -> the caption sets it reads, for the pool's strategies (one
+    dict per pool, shared by its jobs: each mix_table_part's params)."""
+    return pool_mix_sources(wildcards.pool)
+
+
+@cache
+def pool_mix_sources(pool):
+    """mix_sources, worked out once per pool (it parses every strategy of the catalogue)."""
+    return pool_sources(config, POOLS[pool])
 
 
 def mix_caption_sets(wildcards):
@@ -786,6 +811,12 @@ def figure_8_absent(wildcards=None):
     """Listed pools that neither this config makes nor an earlier run has made, each with the
     config that makes it: the figure names them under its panels and shows the rest (the
     job re-runs once they exist, as its inputs change)."""
+    return _figure_8_absent()
+
+
+@cache
+def _figure_8_absent():
+    """figure_8_absent, found once per Snakemake process (it may read every config file)."""
     files = {p: ANALYSIS.format(pool=p, analysis="pool_scaling") for p in FIGURE_8_POOLS}
     return missing_pool_files(files, list(POOLS), os.path.exists,
                               partial(pool_config_files, REPO / "config"))
