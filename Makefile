@@ -81,8 +81,10 @@ slurm-deps:
 	  apt-get install -y -q --no-install-recommends $(SLURM_PACKAGES) \
 	  || { apt-get update -q && apt-get install -y -q --no-install-recommends $(SLURM_PACKAGES); }; }
 
+# Two workers, a test file each at a time (module fixtures built once): the SLURM and smoke
+# DAG tests spend much of their time waiting on their jobs. One file alone: .venv/bin/pytest FILE
 test: lint slurm-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 clean-results:
 	rm -rf results/toyworld results/toy_*

@@ -250,3 +250,25 @@ def test_fetch_jobs_over_parts_account_as_one_job_would_and_rerun_alone(tmp_path
         assert digests(tmp_path / "jobs" / "shards" / chunk / "round_0") == before
         assert not (tmp_path / "jobs" / "shards" / chunk / "round_1").exists()
     assert report["n_fetched"] == 6 and len(report["rounds"]["chunk2of4"]) == 2
+
+
+def test_the_gathered_list_of_fetch_jobs_reads_back_and_names_a_missing_file(tmp_path):
+    from capmix.fetch import read_chunk_list, write_chunk_list
+
+    files = {}
+    for chunk in ("chunk0of2", "chunk1of2"):
+        for kind in ("index.parquet", "report.json"):
+            files[chunk, kind] = tmp_path / chunk / kind
+            files[chunk, kind].parent.mkdir(exist_ok=True)
+            files[chunk, kind].write_text("x")
+    listed = tmp_path / "chunks.json"
+    chunks = ["chunk0of2", "chunk1of2"]
+    write_chunk_list(chunks, [files[c, "index.parquet"] for c in chunks],
+                     [files[c, "report.json"] for c in chunks], listed)
+    assert read_chunk_list(listed) == (chunks, [files[c, "index.parquet"] for c in chunks],
+                                       [files[c, "report.json"] for c in chunks])
+    files["chunk1of2", "report.json"].unlink()
+    with pytest.raises(FileNotFoundError, match="chunk1of2's report"):
+        read_chunk_list(listed)
+    with pytest.raises(ValueError, match="2 jobs but 1 indexes"):
+        write_chunk_list(chunks, [files["chunk0of2", "index.parquet"]], [], listed)

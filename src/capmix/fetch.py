@@ -426,6 +426,34 @@ def shard_table(index: pa.Table) -> pa.Table:
     }, schema=SHARD_TABLE_SCHEMA)
 
 
+def write_chunk_list(chunks: Sequence[str], index_paths: Sequence[str | Path],
+                     report_paths: Sequence[str | Path], path: Path) -> None:
+    """The fetch_gather rule: which index and report each fetch job wrote, in job order.
+
+    Why a job of its own: fetch_merge's outputs are read by every caption, embed_images and
+    score job, and Snakemake compares each file a job reads with every input of the job
+    that makes it, so fetch_merge must have few inputs (this list) however many fetch jobs
+    there are."""
+    if not len(chunks) == len(index_paths) == len(report_paths):
+        raise ValueError(f"fetch_gather: {len(chunks)} jobs but {len(index_paths)} indexes and "
+                         f"{len(report_paths)} reports")
+    write_json(path, {"chunks": [{"chunk": c, "index": str(i), "report": str(r)}
+                                 for c, i, r in zip(chunks, index_paths, report_paths,
+                                                    strict=True)]})
+
+
+def read_chunk_list(path: Path) -> tuple[list[str], list[Path], list[Path]]:
+    """The jobs, indexes and reports of a fetch_gather list; a missing file is named."""
+    entries = json.loads(Path(path).read_text())["chunks"]
+    for entry in entries:
+        for key in ("index", "report"):
+            if not Path(entry[key]).exists():
+                raise FileNotFoundError(f"{path}: fetch job {entry['chunk']}'s {key} "
+                                        f"{entry[key]} is missing; re-run that fetch job")
+    return ([e["chunk"] for e in entries], [Path(e["index"]) for e in entries],
+            [Path(e["report"]) for e in entries])
+
+
 def merge_fetch(pool: str, chunks: Sequence[str], index_paths: Sequence[Path],
                 report_paths: Sequence[Path], index_path: Path,
                 report_path: Path) -> dict[str, Any]:

@@ -147,6 +147,9 @@ FETCH_SHARD_TABLE = "results/{pool}/fetch/shards.parquet"
 FETCH_REPORT = "results/{pool}/fetch/report.json"
 FETCH_CHUNK_INDEX = "results/{pool}/fetch/{chunk}/index.parquet"
 FETCH_CHUNK_REPORT = "results/{pool}/fetch/{chunk}/report.json"
+# A pool fetched by several jobs: their indexes and reports, listed by one small job
+# (fetch_gather) so that fetch_merge, whose outputs thousands of jobs read, has one input.
+FETCH_CHUNK_LIST = "results/{pool}/fetch/chunks.json"
 SHARDS = "results/{pool}/shards"  # img2dataset's rounds; read by every stage that decodes
 FETCH_CHUNK_SHARDS = f"{SHARDS}/{{chunk}}"  # one fetch job's rounds
 RAW_CAPTIONS = "results/{pool}/captions/raw/manifest.json"
@@ -401,6 +404,16 @@ def fetch_chunk_indexes(wildcards):
 def fetch_chunk_reports(wildcards):
     return [FETCH_CHUNK_REPORT.format(pool=wildcards.pool, chunk=c)
             for c in fetch_chunks(wildcards)]
+
+
+def fetch_merge_inputs(wildcards):
+    """One fetch job: its index and report. Several: the list fetch_gather writes of them.
+    Snakemake checks every file a job reads against each input of the job that makes it,
+    so the index read by every caption, embed_images and score job must come from a job
+    with few inputs (xlarge: 7,000 readers x 3,200 chunk files made its dry run minutes)."""
+    if pool_jobs(wildcards.pool, "fetch") > 1:
+        return {"chunk_list": FETCH_CHUNK_LIST.format(pool=wildcards.pool)}
+    return {"indexes": fetch_chunk_indexes(wildcards), "reports": fetch_chunk_reports(wildcards)}
 
 
 def caption_manifest(pool, caption_set):

@@ -31,10 +31,37 @@ rule fetch:
         "../scripts/fetch.py"
 
 
-rule fetch_merge:
+# A pool fetched by several jobs: their files listed by one small local job, fetch_merge's
+# one input (why: common.smk fetch_merge_inputs).
+localrules:
+    fetch_gather,
+
+
+rule fetch_gather:
     input:
         indexes=fetch_chunk_indexes,
         reports=fetch_chunk_reports,
+    output:
+        FETCH_CHUNK_LIST,
+    params:
+        chunks=fetch_chunks,
+    log:
+        "logs/fetch_gather/{pool}.log",
+    benchmark:
+        "benchmarks/fetch_gather/{pool}.tsv"
+    threads: 1
+    resources:
+        mem_mb=resource("fetch_merge", "mem_mb"),
+        runtime=resource("fetch_merge", "runtime"),
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/fetch_gather.py"
+
+
+rule fetch_merge:
+    input:
+        unpack(fetch_merge_inputs),
     output:
         index=FETCH_INDEX,
         shard_table=FETCH_SHARD_TABLE,
