@@ -20,11 +20,11 @@ from capmix.score import (
     embed_pool_images,
     index_rows,
     load_scorer,
-    merge_scores,
     read_embeddings,
     score_chunk,
     score_pool_caption_set,
 )
+from capmix.scoretables import merge_scores
 from capmix.shards import plan_tasks, read_shard
 from tests.tiny_models import make_tiny_clip
 

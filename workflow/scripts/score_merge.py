@@ -5,7 +5,7 @@ from pathlib import Path
 
 from capmix.lineage import job_provenance
 from capmix.logs import setup_logging
-from capmix.score import merge_scores
+from capmix.scoretables import merge_scores
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821
