@@ -49,10 +49,10 @@ rule fetch_gather:
         "logs/fetch_gather/{pool}.log",
     benchmark:
         "benchmarks/fetch_gather/{pool}.tsv"
-    threads: 1
+    threads: resource("fetch_gather", "threads")
     resources:
-        mem_mb=resource("fetch_merge", "mem_mb"),
-        runtime=resource("fetch_merge", "runtime"),
+        mem_mb=resource("fetch_gather", "mem_mb"),
+        runtime=resource("fetch_gather", "runtime"),
     conda:
         "../../envs/core.yaml"
     script:
