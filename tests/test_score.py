@@ -157,6 +157,24 @@ def ship_l14_img(pool: Path, l14: np.ndarray) -> pd.DataFrame:
     return pq.read_table(part).to_pandas()
 
 
+def ship_raw_scores(pool: Path, table: pd.DataFrame, scores: np.ndarray,
+                    row_group_size: int | None = None) -> None:
+    """Add DataComp's shipped ``clip_l14_similarity_score`` to the pool's metadata part."""
+    metadata = pool / "metadata"
+    table["clip_l14_similarity_score"] = scores
+    table.to_parquet(metadata / "part-00000.parquet", index=False, row_group_size=row_group_size)
+    manifest = json.loads((metadata / "manifest.json").read_text())
+    manifest["columns"].append("clip_l14_similarity_score")
+    (metadata / "manifest.json").write_text(json.dumps(manifest))
+
+
+#: A DataComp scorer with shipped embeddings and raw scores whose model cannot be loaded: proves
+#: no image or caption goes through a model.
+SHIPPED_SPEC = {"backend": "open_clip", "model": "does-not-exist", "pretrained": None,
+                "shipped_image_embeddings": "l14_img",
+                "shipped_raw_score": "clip_l14_similarity_score"}
+
+
 def unit(rows: np.ndarray) -> np.ndarray:
     rows = rows.astype("float32")
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
@@ -165,21 +183,13 @@ def unit(rows: np.ndarray) -> np.ndarray:
 def test_shipped_datacomp_embeddings_and_scores_are_used(fetched_pool):
     """A DataComp-style pool: npz l14_img beside each metadata part, and the shipped score."""
     metadata = fetched_pool / "metadata"
-    part = metadata / "part-00000.parquet"
     rng = np.random.default_rng(0)
     l14 = rng.normal(size=(12, 8)).astype("float16")
     table = ship_l14_img(fetched_pool, l14)
     shipped_scores = np.linspace(0.1, 0.3, len(table))
     shipped_scores[:2] = [np.nan, np.inf]  # a row without a shipped score, a corrupt one
-    table["clip_l14_similarity_score"] = shipped_scores
-    table.to_parquet(part, index=False)
-    manifest = json.loads((metadata / "manifest.json").read_text())
-    manifest["columns"].append("clip_l14_similarity_score")
-    (metadata / "manifest.json").write_text(json.dumps(manifest))
-    # a scorer that cannot be loaded: proves no image goes through a model
-    spec = {"backend": "open_clip", "model": "does-not-exist", "pretrained": None,
-            "shipped_image_embeddings": "l14_img",
-            "shipped_raw_score": "clip_l14_similarity_score"}
+    ship_raw_scores(fetched_pool, table, shipped_scores)
+    spec = SHIPPED_SPEC
     manifest = embed(fetched_pool, spec)
     assert manifest["shipped"] == "l14_img"
     by_uid = dict(zip(table["uid"], unit(l14), strict=True))  # stored L2-normalised
@@ -368,17 +378,11 @@ def test_shipped_raw_scores_are_read_for_the_chunk_only(fetched_pool, monkeypatc
     import capmix.score as score_module
 
     metadata = fetched_pool / "metadata"
-    part = metadata / "part-00000.parquet"
     table = ship_l14_img(fetched_pool, np.random.default_rng(0).normal(size=(12, 8)))
-    table["clip_l14_similarity_score"] = np.linspace(0.1, 0.3, len(table))
-    table.loc[0, "clip_l14_similarity_score"] = np.nan
-    table.to_parquet(part, index=False, row_group_size=5)  # rows across three row groups
-    manifest = json.loads((metadata / "manifest.json").read_text())
-    manifest["columns"].append("clip_l14_similarity_score")
-    (metadata / "manifest.json").write_text(json.dumps(manifest))
-    spec = {"backend": "open_clip", "model": "does-not-exist", "pretrained": None,
-            "shipped_image_embeddings": "l14_img",
-            "shipped_raw_score": "clip_l14_similarity_score"}
+    scores = np.linspace(0.1, 0.3, len(table))
+    scores[0] = np.nan
+    ship_raw_scores(fetched_pool, table, scores, row_group_size=5)  # rows in three row groups
+    spec = SHIPPED_SPEC
     images = embed_chunks(fetched_pool, spec, 3)
     files = raw(fetched_pool)
     whole = score_pool_caption_set("p", "s", spec, "raw", files, embedding_files(fetched_pool),

@@ -47,6 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from capmix.chunks import contiguous_run
 from capmix.fetch_reasons import RETRYABLE_REASONS, failure_reason
 from capmix.provenance import provenance_record, write_json
 from capmix.sources import metadata_parts, read_manifest
@@ -247,8 +248,7 @@ def chunk_parts(metadata_dir: Path, chunk: int, n_chunks: int) -> list[Path]:
     """The metadata parts fetch job ``chunk`` of ``n_chunks`` takes: the ``chunk``-th of
     ``n_chunks`` contiguous runs of the manifest's parts (none when there are more jobs than
     parts), so the jobs' indexes, joined in order, list the uids in metadata order."""
-    parts = metadata_parts(metadata_dir)
-    return parts[len(parts) * chunk // n_chunks:len(parts) * (chunk + 1) // n_chunks]
+    return contiguous_run(metadata_parts(metadata_dir), chunk, n_chunks)
 
 
 def metadata_uids(metadata_dir: Path, parts: Sequence[Path] | None = None) -> pd.DataFrame:
