@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capmix.parquetio import stream_batches
 from capmix.provenance import sha256_file, write_json
 from capmix.suites import TASK_MANIFEST, EvalConfigError, Task
 
@@ -310,10 +311,8 @@ def hf_parquet_files(root: Path, split: str, config: str | None = None) -> list[
 
 def iter_parquet_rows(files: Sequence[Path], batch_size: int = 64) -> Iterator[dict[str, Any]]:
     """Rows of Parquet files as dicts, a batch at a time (the Flickr30k export is GBs)."""
-    import pyarrow.parquet as pq
-
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        for batch in stream_batches(path, batch_size):
             yield from batch.to_pylist()
 
 

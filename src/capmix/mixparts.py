@@ -58,6 +58,7 @@ from capmix.mix import (
     strategy_columns,
     threshold_needs,
 )
+from capmix.parquetio import stream_batches
 from capmix.provenance import provenance_record, write_json, write_parquet_atomic
 from capmix.shards import unified_schema
 from capmix.strategies import parse_strategy, pool_mix, resolve_source
@@ -130,7 +131,7 @@ def scatter_rows(files: Sequence[Path], columns: Sequence[str], n_parts: int, ou
     writers: dict[int, pq.ParquetWriter] = {}
     try:
         for path in files:
-            for batch in pq.ParquetFile(path).iter_batches(BATCH_ROWS, columns=list(columns)):
+            for batch in stream_batches(path, BATCH_ROWS, columns):
                 table = pa.Table.from_batches([batch])
                 if keep is not None:
                     table = table.filter(keep)

@@ -209,6 +209,8 @@ def concat_parquet_atomic(files: Sequence[Path], path: Path, schema: Any,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from capmix.parquetio import open_streaming, stream_batches
+
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = schema.with_metadata({**(schema.metadata or {}),
                                    b"capmix": json.dumps(tags, sort_keys=True).encode()})
@@ -216,11 +218,11 @@ def concat_parquet_atomic(files: Sequence[Path], path: Path, schema: Any,
     rows = 0
     with pq.ParquetWriter(tmp, schema) as writer:
         for file in files:
-            parquet = pq.ParquetFile(file)
+            parquet = open_streaming(file)
             missing = [n for n in schema.names if n not in parquet.schema_arrow.names]
             if missing:
                 raise KeyError(f"{file}: no column(s) {missing}")
-            for batch in parquet.iter_batches(batch_size=1 << 20, columns=schema.names):
+            for batch in stream_batches(parquet, 1 << 20, schema.names):
                 table = pa.Table.from_batches([batch]).cast(schema.remove_metadata())
                 if visit is not None:
                     visit(table, Path(file))

@@ -171,14 +171,15 @@ def score_means(scores_path: Path) -> dict[str, float | None]:
     Sums are float64 (pandas sums a float32 column in float32), so the means agree with the
     whole-table ones to float rounding. A missing or unreadable file is named."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from capmix.parquetio import stream_batches
 
     if not Path(scores_path).is_file():
         raise FileNotFoundError(f"{scores_path}: no such file (the caption set's scores)")
     rows = cos_sum = clip_sum = 0.0
     clip_rows = 0
     try:
-        batches = pq.ParquetFile(scores_path).iter_batches(columns=["cos", "clip_s"])
+        batches = stream_batches(scores_path, columns=["cos", "clip_s"])
         for batch in batches:
             cos = np.asarray(batch.column(0).to_numpy(zero_copy_only=False), dtype=np.float64)
             clip = np.asarray(batch.column(1).to_numpy(zero_copy_only=False), dtype=np.float64)

@@ -84,6 +84,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 from capmix.chunks import chunk_name, chunk_names, parse_chunk
+from capmix.parquetio import stream_batches
 from capmix.provenance import write_json
 from capmix.shards import IMAGE_SUFFIXES, ShardTask, fetched_by_shard, read_shard
 from capmix.train import train_data_spec
@@ -579,8 +580,7 @@ def count_by_shard(samples_path: Path) -> dict[str, int]:
     a time. A sample without a pool shard, or with no uid, caption or source, is an error
     naming the file and examples."""
     counts: dict[str, int] = {}
-    file = pq.ParquetFile(samples_path)
-    for batch in file.iter_batches(BATCH_ROWS, columns=["uid", "caption", "source", SHARD]):
+    for batch in stream_batches(samples_path, BATCH_ROWS, ["uid", "caption", "source", SHARD]):
         for column in ("uid", "caption", "source"):
             if batch.column(column).null_count:
                 raise ValueError(f"{samples_path}: {batch.column(column).null_count} row(s) "
@@ -612,8 +612,7 @@ def scatter_samples(samples_path: Path, n_jobs: int, samples_per_shard: int,
     job_of = layout.job_of_shard()
     writers: dict[int, pq.ParquetWriter] = {}
     try:
-        for batch in pq.ParquetFile(samples_path).iter_batches(BATCH_ROWS,
-                                                               columns=list(SAMPLE_COLUMNS)):
+        for batch in stream_batches(samples_path, BATCH_ROWS, SAMPLE_COLUMNS):
             table = pa.Table.from_batches([batch]).cast(schema)
             encoded = pc.dictionary_encode(table.column(SHARD).combine_chunks())
             lookup = np.array([job_of[s] for s in encoded.dictionary.to_pylist()],

@@ -34,6 +34,7 @@ import torch
 
 from capmix.caption import RunSettings
 from capmix.modelrun import autocast, load_open_clip, low_precision_dtype
+from capmix.parquetio import open_streaming, stream_batches
 from capmix.provenance import provenance_record, write_json
 from capmix.scoretables import (
     ScoreTally,
@@ -469,7 +470,7 @@ def index_rows(index_path: Path, shards: Sequence[str], columns: Sequence[str]) 
     import pyarrow.compute as pc
 
     wanted = sorted(set(shards))
-    file = pq.ParquetFile(index_path)
+    file = open_streaming(index_path)
     position = file.schema_arrow.get_field_index("shard")
     groups = []
     for group in range(file.metadata.num_row_groups):
@@ -483,7 +484,7 @@ def index_rows(index_path: Path, shards: Sequence[str], columns: Sequence[str]) 
     value_set = pa.array(wanted, pa.string())
     batches = []
     if wanted and groups:
-        for batch in file.iter_batches(INDEX_BATCH_ROWS, row_groups=groups, columns=read):
+        for batch in stream_batches(file, INDEX_BATCH_ROWS, read, row_groups=groups):
             keep = pc.and_(pc.is_in(batch.column("shard"), value_set=value_set),
                            pc.equal(batch.column("status"), "fetched"))
             batches.append(batch.filter(pc.fill_null(keep, False)).select(list(columns)))

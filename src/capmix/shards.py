@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from capmix.parquetio import stream_batches
 from capmix.provenance import write_parquet_atomic  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def read_shard_table(index_path: Path) -> pa.Table:
     log.info("%s: no shard table beside the index (fetch_merge writes %s); counting its "
              "shards", index_path, SHARD_TABLE_NAME)
     counts: Counter[str] = Counter()
-    for batch in pq.ParquetFile(index_path).iter_batches(columns=["status", "shard"]):
+    for batch in stream_batches(index_path, columns=["status", "shard"]):
         shards = batch.column("shard").filter(pc.equal(batch.column("status"), "fetched"))
         for entry in pc.value_counts(shards).to_pylist():
             counts[entry["values"]] += entry["counts"]
