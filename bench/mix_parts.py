@@ -5,7 +5,7 @@ paths the workflow's other stages would have written them (rows in --parts parqu
 
   results/{pool}/fetch/index.parquet                        uid, status (all fetched)
   results/{pool}/captions/raw/{manifest.json, part-K.parquet}          uid, captions, status
-  results/{pool}/captions/blip2_opt_2.7b/0.75/{chunk0of1.json, part-K.parquet}
+  results/{pool}/captions/blip2_opt_2.7b/0.75/{manifest.json, part-K.parquet}
   results/{pool}/scores/openai_vit_l_14/{raw, blip2_opt_2.7b/0.75}.parquet
                                                             uid, cos, cos_all, missing
   results/{pool}/mix/image_clusters.parquet                 uid, in_image_clusters
@@ -142,7 +142,8 @@ def write_pool(root: Path, pool: str, rows: int, parts: int, seed: int) -> None:
         writer.close()
     shards = [{"output": f"part-{part:05d}.parquet"} for part in range(parts)]
     (captions_dir["raw"] / "manifest.json").write_text(json.dumps({"shards": shards}))
-    (captions_dir["syn"] / "chunk0of1.json").write_text(json.dumps({"shards": shards}))
+    # one manifest per caption set, as caption_merge writes it for a synthetic set
+    (captions_dir["syn"] / "manifest.json").write_text(json.dumps({"shards": shards}))
     (base / "mix" / "image_clusters.json").write_text("{}")
 
 
