@@ -5,7 +5,9 @@ chunk it has read (its read-range cache) until the reader is done, so the proces
 the rows read so far (measured: ~33 MB of Arrow memory per million score rows, 2.2 GiB after
 57M rows of a 64-row-group file; flat at 0.18 GiB with ``pre_buffer=False``). Every stage
 that streams a pool-sized file goes through :func:`stream_batches`, so the bound holds in one
-place.
+place. What pre-buffering buys (coalesced reads) matters on object stores, not on the POSIX
+file systems (local, NFS, Lustre) a SLURM cluster's jobs read: each column chunk is still
+read whole, one request per chunk.
 """
 
 from __future__ import annotations
