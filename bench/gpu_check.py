@@ -1,10 +1,10 @@
 """One-shot check of the real-size GPU paths on a lent GPU node: PASS/FAIL table and figures.
 
-No GPU has run the pipeline's real models before; a GPU node may be lent for minutes at a
-time. This script is the one prepared command for such a node (``make gpu-check``: a few
-minutes on one H100/H200 by estimate, as no GPU has run it yet; no step starts after
-``--budget-s``, 480 s). It runs, through the stage code and on webdataset shards fetched with
-img2dataset (a toy pool of 2,048 images at 256 px, as bench/caption_score.py):
+A GPU node may be lent for minutes at a time. This script is the one prepared command for
+such a node (``make gpu-check``: 192 s on one H200, measured, docs/gpu_check_h200.md; no
+step starts after ``--budget-s``, 480 s). It runs, through the stage code and on
+webdataset shards fetched with img2dataset (a toy pool of 2,048 images at 256 px, as
+bench/caption_score.py):
 
 * captioning (``capmix.caption.caption_pool``, the captioner passed in) with BLIP2-OPT-2.7B,
   BLIP-large (fp16 and bf16) and CoCa ViT-L/14, built at their real sizes with random
@@ -531,6 +531,10 @@ def run_training(report: Report, mode: Mode, config: Mapping[str, Any], root: Pa
                          seed=0, model=model)
     trained = parse_train_log(train_log_path(work / "run_dir"))
     samples = summary["samples_seen"]
+    # Each logged step's own loss (every step is logged). The summary's first_loss/final_loss
+    # are the pipeline's per-epoch figures (the first epoch's last step, the last epoch's
+    # running mean): on one epoch they read as a loss going up while it went down (H200 run).
+    losses = [point["losses"].get("loss") for point in summary["loss_curve"]]
     report.figure({"model": name, "stage": "train", "precision": scale.precision,
                    "batch_size": scale.per_process_batch_size, "batch_source": batch_note,
                    "items": samples, "seconds": summary["wall_s"],
@@ -538,12 +542,16 @@ def run_training(report: Report, mode: Mode, config: Mapping[str, Any], root: Pa
                    "unit": "samples/s (mean of open_clip's per-step figures)",
                    "wall_samples_per_s": samples / summary["wall_s"],
                    "peak_gpu_gib": peak_gib(mode), "steps": mode.train_steps,
-                   "first_loss": summary["first_loss"], "final_loss": summary["final_loss"]})
+                   "first_step_loss": losses[0] if losses else None,
+                   "last_step_loss": losses[-1] if losses else None,
+                   "epoch_mean_loss": summary["final_loss"]})
     report.check(label, "steps", samples == scale.samples_seen,
                  f"{samples} samples seen, want {scale.samples_seen}")
-    losses = [summary["first_loss"], summary["final_loss"]]
-    report.check(label, "finite loss", all(x is not None and math.isfinite(x) for x in losses),
-                 f"first {losses[0]}, final {losses[1]}")
+    report.check(label, "finite loss", len(losses) == mode.train_steps
+                 and all(x is not None and math.isfinite(x) for x in losses),
+                 f"{len(losses)} steps logged, step 1 {losses[0] if losses else None}, step "
+                 f"{len(losses)} {losses[-1] if losses else None} (epoch mean "
+                 f"{summary['final_loss']})")
     params = dict(line.split(": ", 1) for line in run_params(work / "run_dir") if ": " in line)
     want_device = torch.device(mode.device).type
     report.check(label, f"device {want_device}", params.get("device", "").startswith(want_device),

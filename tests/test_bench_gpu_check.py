@@ -49,6 +49,10 @@ def test_cpu_smoke_passes_every_check_and_writes_its_figures_under_OUT(tmp_path)
     stages = {row["stage"] for row in report["figures"]}
     assert stages == {"caption", "embed", "score", "train"}
     assert all(row["per_s"] > 0 for row in report["figures"])
+    # Training reports each logged step's loss, not the pipeline's per-epoch first/final.
+    (train,) = [row for row in report["figures"] if row["stage"] == "train"]
+    assert {"first_step_loss", "last_step_loss", "epoch_mean_loss"} <= set(train)
+    assert all(train[key] > 0 for key in ("first_step_loss", "last_step_loss"))
     assert report["images_fetched"] == report["images"] > 0
 
 
