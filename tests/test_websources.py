@@ -291,6 +291,46 @@ def test_coco_captions_train2017_keeps_all_five_captions_and_trains_the_first(tm
     assert part["uid"].tolist() == [derive_key_uid(str(i)) for i in (391895, 522418)]
 
 
+def test_which_coco_caption_trains_is_config(tmp_path):
+    """columns.text_item picks a caption of the list; a row with too few is named."""
+    write_coco(tmp_path)
+    source = shipped_source("coco_captions.yaml", tmp_path)
+    source["columns"] = {**source["columns"], "text_item": -1}
+    manifest = build_metadata("p", source, source_files(source, [Path(source["path"])]),
+                              tmp_path / "last")
+    part = pd.read_parquet(tmp_path / "last" / manifest["parts"][0]["part"])
+    assert part["text"].tolist() == ["A cyclist in a red jacket.", "A woman cuts a cake."]
+    source["columns"]["text_item"] = 2  # the second image has two captions
+    with pytest.raises(MetadataError, match=r"captions_train2017\.json: 1 row\(s\) have no "
+                                            r"caption 2 in column 'captions' "
+                                            r"\(columns.text_item\): row 1"):
+        build_metadata("p", source, source_files(source, [Path(source["path"])]),
+                       tmp_path / "third")
+
+
+def test_a_subset_list_filters_any_format_and_keys_must_be_present(tmp_path):
+    """source.subset on a parquet source (filtered after the read), source.glob with no
+    match, and rows without the uid_from key: each named before anything is written."""
+    write_laion(tmp_path)
+    (tmp_path / "keep.csv").write_text("SAMPLE_ID,note\n2030001112,x\n1080009002,y\n")
+    source = {**shipped_source("laion400m.yaml", tmp_path),
+              "subset": {"path": str(tmp_path / "keep.csv"), "list_column": "SAMPLE_ID",
+                         "column": "SAMPLE_ID"}}
+    files = source_files(source, [Path(source["path"])])
+    manifest = build_metadata("p", source, files, tmp_path / "meta")
+    assert manifest["rows"] == 2 and manifest["subset"]["not_found"] == 0
+    with pytest.raises(MetadataError, match=r"laion400m: no file matches source.glob '\*.pq'"):
+        source_files({**source, "glob": "*.pq"}, [Path(source["path"])])
+    keyed = {**source, "subset": None,
+             "columns": {"uid": None, "uid_from": "LICENSE", "url": "URL", "text": "TEXT"}}
+    table = pq.read_table(files[0].path)
+    pq.write_table(table.set_column(5, "LICENSE", pa.array([" "])), files[0].path)
+    with pytest.raises(MetadataError, match=r"part-00000-5b54c5d5-c000\.snappy\.parquet: 1 "
+                                            r"row\(s\) without a key in column 'LICENSE' "
+                                            r"\(uid_from\): row 0"):
+        build_metadata("p", keyed, files, tmp_path / "meta2")
+
+
 def test_sbu_line_aligned_files_pair_url_and_caption_by_line(tmp_path):
     _, part = normalise("sbu.yaml", tmp_path)
     assert part["url"].tolist() == [
@@ -422,3 +462,5 @@ def test_each_web_config_dry_runs_the_full_dag(workdir, name):
         assert f"rule {rule}:" in out or f"localrule {rule}:" in out, rule
     assert "download_metadata" not in out  # local metadata, read where the config says
     assert f"results/{pool['name']}/metadata" in out
+    if pool["source"].get("subset"):  # the subset list is an input of the metadata job
+        assert pool["source"]["subset"]["path"] in out

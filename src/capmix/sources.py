@@ -59,12 +59,15 @@ class MetadataError(ValueError):
 @dataclass(frozen=True)
 class ColumnMap:
     """Which source column holds uid, url and text; ``uid=None`` derives the uid: from
-    ``uid_from`` (a key column: the dataset's own sample id) when given, else from url+text."""
+    ``uid_from`` (a key column: the dataset's own sample id) when given, else from url+text.
+    ``text_item``: the text column holds a list of captions (COCO's ``captions``) and item
+    ``text_item`` of each trains (0: the first; -1: the last)."""
 
     uid: str | None = "uid"
     url: str = "url"
     text: str = "text"
     uid_from: str | None = None
+    text_item: int | None = None
 
     @classmethod
     def from_config(cls, columns: Mapping[str, Any] | None) -> ColumnMap:
@@ -74,6 +77,7 @@ class ColumnMap:
             url=columns.get("url", "url"),
             text=columns.get("text", "text"),
             uid_from=columns.get("uid_from") if columns.get("uid", "uid") is None else None,
+            text_item=columns.get("text_item"),
         )
 
     def is_identity(self) -> bool:
@@ -402,11 +406,33 @@ def _as_text(path: Path | str, table: pa.Table, column: str, role: str) -> pa.Ch
                         + _examples(rows))
 
 
+def list_item(path: Path | str, table: pa.Table, column: str, item: int) -> pa.ChunkedArray:
+    """Item ``item`` of each row's list of captions in ``column`` (``columns.text_item``): a
+    column that is not a list of text, or a row with too few captions, is named."""
+    values = table[column]
+    if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)) or not (
+            pa.types.is_string(values.type.value_type)
+            or pa.types.is_null(values.type.value_type)):
+        raise MetadataError(f"{path}: columns.text_item needs column '{column}' to hold lists "
+                            f"of captions; it holds {values.type}")
+    lists = values.to_pylist()
+    short = [i for i, captions in enumerate(lists)
+             if captions is None or not -len(captions) <= item < len(captions)]
+    if short:
+        raise MetadataError(f"{path}: {len(short)} row(s) have no caption {item} in column "
+                            f"'{column}' (columns.text_item): " + _examples(short))
+    return pa.chunked_array([pa.array([captions[item] or "" for captions in lists],
+                                      pa.string())])
+
+
 def core_columns(path: Path | str, table: pa.Table, colmap: ColumnMap,
                  ) -> tuple[list[str], pa.ChunkedArray, pa.ChunkedArray]:
     """uids (given or derived), urls and texts of one file, as Python/Arrow values."""
     urls = _as_text(path, table, colmap.url, "url")
-    texts = pc.fill_null(_as_text(path, table, colmap.text, "text"), "")
+    if colmap.text_item is not None:
+        texts = list_item(path, table, colmap.text, colmap.text_item)
+    else:
+        texts = pc.fill_null(_as_text(path, table, colmap.text, "text"), "")
     if colmap.uid is None and colmap.uid_from is not None:
         keys = _as_text(path, table, colmap.uid_from, "uid_from key")
         missing = np.flatnonzero(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(keys), ""),
