@@ -231,6 +231,24 @@ def test_cc3m_and_cc12m_headerless_tsv_map_their_own_column_order(tmp_path):
                                       "Close-up of a red ladybug, 'macro'"]
 
 
+def test_rows_per_part_splits_one_large_file_into_parts_fetch_jobs_share(tmp_path):
+    """CC12M ships one 12M-row file: rows_per_part writes it as parts, in the file's order,
+    each traced to its rows; uids and values are those of the one-part read."""
+    write_cc3m(tmp_path)
+    source = {**shipped_source("cc3m.yaml", tmp_path), "rows_per_part": None}
+    whole = build_metadata("p", source, source_files(source, [Path(source["path"])]),
+                           tmp_path / "one")
+    source["rows_per_part"] = 2
+    split = build_metadata("p", source, source_files(source, [Path(source["path"])]),
+                           tmp_path / "two")
+    assert [(p["part"], p["rows"], p.get("source_rows")) for p in split["parts"]] == [
+        ("part-00000.parquet", 2, [0, 2]), ("part-00001.parquet", 1, [2, 3])]
+    assert len(whole["parts"]) == 1 and split["rows"] == whole["rows"] == 3
+    joined = pd.concat([pd.read_parquet(tmp_path / "two" / p["part"]) for p in split["parts"]],
+                       ignore_index=True)
+    assert joined.equals(pd.read_parquet(tmp_path / "one" / "part-00000.parquet"))
+
+
 def test_yfcc15m_joins_the_subset_list_by_photo_id_and_decodes_the_text(tmp_path):
     manifest, part = normalise("yfcc15m.yaml", tmp_path)
     # Only the listed photos, keyed by photo id; the title trains, decoded from the file's

@@ -646,6 +646,7 @@ def _is_fast(file: SourceFile, source: Mapping[str, Any], colmap: ColumnMap,
     """A parquet already in our layout is linked, not rewritten (DataComp's 300 GB)."""
     return (file.fmt == "parquet" and file.rows is None and colmap.is_identity()
             and source.get("keep_columns", "all") == "all" and not source.get("subset")
+            and not source.get("rows_per_part")
             and list(present[:3]) == list(CORE_COLUMNS))
 
 
@@ -665,16 +666,18 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
     schemes = allowed_url_schemes(source)
     listed = subset_keys(source)
     found: set[str] = set()
+    rows_per_part = source.get("rows_per_part")
+    next_part = 0
     # Checked parts wait beside out_dir until every file passed: a rejected source leaves
     # nothing behind.
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
 
     problems: list[str] = []
-    plans: list[tuple[SourceFile, list[str], int, Path, str]] = []
+    plans: list[tuple[SourceFile, list[str], int, Path, str, tuple[int, int] | None]] = []
     all_uids: list[tuple[str, list[str]]] = []
     try:
-        for index, file in enumerate(files):
+        for file in files:
             try:
                 # JSON lines and COCO-caption files have no header: their keys are known only
                 # from the whole file, so that one parse is kept and its columns selected below.
@@ -721,20 +724,28 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
             row_problems = check_rows(file.path, uids, urls, schemes)
             problems += row_problems
             all_uids.append((str(file.path), uids))
-            part = out_dir / f"part-{index:05d}.parquet"
             how = "hardlink-or-copy" if fast else "rewritten"
-            if not fast and not row_problems:
-                columns = {"uid": pa.array(uids, pa.string()), "url": urls, "text": texts}
-                columns.update({c: table[c] for c in keep})
-                staging.mkdir(parents=True, exist_ok=True)
-                pq.write_table(pa.table(columns), staging / part.name)
-                if file.npz is not None and file.rows is not None:
-                    cut_npz(file.npz, staging / part.with_suffix(".npz").name, file_rows,
-                            file.rows)
-            plans.append((file, keep, table.num_rows, part, how))
+            # One part per file, or per rows_per_part rows of it (a 12M-row tsv in parts that
+            # fetch jobs share out, README: pools held in parts).
+            step = rows_per_part or max(table.num_rows, 1)
+            for start in range(0, max(table.num_rows, 1), step):
+                rows = min(step, table.num_rows - start)
+                part = out_dir / f"part-{next_part:05d}.parquet"
+                next_part += 1
+                if not fast and not row_problems:
+                    columns = {"uid": pa.array(uids[start:start + rows], pa.string()),
+                               "url": urls.slice(start, rows), "text": texts.slice(start, rows)}
+                    columns.update({c: table[c].slice(start, rows) for c in keep})
+                    staging.mkdir(parents=True, exist_ok=True)
+                    pq.write_table(pa.table(columns), staging / part.name)
+                    if file.npz is not None and file.rows is not None:
+                        cut_npz(file.npz, staging / part.with_suffix(".npz").name, file_rows,
+                                file.rows)
+                plans.append((file, keep, rows, part, how,
+                              (start, start + rows) if rows_per_part else None))
         if not problems:
             problems += check_duplicates(all_uids)
-        total_rows = sum(rows for _, _, rows, _, _ in plans)
+        total_rows = sum(plan[2] for plan in plans)
         if not problems and total_rows == 0:
             problems.append(f"pool '{pool}': source is empty (0 rows in "
                             f"{', '.join(str(f.path) for f in files)})")
@@ -747,7 +758,7 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
 
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = []
-    for file, _keep, rows, part, how in plans:
+    for file, _keep, rows, part, how, source_rows in plans:
         if how == "rewritten":
             os.replace(staging / part.name, part)
         else:
@@ -756,6 +767,8 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                  "source_sha256": source_checksum(file.path, source)}
         if file.rows is not None:
             entry["cut_after_rows"] = file.rows
+        if source_rows is not None:
+            entry["source_rows"] = list(source_rows)
         if file.npz is not None:
             entry["npz"] = part.with_suffix(".npz").name
             if file.rows is not None:
