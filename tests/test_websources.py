@@ -440,6 +440,15 @@ def test_a_malformed_row_is_named_by_file_and_line_before_anything_is_written(tm
     assert not (tmp_path / "meta").exists()
 
 
+def test_a_headerless_file_without_column_names_is_named(tmp_path):
+    path = write_cc12m(tmp_path)
+    source = {"type": "table", "path": str(path), "format": "headerless_tsv",
+              "columns": {"uid": None, "url": "url", "text": "caption"}}
+    with pytest.raises(MetadataError, match=r"cc12m\.tsv: format headerless_tsv has no "
+                                            r"header: source\.column_names must name"):
+        build_metadata("p", source, source_files(source, [path]), tmp_path / "meta")
+
+
 def test_sbu_files_of_different_lengths_are_named(tmp_path):
     write_sbu(tmp_path)
     urls = tmp_path / "data" / "sbu" / "dataset" / "SBU_captioned_photo_dataset_urls.txt"
@@ -462,6 +471,29 @@ def workdir(tmp_path_factory) -> Path:
     for writer in FIXTURES.values():
         writer(root)
     return root
+
+
+@pytest.mark.parametrize("name", ["yfcc15m.yaml", "sbu.yaml"])
+def test_the_metadata_rule_runs_on_a_list_plus_subset_and_on_a_folder(tmp_path, name):
+    """The two unusual inputs, for real through the rule: YFCC's dataset file plus its subset
+    list, SBU's folder of line-aligned files (in a copy of its own: the dry runs below must
+    find nothing built)."""
+    workdir = copy_workflow(tmp_path / "wf")
+    FIXTURES[name](workdir)
+    (pool,) = yaml.safe_load((REPO / "config" / name).read_text())["pools"]
+    target = f"results/{pool['name']}/metadata"
+    result = subprocess.run(
+        [SNAKEMAKE, target, "--cores", "1", "--configfile", f"config/{name}"], cwd=workdir,
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert result.returncode == 0, result.stderr + result.stdout
+    manifest = json.loads((workdir / target / "manifest.json").read_text())
+    assert manifest["rows"] == 2
+    if name == "sbu.yaml":
+        assert set(manifest["parts"][0]["source_sha256"]) == {
+            "SBU_captioned_photo_dataset_urls.txt", "SBU_captioned_photo_dataset_captions.txt"}
+    else:
+        assert manifest["subset"]["found"] == 2
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))

@@ -350,6 +350,10 @@ def file_columns(path: Path | str, fmt: str,
     or the format's documented layout where the file has none)."""
     known = header_columns(fmt, source or {})
     if known is not None:
+        if not known:
+            key = "line_files" if fmt == "aligned_lines" else "column_names"
+            raise MetadataError(f"{path}: format {fmt} has no header: source.{key} must name "
+                                "its columns")
         return known
     _check_is_file(path, fmt)
     try:
