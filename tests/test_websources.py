@@ -72,7 +72,8 @@ def yfcc_line(line_number: int, photo_id: str, title: str, description: str, url
 def write_yfcc(root: Path) -> Path:
     """yfcc100m_dataset (25 fields, no header, URL-encoded text) and OpenAI's YFCC-15M list
     yfcc100m_subset_data.tsv (header line_number, photoid, photo_hash). The second photo is
-    not in the subset; the list names one photo the dataset file lacks."""
+    not in the subset; the fourth is a video (marker 1); the list names one photo the
+    dataset file lacks."""
     folder = root / "data" / "yfcc100m"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "yfcc100m_dataset").write_text(
@@ -81,10 +82,13 @@ def write_yfcc(root: Path) -> Path:
         + yfcc_line(1, "2592486430", "IMG_0001", "",
                     "http://farm4.staticflickr.com/3015/2592486430_3aea8e4d8c.jpg")
         + yfcc_line(2, "2592486431", "Caf%C3%A9+in+Paris", "Two+cups",
-                    "http://farm4.staticflickr.com/3015/2592486431_3aea8e4d8c.jpg"))
+                    "http://farm4.staticflickr.com/3015/2592486431_3aea8e4d8c.jpg")
+        + yfcc_line(3, "2592486432", "Our+trip+(video)", "",
+                    "http://farm4.staticflickr.com/3015/2592486432_3aea8e4d8c.jpg", marker="1"))
     (folder / "yfcc100m_subset_data.tsv").write_text(
         "line_number\tphotoid\tphoto_hash\n"
         f"0\t2592486429\t{2592486429:032x}\n2\t2592486431\t{2592486431:032x}\n"
+        f"3\t2592486432\t{2592486432:032x}\n"
         f"9\t999\t{999:032x}\n")
     return folder / "yfcc100m_dataset"
 
@@ -231,6 +235,22 @@ def test_cc3m_and_cc12m_headerless_tsv_map_their_own_column_order(tmp_path):
                                       "Close-up of a red ladybug, 'macro'"]
 
 
+def test_where_keeps_rows_by_a_column_value_and_counts_the_rest(tmp_path):
+    """LAION's NSFW tag (or YFCC100M's video marker) as a pool filter: only listed values stay;
+    a where column the file lacks is named."""
+    write_laion(tmp_path)
+    source = {**shipped_source("laion400m.yaml", tmp_path), "where": {"NSFW": ["UNLIKELY"]}}
+    files = source_files(source, [Path(source["path"])])
+    manifest = build_metadata("p", source, files, tmp_path / "meta")
+    part = pd.concat([pd.read_parquet(tmp_path / "meta" / p["part"])
+                      for p in manifest["parts"]], ignore_index=True)
+    assert part["NSFW"].tolist() == ["UNLIKELY"] and manifest["rows"] == 1
+    assert manifest["where"] == {"NSFW": {"kept_values": ["UNLIKELY"], "rows_dropped": 2}}
+    with pytest.raises(MetadataError, match=r"source.where names column 'nsfw', which is "
+                                            r"missing"):
+        build_metadata("p", {**source, "where": {"nsfw": ["x"]}}, files, tmp_path / "m2")
+
+
 def test_rows_per_part_splits_one_large_file_into_parts_fetch_jobs_share(tmp_path):
     """CC12M ships one 12M-row file: rows_per_part writes it as parts, in the file's order,
     each traced to its rows; uids and values are those of the one-part read."""
@@ -260,9 +280,10 @@ def test_yfcc15m_joins_the_subset_list_by_photo_id_and_decodes_the_text(tmp_path
     assert part["user_tags"].iloc[0] == "sunset,san francisco"
     assert part["url"].iloc[0] == "http://farm4.staticflickr.com/3015/2592486429_3aea8e4d8c.jpg"
     assert {"license_name", "marker"} <= set(part.columns)
+    assert manifest["where"] == {"marker": {"kept_values": ["0"], "rows_dropped": 1}}
     assert manifest["subset"] == {
         "path": str(tmp_path / "data" / "yfcc100m" / "yfcc100m_subset_data.tsv"),
-        "list_column": "photoid", "column": "photo_id", "listed": 3, "found": 2,
+        "list_column": "photoid", "column": "photo_id", "listed": 4, "found": 3,
         "not_found": 1, "not_found_examples": ["999"]}
 
 
@@ -493,7 +514,7 @@ def test_the_metadata_rule_runs_on_a_list_plus_subset_and_on_a_folder(tmp_path, 
         assert set(manifest["parts"][0]["source_sha256"]) == {
             "SBU_captioned_photo_dataset_urls.txt", "SBU_captioned_photo_dataset_captions.txt"}
     else:
-        assert manifest["subset"]["found"] == 2
+        assert manifest["subset"]["found"] == 3  # the video is dropped after (where: marker)
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))

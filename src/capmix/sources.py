@@ -650,7 +650,7 @@ def _is_fast(file: SourceFile, source: Mapping[str, Any], colmap: ColumnMap,
     """A parquet already in our layout is linked, not rewritten (DataComp's 300 GB)."""
     return (file.fmt == "parquet" and file.rows is None and colmap.is_identity()
             and source.get("keep_columns", "all") == "all" and not source.get("subset")
-            and not source.get("rows_per_part")
+            and not source.get("rows_per_part") and not source.get("where")
             and list(present[:3]) == list(CORE_COLUMNS))
 
 
@@ -672,6 +672,8 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
     found: set[str] = set()
     rows_per_part = source.get("rows_per_part")
     next_part = 0
+    where: Mapping[str, Sequence[Any]] = source.get("where") or {}
+    dropped: Counter[str] = Counter()
     # Checked parts wait beside out_dir until every file passed: a rejected source leaves
     # nothing behind.
     staging = out_dir.with_name(f".{out_dir.name}.staging")
@@ -700,6 +702,11 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                         column_problems.append(f"{file.path}: config key '{key}' names column "
                                                f"'{column}', which the source does not keep "
                                                f"(add it to source.keep_columns)")
+                for column in where:
+                    if column not in present:
+                        column_problems.append(f"{file.path}: source.where names column "
+                                               f"'{column}', which is missing; columns "
+                                               f"present: {list(present)}")
                 if listed is not None and listed[0] not in present:
                     column_problems.append(f"{file.path}: source.subset.column names column "
                                            f"'{listed[0]}', which is missing; columns "
@@ -712,12 +719,14 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                 wanted = needed if fast else list(dict.fromkeys(needed + keep))
                 if listed is not None and listed[0] not in wanted:
                     wanted.append(listed[0])
+                wanted += [c for c in where if c not in wanted]
                 table = (whole.select(wanted) if whole is not None
                          else read_table(file.path, file.fmt, wanted, source, listed))
                 if listed is not None:  # formats that do not filter while reading
                     table = table.filter(pc.fill_null(pc.is_in(
                         pc.cast(table[listed[0]], pa.string()), value_set=listed[1]), False))
                     found.update(pc.cast(table[listed[0]], pa.string()).to_pylist())
+                table = keep_where(table, where, dropped)
                 file_rows = table.num_rows
                 if file.rows is not None:  # the last file of a max_rows cut
                     table = table.slice(0, file.rows)
@@ -793,11 +802,28 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
         "columns": list(CORE_COLUMNS) + list(plans[0][1]),
         "parts": parts,
         **({"subset": subset_report(source, listed, found)} if listed is not None else {}),
+        **({"where": {column: {"kept_values": [str(v) for v in values],
+                               "rows_dropped": dropped[column]}
+                      for column, values in where.items()}} if where else {}),
         "toy": source["type"] == "toy",
         "provenance": provenance_record("metadata", params={"source": dict(source)}),
     }
     write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def keep_where(table: pa.Table, where: Mapping[str, Sequence[Any]],
+               dropped: Counter[str]) -> pa.Table:
+    """The rows whose every ``where`` column holds one of its listed values (compared as
+    text: LAION's NSFW "UNLIKELY", YFCC100M's marker "0"); ``dropped`` counts the rows each
+    column removed, in order."""
+    for column, values in where.items():
+        allowed = pa.array([str(v) for v in values], pa.string())
+        kept = table.filter(pc.fill_null(pc.is_in(pc.cast(table[column], pa.string()),
+                                                  value_set=allowed), False))
+        dropped[column] += table.num_rows - kept.num_rows
+        table = kept
+    return table
 
 
 def source_checksum(path: Path, source: Mapping[str, Any]) -> str | dict[str, str]:
