@@ -379,6 +379,20 @@ def test_sbu_line_aligned_files_pair_url_and_caption_by_line(tmp_path):
                                     "a new house")
 
 
+def test_each_web_format_file_is_parsed_once(tmp_path, monkeypatch):
+    """The columns of the web formats are known without a parse (config or the documented
+    layout): the file is read once, for the columns the config maps and keeps."""
+    import capmix.webformats as webformats
+
+    reads = []
+    for fmt, reader in list(webformats.READERS.items()):
+        monkeypatch.setitem(webformats.READERS, fmt, lambda *a, _r=reader, _f=fmt: (
+            reads.append(_f), _r(*a))[1])
+    for name in ("cc3m.yaml", "yfcc15m.yaml", "redcaps.yaml", "sbu.yaml"):
+        normalise(name, tmp_path / name)
+    assert reads == ["headerless_tsv", "yfcc100m", "redcaps", "redcaps", "aligned_lines"]
+
+
 def test_every_web_format_is_a_declared_table_format():
     from capmix.sourcespec import TABLE_FORMATS
 

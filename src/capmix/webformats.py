@@ -280,11 +280,14 @@ READERS: dict[str, Reader] = {
 
 
 def header_columns(fmt: str, source: Mapping[str, Any]) -> list[str] | None:
-    """The columns a format's file has, known without reading it (None: read it to know)."""
+    """The columns a format's file has, known without reading it (None: read it to know), so
+    that the metadata stage parses each file once, for the columns it maps and keeps."""
     if fmt == "headerless_tsv":
         return list(source.get("column_names") or ())
     if fmt == "yfcc100m":
         return list(YFCC100M_COLUMNS)
+    if fmt == "redcaps":  # every annotation has every field (checked when it is read)
+        return list(REDCAPS_FIELDS)
     if fmt == "aligned_lines":
         return list(source.get("line_files") or {})
     return None
