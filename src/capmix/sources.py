@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 
 from capmix.provenance import file_checksum, provenance_record, sha256_file, write_json
 from capmix.sourcespec import REMOTE_URL_SCHEMES, TABLE_FORMATS, allowed_url_schemes
-from capmix.uids import derive_uid, duplicate_positions, uids_to_pairs
+from capmix.uids import derive_key_uid, derive_uid, duplicate_positions, uids_to_pairs
+from capmix.webformats import READERS, FormatError, header_columns
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,16 @@ class MetadataError(ValueError):
 
 @dataclass(frozen=True)
 class ColumnMap:
-    """Which source column holds uid, url and text; ``uid=None`` derives the uid."""
+    """Which source column holds uid, url and text; ``uid=None`` derives the uid: from
+    ``uid_from`` (a key column: the dataset's own sample id) when given, else from url+text.
+    ``text_item``: the text column holds a list of captions (COCO's ``captions``) and item
+    ``text_item`` of each trains (0: the first; -1: the last)."""
 
     uid: str | None = "uid"
     url: str = "url"
     text: str = "text"
+    uid_from: str | None = None
+    text_item: int | None = None
 
     @classmethod
     def from_config(cls, columns: Mapping[str, Any] | None) -> ColumnMap:
@@ -70,10 +76,16 @@ class ColumnMap:
             uid=columns.get("uid", "uid"),
             url=columns.get("url", "url"),
             text=columns.get("text", "text"),
+            uid_from=columns.get("uid_from") if columns.get("uid", "uid") is None else None,
+            text_item=columns.get("text_item"),
         )
 
     def is_identity(self) -> bool:
         return (self.uid, self.url, self.text) == CORE_COLUMNS
+
+    def read(self) -> list[str]:
+        """The source columns the core columns are made from, once each."""
+        return [c for c in dict.fromkeys((self.uid_from or self.uid, self.url, self.text)) if c]
 
 
 # --------------------------------------------------------------------------- reading
@@ -293,12 +305,24 @@ def _check_is_file(path: Path | str, fmt: str) -> None:
         raise MetadataError(f"{path}: is empty (0 bytes)")
 
 
-def read_table(path: Path | str, fmt: str, columns: Sequence[str] | None = None) -> pa.Table:
+def read_table(path: Path | str, fmt: str, columns: Sequence[str] | None = None,
+               source: Mapping[str, Any] | None = None,
+               listed: tuple[str, pa.Array] | None = None) -> pa.Table:
     """Read a metadata file as an Arrow table (text columns as strings, never 'NA' -> null).
 
     Every failure is a :class:`MetadataError` naming the file (and the lines, where the format
-    has lines): a directory, an empty file, a file that is not in the declared format.
+    has lines): a directory, an empty file, a file that is not in the declared format. The
+    web datasets' formats (:data:`capmix.webformats.READERS`) read ``source``'s options
+    (``column_names``, ``line_files``); ``listed = (column, keys)`` keeps only the rows whose
+    column is among keys (a subset list), while reading where the format streams.
     """
+    if fmt in READERS:
+        if fmt != "aligned_lines":  # a folder of line-aligned files
+            _check_is_file(path, fmt)
+        try:
+            return READERS[fmt](Path(path), source or {}, columns, listed)
+        except FormatError as exc:
+            raise MetadataError(str(exc)) from exc
     _check_is_file(path, fmt)
     try:
         if fmt == "parquet":
@@ -320,8 +344,17 @@ def read_table(path: Path | str, fmt: str, columns: Sequence[str] | None = None)
         raise MetadataError(f"{path}: cannot read as {fmt}: {exc}") from exc
 
 
-def file_columns(path: Path | str, fmt: str) -> list[str]:
-    """The column names of a metadata file (header only where the format has one)."""
+def file_columns(path: Path | str, fmt: str,
+                 source: Mapping[str, Any] | None = None) -> list[str]:
+    """The column names of a metadata file (header only where the format has one; config
+    or the format's documented layout where the file has none)."""
+    known = header_columns(fmt, source or {})
+    if known is not None:
+        if not known:
+            key = "line_files" if fmt == "aligned_lines" else "column_names"
+            raise MetadataError(f"{path}: format {fmt} has no header: source.{key} must name "
+                                "its columns")
+        return known
     _check_is_file(path, fmt)
     try:
         if fmt == "parquet":
@@ -349,7 +382,7 @@ def _examples(rows: np.ndarray | Sequence[int], values: Sequence[Any] | None = N
 def check_columns(path: Path | str, present: Sequence[str], colmap: ColumnMap,
                   keep: Sequence[str]) -> list[str]:
     problems = []
-    for role in CORE_COLUMNS:
+    for role in (*CORE_COLUMNS, "uid_from"):
         column = getattr(colmap, role)
         if column is not None and column not in present:
             problems.append(
@@ -377,12 +410,42 @@ def _as_text(path: Path | str, table: pa.Table, column: str, role: str) -> pa.Ch
                         + _examples(rows))
 
 
+def list_item(path: Path | str, table: pa.Table, column: str, item: int) -> pa.ChunkedArray:
+    """Item ``item`` of each row's list of captions in ``column`` (``columns.text_item``): a
+    column that is not a list of text, or a row with too few captions, is named."""
+    values = table[column]
+    if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)) or not (
+            pa.types.is_string(values.type.value_type)
+            or pa.types.is_null(values.type.value_type)):
+        raise MetadataError(f"{path}: columns.text_item needs column '{column}' to hold lists "
+                            f"of captions; it holds {values.type}")
+    lists = values.to_pylist()
+    short = [i for i, captions in enumerate(lists)
+             if captions is None or not -len(captions) <= item < len(captions)]
+    if short:
+        raise MetadataError(f"{path}: {len(short)} row(s) have no caption {item} in column "
+                            f"'{column}' (columns.text_item): " + _examples(short))
+    return pa.chunked_array([pa.array([captions[item] or "" for captions in lists],
+                                      pa.string())])
+
+
 def core_columns(path: Path | str, table: pa.Table, colmap: ColumnMap,
                  ) -> tuple[list[str], pa.ChunkedArray, pa.ChunkedArray]:
     """uids (given or derived), urls and texts of one file, as Python/Arrow values."""
     urls = _as_text(path, table, colmap.url, "url")
-    texts = pc.fill_null(_as_text(path, table, colmap.text, "text"), "")
-    if colmap.uid is None:
+    if colmap.text_item is not None:
+        texts = list_item(path, table, colmap.text, colmap.text_item)
+    else:
+        texts = pc.fill_null(_as_text(path, table, colmap.text, "text"), "")
+    if colmap.uid is None and colmap.uid_from is not None:
+        keys = _as_text(path, table, colmap.uid_from, "uid_from key")
+        missing = np.flatnonzero(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(keys), ""),
+                                              True).to_numpy(zero_copy_only=False))
+        if len(missing):
+            raise MetadataError(f"{path}: {len(missing)} row(s) without a key in column "
+                                f"'{colmap.uid_from}' (uid_from): " + _examples(missing))
+        uids = [derive_key_uid(k) for k in keys.to_pylist()]
+    elif colmap.uid is None:
         uids = [derive_uid(u or "", t) for u, t in zip(urls.to_pylist(), texts.to_pylist(),
                                                        strict=True)]
     else:
@@ -514,6 +577,8 @@ def source_files(source: Mapping[str, Any], inputs: Sequence[Path]) -> list[Sour
         path = Path(inputs[0])
         if path.name == "download.json":  # the table was fetched from a URL
             path = path.parent / Path(urllib.parse.urlparse(source["path"]).path).name
+        if source.get("glob"):
+            return table_parts(path, source["glob"], source.get("format", "auto"))
         return [SourceFile(path, table_format(source["path"], source.get("format", "auto")))]
     if kind == "datacomp":
         directory = Path(inputs[0])
@@ -521,6 +586,40 @@ def source_files(source: Mapping[str, Any], inputs: Sequence[Path]) -> list[Sour
             directory = directory.parent
         return datacomp_files(directory, source.get("max_files"), source.get("max_rows"))
     raise MetadataError(f"unknown source type '{kind}'")
+
+
+def table_parts(directory: Path, pattern: str, declared: str) -> list[SourceFile]:
+    """A table source held in many files (LAION-400M's parquet parts, RedCaps' annotation
+    files): the files under ``directory`` matching ``pattern`` (``source.glob``), sorted by
+    path, each one metadata part in the same format."""
+    if not directory.is_dir():
+        raise MetadataError(f"{directory}: source.glob '{pattern}' needs source.path to be a "
+                            "folder")
+    paths = sorted(p for p in directory.glob(pattern)
+                   if p.is_file() and not p.name.startswith("."))
+    if not paths:
+        raise MetadataError(f"{directory}: no file matches source.glob '{pattern}'")
+    return [SourceFile(p, table_format(p, declared)) for p in paths]
+
+
+def subset_keys(source: Mapping[str, Any]) -> tuple[str, pa.Array] | None:
+    """``source.subset``: (the metadata column, the keys a subset list keeps), e.g. OpenAI's
+    YFCC-15M ``yfcc100m_subset_data.tsv`` (header line_number, photoid, photo_hash) by photo
+    id. The list is read like any table (its format from its suffix); a missing column or an
+    empty list stops the stage, naming the file."""
+    subset = source.get("subset")
+    if not subset:
+        return None
+    path = subset["path"]
+    table = read_table(path, table_format(path, subset.get("format", "auto")))
+    if subset["list_column"] not in table.column_names:
+        raise MetadataError(f"{path}: source.subset.list_column '{subset['list_column']}' is "
+                            f"missing; columns present: {table.column_names}")
+    keys = pc.unique(pc.cast(table[subset["list_column"]], pa.string()).combine_chunks())
+    keys = keys.filter(pc.is_valid(keys))
+    if len(keys) == 0:
+        raise MetadataError(f"{path}: the subset list is empty")
+    return subset["column"], keys
 
 
 def keep_list(source: Mapping[str, Any], present: Sequence[str], colmap: ColumnMap) -> list[str]:
@@ -550,7 +649,8 @@ def _is_fast(file: SourceFile, source: Mapping[str, Any], colmap: ColumnMap,
              present: Sequence[str]) -> bool:
     """A parquet already in our layout is linked, not rewritten (DataComp's 300 GB)."""
     return (file.fmt == "parquet" and file.rows is None and colmap.is_identity()
-            and source.get("keep_columns", "all") == "all"
+            and source.get("keep_columns", "all") == "all" and not source.get("subset")
+            and not source.get("rows_per_part") and not source.get("where")
             and list(present[:3]) == list(CORE_COLUMNS))
 
 
@@ -568,23 +668,29 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
     if not files:
         raise MetadataError(f"pool '{pool}': source has no metadata files")
     schemes = allowed_url_schemes(source)
+    listed = subset_keys(source)
+    found: set[str] = set()
+    rows_per_part = source.get("rows_per_part")
+    next_part = 0
+    where: Mapping[str, Sequence[Any]] = source.get("where") or {}
+    dropped: Counter[str] = Counter()
     # Checked parts wait beside out_dir until every file passed: a rejected source leaves
     # nothing behind.
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
 
     problems: list[str] = []
-    plans: list[tuple[SourceFile, list[str], int, Path, str]] = []
+    plans: list[tuple[SourceFile, list[str], int, Path, str, tuple[int, int] | None]] = []
     all_uids: list[tuple[str, list[str]]] = []
     try:
-        for index, file in enumerate(files):
+        for file in files:
             try:
                 # JSON lines and COCO-caption files have no header: their keys are known only
                 # from the whole file, so that one parse is kept and its columns selected below.
-                whole = (read_table(file.path, file.fmt) if file.fmt in WHOLE_FILE_FORMATS
-                         else None)
+                whole = (read_table(file.path, file.fmt, source=source)
+                         if file.fmt in WHOLE_FILE_FORMATS else None)
                 present = (whole.column_names if whole is not None
-                           else file_columns(file.path, file.fmt))
+                           else file_columns(file.path, file.fmt, source))
                 keep = keep_list(source, present, colmap)
                 column_problems = check_columns(file.path, present, colmap, keep)
                 for key, column in (required or {}).items():
@@ -596,15 +702,31 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                         column_problems.append(f"{file.path}: config key '{key}' names column "
                                                f"'{column}', which the source does not keep "
                                                f"(add it to source.keep_columns)")
+                for column in where:
+                    if column not in present:
+                        column_problems.append(f"{file.path}: source.where names column "
+                                               f"'{column}', which is missing; columns "
+                                               f"present: {list(present)}")
+                if listed is not None and listed[0] not in present:
+                    column_problems.append(f"{file.path}: source.subset.column names column "
+                                           f"'{listed[0]}', which is missing; columns "
+                                           f"present: {list(present)}")
                 if column_problems:
                     problems += column_problems
                     continue
-                needed = [c for c in dict.fromkeys((colmap.uid, colmap.url, colmap.text))
-                          if c]
+                needed = colmap.read()
                 fast = _is_fast(file, source, colmap, present)
                 wanted = needed if fast else list(dict.fromkeys(needed + keep))
+                if listed is not None and listed[0] not in wanted:
+                    wanted.append(listed[0])
+                wanted += [c for c in where if c not in wanted]
                 table = (whole.select(wanted) if whole is not None
-                         else read_table(file.path, file.fmt, wanted))
+                         else read_table(file.path, file.fmt, wanted, source, listed))
+                if listed is not None:  # formats that do not filter while reading
+                    table = table.filter(pc.fill_null(pc.is_in(
+                        pc.cast(table[listed[0]], pa.string()), value_set=listed[1]), False))
+                    found.update(pc.cast(table[listed[0]], pa.string()).to_pylist())
+                table = keep_where(table, where, dropped)
                 file_rows = table.num_rows
                 if file.rows is not None:  # the last file of a max_rows cut
                     table = table.slice(0, file.rows)
@@ -615,20 +737,28 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
             row_problems = check_rows(file.path, uids, urls, schemes)
             problems += row_problems
             all_uids.append((str(file.path), uids))
-            part = out_dir / f"part-{index:05d}.parquet"
             how = "hardlink-or-copy" if fast else "rewritten"
-            if not fast and not row_problems:
-                columns = {"uid": pa.array(uids, pa.string()), "url": urls, "text": texts}
-                columns.update({c: table[c] for c in keep})
-                staging.mkdir(parents=True, exist_ok=True)
-                pq.write_table(pa.table(columns), staging / part.name)
-                if file.npz is not None and file.rows is not None:
-                    cut_npz(file.npz, staging / part.with_suffix(".npz").name, file_rows,
-                            file.rows)
-            plans.append((file, keep, table.num_rows, part, how))
+            # One part per file, or per rows_per_part rows of it (a 12M-row tsv in parts that
+            # fetch jobs share out, README: pools held in parts).
+            step = rows_per_part or max(table.num_rows, 1)
+            for start in range(0, max(table.num_rows, 1), step):
+                rows = min(step, table.num_rows - start)
+                part = out_dir / f"part-{next_part:05d}.parquet"
+                next_part += 1
+                if not fast and not row_problems:
+                    columns = {"uid": pa.array(uids[start:start + rows], pa.string()),
+                               "url": urls.slice(start, rows), "text": texts.slice(start, rows)}
+                    columns.update({c: table[c].slice(start, rows) for c in keep})
+                    staging.mkdir(parents=True, exist_ok=True)
+                    pq.write_table(pa.table(columns), staging / part.name)
+                    if file.npz is not None and file.rows is not None:
+                        cut_npz(file.npz, staging / part.with_suffix(".npz").name, file_rows,
+                                file.rows)
+                plans.append((file, keep, rows, part, how,
+                              (start, start + rows) if rows_per_part else None))
         if not problems:
             problems += check_duplicates(all_uids)
-        total_rows = sum(rows for _, _, rows, _, _ in plans)
+        total_rows = sum(plan[2] for plan in plans)
         if not problems and total_rows == 0:
             problems.append(f"pool '{pool}': source is empty (0 rows in "
                             f"{', '.join(str(f.path) for f in files)})")
@@ -641,15 +771,17 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
 
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = []
-    for file, _keep, rows, part, how in plans:
+    for file, _keep, rows, part, how, source_rows in plans:
         if how == "rewritten":
             os.replace(staging / part.name, part)
         else:
             how = materialise(file.path, part)
         entry = {"part": part.name, "source_file": str(file.path), "rows": rows, "how": how,
-                 "source_sha256": file_checksum(file.path)[0]}
+                 "source_sha256": source_checksum(file.path, source)}
         if file.rows is not None:
             entry["cut_after_rows"] = file.rows
+        if source_rows is not None:
+            entry["source_rows"] = list(source_rows)
         if file.npz is not None:
             entry["npz"] = part.with_suffix(".npz").name
             if file.rows is not None:
@@ -669,11 +801,52 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
         "url_schemes": list(schemes),
         "columns": list(CORE_COLUMNS) + list(plans[0][1]),
         "parts": parts,
+        **({"subset": subset_report(source, listed, found)} if listed is not None else {}),
+        **({"where": {column: {"kept_values": [str(v) for v in values],
+                               "rows_dropped": dropped[column]}
+                      for column, values in where.items()}} if where else {}),
         "toy": source["type"] == "toy",
         "provenance": provenance_record("metadata", params={"source": dict(source)}),
     }
     write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def keep_where(table: pa.Table, where: Mapping[str, Sequence[Any]],
+               dropped: Counter[str]) -> pa.Table:
+    """The rows whose every ``where`` column holds one of its listed values (compared as
+    text: LAION's NSFW "UNLIKELY", YFCC100M's marker "0"); ``dropped`` counts the rows each
+    column removed, in order."""
+    for column, values in where.items():
+        allowed = pa.array([str(v) for v in values], pa.string())
+        kept = table.filter(pc.fill_null(pc.is_in(pc.cast(table[column], pa.string()),
+                                                  value_set=allowed), False))
+        dropped[column] += table.num_rows - kept.num_rows
+        table = kept
+    return table
+
+
+def source_checksum(path: Path, source: Mapping[str, Any]) -> str | dict[str, str]:
+    """A source file's sha256; for a folder of line-aligned files (SBU), each file's."""
+    if path.is_dir():
+        return {name: file_checksum(path / name)[0]
+                for name in (source.get("line_files") or {}).values()}
+    return file_checksum(path)[0]
+
+
+def subset_report(source: Mapping[str, Any], listed: tuple[str, pa.Array],
+                  found: set[str]) -> dict[str, Any]:
+    """What a subset list kept: its keys, how many the source's files hold, and examples of
+    those they do not (a YFCC-15M photo whose line is absent from the dataset file given)."""
+    keys = listed[1].to_pylist()
+    absent = [k for k in keys if k not in found]
+    if absent:
+        log.warning("subset %s: %d of %d listed keys are in no metadata file (e.g. %s)",
+                    source["subset"]["path"], len(absent), len(keys), absent[:EXAMPLES])
+    return {"path": str(source["subset"]["path"]),
+            "list_column": source["subset"]["list_column"], "column": listed[0],
+            "listed": len(keys), "found": len(keys) - len(absent),
+            "not_found": len(absent), "not_found_examples": absent[:EXAMPLES]}
 
 
 def read_manifest(metadata_dir: Path) -> dict[str, Any]:

@@ -17,9 +17,15 @@ SOURCE_TYPES: tuple[str, ...] = ("toy", "datacomp", "table")
 
 #: The formats a ``table`` source may declare (``source.format``; ``auto`` besides: from the
 #: file's suffix). ``coco_captions`` is a COCO-caption annotation file (``images`` and
-#: ``annotations``, e.g. NoCaps' ``nocaps_val_4500_captions.json``): one row per image. The
-#: schema lists exactly these (a test holds them equal); ``capmix.sources`` reads each.
-TABLE_FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl", "coco_captions")
+#: ``annotations``, e.g. NoCaps' ``nocaps_val_4500_captions.json`` or COCO's
+#: ``captions_train2017.json``): one row per image. The web datasets' own formats
+#: (``capmix.webformats``): ``headerless_tsv`` (CC3M, CC12M: fields named by
+#: ``source.column_names``), ``yfcc100m`` (YFCC100M's 25-field dataset file), ``redcaps``
+#: (RedCaps' per-subreddit annotation json), ``aligned_lines`` (SBU: line-aligned text files,
+#: ``source.line_files``). The schema lists exactly these (a test holds them equal);
+#: ``capmix.sources`` reads each.
+TABLE_FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl", "coco_captions",
+                                  "headerless_tsv", "yfcc100m", "redcaps", "aligned_lines")
 
 
 def is_url(path: str) -> bool:

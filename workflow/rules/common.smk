@@ -277,15 +277,17 @@ def metadata_required_columns(wildcards):
 
 
 def metadata_input(wildcards):
-    """What the metadata stage reads: a toy split, a local file/dir, or a download record."""
+    """What the metadata stage reads: a toy split, a local file/dir, or a download record
+    (first), then a table's subset list (source.subset.path), if any."""
     source = pool_source(wildcards)
     if source["type"] == "toy":
         return TOY_WORLD_SPLIT.format(world=source["world"], split=source["split"])
+    subset = [source["subset"]["path"]] if source.get("subset") else []
     if needs_download(source):
-        return DOWNLOAD_RECORD.format(pool=wildcards.pool)
+        return [DOWNLOAD_RECORD.format(pool=wildcards.pool), *subset]
     if source["type"] == "datacomp":
         return source["local_dir"]
-    return source["path"]
+    return [source["path"], *subset]
 
 
 # ---- Toy world and stand-in models -----------------------------------------------------
