@@ -161,11 +161,13 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     from capmix.captionsets import temperature_problems
     from capmix.findings import findings_problems
     from capmix.scales import train_problems
+    from capmix.shipped import temperature_problems as shipped_temperature_problems
     from capmix.strategies import strategy_problems
     from capmix.suites import eval_problems
     from capmix.weights import weights_problems
 
     return (problems + asset_problems(config) + temperature_problems(config)
+            + shipped_temperature_problems(config)
             + strategy_problems(config)
             + train_problems(config)
             + eval_problems(config) + findings_problems(config) + weights_problems(config)
