@@ -291,7 +291,7 @@ def metadata_input(wildcards):
         return DOWNLOAD_RECORD.format(pool=wildcards.pool)
     if source["type"] == "datacomp":
         return source["local_dir"]
-    return source["path"]
+    return source["path"]  # a table, or CaptionNet's spreadsheet
 
 
 # ---- Toy world and stand-in models -----------------------------------------------------
