@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from capmix.provenance import file_checksum, write_json
 from capmix.sources import MetadataError, SourceFile, build_metadata, read_table
+from capmix.sourcespec import REMOTE_URL_SCHEMES
 from capmix.uids import derive_uid
 
 #: The four subsets (``source.subset``; the schema lists exactly these, a test holds them).
@@ -103,7 +104,7 @@ def resolve_captionnet(source: Mapping[str, Any], spreadsheet: Path
     names = [n if isinstance(n, str) else "" for n in table[columns["filename"]].to_pylist()]
     bad_scheme = [f"row {i + 1} ({u[:60]!r})" for i, u in enumerate(urls)
                   if u.strip() and urllib.parse.urlparse(u.strip()).scheme.lower()
-                  not in ("http", "https")
+                  not in REMOTE_URL_SCHEMES
                   and not source.get("allow_local_urls", False)]
     if bad_scheme:
         raise MetadataError(f"{spreadsheet}: column '{columns['url']}': {len(bad_scheme)} URL(s) "
@@ -162,7 +163,8 @@ def resolve_captionnet(source: Mapping[str, Any], spreadsheet: Path
     table = table.append_column(URL_COLUMN, pa.array(resolved, pa.string()))
     table = table.append_column(URL_ORIGIN_COLUMN, pa.array(origin, pa.string()))
     if unmatched:
-        keep = pa.array([i not in set(unmatched) for i in range(table.num_rows)])
+        dropped = set(unmatched)
+        keep = pa.array([i not in dropped for i in range(table.num_rows)])
         table = table.filter(keep)
     report = {
         "subset": source["subset"],
