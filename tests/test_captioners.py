@@ -412,9 +412,10 @@ def test_helpers():
 
 
 def test_the_schema_allows_exactly_the_captioner_backends():
-    """One list of backends: the model backends here, plus the released-captions reader."""
+    """One list of backends: the model backends here, plus the released and shipped readers."""
     from capmix.config import load_schema
     from capmix.released import BACKEND as RELEASED_BACKEND
+    from capmix.shipped import BACKEND as SHIPPED_BACKEND
 
     enum = load_schema()["$defs"]["captioner"]["properties"]["backend"]["enum"]
-    assert enum == [*BACKENDS, RELEASED_BACKEND]
+    assert enum == [*BACKENDS, RELEASED_BACKEND, SHIPPED_BACKEND]

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 CONFIGS = ["config.yaml", "smoke.yaml", "datacomp_small.yaml", "datacomp_medium.yaml",
            "datacomp_400m.yaml", "datacomp_large.yaml", "datacomp_xlarge.yaml",
-           "url_caption_table.yaml"]
+           "url_caption_table.yaml", "laion_coco.yaml", "captionnet.yaml"]
 
 
 def base_config():

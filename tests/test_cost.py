@@ -16,6 +16,7 @@ import pytest
 from capmix.config import BASE_CONFIGS, ConfigError, load_schema, pipeline_config
 from capmix.cost import (
     DOWNLOADED_BACKENDS,
+    SHIPPED_BACKENDS,
     cost_table,
     dry_run_requested,
     main,
@@ -159,8 +160,10 @@ def test_lists_held_equal():
     """Every DataComp scale a source may name has a pool size; the backend that downloads
     captions is the released one; the Snakefile loads the config files capmix.config does."""
     from capmix.released import BACKEND
+    from capmix.shipped import BACKEND as SHIPPED
 
     assert DOWNLOADED_BACKENDS == (BACKEND,)
+    assert SHIPPED_BACKENDS == (SHIPPED,)
     schema = load_schema()
     datacomp = next(branch["then"] for branch in schema["$defs"]["source"]["allOf"]
                     if branch["if"]["properties"]["type"]["const"] == "datacomp")

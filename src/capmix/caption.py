@@ -244,6 +244,47 @@ def caption_released(pool: str, captioner_name: str, spec: Mapping[str, Any], te
     return manifest
 
 
+def caption_shipped(pool: str, captioner_name: str, spec: Mapping[str, Any], temperature: float,
+                    index_path: Path, shards_dir: Path, out_dir: Path, manifest_path: Path,
+                    metadata_dir: Path, chunk: int = 0, n_chunks: int = 1) -> dict[str, Any]:
+    """Captions the source ships in a metadata column (:mod:`capmix.shipped`) as a caption
+    set, in the same per-shard layout; the shipped score, if any, rides along in
+    ``shipped_score``. A fetched image without a shipped caption is kept with status
+    ``no_shipped_caption`` and counted in the manifest, never dropped silently."""
+    from capmix.shipped import BACKEND, SCORE_COLUMN, join_shipped
+    from capmix.sources import metadata_parts
+
+    tasks = plan_tasks(index_path, shards_dir, out_dir, ".parquet", chunk, n_chunks)
+    keys = fetched_rows(index_path, [t.shard for t in tasks], ["uid", "key"]).to_pandas()
+    keys = keys.set_index("uid")["key"]
+    uids = [u for t in tasks for u in t.uids]
+    parts = metadata_parts(metadata_dir)
+    found, report = join_shipped(uids, parts, spec)
+    for task in tasks:
+        rows = [found.get(u, (None, None)) for u in task.uids]
+        frame = pd.DataFrame({
+            "uid": list(task.uids), "key": keys.reindex(list(task.uids)).to_numpy(),
+            "captions": [[c] if c is not None else [] for c, _ in rows],
+            "caption": [c for c, _ in rows],
+            "status": ["ok" if c is not None else "no_shipped_caption" for c, _ in rows],
+            "error": None,
+            SCORE_COLUMN: pd.array([s for _, s in rows], dtype="Float64"),
+        })
+        write_parquet_atomic(frame, task.output, {"pool": pool, "captioner": captioner_name,
+                                                  BACKEND: spec["column"],
+                                                  "temperature": temperature})
+    manifest = {
+        "pool": pool, "captioner": captioner_name, "temperature": temperature, "chunk": chunk,
+        "n_chunks": n_chunks, BACKEND: dict(spec), "join": report, **summarise(tasks),
+        "shards": [{"shard": t.shard, "output": str(t.output.relative_to(out_dir)),
+                    "samples": len(t.uids)} for t in tasks],
+        "provenance": provenance_record("caption", inputs=[index_path, *parts],
+                                        params={"spec": dict(spec)}),
+    }
+    write_json(manifest_path, manifest)
+    return manifest
+
+
 def raw_caption_sets(pool: str, index_path: Path, shards_dir: Path, out_dir: Path,
                      manifest_path: Path, rows_per_range: int = ROWS_PER_RANGE) -> dict[str, Any]:
     """The raw (web) captions, as img2dataset stored them beside each image.
@@ -283,7 +324,7 @@ def caption_files(manifest_paths: Sequence[Path]) -> list[Path]:
 
 
 #: Keys a caption set's manifest copies from its chunks' (equal in every chunk of the set).
-SET_KEYS = ("captioner", "temperature", "decoding", "released")
+SET_KEYS = ("captioner", "temperature", "decoding", "released", "shipped")
 
 
 def merge_caption_chunks(pool: str, chunk_manifests: Sequence[Path],

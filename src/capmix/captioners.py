@@ -44,6 +44,7 @@ from PIL import Image
 
 from capmix.modelrun import load_open_clip
 from capmix.released import BACKEND as RELEASED_BACKEND
+from capmix.shipped import BACKEND as SHIPPED_BACKEND
 from capmix.weights import CACHE_KEY, cached_hf_snapshot, weights_source
 
 log = logging.getLogger(__name__)
@@ -427,8 +428,9 @@ def load_captioner(spec: Mapping[str, Any], device: str = "cpu",
     backend = spec.get("backend")
     name = str(spec.get("name") or spec.get("model") or backend)
     if backend not in BACKENDS:
-        hint = (" (released captions are read by capmix.released)"
-                if backend == RELEASED_BACKEND else "")
+        hint = {RELEASED_BACKEND: " (released captions are read by capmix.released)",
+                SHIPPED_BACKEND: " (shipped captions are read by capmix.shipped)"}.get(
+                    str(backend), "")
         raise ValueError(f"captioner '{name}': unknown backend {backend!r}; allowed: "
                          f"{', '.join(BACKENDS)}{hint}")
     if not spec.get("model"):

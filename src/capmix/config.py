@@ -127,7 +127,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     for index, pool in enumerate(config.get("pools", [])):
         source = pool["source"]
         where = f"config key 'pools[{index}]"
-        if source["type"] == "toy" and source["world"] not in worlds:
+        if source.get("world") is not None and source["world"] not in worlds:
             problems.append(
                 f"{where}.source.world': toy world '{source['world']}' "
                 f"is not defined (allowed: one of {', '.join(sorted(worlds)) or 'none defined'})"
@@ -137,16 +137,17 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
             if spec is None:
                 problems.append(f"{where}.captioners': unknown captioner '{name}' (allowed: one "
                                 f"of {', '.join(sorted(captioners)) or 'none defined'})")
-            elif spec.get("toy_model") and source["type"] != "toy":
+            elif spec.get("toy_model") and not source.get("world"):
                 problems.append(f"{where}.captioners': '{name}' is a toy stand-in, trained in a "
-                                f"toy world, but pool '{pool['name']}' is not a toy pool")
+                                f"toy world, but pool '{pool['name']}' has no toy world "
+                                f"(source.world)")
         scorer = pool.get("scorer")
         if scorer is not None and scorer not in scorers:
             problems.append(f"{where}.scorer': unknown scorer '{scorer}' (allowed: one of "
                             f"{', '.join(sorted(scorers)) or 'none defined'})")
-        elif scorer is not None and scorers[scorer].get("toy_model") and source["type"] != "toy":
+        elif scorer is not None and scorers[scorer].get("toy_model") and not source.get("world"):
             problems.append(f"{where}.scorer': '{scorer}' is a toy stand-in but pool "
-                            f"'{pool['name']}' is not a toy pool")
+                            f"'{pool['name']}' has no toy world (source.world)")
         unknown = sorted(set((pool.get("fetch") or {}).get("retry_reasons") or [])
                          - set(FAILURE_REASONS))
         if unknown:
@@ -161,11 +162,13 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     from capmix.captionsets import temperature_problems
     from capmix.findings import findings_problems
     from capmix.scales import train_problems
+    from capmix.shipped import temperature_problems as shipped_temperature_problems
     from capmix.strategies import strategy_problems
     from capmix.suites import eval_problems
     from capmix.weights import weights_problems
 
     return (problems + asset_problems(config) + temperature_problems(config)
+            + shipped_temperature_problems(config)
             + strategy_problems(config)
             + train_problems(config)
             + eval_problems(config) + findings_problems(config) + weights_problems(config)

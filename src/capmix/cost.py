@@ -42,12 +42,15 @@ from capmix.scales import pool_train_strategies
 from capmix.strategies import pool_needs_clusters, pool_sources
 from capmix.suites import load_suite
 
-__all__ = ["BASES", "DOWNLOADED_BACKENDS", "CostLine", "PoolImages", "cost_table",
-           "dry_run_requested", "pipeline_cost", "pool_images", "total_gpu_hours"]
+__all__ = ["BASES", "DOWNLOADED_BACKENDS", "SHIPPED_BACKENDS", "CostLine", "PoolImages",
+           "cost_table", "dry_run_requested", "pipeline_cost", "pool_images", "total_gpu_hours"]
 
 #: Captioner backends that download captions instead of generating them (no GPU):
 #: ``capmix.released.BACKEND`` (a test holds them equal; that module loads pandas).
 DOWNLOADED_BACKENDS: tuple[str, ...] = ("released",)
+#: Captioner backends that read captions the source ships in its metadata (no GPU, no
+#: download): ``capmix.shipped.BACKEND`` (a test holds them equal).
+SHIPPED_BACKENDS: tuple[str, ...] = ("shipped",)
 
 #: What a line's GPU-hours rest on. ``source``: a figure its source reports (the paper's
 #: Appendix B, ...); ``estimate``: a figure derived from one (``estimate: true``, its source
@@ -207,6 +210,9 @@ def _caption_lines(config: Mapping[str, Any], pool: Mapping[str, Any],
         if spec["backend"] in DOWNLOADED_BACKENDS:
             lines.append(CostLine(pool["name"], "caption", what, count, "captions", 0.0, "free",
                                   "downloaded (the released captions)", detail))
+        elif spec["backend"] in SHIPPED_BACKENDS:
+            lines.append(CostLine(pool["name"], "caption", what, count, "captions", 0.0, "free",
+                                  "shipped in the source's metadata", detail))
         elif spec.get("toy_model"):
             lines.append(CostLine(pool["name"], "caption", what, count, "captions", 0.0, "free",
                                   "toy stand-in (CPU)", detail))

@@ -70,6 +70,7 @@ from capmix.suites import (
     aggregate_file,
     load_suite,
     read_results,
+    task_class_subset,
 )
 
 log = logging.getLogger(__name__)
@@ -181,10 +182,19 @@ def _classify(model: EvalModel, task: Task, directory: Path, batch_size: int, wo
     shards = task_shards(directory, task)
     classnames = read_task_lines(directory / "classnames.txt", task)
     templates = read_task_lines(directory / "zeroshot_classification_templates.txt", task)
+    kept = restricted_classes(task, classnames)
+    if kept is not None:
+        # The suite's class subset (e.g. CaptionNet's 100 ImageNet classes): the classifier
+        # knows only those classes, and only their images are decoded and scored.
+        position = {index: i for i, index in enumerate(kept)}
+        classnames = [classnames[i] for i in kept]
     classifier = zsc.zero_shot_classifier(model.model, model.tokenizer, classnames, templates,
                                           model.device_type, amp=False)
-    dataset = _wds(shards).decode("pil").to_tuple(";".join(IMAGE_EXTENSIONS), "cls") \
-        .map_tuple(model.preprocess, int)
+    pipeline = _wds(shards)
+    if kept is not None:
+        pipeline = pipeline.select(lambda sample: int(sample["cls"]) in position)
+    dataset = pipeline.decode("pil").to_tuple(";".join(IMAGE_EXTENSIONS), "cls") \
+        .map_tuple(model.preprocess, (lambda c: position[int(c)]) if kept is not None else int)
     loader = _Counted(_loader(dataset, batch_size, workers))
     logits, target = zsc.run_classification(model.model, classifier, loader, model.device_type,
                                             amp=False)
@@ -204,7 +214,26 @@ def _classify(model: EvalModel, task: Task, directory: Path, batch_size: int, wo
             raise EvalDataError(f"task '{task.name}': labels of the metadata pass differ from "
                                 f"the image pass ({directory})")
         meta = np.stack([m for _, m in rows]) if rows else np.zeros((0, 0))
+    if kept is not None:
+        # every sample of the task is counted against its size (labels only, no decoding)
+        return logits, target, meta, sum(1 for _ in _wds(shards).to_tuple("cls")), classnames
     return logits, target, meta, loader.n, classnames
+
+
+def restricted_classes(task: Task, classnames: Sequence[str]) -> list[int] | None:
+    """The indices (in the task's class order) of the suite's class subset, or None when the
+    task is not restricted. A class of the subset the task lacks is fine (ImageNet-R and -A
+    have 200 of ImageNet's classes); a task left with none is an error naming it."""
+    wanted = task_class_subset(task)
+    if wanted is None:
+        return None
+    chosen = set(wanted)
+    kept = [i for i, name in enumerate(classnames) if name in chosen]
+    if not kept:
+        raise EvalDataError(f"task '{task.name}': none of its {len(classnames)} classes is in "
+                            f"the suite's class subset ({len(chosen)} names, e.g. "
+                            f"{sorted(chosen)[:3]})")
+    return kept
 
 
 def _retrieval(model: EvalModel, task: Task, directory: Path, batch_size: int,
@@ -303,6 +332,9 @@ def run_task(model: EvalModel, task: Task, directory: Path, batch_size: int = 64
         metrics = classification_metrics(logits, target)
         acc1, counts = per_class_accuracy(logits, target)
         per_class = {"classnames": classnames, "acc1": acc1, "n_samples": counts}
+        if task.classes is not None:
+            metrics["n_classes"] = len(classnames)
+            metrics["n_samples_in_classes"] = int(len(target))
         if with_meta:
             assert meta is not None
             extra, groups = protocol_group_metrics(task.protocol, logits, target, meta)

@@ -195,9 +195,9 @@ def train_problems(config: Mapping[str, Any]) -> list[str]:
         if train["scale"] not in scales:
             problems.append(f"{where}: unknown scale {train['scale']!r} "
                             f"(train_scales: {sorted(scales)})")
-        elif scales[train["scale"]].get("toy_model") and pool["source"]["type"] != "toy":
+        elif scales[train["scale"]].get("toy_model") and not pool["source"].get("world"):
             problems.append(f"{where}: scale {train['scale']!r} trains the toy world's "
-                            "architecture, but the pool is not a toy pool")
+                            "architecture, but the pool is not a toy pool (no source.world)")
         running = set(pool_strategy_names(config, pool))
         for name in train.get("strategies") or []:
             if name not in catalogue:

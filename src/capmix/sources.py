@@ -33,7 +33,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capmix.provenance import file_checksum, provenance_record, sha256_file, write_json
-from capmix.sourcespec import REMOTE_URL_SCHEMES, TABLE_FORMATS, allowed_url_schemes
+from capmix.sourcespec import (
+    FOLDER_FORMATS,
+    REMOTE_URL_SCHEMES,
+    TABLE_FORMATS,
+    allowed_url_schemes,
+)
 from capmix.uids import derive_key_uid, derive_uid, duplicate_positions, uids_to_pairs
 from capmix.webformats import READERS, FormatError, header_columns
 
@@ -568,6 +573,20 @@ def cut_npz(src: Path, dst: Path, file_rows: int, rows: int) -> None:
         np.savez(handle, **arrays)
 
 
+def table_dir_files(directory: Path, declared: str) -> list[SourceFile]:
+    """A table given as a folder of parts in one format (LAION-COCO ships many parquet
+    files): every file of that format under it, sorted, each its own metadata part. Only with
+    a declared format: a folder's name says nothing about it (with ``auto`` a folder is
+    refused as not a file, naming it)."""
+    suffixes = [s for s, f in FORMAT_BY_SUFFIX.items() if f == declared] or [f".{declared}"]
+    files = sorted(p for p in directory.rglob("*")
+                   if p.is_file() and not p.name.startswith(".")
+                   and any(x.lower() in suffixes for x in p.suffixes))
+    if not files:
+        raise MetadataError(f"{directory}: holds no {declared} file ({', '.join(suffixes)})")
+    return [SourceFile(p, declared) for p in files]
+
+
 def source_files(source: Mapping[str, Any], inputs: Sequence[Path]) -> list[SourceFile]:
     """The metadata files of a source, given the rule's input paths."""
     kind = source["type"]
@@ -579,6 +598,8 @@ def source_files(source: Mapping[str, Any], inputs: Sequence[Path]) -> list[Sour
             path = path.parent / Path(urllib.parse.urlparse(source["path"]).path).name
         if source.get("glob"):
             return table_parts(path, source["glob"], source.get("format", "auto"))
+        if path.is_dir() and source.get("format", "auto") not in ("auto", *FOLDER_FORMATS):
+            return table_dir_files(path, source["format"])
         return [SourceFile(path, table_format(source["path"], source.get("format", "auto")))]
     if kind == "datacomp":
         directory = Path(inputs[0])

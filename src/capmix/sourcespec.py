@@ -13,7 +13,7 @@ from typing import Any
 
 #: The source types (``pools[].source.type``); the schema lists exactly these (a test holds
 #: them equal). ``capmix.sources`` reads each.
-SOURCE_TYPES: tuple[str, ...] = ("toy", "datacomp", "table")
+SOURCE_TYPES: tuple[str, ...] = ("toy", "datacomp", "table", "captionnet")
 
 #: The formats a ``table`` source may declare (``source.format``; ``auto`` besides: from the
 #: file's suffix). ``coco_captions`` is a COCO-caption annotation file (``images`` and
@@ -26,6 +26,9 @@ SOURCE_TYPES: tuple[str, ...] = ("toy", "datacomp", "table")
 #: ``capmix.sources`` reads each.
 TABLE_FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl", "coco_captions",
                                   "headerless_tsv", "yfcc100m", "redcaps", "aligned_lines")
+#: The formats whose ``path`` is a folder read as one table (SBU's line-aligned files); any
+#: other declared format given a folder reads each of its files as a metadata part.
+FOLDER_FORMATS: tuple[str, ...] = ("aligned_lines",)
 
 
 def is_url(path: str) -> bool:
@@ -43,8 +46,11 @@ LOCAL_URL_SCHEMES: tuple[str, ...] = ("file",)
 
 def allows_local_urls(source: Mapping[str, Any]) -> bool:
     """Whether a source's URLs may reach this machine: ``file://`` URLs, and hosts on loopback
-    or private networks (the toy world always; others only with ``allow_local_urls: true``)."""
-    return source["type"] == "toy" or bool(source.get("allow_local_urls", False))
+    or private networks (the toy world always; CaptionNet with an ``imagenet_dir``, whose
+    ImageNet rows are read from it: ``capmix.captionnet`` lets only those rows, not the
+    spreadsheet's URLs, be file://; others only with ``allow_local_urls: true``)."""
+    return (source["type"] == "toy" or bool(source.get("allow_local_urls", False))
+            or (source["type"] == "captionnet" and bool(source.get("imagenet_dir"))))
 
 
 def allowed_url_schemes(source: Mapping[str, Any]) -> tuple[str, ...]:

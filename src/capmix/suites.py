@@ -63,6 +63,10 @@ class Task:
     data: str = ""
     source: Mapping[str, Any] | None = None
     split: str | None = None  # toy suites: the toy world split the task is built from
+    #: The suite's class subset (``classes``), for its classification tasks: class names as
+    #: in the tasks' classnames.txt, given in the config or by a file (one name a line).
+    classes: tuple[str, ...] | None = None
+    classes_file: str | None = None
 
     @property
     def scored(self) -> bool:
@@ -89,6 +93,24 @@ class Suite:
     @property
     def scored(self) -> list[str]:
         return [t.name for t in self.tasks if t.scored]
+
+
+def task_class_subset(task: Task) -> tuple[str, ...] | None:
+    """The class names a task is restricted to (its suite's ``classes``), or None. A
+    ``classes.file`` is read when the task is evaluated (the user supplies it, e.g. the names
+    of CaptionNet's 100 classes); a missing or empty file is an error naming it."""
+    if task.classes is not None:
+        return task.classes
+    if task.classes_file is None:
+        return None
+    path = Path(task.classes_file)
+    if not path.is_file():
+        raise EvalConfigError(f"task '{task.name}': class subset file {path} is missing")
+    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                  if line.strip() and not line.lstrip().startswith("#"))
+    if not names:
+        raise EvalConfigError(f"task '{task.name}': class subset file {path} names no class")
+    return names
 
 
 def default_data_name(key: str) -> str:
@@ -122,6 +144,10 @@ def suite_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
             if member not in scored:
                 problems.append(f"eval suite '{name}', aggregate '{group}': '{member}' is not "
                                 f"a scored task of the suite")
+    subset = spec.get("classes") or {}
+    if subset and bool(subset.get("names")) == bool(subset.get("file")):
+        problems.append(f"eval suite '{name}': `classes` needs exactly one of `names` and "
+                        f"`file`")
     if spec.get("toy") and not spec.get("templates"):
         problems.append(f"eval suite '{name}': a toy suite needs zero-shot `templates`")
     return problems
@@ -139,9 +165,9 @@ def eval_problems(config: Mapping[str, Any]) -> list[str]:
         suite = evaluation["suite"]
         if suite not in suites:
             problems.append(f"{where}: unknown suite '{suite}' (defined: {sorted(suites)})")
-        elif suites[suite].get("toy") and pool["source"]["type"] != "toy":
+        elif suites[suite].get("toy") and not pool["source"].get("world"):
             problems.append(f"{where}: suite '{suite}' is built from a toy world, but the "
-                            f"pool's source is '{pool['source']['type']}'")
+                            f"pool's source is '{pool['source']['type']}' with no toy `world`")
         elif not suites[suite].get("toy") and not suites[suite].get("data_dir"):
             problems.append(f"{where}: suite '{suite}' has no data_dir to fetch its tasks to")
         if not pool.get("train"):
@@ -184,11 +210,16 @@ def load_suite(config: Mapping[str, Any], name: str) -> Suite:
     problems = suite_problems(name, spec)
     if problems:
         raise EvalConfigError("; ".join(problems))
+    subset = spec.get("classes") or {}
+    names = tuple(subset["names"]) if subset.get("names") else None
     tasks = tuple(
         Task(key=t["key"], name=t["name"], protocol=t.get("protocol", "classification"),
              main_metric=t.get("main_metric", "acc1"), size=t.get("size"),
              data=t.get("data") or default_data_name(t["key"]), source=t.get("source"),
-             split=t.get("split"))
+             split=t.get("split"),
+             classes=names if t.get("protocol", "classification") == "classification" else None,
+             classes_file=(subset.get("file")
+                           if t.get("protocol", "classification") == "classification" else None))
         for t in spec["tasks"])
     # data_dir without a trailing slash: the workflow matches task paths against it.
     return Suite(name=name, tasks=tasks, toy=bool(spec.get("toy")),

@@ -32,6 +32,7 @@ rule caption:
         index=FETCH_INDEX,
         shard_table=FETCH_SHARD_TABLE,
         model=captioner_model,
+        metadata=captioner_metadata,
     output:
         manifest=CAPTION_CHUNK,
     params:

@@ -61,6 +61,8 @@ from capmix.strategies import (  # noqa: E402
     pool_strategy_names,
 )
 from capmix.scales import load_scale, pool_train_strategies  # noqa: E402
+from capmix.shipped import BACKEND as SHIPPED_BACKEND  # noqa: E402
+from capmix.shipped import required_columns as shipped_required_columns  # noqa: E402
 from capmix.sourcespec import allows_local_urls, needs_download  # noqa: E402
 from capmix.toykinds import FINETUNED_FROM, TOY_MODEL_KINDS  # noqa: E402
 from capmix.toymodels import CONFIG_NAME  # noqa: E402
@@ -273,7 +275,11 @@ def metadata_required_columns(wildcards):
     """Columns later stages read, by config key: checked by the metadata stage."""
     index = list(POOLS).index(wildcards.pool)
     column = POOLS[wildcards.pool].get("references_column")
-    return {f"pools[{index}].references_column": column} if column else {}
+    required = {f"pools[{index}].references_column": column} if column else {}
+    # the columns the pool's shipped captioners read (capmix.shipped)
+    required.update(shipped_required_columns(index, POOLS[wildcards.pool],
+                                             config.get("captioners") or {}))
+    return required
 
 
 def metadata_input(wildcards):
@@ -282,12 +288,14 @@ def metadata_input(wildcards):
     source = pool_source(wildcards)
     if source["type"] == "toy":
         return TOY_WORLD_SPLIT.format(world=source["world"], split=source["split"])
-    subset = [source["subset"]["path"]] if source.get("subset") else []
+    # a table's `subset` is a list of keys to keep (YFCC-15M); CaptionNet's names its subset
+    subset = ([source["subset"]["path"]]
+              if source["type"] == "table" and source.get("subset") else [])
     if needs_download(source):
         return [DOWNLOAD_RECORD.format(pool=wildcards.pool), *subset]
     if source["type"] == "datacomp":
         return source["local_dir"]
-    return [source["path"], *subset]
+    return [source["path"], *subset]  # a table, or CaptionNet's spreadsheet
 
 
 # ---- Toy world and stand-in models -----------------------------------------------------
@@ -367,6 +375,13 @@ def weights_cache_of(wildcards, output):
 # ---- Captions and scores ---------------------------------------------------------------
 def captioner_model(wildcards):
     return model_input(wildcards.pool, "captioners", wildcards.captioner)
+
+
+def captioner_metadata(wildcards):
+    """A shipped captioner reads its captions from the pool's metadata; others need none."""
+    if config["captioners"][wildcards.captioner]["backend"] == SHIPPED_BACKEND:
+        return METADATA.format(pool=wildcards.pool)
+    return []
 
 
 def captioner_spec(wildcards, input):
