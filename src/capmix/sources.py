@@ -40,7 +40,7 @@ from capmix.sourcespec import (
     allowed_url_schemes,
 )
 from capmix.uids import derive_key_uid, derive_uid, duplicate_positions, uids_to_pairs
-from capmix.webformats import READERS, FormatError, header_columns
+from capmix.webformats import READERS, FormatError, examples, header_columns, lines_not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -117,23 +117,6 @@ def table_format(path: Path | str, declared: str = "auto") -> str:
     )
 
 
-def _lines_not_utf8(path: Path | str) -> list[int]:
-    """1-based line numbers whose bytes are not UTF-8 (only called once a read failed)."""
-    bad = []
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                bad.append(number)
-    return bad
-
-
-def _line_examples(lines: Sequence[Any]) -> str:
-    shown = ", ".join(str(x) for x in list(lines)[:EXAMPLES])
-    return shown + (f" and {len(lines) - EXAMPLES} more" if len(lines) > EXAMPLES else "")
-
-
 def _delimited_header(path: Path | str, fmt: str) -> list[str]:
     """The header row's names; the same quoting rules as :func:`_read_delimited`."""
     try:
@@ -186,7 +169,7 @@ def _read_delimited(path: Path | str, fmt: str, columns: Sequence[str] | None) -
     )
     if ragged:
         raise MetadataError(f"{path}: {len(ragged)} row(s) do not have the header's "
-                            f"{len(header)} fields: {_line_examples(ragged)}")
+                            f"{len(header)} fields: {examples(ragged)}")
     return table
 
 
@@ -214,7 +197,7 @@ def _read_jsonl(path: Path | str, columns: Sequence[str] | None) -> pa.Table:
             line_of_row.append(number)
     if problems:
         raise MetadataError(f"{path}: {len(problems)} unreadable JSON line(s): "
-                            f"{_line_examples(problems)}")
+                            f"{examples(problems)}")
     return _records_table(path, rows, [f"line {n}" for n in line_of_row], columns)
 
 
@@ -236,7 +219,7 @@ def _records_table(path: Path | str, rows: Sequence[Mapping[str, Any]], where: S
             odd = [f"{where[i]} ({type(v).__name__})" for i, v in enumerate(values)
                    if v is not None and type(v).__name__ != usual]
             raise MetadataError(f"{path}: column '{name}' holds {usual} values but also "
-                                f"{_line_examples(odd)}") from exc
+                                f"{examples(odd)}") from exc
     return pa.table(arrays) if arrays else pa.table({})
 
 
@@ -290,7 +273,7 @@ def _read_coco_captions(path: Path | str, columns: Sequence[str] | None) -> pa.T
             rows[position[image_id]][COCO_CAPTIONS_COLUMN].append(note["caption"])
     bare = [str(row["id"]) for row in rows if not row[COCO_CAPTIONS_COLUMN]]
     if bare:
-        problems.append(f"{len(bare)} image(s) without a caption: id {_line_examples(bare)}")
+        problems.append(f"{len(bare)} image(s) without a caption: id {examples(bare)}")
     if problems:
         raise MetadataError(f"{path}: {len(problems)} problem(s) in the COCO-caption file: "
                             + "; ".join(problems[:EXAMPLES])
@@ -343,9 +326,9 @@ def read_table(path: Path | str, fmt: str, columns: Sequence[str] | None = None,
         raise
     except (ValueError, OSError, pa.ArrowException) as exc:
         if fmt in ("csv", "tsv") and "UTF8" in str(exc):
-            bad = _lines_not_utf8(path)
+            bad = lines_not_utf8(path)
             raise MetadataError(f"{path}: {len(bad)} line(s) are not UTF-8 text: line "
-                                f"{_line_examples(bad)}") from exc
+                                f"{examples(bad)}") from exc
         raise MetadataError(f"{path}: cannot read as {fmt}: {exc}") from exc
 
 
