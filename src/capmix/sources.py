@@ -40,7 +40,14 @@ from capmix.sourcespec import (
     allowed_url_schemes,
 )
 from capmix.uids import derive_key_uid, derive_uid, duplicate_positions, uids_to_pairs
-from capmix.webformats import READERS, FormatError, examples, header_columns, lines_not_utf8
+from capmix.webformats import (
+    READERS,
+    FormatError,
+    examples,
+    header_columns,
+    lines_not_utf8,
+    read_json_document,
+)
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +241,9 @@ def _read_coco_captions(path: Path | str, columns: Sequence[str] | None) -> pa.T
     image without a caption stops the stage, naming them.
     """
     try:
-        with open(path, "rb") as handle:
-            document = json.loads(handle.read().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise MetadataError(f"{path}: is not UTF-8 text") from exc
-    except json.JSONDecodeError as exc:
-        raise MetadataError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from exc
+        document = read_json_document(path)
+    except FormatError as exc:
+        raise MetadataError(str(exc)) from exc
     if (not isinstance(document, dict) or not isinstance(document.get("images"), list)
             or not isinstance(document.get("annotations"), list)):
         raise MetadataError(f"{path}: not a COCO-caption file (a JSON object with the lists "

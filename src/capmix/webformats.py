@@ -177,18 +177,24 @@ def _redcaps_value(name: str, value: Any) -> str | None:
     return "not a list of post ids"
 
 
+def read_json_document(path: Path | str) -> Any:
+    """A whole JSON file (RedCaps' annotations, COCO's captions), parsed strictly: bytes that
+    are not UTF-8 or text that is not JSON stop the read, naming the file (and the line)."""
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: is not UTF-8 text") from exc
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from exc
+
+
 def read_redcaps(path: Path | str, columns: Sequence[str] | None = None) -> pa.Table:
     """A RedCaps annotation file, ``{"info": {...}, "annotations": [{...}, ...]}``: one row
     per annotation with :data:`REDCAPS_FIELDS` (the subreddit kept, ``score`` and
     ``created_utc`` as integers). An annotation that is not an object, lacks a field or holds
     one of the wrong type stops the read, named by its index and image_id."""
-    try:
-        with open(path, "rb") as handle:
-            document = json.loads(handle.read().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"{path}: is not UTF-8 text") from exc
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from exc
+    document = read_json_document(path)
     if not isinstance(document, dict) or not isinstance(document.get("annotations"), list):
         raise FormatError(f"{path}: not a RedCaps annotation file (a JSON object with the "
                           "list 'annotations')")
