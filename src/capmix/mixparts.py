@@ -68,11 +68,11 @@ log = logging.getLogger(__name__)
 
 #: Rows read from an input at a time while scattering.
 BATCH_ROWS = 1 << 20
-#: The scattered copy is a second copy of every mix input (temporary, but whole at once: ~150 B
-#: a row with snappy, ~19 GB at 128M rows, ~1.9 TB at xlarge). zstd writes it ~40% smaller at
-#: the same speed (measured on the bench's uids and captions in 15,625-row groups: 84 -> 50 MiB
-#: and 32 -> 18 MiB per 1M rows, 0.4 s either way): random uids and captions barely compress
-#: with snappy.
+#: The scattered copy is a second copy of every mix input (temporary, but whole at once: 22-23
+#: GB with zstd for the 128M-row bench's 36.6 GiB of inputs, ~2 TB at xlarge). zstd writes it
+#: ~40% smaller than snappy at the same speed (measured on the bench's uids and captions in
+#: 15,625-row groups: 84 -> 50 MiB and 32 -> 18 MiB per 1M rows, 0.4 s either way): random
+#: uids and captions barely compress with snappy.
 SCATTER_COMPRESSION = "zstd"
 
 
