@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capmix.config import ConfigError, pipeline_config
+from capmix.metadatafilter import CONDITIONS, metadata_table_column
 from capmix.mix import (
     CHARS_COLUMN,
     CLUSTER_COLUMN,
@@ -35,8 +36,11 @@ from capmix.mixparts import MixInputs, build_table, part_files, run_subset
 from capmix.strategies import (
     StrategyError,
     expand_strategies,
+    is_no_filter,
     parse_strategy,
+    pool_metadata_columns,
     pool_strategy_names,
+    strategy_problems,
 )
 from tests.conftest import REPO
 
@@ -693,3 +697,98 @@ def test_the_schema_allows_exactly_the_keep_rules():
 
     keys = set(load_schema()["$defs"]["strategy_part"]["properties"]["keep"]["properties"])
     assert keys == {*KEEP_RULES, "by"} - {"all"}
+
+
+# ------------------------------------------------------------------ metadata filters
+
+
+# A kept source column per image, as the mix table carries it (meta:<column>): LAION's NSFW tag
+# (u3 unknown) and a watermark probability (u8 unknown).
+NSFW = ["UNLIKELY", "UNLIKELY", "NSFW", None, "UNSURE", "UNLIKELY", "UNLIKELY", "NSFW",
+        "UNLIKELY", "UNLIKELY"]
+WATERMARK = [0.1, 0.9, 0.2, 0.3, 0.5, 0.05, 0.8, 0.4, None, 0.6]
+
+
+def metadata_table() -> pd.DataFrame:
+    frame = table()
+    frame[metadata_table_column("NSFW")] = NSFW
+    frame[metadata_table_column("pwatermark")] = WATERMARK
+    return frame
+
+
+def test_a_metadata_filter_keeps_images_whose_kept_columns_pass():
+    # NSFW UNLIKELY: u0 u1 u5 u6 u8 u9 (u3's tag is missing: not shown to be safe).
+    spec = {"description": "x", "parts": [{"caption": "synthetic"}],
+            "metadata_filter": {"NSFW": {"in": ["UNLIKELY"]}}}
+    assert chosen(run_spec("s", spec, metadata_table())) == pairs([0, 1, 5, 6, 8, 9], "syn")
+    # Not tagged NSFW (u0 u1 u4 u5 u6 u8 u9: u3's missing tag passes no condition) and a
+    # watermark probability of at most 0.5 (u0 u2 u3 u4 u5 u7; u8's is missing): u0 u4 u5.
+    spec["metadata_filter"] = {"NSFW": {"not_in": ["NSFW"]}, "pwatermark": {"max": 0.5}}
+    assert chosen(run_spec("s", spec, metadata_table())) == pairs([0, 4, 5], "syn")
+    spec["metadata_filter"] = {"pwatermark": {"min": 0.5, "max": 0.8}}  # both inclusive
+    assert chosen(run_spec("s", spec, metadata_table())) == pairs([4, 6, 9], "syn")
+
+
+def test_a_metadata_filter_comes_after_the_pools_threshold_and_applies_to_every_part():
+    # Raw top 30% = u0..u3 at threshold 0.6 over the whole pool; NSFW UNLIKELY leaves u0 u1.
+    # The remaining images (u4..u9) take synthetic captions at the same threshold: u4 (.65),
+    # u6 (.72), u8 (.6); of those UNLIKELY: u6 u8.
+    spec = {"description": "x", "metadata_filter": {"NSFW": {"in": ["UNLIKELY"]}},
+            "parts": [{"caption": "raw", "keep": {"top": 0.3}},
+                      {"caption": "synthetic", "images": "remaining",
+                       "keep": {"same_threshold": True}}]}
+    selection = select_spec("s", spec, metadata_table())
+    assert chosen(selection.samples) == pairs([0, 1], "raw") + pairs([6, 8], "syn")
+    assert selection.parts[0]["threshold"] == 0.6
+
+
+def test_a_metadata_filter_compares_listed_values_as_text():
+    frame = metadata_table()
+    frame[metadata_table_column("NSFW")] = pd.array([1, 0, 2, 1, None, 1, 0, 0, 1, 1],
+                                                    dtype="Int64")
+    spec = {"description": "x", "parts": [{"caption": "raw"}],
+            "metadata_filter": {"NSFW": {"in": [1, "2"]}}}
+    assert chosen(run_spec("s", spec, frame)) == pairs([0, 2, 3, 5, 8, 9], "raw")
+    # the same integers as floats (as pandas reads an integer column with nulls) too
+    frame[metadata_table_column("NSFW")] = frame[metadata_table_column("NSFW")].astype(float)
+    assert chosen(run_spec("s", spec, frame)) == pairs([0, 2, 3, 5, 8, 9], "raw")
+
+
+def test_a_metadata_filter_names_what_it_cannot_read():
+    spec = {"description": "x", "parts": [{"caption": "raw"}],
+            "metadata_filter": {"NSFW": {"min": 0.5}}}
+    with pytest.raises(StrategyError, match="'NSFW'.*not numeric"):
+        run_spec("s", spec, metadata_table())
+    spec["metadata_filter"] = {"subreddit": {"in": ["pics"]}}
+    with pytest.raises(StrategyError, match="no metadata column 'subreddit'"):
+        run_spec("s", spec, metadata_table())
+    with pytest.raises(StrategyError, match="strategy 's'.*min 0.9 is above max 0.1"):
+        parse_strategy("s", {"description": "x", "parts": [{"caption": "raw"}],
+                             "metadata_filter": {"p": {"min": 0.9, "max": 0.1}}})
+
+
+def test_a_metadata_filter_is_checked_against_the_pools_kept_columns():
+    config = pipeline_config()
+    config["strategies"]["safe"] = {"description": "x", "parts": [{"caption": "raw"}],
+                                    "metadata_filter": {"NSFW": {"in": ["UNLIKELY"]}}}
+    pool = {"name": "web", "source": {"type": "table", "path": "x.parquet",
+                                      "keep_columns": ["similarity"]},
+            "captioners": [], "scorer": "toy_clip",
+            "mix": {"strategies": ["safe"]}}
+    config["pools"] = [pool]
+    problems = strategy_problems(config)
+    assert any("pools[0].source.keep_columns" in p and "'NSFW'" in p for p in problems)
+    assert pool_metadata_columns(config, pool) == ["NSFW"]
+    pool["source"]["keep_columns"] = ["similarity", "NSFW"]
+    assert not any("keep_columns" in p for p in strategy_problems(config))
+    # a filtered strategy is not a "no filter" one (Table 1's rows)
+    assert not is_no_filter(parse_strategy("safe", config["strategies"]["safe"]))
+
+
+def test_the_schemas_metadata_conditions_are_the_modules():
+    import yaml
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    conditions = schema["$defs"]["strategy"]["properties"]["metadata_filter"][
+        "additionalProperties"]["properties"]
+    assert tuple(conditions) == CONDITIONS

@@ -220,3 +220,65 @@ def test_parts_out_of_uid_order_stop_the_subset_and_leave_no_half_files(tables, 
     with pytest.raises(ValueError, match="do not follow the previous part's"):
         run_subset("raw_top_30", catalogue["raw_top_30"], POOL, shuffled, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def write_metadata(root, index: pd.DataFrame, rng: np.random.Generator):
+    """The pool's metadata folder as the metadata stage writes it (manifest + parts), every
+    row of the index (fetched or not) with a kept NSFW tag and watermark probability; the
+    first part's tags are all missing (a null-typed column, as a part of LAION can be)."""
+    folder = root / "metadata"
+    folder.mkdir()
+    parts = []
+    for k, rows in enumerate(np.array_split(np.arange(len(index)), 4)):
+        tags = ([None] * len(rows) if k == 0 else
+                rng.choice(["UNLIKELY", "UNSURE", "NSFW"], len(rows), p=[.7, .2, .1]))
+        frame = pd.DataFrame({"uid": index["uid"].to_numpy()[rows], "url": "http://x/",
+                              "text": "t", "NSFW": tags,
+                              "pwatermark": np.round(rng.random(len(rows)), 2)})
+        frame.to_parquet(folder / f"part-{k:05d}.parquet")
+        parts.append({"part": f"part-{k:05d}.parquet", "rows": len(rows)})
+    (folder / "manifest.json").write_text(json.dumps({"parts": parts}))
+    return folder
+
+
+def test_a_metadata_filter_gives_the_same_subset_from_parts(tmp_path):
+    score_paths, manifests = write_pool(tmp_path, seed=4, n=400)
+    index = pd.read_parquet(tmp_path / "index.parquet")
+    folder = write_metadata(tmp_path, index, np.random.default_rng(4))
+    spec = {"description": "x", "family": "safe", "metadata_filter": {
+                "NSFW": {"in": ["UNLIKELY"]}, "pwatermark": {"max": 0.6}},
+            "parts": [{"caption": "raw", "keep": {"top": 0.3}},
+                      {"caption": "synthetic", "images": "remaining",
+                       "keep": {"same_threshold": True}}]}
+    results = {}
+    for n_parts in (1, 5):
+        inputs = MixInputs.from_manifests(tmp_path / "index.parquet", score_paths, manifests,
+                                          metadata=folder,
+                                          metadata_columns=["NSFW", "pwatermark"])
+        out = tmp_path / f"table_{n_parts}.json"
+        build_table("p", {"raw": ["raw"], "cap/0.75": ["cap/0.75"]}, inputs, out,
+                    n_parts=n_parts)
+        whole = read_table(out)
+        assert {"meta:NSFW", "meta:pwatermark"} <= set(whole.columns)
+        results[n_parts] = (run_subset("safe", spec, POOL, out, tmp_path / f"s{n_parts}"),
+                            whole)
+    (one, table_one), (many, table_many) = results[1], results[5]
+    pd.testing.assert_frame_equal(table_one, table_many)
+    assert ((tmp_path / "s1" / "uids.npy").read_bytes()
+            == (tmp_path / "s5" / "uids.npy").read_bytes())
+    assert {k: v for k, v in one.items() if k != "provenance"} == {
+        k: v for k, v in many.items() if k != "provenance"}
+    assert one["metadata_filter"] == {"NSFW": {"in": ["UNLIKELY"]}, "pwatermark": {"max": 0.6}}
+    # by hand: every chosen image is tagged UNLIKELY with a probability of at most 0.6, and the
+    # first part's images (tags missing) are never chosen
+    samples = pd.read_parquet(tmp_path / "s1" / "samples.parquet")
+    meta = table_one.set_index("uid").loc[samples["uid"]]
+    assert len(samples) > 0 and (meta["meta:NSFW"] == "UNLIKELY").all()
+    assert (meta["meta:pwatermark"] <= 0.6).all()
+    passing = table_one[(table_one["meta:NSFW"] == "UNLIKELY")
+                        & (table_one["meta:pwatermark"] <= 0.6)]
+    raw_threshold = one["parts"][0]["threshold"]
+    assert raw_threshold == datacomp_threshold(-np.sort(-table_one[score_column("raw")]
+                                                        .to_numpy()), 0.3)
+    expected_raw = set(passing.loc[passing[score_column("raw")] >= raw_threshold, "uid"])
+    assert set(samples.loc[samples["part"] == 0, "uid"]) == expected_raw

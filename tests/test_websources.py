@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -319,6 +320,31 @@ def test_laion400m_parts_keep_similarity_and_nsfw_as_the_file_types_them(tmp_pat
     assert shipped_raw_column(spec, "blip2_opt_2.7b/0.75", tmp_path / "meta") is None
 
 
+def test_a_column_a_strategy_filters_on_is_checked_before_anything_is_fetched(tmp_path):
+    """LAION-400M's NSFW strategies need the NSFW column in every file (the Snakefile passes
+    metadata_filter_required_columns as `required`); a file without it stops the metadata
+    stage, naming the strategy's key, and publishes nothing."""
+    from capmix.strategies import metadata_filter_required_columns
+
+    config = pipeline_config(REPO / "config" / "laion400m.yaml")
+    (pool,) = config["pools"]
+    required = metadata_filter_required_columns(config, pool)
+    assert set(required.values()) == {"NSFW"} and len(required) == 2
+    assert "strategies.raw_top_30_nsfw_unlikely.metadata_filter.NSFW (pool laion400m)" in required
+    write_laion(tmp_path)
+    source = shipped_source("laion400m.yaml", tmp_path)
+    build_metadata("p", source, source_files(source, [Path(source["path"])]),
+                   tmp_path / "meta", required=required)  # the shipped files have it
+    part = next((tmp_path / source["path"]).glob("*.parquet"))
+    pq.write_table(pq.read_table(part).drop_columns(["NSFW"]), part)
+    source["keep_columns"] = [c for c in source["keep_columns"] if c != "NSFW"]
+    with pytest.raises(MetadataError, match=r"raw_top_30_nsfw_unlikely\.metadata_filter\.NSFW"
+                       r".*'NSFW', which is missing"):
+        build_metadata("p", source, source_files(source, [Path(source["path"])]),
+                       tmp_path / "meta2", required=required)
+    assert not (tmp_path / "meta2").exists()
+
+
 def test_coco_captions_train2017_keeps_all_five_captions_and_trains_the_first(tmp_path):
     _, part = normalise("coco_captions.yaml", tmp_path)
     assert part["id"].tolist() == [391895, 522418]
@@ -549,3 +575,14 @@ def test_each_web_config_dry_runs_the_full_dag(workdir, name):
     assert f"results/{pool['name']}/metadata" in out
     if pool["source"].get("subset"):  # the subset list is an input of the metadata job
         assert pool["source"]["subset"]["path"] in out
+    # a strategy filtering on a kept column (metadata_filter) reads the metadata into the
+    # mix table: LAION's NSFW tag, RedCaps' post score
+    filtering = [n for n, s in (config.get("strategies") or {}).items()
+                 if s.get("metadata_filter")]
+    assert bool(filtering) == (name in ("laion400m.yaml", "redcaps.yaml")), filtering
+    for strategy in filtering:
+        assert f"strategy={strategy}" in out
+    mix_jobs = [block for block in re.split(r"\n(?=\[)", out) if "rule mix_table_part:" in block
+                or "rule mix_scatter:" in block]
+    assert mix_jobs and all((f"results/{pool['name']}/metadata" in block) == bool(filtering)
+                            for block in mix_jobs), mix_jobs

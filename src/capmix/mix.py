@@ -17,6 +17,10 @@ Exact semantics, and the choices the paper leaves open (all documented in README
   pool's *raw* caption of each image, whatever caption a part trains with: its language id,
   fastText tokens and characters, measured once per pool by the ``caption_language`` stage.
   As in DataComp, a ``top`` threshold is still computed over the whole pool, before the filter.
+* A metadata filter (:mod:`capmix.metadatafilter`: LAION's NSFW tag, RedCaps' subreddit) reads
+  the columns the source ships and the metadata stage kept, carried into the table as
+  ``meta:<column>``; like the text filter it applies to every part, after a ``top`` threshold
+  is computed over the whole pool, and a missing value passes no condition.
 * A concatenated caption joins its sources with a single space (the paper does not say);
   its threshold is decided by the part's explicit ``by`` source.
 * A caption set with several captions per image trains with (and is scored by) its first
@@ -54,6 +58,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capmix.captionsets import RAW
+from capmix.metadatafilter import MetadataFilter, metadata_table_column
 from capmix.provenance import write_json
 from capmix.strategies import BEST, Strategy, StrategyError
 from capmix.textfilter import TextFilter
@@ -178,16 +183,18 @@ def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[Cap
                     image_clusters: pd.DataFrame | None = None,
                     on_missing_score: str = "error",
                     caption_text: pd.DataFrame | None = None,
+                    metadata: pd.DataFrame | None = None,
                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One row per usable pool image: every source's score and caption, sorted by uid.
 
     ``sources`` maps a concrete source to its caption sets (one, or every temperature for
     ``captioner/best``). ``image_clusters`` (uid, :data:`CLUSTER_COLUMN`) and
     ``caption_text`` (uid, :data:`CAPTION_TEXT_COLUMNS`) add their columns and must cover
-    every fetched uid. Scores with NaN or missing uids raise :class:`ScoreTableError`
-    naming the set, the counts and examples, unless ``on_missing_score == "drop"``: then those
-    images leave the pool (for every strategy, so all strategies share one pool) and the
-    report counts them. Duplicate uids always raise.
+    every fetched uid, as must ``metadata`` (uid and the kept source columns strategies filter
+    on; each becomes ``meta:<column>``). Scores with NaN or missing uids raise
+    :class:`ScoreTableError` naming the set, the counts and examples, unless
+    ``on_missing_score == "drop"``: then those images leave the pool (for every strategy, so
+    all strategies share one pool) and the report counts them. Duplicate uids always raise.
     """
     pool_index = pd.Index(sorted(set(pool_uids)), name="uid")
     table = pd.DataFrame(index=pool_index)
@@ -250,6 +257,14 @@ def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[Cap
                                   f"{_examples(sorted(absent))}")
         for column in CAPTION_TEXT_COLUMNS:
             table[column] = measured[column].reindex(pool_index).to_numpy()
+    if metadata is not None:
+        kept = metadata.drop_duplicates("uid").set_index("uid")
+        absent = pool_index.difference(kept.index)
+        if len(absent):
+            raise ScoreTableError(f"the pool's metadata lacks {len(absent)} fetched uid(s), "
+                                  f"e.g. {_examples(sorted(absent))}")
+        for column in kept.columns:
+            table[metadata_table_column(column)] = kept[column].reindex(pool_index).to_numpy()
     if len(unusable):
         report["dropped"]["total"] = int(len(unusable))
         table = table.drop(index=unusable)
@@ -314,6 +329,43 @@ def text_filter_mask(table: pa.Table | pd.DataFrame, text_filter: TextFilter) ->
     if text_filter.language is not None:
         same = pc.fill_null(pc.equal(table.column(LANGUAGE_COLUMN), text_filter.language), False)
         mask &= np.asarray(same, dtype=bool)
+    return mask
+
+
+def metadata_filter_mask(table: pa.Table | pd.DataFrame,
+                         metadata_filter: MetadataFilter) -> np.ndarray:
+    """The images whose kept metadata columns pass every condition of a metadata filter
+    (:mod:`capmix.metadatafilter`); a null value passes none."""
+    table = as_arrow(table)
+    mask = np.ones(table.num_rows, dtype=bool)
+    for condition in metadata_filter.conditions:
+        name = metadata_table_column(condition.column)
+        if name not in table.column_names:
+            raise StrategyError(f"the pool table has no metadata column '{condition.column}' "
+                                "(the mix table carries only the columns the pool's "
+                                "strategies filter on)")
+        values = table.column(name)
+        passing = pc.invert(pc.is_null(values))
+        if condition.values_in is not None or condition.values_not_in is not None:
+            texts = pc.cast(values, pa.string())
+            if condition.values_in is not None:
+                passing = pc.and_(passing, pc.is_in(texts, pa.array(condition.values_in,
+                                                                    pa.string())))
+            if condition.values_not_in is not None:
+                passing = pc.and_(passing, pc.invert(pc.is_in(
+                    texts, pa.array(condition.values_not_in, pa.string()))))
+        if condition.numeric:
+            try:
+                numbers = pc.cast(values, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                raise StrategyError(f"metadata column '{condition.column}' ({values.type}) is "
+                                    f"not numeric, but the filter asks min/max: {error}"
+                                    ) from error
+            if condition.minimum is not None:
+                passing = pc.and_(passing, pc.greater_equal(numbers, condition.minimum))
+            if condition.maximum is not None:
+                passing = pc.and_(passing, pc.less_equal(numbers, condition.maximum))
+        mask &= np.asarray(pc.fill_null(passing, False), dtype=bool)
     return mask
 
 
@@ -395,6 +447,9 @@ def select(strategy: Strategy, table: pa.Table | pd.DataFrame,
                                 "pool table has no caption languages")
         passing = text_filter_mask(table, strategy.text_filter)
         masks = [m & passing for m in masks]
+    if strategy.metadata_filter is not None:
+        passing = metadata_filter_mask(table, strategy.metadata_filter)
+        masks = [m & passing for m in masks]
     chunks = []
     uids = table.column("uid")
     shards = (table.column(SHARD_COLUMN) if SHARD_COLUMN in names
@@ -471,6 +526,8 @@ def summarise(strategy: Strategy, tally: Tally, n_pool: int,
         "text_filter": (None if strategy.text_filter is None else
                         {**strategy.text_filter.as_dict(),
                          "language_id": dict(language_id) if language_id else None}),
+        "metadata_filter": (None if strategy.metadata_filter is None
+                            else strategy.metadata_filter.as_dict()),
         "n_pool": int(n_pool), "n_samples": total, "n_images": n_images,
         "repeated_images": total - n_images,
         "share_of_pool": (n_images / n_pool) if n_pool else None,
@@ -592,6 +649,8 @@ def strategy_columns(strategy: Strategy, resolve: Callable[[str], str],
         columns.append(CLUSTER_COLUMN)
     if strategy.text_filter is not None:
         columns += list(CAPTION_TEXT_COLUMNS)
+    if strategy.metadata_filter is not None:
+        columns += [metadata_table_column(c) for c in strategy.metadata_filter.columns]
     if SHARD_COLUMN in names:
         columns.append(SHARD_COLUMN)
     return columns

@@ -61,6 +61,7 @@ from capmix.mix import (
 from capmix.parquetio import stream_batches
 from capmix.provenance import provenance_record, write_json, write_parquet_atomic
 from capmix.shards import unified_schema
+from capmix.sources import metadata_parts
 from capmix.strategies import parse_strategy, pool_mix, resolve_source
 from capmix.uids import arrow_uids_to_pairs
 
@@ -208,30 +209,47 @@ def _merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 @dataclass
 class MixInputs:
     """What a pool's mix table is built from: the fetch index, each caption set's score table
-    and caption files, and (if strategies need them) image clusters and caption languages."""
+    and caption files, and (if strategies need them) image clusters, caption languages and
+    the kept source columns ``metadata_columns`` of the pool's metadata (its folder of parts,
+    or once scattered a folder of uid ranges)."""
 
     index: Path
     score_paths: Mapping[str, Path]
     caption_files: Mapping[str, Sequence[Path]]
     clusters: Path | None = None
     caption_text: Path | None = None
+    metadata: Path | None = None
+    metadata_columns: Sequence[str] = ()
 
     @classmethod
     def from_manifests(cls, index: Path, score_paths: Mapping[str, str | Path],
                        caption_manifests: Mapping[str, Sequence[str | Path]],
                        clusters: Path | None = None,
-                       caption_text: Path | None = None) -> MixInputs:
+                       caption_text: Path | None = None,
+                       metadata: Path | None = None,
+                       metadata_columns: Sequence[str] = ()) -> MixInputs:
         from capmix.caption import caption_files
 
         return cls(Path(index), {s: Path(p) for s, p in score_paths.items()},
                    {s: caption_files([Path(m) for m in ms])
-                    for s, ms in caption_manifests.items()}, clusters, caption_text)
+                    for s, ms in caption_manifests.items()}, clusters, caption_text,
+                   metadata if metadata_columns else None, tuple(metadata_columns))
+
+    def metadata_files(self) -> list[Path]:
+        """The metadata parquet files to read the kept columns from: the pool's metadata
+        parts (a metadata folder, by its manifest), or one scattered part file."""
+        if self.metadata is None:
+            return []
+        if (self.metadata / "manifest.json").exists():
+            return metadata_parts(self.metadata)
+        return [self.metadata]
 
     def files(self) -> list[Path]:
         """Every input file (for provenance)."""
         found = [self.index, *self.score_paths.values()]
         for files in self.caption_files.values():
             found += list(files)
+        found += self.metadata_files()
         return found + [p for p in (self.clusters, self.caption_text) if p is not None]
 
     def record(self) -> dict[str, Any]:
@@ -240,7 +258,9 @@ class MixInputs:
                 "score_paths": {s: str(p) for s, p in self.score_paths.items()},
                 "caption_sets": sorted(self.caption_files),
                 "clusters": str(self.clusters) if self.clusters else None,
-                "caption_text": str(self.caption_text) if self.caption_text else None}
+                "caption_text": str(self.caption_text) if self.caption_text else None,
+                "metadata": str(self.metadata) if self.metadata else None,
+                "metadata_columns": list(self.metadata_columns)}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> MixInputs:
@@ -248,7 +268,9 @@ class MixInputs:
         return cls(Path(record["index"]), {s: Path(p) for s, p in record["score_paths"].items()},
                    {s: [] for s in record["caption_sets"]},
                    Path(record["clusters"]) if record["clusters"] else None,
-                   Path(record["caption_text"]) if record["caption_text"] else None)
+                   Path(record["caption_text"]) if record["caption_text"] else None,
+                   Path(record["metadata"]) if record.get("metadata") else None,
+                   tuple(record.get("metadata_columns") or ()))
 
     def scattered(self, scatter_dir: Path) -> MixInputs:
         """The same inputs as :func:`run_scatter` wrote them into ``scatter_dir``: each one a
@@ -257,7 +279,9 @@ class MixInputs:
                          {s: scatter_dir / "scores" / s for s in self.score_paths},
                          {s: [scatter_dir / "captions" / s] for s in self.caption_files},
                          scatter_dir / "clusters" if self.clusters else None,
-                         scatter_dir / "caption_language" if self.caption_text else None)
+                         scatter_dir / "caption_language" if self.caption_text else None,
+                         scatter_dir / "metadata" if self.metadata else None,
+                         self.metadata_columns)
 
     def part(self, part: int) -> MixInputs:
         """Part ``part`` of scattered inputs (a folder becomes its part file)."""
@@ -267,7 +291,8 @@ class MixInputs:
         return MixInputs(pick(self.index), {s: pick(p) for s, p in self.score_paths.items()},
                          {s: [pick(f) for f in files] for s, files in self.caption_files.items()},
                          pick(self.clusters) if self.clusters else None,
-                         pick(self.caption_text) if self.caption_text else None)
+                         pick(self.caption_text) if self.caption_text else None,
+                         pick(self.metadata) if self.metadata else None, self.metadata_columns)
 
 
 SCORE_COLUMNS = ("uid", "cos", "cos_all", "missing")
@@ -319,6 +344,9 @@ def run_scatter(inputs: MixInputs, n_parts: int, out_dir: Path) -> None:
     if inputs.caption_text is not None and target.caption_text is not None:
         scatter_rows([inputs.caption_text], ["uid", *CAPTION_TEXT_COLUMNS], n_parts,
                      target.caption_text)
+    if inputs.metadata is not None and target.metadata is not None:
+        scatter_rows(inputs.metadata_files(), ["uid", *inputs.metadata_columns], n_parts,
+                     target.metadata)
 
 
 def run_table_part(pool: str, part: int, n_parts: int, sources: Mapping[str, Sequence[str]],
@@ -345,9 +373,11 @@ def run_table_part(pool: str, part: int, n_parts: int, sources: Mapping[str, Seq
                 if here.clusters is not None else None)
     caption_text = (_read([here.caption_text], ["uid", *CAPTION_TEXT_COLUMNS])
                     if here.caption_text is not None else None)
+    metadata = (_read(here.metadata_files(), ["uid", *here.metadata_columns])
+                if here.metadata is not None else None)
     try:
         table, report = build_mix_table(pool_uids.tolist(), sets, clusters, on_missing_score,
-                                        caption_text)
+                                        caption_text, metadata)
     except ScoreTableError as error:
         raise ScoreTableError(f"part {part} of {n_parts} of pool '{pool}''s mix table: "
                               f"{error}") from error

@@ -38,6 +38,7 @@ from typing import Any
 
 from capmix.assetspec import reference_problem
 from capmix.captionsets import RAW, caption_set_name, pool_temperatures
+from capmix.metadatafilter import MetadataFilter, parse_metadata_filter
 from capmix.textfilter import TextFilter, language_id_problems, parse_text_filter
 
 #: The caption source suffix ``captioner/best``: the best-scoring caption over temperatures.
@@ -95,6 +96,7 @@ class Strategy:
     parts: tuple[Part, ...]
     intersect_image_clusters: bool = False
     text_filter: TextFilter | None = None  # on the raw caption, for every part
+    metadata_filter: MetadataFilter | None = None  # on kept source columns, for every part
     paper: tuple[str, ...] = ()
     family: str | None = None
     fraction: float | None = None
@@ -176,10 +178,15 @@ def parse_strategy(name: str, spec: Mapping[str, Any]) -> Strategy:
                                                 by)))
     if spec.get("fractions") is not None and not _uses_sweep(spec):
         raise fail("has 'fractions' but no part says 'top: sweep'")
+    try:
+        metadata_filter = parse_metadata_filter(spec.get("metadata_filter"))
+    except ValueError as error:
+        raise fail(str(error)) from error
     return Strategy(
         name=name, description=spec.get("description", ""), parts=tuple(parts),
         intersect_image_clusters=bool(spec.get("intersect_image_clusters", False)),
         text_filter=parse_text_filter(spec.get("text_filter")),
+        metadata_filter=metadata_filter,
         paper=tuple(spec.get("paper", [])), family=spec.get("family"),
         fraction=spec.get("fraction"),
     )
@@ -239,7 +246,8 @@ def is_no_filter(strategy: Strategy) -> bool:
     nothing filtered (``raw_no_filter``, ``synthetic_no_filter``, Table 1's rows)."""
     return (len(strategy.parts) == 1 and strategy.parts[0].images == "all"
             and strategy.parts[0].keep.rule == "all" and len(strategy.parts[0].caption) == 1
-            and not strategy.intersect_image_clusters and strategy.text_filter is None)
+            and not strategy.intersect_image_clusters and strategy.text_filter is None
+            and strategy.metadata_filter is None)
 
 
 def no_filter_strategies(config: Mapping[str, Any], pool: Mapping[str, Any],
@@ -278,6 +286,32 @@ def pool_filters_captions(config: Mapping[str, Any], pool: Mapping[str, Any]) ->
     ``caption_language`` stage)."""
     expanded = expand_strategies(config.get("strategies", {}))
     return any(expanded.get(n, {}).get("text_filter") for n in pool_strategy_names(config, pool))
+
+
+def pool_metadata_columns(config: Mapping[str, Any], pool: Mapping[str, Any]) -> list[str]:
+    """The kept source columns some strategy of the pool filters on (``metadata_filter``), so
+    the workflow carries them into the pool's mix table and the metadata stage checks them."""
+    expanded = expand_strategies(config.get("strategies", {}))
+    columns: dict[str, None] = {}
+    for name in pool_strategy_names(config, pool):
+        for column in (expanded.get(name, {}).get("metadata_filter") or {}):
+            columns[str(column)] = None
+    return sorted(columns)
+
+
+def metadata_filter_required_columns(config: Mapping[str, Any],
+                              pool: Mapping[str, Any]) -> dict[str, str]:
+    """Config key -> kept column, for every column the pool's strategies filter on: the
+    metadata stage checks each is in every file and kept (``build_metadata(required=...)``),
+    so a misspelt column stops before anything is fetched."""
+    expanded = expand_strategies(config.get("strategies", {}))
+    required: dict[str, str] = {}
+    for name in pool_strategy_names(config, pool):
+        spec = expanded.get(name, {})
+        for column in (spec.get("metadata_filter") or {}):
+            key = f"strategies.{spec.get('family', name)}.metadata_filter.{column}"
+            required[f"{key} (pool {pool['name']})"] = str(column)
+    return required
 
 
 def _source_problem(source: str, pool: Mapping[str, Any] | None,
@@ -352,6 +386,13 @@ def strategy_problems(config: Mapping[str, Any]) -> list[str]:
                 if problem:
                     problems.append(f"config key 'strategies.{strategy.family}': strategy "
                                     f"'{name}' in pool '{pool['name']}': {problem}")
+            kept = (pool.get("source") or {}).get("keep_columns")
+            for column in (strategy.metadata_filter.columns if strategy.metadata_filter
+                           else []):
+                if isinstance(kept, list) and column not in kept:
+                    problems.append(f"config key 'pools[{index}].source.keep_columns': strategy "
+                                    f"'{name}' filters on metadata column '{column}', which "
+                                    f"pool '{pool['name']}' does not keep (it keeps {kept})")
             if strategy.intersect_image_clusters and not mix.get("image_clusters"):
                 problems.append(f"{where}.image_clusters': strategy '{name}' intersects with "
                                 f"ImageNet-like image clusters, but pool '{pool['name']}' "

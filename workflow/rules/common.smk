@@ -54,8 +54,10 @@ from capmix.figurespec import (  # noqa: E402
 from capmix.figurespec import plan_inputs as figure_plan_inputs  # noqa: E402
 from capmix.strategies import (  # noqa: E402
     expand_strategies,
+    metadata_filter_required_columns,
     no_filter_strategies,
     pool_filters_captions,
+    pool_metadata_columns,
     pool_needs_clusters,
     pool_sources,
     pool_strategy_names,
@@ -279,6 +281,8 @@ def metadata_required_columns(wildcards):
     # the columns the pool's shipped captioners read (capmix.shipped)
     required.update(shipped_required_columns(index, POOLS[wildcards.pool],
                                              config.get("captioners") or {}))
+    # the columns the pool's strategies filter on (capmix.metadatafilter)
+    required.update(metadata_filter_required_columns(config, POOLS[wildcards.pool]))
     return required
 
 
@@ -514,7 +518,14 @@ def mix_table_inputs(wildcards):
         inputs["clusters"] = IMAGE_CLUSTERS.format(pool=pool)
     if pool_filters_captions(config, POOLS[pool]):
         inputs["caption_language"] = CAPTION_LANGUAGE.format(pool=pool)
+    if pool_metadata_columns(config, POOLS[pool]):
+        inputs["metadata"] = METADATA.format(pool=pool)
     return inputs
+
+
+def mix_metadata_columns(wildcards):
+    """The kept source columns the pool's strategies filter on (metadata_filter)."""
+    return pool_metadata_columns(config, POOLS[wildcards.pool])
 
 
 def mix_table_part_inputs(wildcards):

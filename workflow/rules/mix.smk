@@ -136,6 +136,7 @@ rule mix_scatter:
     params:
         score_paths=mix_score_paths,
         caption_manifests=mix_caption_manifests,
+        metadata_columns=mix_metadata_columns,
         table_parts=pool_setting("mix", "table_parts"),
     log:
         "logs/mix_scatter/{pool}.log",
@@ -160,6 +161,7 @@ rule mix_table_part:
     params:
         sources=mix_sources,
         unscattered=mix_table_part_files,
+        metadata_columns=mix_metadata_columns,
         on_missing_score=pool_setting("mix", "on_missing_score"),
         table_parts=pool_setting("mix", "table_parts"),
     log:
