@@ -4,6 +4,7 @@ the real format, its shipped BLIP captions as a caption set, and its Figure 13 c
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -179,3 +180,9 @@ def test_laion_coco_config_dry_runs_figure_13(tmp_path):
     out = result.stdout
     assert "results/laion_coco/captions/laion_coco_blip/1.0/" in out
     assert "shipped in the source's metadata" in result.stderr
+    # Figure 13 (bars) and its table are drawn from the five models' evaluations
+    assert stats["draw_figures"] == 1 and stats["analyses"] == 1
+    (draw,) = [block for block in re.split(r"\n(?=\[)", out) if "rule draw_figures:" in block]
+    for strategy in ("raw_no_filter", "shipped_no_filter", "synthetic_no_filter",
+                     "synthetic_min_0p28", "raw_min_0p28"):
+        assert f"results/laion_coco/eval/{strategy}.aggregate.json" in draw, strategy

@@ -339,6 +339,62 @@ def accuracy_scatter(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figur
     return figure
 
 
+#: The accuracies :func:`accuracy_bars` draws: the aggregate's field and its axis label.
+BAR_METRICS = (("ImageNet", "ImageNet accuracy"), ("Average", "Average accuracy"))
+
+
+def accuracy_bars(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
+    """Figure 13: ImageNet and average accuracy of the models trained on the strategies
+    ``options.strategies`` lists (in that order, labelled by ``options.labels``), the ones in
+    ``options.hatched`` hatched (the paper's "controlled for noise" subset). A real pool's bars
+    stand beside the paper's numbers (``options.where`` in config/paper_numbers.yaml) at the
+    pool's training scale, drawn as outlined bars; a toy pool's never do. Strategies the pool
+    did not evaluate are named under the figure."""
+    options = entry["options"]
+    files = entry["reads"]["eval"]
+    listed = list(options.get("strategies") or files)
+    shown = [s for s in listed if s in files]
+    if not shown:
+        raise NotAvailable(f"not available: pool '{plan['pool']}' evaluates none of "
+                           f"{', '.join(listed)}")
+    labels = {s: options.get("labels", {}).get(s, _short(s)) for s in shown}
+    hatched = set(options.get("hatched") or [])
+    numbers = None if plan["toy"] else load_paper_numbers()
+    where = options.get("where", entry["paper"])
+    figure, axes = _figure(len(BAR_METRICS), 4.5)
+    width = 0.8 / (2 if numbers is not None else 1)
+    for ax, (metric, label) in zip(axes, BAR_METRICS, strict=True):
+        for i, strategy in enumerate(shown):
+            ours = (read_json(files[strategy]).get("aggregates") or {}).get(metric)
+            x = i - (width / 2 if numbers is not None else 0)
+            ax.bar(x, ours or 0.0, width, color=f"C{i}", edgecolor="black",
+                   hatch="//" if strategy in hatched else None,
+                   label="ours" if i == 0 else None)
+            if ours is not None:
+                ax.annotate(f"{ours:.3f}", (x, ours), ha="center", va="bottom", fontsize=6)
+            paper = paper_entry(numbers, where, strategy=strategy, scale=plan["train_scale"],
+                                metric=metric)
+            if paper is not None:
+                ax.bar(i + width / 2, paper.value, width, fill=False, edgecolor=f"C{i}",
+                       hatch="//" if strategy in hatched else None,
+                       label="paper" if i == 0 else None)
+                ax.annotate(f"{paper.value:.3f}", (i + width / 2, paper.value), ha="center",
+                            va="bottom", fontsize=6)
+        ax.set_xticks(range(len(shown)), [labels[s] for s in shown], rotation=30, ha="right",
+                      fontsize=7)
+        ax.set_ylabel(label)
+        ax.set_title(label)
+        if numbers is not None:
+            legend(ax)
+    missing = [s for s in listed if s not in files]
+    if missing:
+        figure.text(0.01, 0.01, f"not evaluated in this pool: {', '.join(missing)}",
+                    fontsize=6)
+    figure.suptitle(title(entry, plan, "accuracy by caption source"))
+    figure.tight_layout()
+    return figure
+
+
 def caption_quality(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
     """Data quality: per caption set, mean image-text cosine and CLIP-S (quality JSONs)."""
     files = entry["reads"]["quality"]
@@ -429,6 +485,7 @@ Drawer = Callable[[Mapping[str, Any], Mapping[str, Any]], Figure]
 DRAWERS: dict[str, Drawer] = {
     "image_grid": image_grid,
     "accuracy_scatter": accuracy_scatter,
+    "accuracy_bars": accuracy_bars,
     "caption_stats": caption_stats,
     "cosine_histograms": cosine_histograms,
     "noise_diversity": noise_diversity,

@@ -26,7 +26,7 @@ CATEGORIES: dict[str, str] = {
     "training curves": "Training curves",
 }
 #: Drawing functions (schema ``$defs/figure.plot``; figures.DRAWERS and tables.WRITERS).
-FIGURE_PLOTS = ("image_grid", "accuracy_scatter", "caption_stats", "cosine_histograms",
+FIGURE_PLOTS = ("image_grid", "accuracy_scatter", "accuracy_bars", "caption_stats", "cosine_histograms",
                 "noise_diversity", "task_differences", "retrieval_bars", "pool_scaling",
                 "retrieval_scatter", "class_groups", "diversity_scaling", "caption_quality",
                 "fetch_outcomes", "training_loss")
