@@ -543,7 +543,9 @@ def test_figure_13_table_sizes_and_accuracies_beside_the_papers(tmp_path):
     (spec,) = [e for e in figurespec.figure_entries(pipeline_config())
                if e["id"] == "figure_13_table"]
     rows = [{"strategy": "synthetic_min_0p28", "n_samples": 41_500_000, "share_of_pool": 0.4,
-             "thresholds": {"blip2_opt_2.7b/0.75": 0.28}}]
+             "thresholds": {"blip2_opt_2.7b/0.75": 0.28}},
+            {"strategy": "raw_top_30", "n_samples": 31_000_000, "share_of_pool": 0.3,
+             "thresholds": {"raw": 0.3}}]  # not one of Figure 13's: left out
     analysis = write(tmp_path / "analyses/subset_table.json",
                      {"available": True, "reason": None, "rows": rows})
     aggregate = write(tmp_path / "eval/synthetic_min_0p28.aggregate.json",
@@ -557,3 +559,8 @@ def test_figure_13_table_sizes_and_accuracies_beside_the_papers(tmp_path):
     assert size["value"] == "41M"  # as the paper prints it
     imagenet = find_cell(csv_path, "synthetic_min_0p28", "ImageNet accuracy (difference)")
     assert float(imagenet["value"]) == pytest.approx(0.27 - 0.268, abs=1e-4)
+    assert "raw_top_30" not in csv_path.read_text()
+    # a pool that evaluates none of the five (the toy pools): not drawn, and says why
+    spec["reads"]["eval"] = {}
+    with pytest.raises(tables.NotAvailable, match="evaluates none of raw_no_filter"):
+        tables.subset_table(spec, plan_for([spec], toy=True), None)

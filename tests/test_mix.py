@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capmix.config import ConfigError, pipeline_config
-from capmix.metadatafilter import CONDITIONS, metadata_table_column
+from capmix.metadatafilter import COLUMN_PATTERN, CONDITIONS, metadata_table_column
 from capmix.mix import (
     CHARS_COLUMN,
     CLUSTER_COLUMN,
@@ -37,8 +37,8 @@ from capmix.strategies import (
     StrategyError,
     expand_strategies,
     is_no_filter,
+    metadata_filter_users,
     parse_strategy,
-    pool_metadata_columns,
     pool_strategy_names,
     strategy_problems,
 )
@@ -778,7 +778,7 @@ def test_a_metadata_filter_is_checked_against_the_pools_kept_columns():
     config["pools"] = [pool]
     problems = strategy_problems(config)
     assert any("pools[0].source.keep_columns" in p and "'NSFW'" in p for p in problems)
-    assert pool_metadata_columns(config, pool) == ["NSFW"]
+    assert metadata_filter_users(config, pool) == {"NSFW": ["safe"]}
     pool["source"]["keep_columns"] = ["similarity", "NSFW"]
     assert not any("keep_columns" in p for p in strategy_problems(config))
     # a filtered strategy is not a "no filter" one (Table 1's rows)
@@ -792,3 +792,5 @@ def test_the_schemas_metadata_conditions_are_the_modules():
     conditions = schema["$defs"]["strategy"]["properties"]["metadata_filter"][
         "additionalProperties"]["properties"]
     assert tuple(conditions) == CONDITIONS
+    names = schema["$defs"]["strategy"]["properties"]["metadata_filter"]["propertyNames"]
+    assert names["pattern"] == f"^{COLUMN_PATTERN}$"

@@ -24,10 +24,12 @@ from capmix.mix import (
     score_column,
 )
 from capmix.mixparts import (
+    MetadataColumnError,
     MixInputs,
     build_table,
     part_files,
     read_table,
+    run_metadata_column,
     run_subset,
     scatter_rows,
     uid_parts,
@@ -242,6 +244,9 @@ def write_metadata(root, index: pd.DataFrame, rng: np.random.Generator):
 
 
 def test_a_metadata_filter_gives_the_same_subset_from_parts(tmp_path):
+    """A kept column in its own folder per column (run_metadata_column), in the table's uid
+    ranges, joined to each part by the strategy's subset job: the same subset from 1 and 5
+    parts, and what the filter keeps worked out by hand from the metadata."""
     score_paths, manifests = write_pool(tmp_path, seed=4, n=400)
     index = pd.read_parquet(tmp_path / "index.parquet")
     folder = write_metadata(tmp_path, index, np.random.default_rng(4))
@@ -250,35 +255,43 @@ def test_a_metadata_filter_gives_the_same_subset_from_parts(tmp_path):
             "parts": [{"caption": "raw", "keep": {"top": 0.3}},
                       {"caption": "synthetic", "images": "remaining",
                        "keep": {"same_threshold": True}}]}
-    results = {}
+    summaries = {}
     for n_parts in (1, 5):
-        inputs = MixInputs.from_manifests(tmp_path / "index.parquet", score_paths, manifests,
-                                          metadata=folder,
-                                          metadata_columns=["NSFW", "pwatermark"])
+        inputs = MixInputs.from_manifests(tmp_path / "index.parquet", score_paths, manifests)
         out = tmp_path / f"table_{n_parts}.json"
         build_table("p", {"raw": ["raw"], "cap/0.75": ["cap/0.75"]}, inputs, out,
                     n_parts=n_parts)
-        whole = read_table(out)
-        assert {"meta:NSFW", "meta:pwatermark"} <= set(whole.columns)
-        results[n_parts] = (run_subset("safe", spec, POOL, out, tmp_path / f"s{n_parts}"),
-                            whole)
-    (one, table_one), (many, table_many) = results[1], results[5]
-    pd.testing.assert_frame_equal(table_one, table_many)
+        columns = {c: tmp_path / f"meta_{n_parts}" / c for c in ("NSFW", "pwatermark")}
+        for column, target in columns.items():
+            run_metadata_column("p", column, folder, n_parts, target, ["safe"])
+        assert len(list(columns["NSFW"].glob("part-*.parquet"))) == n_parts
+        summaries[n_parts] = run_subset("safe", spec, POOL, out, tmp_path / f"s{n_parts}",
+                                        metadata_columns=columns)
+    one, many = summaries[1], summaries[5]
     assert ((tmp_path / "s1" / "uids.npy").read_bytes()
             == (tmp_path / "s5" / "uids.npy").read_bytes())
     assert {k: v for k, v in one.items() if k != "provenance"} == {
         k: v for k, v in many.items() if k != "provenance"}
     assert one["metadata_filter"] == {"NSFW": {"in": ["UNLIKELY"]}, "pwatermark": {"max": 0.6}}
-    # by hand: every chosen image is tagged UNLIKELY with a probability of at most 0.6, and the
-    # first part's images (tags missing) are never chosen
-    samples = pd.read_parquet(tmp_path / "s1" / "samples.parquet")
-    meta = table_one.set_index("uid").loc[samples["uid"]]
-    assert len(samples) > 0 and (meta["meta:NSFW"] == "UNLIKELY").all()
-    assert (meta["meta:pwatermark"] <= 0.6).all()
-    passing = table_one[(table_one["meta:NSFW"] == "UNLIKELY")
-                        & (table_one["meta:pwatermark"] <= 0.6)]
+    # by hand: the raw part keeps the pool's top 30% by raw score (threshold over the whole
+    # pool) that are tagged UNLIKELY with a probability of at most 0.6; the first metadata
+    # part's images (tags missing) are never chosen
+    table = read_table(tmp_path / "table_1.json")
+    meta = pd.concat([pd.read_parquet(p) for p in sorted(folder.glob("part-*.parquet"))])
+    joined = table.merge(meta[["uid", "NSFW", "pwatermark"]], on="uid")
     raw_threshold = one["parts"][0]["threshold"]
-    assert raw_threshold == datacomp_threshold(-np.sort(-table_one[score_column("raw")]
+    assert raw_threshold == datacomp_threshold(-np.sort(-table[score_column("raw")]
                                                         .to_numpy()), 0.3)
-    expected_raw = set(passing.loc[passing[score_column("raw")] >= raw_threshold, "uid"])
-    assert set(samples.loc[samples["part"] == 0, "uid"]) == expected_raw
+    passing = joined[(joined["NSFW"] == "UNLIKELY") & (joined["pwatermark"] <= 0.6)]
+    samples = pd.read_parquet(tmp_path / "s1" / "samples.parquet")
+    assert set(samples.loc[samples["part"] == 0, "uid"]) == set(
+        passing.loc[passing[score_column("raw")] >= raw_threshold, "uid"])
+    assert len(samples) > 0 and set(samples["uid"]) <= set(passing["uid"])
+    # a column the metadata lacks stops the column's job, naming the files and strategies
+    with pytest.raises(MetadataColumnError, match=r"(?s)strategies safe.*'punsafe'.*part-00000"):
+        run_metadata_column("p", "punsafe", folder, 5, tmp_path / "punsafe", ["safe"])
+    assert not (tmp_path / "punsafe").exists()
+    # a subset job given a column folder in other parts than the table's stops
+    with pytest.raises(ValueError, match="in 1 part.*the mix table in 5"):
+        run_subset("safe", spec, POOL, tmp_path / "table_5.json", tmp_path / "bad",
+                   metadata_columns={c: tmp_path / "meta_1" / c for c in ("NSFW", "pwatermark")})

@@ -320,29 +320,26 @@ def test_laion400m_parts_keep_similarity_and_nsfw_as_the_file_types_them(tmp_pat
     assert shipped_raw_column(spec, "blip2_opt_2.7b/0.75", tmp_path / "meta") is None
 
 
-def test_a_column_a_strategy_filters_on_is_checked_before_anything_is_fetched(tmp_path):
-    """LAION-400M's NSFW strategies need the NSFW column in every file (the Snakefile passes
-    metadata_filter_required_columns as `required`); a file without it stops the metadata
-    stage, naming the strategy's key, and publishes nothing."""
-    from capmix.strategies import metadata_filter_required_columns
+def test_a_column_a_strategy_filters_on_is_checked_by_its_own_job(tmp_path):
+    """LAION-400M's NSFW strategies read the NSFW column through its own job
+    (mix_metadata_column, run early by priority); on metadata without it the job stops, naming
+    the strategies and the files, and writes nothing."""
+    from capmix.mixparts import MetadataColumnError, run_metadata_column
+    from capmix.strategies import metadata_filter_users
 
     config = pipeline_config(REPO / "config" / "laion400m.yaml")
     (pool,) = config["pools"]
-    required = metadata_filter_required_columns(config, pool)
-    assert set(required.values()) == {"NSFW"} and len(required) == 2
-    assert "strategies.raw_top_30_nsfw_unlikely.metadata_filter.NSFW (pool laion400m)" in required
+    users = metadata_filter_users(config, pool)
+    assert users == {"NSFW": ["raw_top_30_nsfw_unlikely",
+                              "raw_top_synthetic_remaining_filtered_30_nsfw_unlikely"]}
     write_laion(tmp_path)
     source = shipped_source("laion400m.yaml", tmp_path)
-    build_metadata("p", source, source_files(source, [Path(source["path"])]),
-                   tmp_path / "meta", required=required)  # the shipped files have it
-    part = next((tmp_path / source["path"]).glob("*.parquet"))
-    pq.write_table(pq.read_table(part).drop_columns(["NSFW"]), part)
     source["keep_columns"] = [c for c in source["keep_columns"] if c != "NSFW"]
-    with pytest.raises(MetadataError, match=r"raw_top_30_nsfw_unlikely\.metadata_filter\.NSFW"
-                       r".*'NSFW', which is missing"):
-        build_metadata("p", source, source_files(source, [Path(source["path"])]),
-                       tmp_path / "meta2", required=required)
-    assert not (tmp_path / "meta2").exists()
+    build_metadata("p", source, source_files(source, [Path(source["path"])]), tmp_path / "meta")
+    with pytest.raises(MetadataColumnError, match=r"raw_top_30_nsfw_unlikely.*'NSFW'"):
+        run_metadata_column("laion400m", "NSFW", tmp_path / "meta", 4, tmp_path / "NSFW",
+                            users["NSFW"])
+    assert not (tmp_path / "NSFW").exists()
 
 
 def test_coco_captions_train2017_keeps_all_five_captions_and_trains_the_first(tmp_path):
@@ -582,7 +579,16 @@ def test_each_web_config_dry_runs_the_full_dag(workdir, name):
     assert bool(filtering) == (name in ("laion400m.yaml", "redcaps.yaml")), filtering
     for strategy in filtering:
         assert f"strategy={strategy}" in out
-    mix_jobs = [block for block in re.split(r"\n(?=\[)", out) if "rule mix_table_part:" in block
-                or "rule mix_scatter:" in block]
-    assert mix_jobs and all((f"results/{pool['name']}/metadata" in block) == bool(filtering)
-                            for block in mix_jobs), mix_jobs
+    # ... through one job per column, beside the table (the table itself does not read them)
+    jobs = re.split(r"\n(?=\[)", out)
+    columns = {c for s in filtering for c in config["strategies"][s]["metadata_filter"]}
+    for column in columns:
+        folder = f"results/{pool['name']}/mix/metadata/{column}"
+        assert any("rule mix_metadata_column:" in job and f"output: {folder}" in job
+                   for job in jobs), column
+        for strategy in filtering:
+            (subset,) = [job for job in jobs if "rule subset:" in job
+                         and f"strategy={strategy}" in job]
+            assert folder in subset
+    assert not any(f"results/{pool['name']}/mix/metadata" in job for job in jobs
+                   if "rule mix_table_part:" in job or "rule mix_scatter:" in job)

@@ -19,8 +19,11 @@ Semantics (documented in README "Strategies", applied by :func:`capmix.mix.selec
 * like a text filter, the filter applies to every part of the strategy, and ``top`` fractions
   are still of the whole pool (DataComp computes its thresholds before its other filters).
 
-The mix table carries each column a pool's strategies filter on as ``meta:<column>``
-(:func:`metadata_table_column`), read from the pool's metadata parts for the fetched images.
+Each column a pool's strategies filter on gets one job (rule mix_metadata_column,
+:func:`capmix.mixparts.run_metadata_column`) that writes it in the mix table's uid-range parts,
+beside the table rather than in it: adding a strategy with a filter rebuilds neither the table
+nor the other strategies' subsets. The strategy's subset job joins it to each part of the
+table as ``meta:<column>`` (:func:`metadata_table_column`).
 
 A light module (standard library only): the config checker and the Snakefile read it.
 """
@@ -33,6 +36,9 @@ from typing import Any
 
 #: The conditions a column may state (the schema lists exactly these; a test holds them equal).
 CONDITIONS: tuple[str, ...] = ("in", "not_in", "min", "max")
+#: The names a filtered column may have (schema ``metadata_filter.propertyNames``; a test holds
+#: them equal): each column is a folder and a Snakemake wildcard of its own job.
+COLUMN_PATTERN = "[A-Za-z0-9_][A-Za-z0-9_.-]*"
 #: Prefix of a filtered metadata column in the mix table (a kept column could be called
 #: ``uid`` or ``score:raw``; the prefix keeps it apart from the table's own columns).
 TABLE_PREFIX = "meta:"

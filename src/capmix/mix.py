@@ -18,9 +18,10 @@ Exact semantics, and the choices the paper leaves open (all documented in README
   fastText tokens and characters, measured once per pool by the ``caption_language`` stage.
   As in DataComp, a ``top`` threshold is still computed over the whole pool, before the filter.
 * A metadata filter (:mod:`capmix.metadatafilter`: LAION's NSFW tag, RedCaps' subreddit) reads
-  the columns the source ships and the metadata stage kept, carried into the table as
-  ``meta:<column>``; like the text filter it applies to every part, after a ``top`` threshold
-  is computed over the whole pool, and a missing value passes no condition.
+  the columns the source ships and the metadata stage kept, joined to each part of the table
+  as ``meta:<column>`` by the strategy's subset job (:func:`with_metadata_columns`); like the
+  text filter it applies to every part, after a ``top`` threshold is computed over the whole
+  pool, and a missing value passes no condition.
 * A concatenated caption joins its sources with a single space (the paper does not say);
   its threshold is decided by the part's explicit ``by`` source.
 * A caption set with several captions per image trains with (and is scored by) its first
@@ -183,15 +184,13 @@ def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[Cap
                     image_clusters: pd.DataFrame | None = None,
                     on_missing_score: str = "error",
                     caption_text: pd.DataFrame | None = None,
-                    metadata: pd.DataFrame | None = None,
                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One row per usable pool image: every source's score and caption, sorted by uid.
 
     ``sources`` maps a concrete source to its caption sets (one, or every temperature for
     ``captioner/best``). ``image_clusters`` (uid, :data:`CLUSTER_COLUMN`) and
     ``caption_text`` (uid, :data:`CAPTION_TEXT_COLUMNS`) add their columns and must cover
-    every fetched uid, as must ``metadata`` (uid and the kept source columns strategies filter
-    on; each becomes ``meta:<column>``). Scores with NaN or missing uids raise
+    every fetched uid. Scores with NaN or missing uids raise
     :class:`ScoreTableError` naming the set, the counts and examples, unless
     ``on_missing_score == "drop"``: then those images leave the pool (for every strategy, so
     all strategies share one pool) and the report counts them. Duplicate uids always raise.
@@ -257,14 +256,6 @@ def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[Cap
                                   f"{_examples(sorted(absent))}")
         for column in CAPTION_TEXT_COLUMNS:
             table[column] = measured[column].reindex(pool_index).to_numpy()
-    if metadata is not None:
-        kept = metadata.drop_duplicates("uid").set_index("uid")
-        absent = pool_index.difference(kept.index)
-        if len(absent):
-            raise ScoreTableError(f"the pool's metadata lacks {len(absent)} fetched uid(s), "
-                                  f"e.g. {_examples(sorted(absent))}")
-        for column in kept.columns:
-            table[metadata_table_column(column)] = kept[column].reindex(pool_index).to_numpy()
     if len(unusable):
         report["dropped"]["total"] = int(len(unusable))
         table = table.drop(index=unusable)
@@ -342,8 +333,8 @@ def metadata_filter_mask(table: pa.Table | pd.DataFrame,
         name = metadata_table_column(condition.column)
         if name not in table.column_names:
             raise StrategyError(f"the pool table has no metadata column '{condition.column}' "
-                                "(the mix table carries only the columns the pool's "
-                                "strategies filter on)")
+                                "(the subset job joins the columns its metadata_filter names: "
+                                "with_metadata_columns)")
         values = table.column(name)
         passing = pc.invert(pc.is_null(values))
         if condition.values_in is not None or condition.values_not_in is not None:
@@ -367,6 +358,27 @@ def metadata_filter_mask(table: pa.Table | pd.DataFrame,
                 passing = pc.and_(passing, pc.less_equal(numbers, condition.maximum))
         mask &= np.asarray(pc.fill_null(passing, False), dtype=bool)
     return mask
+
+
+def with_metadata_columns(part: pa.Table, columns: Mapping[str, pa.Table]) -> pa.Table:
+    """One part of a mix table with kept metadata columns joined by uid as ``meta:<column>``
+    (``columns``: column -> a table of uid and that column covering at least the part's uids,
+    as :func:`capmix.mixparts.run_metadata_column` scatters them). The part keeps its row
+    order; a fetched uid the metadata lacks raises :class:`ScoreTableError`."""
+    uids = np.asarray(part.column("uid").to_pylist(), dtype=object)
+    for column, side in columns.items():
+        index = pd.Index(side.column("uid").to_pylist())
+        if not index.is_unique:
+            raise ScoreTableError(f"metadata column '{column}': a uid is listed twice, e.g. "
+                                  f"{_examples(index[index.duplicated()])}")
+        positions = index.get_indexer(uids)
+        if (positions < 0).any():
+            raise ScoreTableError(f"metadata column '{column}' lacks "
+                                  f"{int((positions < 0).sum())} fetched uid(s), e.g. "
+                                  f"{_examples(uids[positions < 0])}")
+        part = part.append_column(metadata_table_column(column),
+                                  side.column(column).take(pa.array(positions)))
+    return part
 
 
 #: The mix table's column naming the fetched shard that holds each image (from the fetch
@@ -649,8 +661,6 @@ def strategy_columns(strategy: Strategy, resolve: Callable[[str], str],
         columns.append(CLUSTER_COLUMN)
     if strategy.text_filter is not None:
         columns += list(CAPTION_TEXT_COLUMNS)
-    if strategy.metadata_filter is not None:
-        columns += [metadata_table_column(c) for c in strategy.metadata_filter.columns]
     if SHARD_COLUMN in names:
         columns.append(SHARD_COLUMN)
     return columns

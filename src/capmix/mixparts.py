@@ -57,6 +57,7 @@ from capmix.mix import (
     select,
     strategy_columns,
     threshold_needs,
+    with_metadata_columns,
 )
 from capmix.parquetio import stream_batches
 from capmix.provenance import provenance_record, write_json, write_parquet_atomic
@@ -209,47 +210,30 @@ def _merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 @dataclass
 class MixInputs:
     """What a pool's mix table is built from: the fetch index, each caption set's score table
-    and caption files, and (if strategies need them) image clusters, caption languages and
-    the kept source columns ``metadata_columns`` of the pool's metadata (its folder of parts,
-    or once scattered a folder of uid ranges)."""
+    and caption files, and (if strategies need them) image clusters and caption languages."""
 
     index: Path
     score_paths: Mapping[str, Path]
     caption_files: Mapping[str, Sequence[Path]]
     clusters: Path | None = None
     caption_text: Path | None = None
-    metadata: Path | None = None
-    metadata_columns: Sequence[str] = ()
 
     @classmethod
     def from_manifests(cls, index: Path, score_paths: Mapping[str, str | Path],
                        caption_manifests: Mapping[str, Sequence[str | Path]],
                        clusters: Path | None = None,
-                       caption_text: Path | None = None,
-                       metadata: Path | None = None,
-                       metadata_columns: Sequence[str] = ()) -> MixInputs:
+                       caption_text: Path | None = None) -> MixInputs:
         from capmix.caption import caption_files
 
         return cls(Path(index), {s: Path(p) for s, p in score_paths.items()},
                    {s: caption_files([Path(m) for m in ms])
-                    for s, ms in caption_manifests.items()}, clusters, caption_text,
-                   metadata if metadata_columns else None, tuple(metadata_columns))
-
-    def metadata_files(self) -> list[Path]:
-        """The metadata parquet files to read the kept columns from: the pool's metadata
-        parts (a metadata folder, by its manifest), or one scattered part file."""
-        if self.metadata is None:
-            return []
-        if (self.metadata / "manifest.json").exists():
-            return metadata_parts(self.metadata)
-        return [self.metadata]
+                    for s, ms in caption_manifests.items()}, clusters, caption_text)
 
     def files(self) -> list[Path]:
         """Every input file (for provenance)."""
         found = [self.index, *self.score_paths.values()]
         for files in self.caption_files.values():
             found += list(files)
-        found += self.metadata_files()
         return found + [p for p in (self.clusters, self.caption_text) if p is not None]
 
     def record(self) -> dict[str, Any]:
@@ -258,9 +242,7 @@ class MixInputs:
                 "score_paths": {s: str(p) for s, p in self.score_paths.items()},
                 "caption_sets": sorted(self.caption_files),
                 "clusters": str(self.clusters) if self.clusters else None,
-                "caption_text": str(self.caption_text) if self.caption_text else None,
-                "metadata": str(self.metadata) if self.metadata else None,
-                "metadata_columns": list(self.metadata_columns)}
+                "caption_text": str(self.caption_text) if self.caption_text else None}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> MixInputs:
@@ -268,9 +250,7 @@ class MixInputs:
         return cls(Path(record["index"]), {s: Path(p) for s, p in record["score_paths"].items()},
                    {s: [] for s in record["caption_sets"]},
                    Path(record["clusters"]) if record["clusters"] else None,
-                   Path(record["caption_text"]) if record["caption_text"] else None,
-                   Path(record["metadata"]) if record.get("metadata") else None,
-                   tuple(record.get("metadata_columns") or ()))
+                   Path(record["caption_text"]) if record["caption_text"] else None)
 
     def scattered(self, scatter_dir: Path) -> MixInputs:
         """The same inputs as :func:`run_scatter` wrote them into ``scatter_dir``: each one a
@@ -279,9 +259,7 @@ class MixInputs:
                          {s: scatter_dir / "scores" / s for s in self.score_paths},
                          {s: [scatter_dir / "captions" / s] for s in self.caption_files},
                          scatter_dir / "clusters" if self.clusters else None,
-                         scatter_dir / "caption_language" if self.caption_text else None,
-                         scatter_dir / "metadata" if self.metadata else None,
-                         self.metadata_columns)
+                         scatter_dir / "caption_language" if self.caption_text else None)
 
     def part(self, part: int) -> MixInputs:
         """Part ``part`` of scattered inputs (a folder becomes its part file)."""
@@ -291,8 +269,7 @@ class MixInputs:
         return MixInputs(pick(self.index), {s: pick(p) for s, p in self.score_paths.items()},
                          {s: [pick(f) for f in files] for s, files in self.caption_files.items()},
                          pick(self.clusters) if self.clusters else None,
-                         pick(self.caption_text) if self.caption_text else None,
-                         pick(self.metadata) if self.metadata else None, self.metadata_columns)
+                         pick(self.caption_text) if self.caption_text else None)
 
 
 SCORE_COLUMNS = ("uid", "cos", "cos_all", "missing")
@@ -344,9 +321,6 @@ def run_scatter(inputs: MixInputs, n_parts: int, out_dir: Path) -> None:
     if inputs.caption_text is not None and target.caption_text is not None:
         scatter_rows([inputs.caption_text], ["uid", *CAPTION_TEXT_COLUMNS], n_parts,
                      target.caption_text)
-    if inputs.metadata is not None and target.metadata is not None:
-        scatter_rows(inputs.metadata_files(), ["uid", *inputs.metadata_columns], n_parts,
-                     target.metadata)
 
 
 def run_table_part(pool: str, part: int, n_parts: int, sources: Mapping[str, Sequence[str]],
@@ -373,11 +347,9 @@ def run_table_part(pool: str, part: int, n_parts: int, sources: Mapping[str, Seq
                 if here.clusters is not None else None)
     caption_text = (_read([here.caption_text], ["uid", *CAPTION_TEXT_COLUMNS])
                     if here.caption_text is not None else None)
-    metadata = (_read(here.metadata_files(), ["uid", *here.metadata_columns])
-                if here.metadata is not None else None)
     try:
         table, report = build_mix_table(pool_uids.tolist(), sets, clusters, on_missing_score,
-                                        caption_text, metadata)
+                                        caption_text)
     except ScoreTableError as error:
         raise ScoreTableError(f"part {part} of {n_parts} of pool '{pool}''s mix table: "
                               f"{error}") from error
@@ -438,15 +410,67 @@ def build_table(pool: str, sources: Mapping[str, Sequence[str]], inputs: MixInpu
     return run_mix_table(pool, paths, reports, manifest_path)
 
 
+# ------------------------------------------------------------------ rule mix_metadata_column
+
+
+class MetadataColumnError(ValueError):
+    """A column strategies filter on is not in the pool's metadata; names files and column."""
+
+
+def run_metadata_column(pool: str, column: str, metadata_dir: Path, n_parts: int,
+                        out_dir: Path, used_by: Sequence[str] = ()) -> dict[str, Any]:
+    """The mix_metadata_column rule: one kept source column of the pool's metadata (every row,
+    fetched or not), as uid and that column in the mix table's uid-range parts, for the subset
+    jobs of strategies that filter on it (``metadata_filter``; :func:`run_subset`).
+
+    Its own job and folder per column, beside the mix table rather than in it: adding a
+    strategy that filters on a column rebuilds neither the pool's table nor any other
+    strategy's subset, and a second strategy on the same column reuses it. Every metadata
+    file's schema is checked first (a missing column stops here, naming the files and the
+    strategies ``used_by``), then the rows are scattered a batch at a time (memory: one batch)
+    into a staging folder that replaces ``out_dir`` only when complete."""
+    files = metadata_parts(Path(metadata_dir))
+    problems = []
+    for path in files:
+        names = pq.read_schema(path).names
+        if column not in names:
+            problems.append(f"{path}: no column '{column}' (columns: {names})")
+    if problems:
+        who = f" (strategies {', '.join(used_by)})" if used_by else ""
+        raise MetadataColumnError(
+            f"pool '{pool}': a metadata_filter{who} names column '{column}', which the pool's "
+            f"metadata does not keep (pools[].source.keep_columns):\n" + "\n".join(problems))
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    scatter_rows(files, ["uid", column], n_parts, staging)
+    manifest = {"pool": pool, "column": column, "parts": n_parts,
+                "provenance": provenance_record("mix_metadata_column", inputs=files,
+                                                params={"column": column, "parts": n_parts})}
+    write_json(staging / "manifest.json", manifest)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    log.info("%s: metadata column %s in %d part(s)", pool, column, n_parts)
+    return manifest
+
+
+def read_metadata_parts(columns: Mapping[str, Path], part: int) -> dict[str, pa.Table]:
+    """Part ``part`` of each metadata column folder (:func:`run_metadata_column`)."""
+    return {column: pq.read_table(part_file(folder, part), columns=["uid", column])
+            for column, folder in columns.items()}
+
+
 # ------------------------------------------------------------------ rule subset
 
 
 def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], table: Path,
-               out_dir: Path, language_summary: Path | None = None) -> dict[str, Any]:
+               out_dir: Path, language_summary: Path | None = None,
+               metadata_columns: Mapping[str, Path] | None = None) -> dict[str, Any]:
     """The subset rule: one strategy of one pool, part by part of the mix table whose manifest
     is ``table``. ``language_summary`` is the
     pool's caption_language summary (which language-id model ran), for a strategy with a
-    text filter."""
+    text filter; ``metadata_columns`` (column -> its folder, :func:`run_metadata_column`) the
+    kept columns a strategy with a metadata filter reads, joined to each part."""
     strategy = parse_strategy(name, spec)
 
     def resolve(source: str) -> str:
@@ -461,6 +485,19 @@ def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], tabl
     if strategy.text_filter is not None and language_summary is not None:
         language_id = json.loads(Path(language_summary).read_text())["language_id"]
         inputs.append(Path(language_summary))
+    side = dict(metadata_columns or {})
+    if strategy.metadata_filter is not None:
+        absent = [c for c in strategy.metadata_filter.columns if c not in side]
+        if absent:
+            raise ValueError(f"strategy '{name}' filters on metadata column(s) {absent}, but "
+                             "the subset job was given none (mix_metadata_column's folders)")
+        n_parts = len(part_files(table))
+        for column in strategy.metadata_filter.columns:
+            made = json.loads((Path(side[column]) / "manifest.json").read_text())["parts"]
+            if made != n_parts:
+                raise ValueError(f"metadata column '{column}' ({side[column]}) is in {made} "
+                                 f"part(s), the mix table in {n_parts}: rebuild it")
+            inputs.append(Path(side[column]) / "manifest.json")
     provenance = provenance_record("subset", inputs=inputs,
                                    params={"strategy": json.loads(json.dumps(spec)),
                                            "pool_sources": dict(pool_mix(pool).get("sources",
@@ -468,7 +505,10 @@ def run_subset(name: str, spec: Mapping[str, Any], pool: Mapping[str, Any], tabl
     writer = SubsetWriter(strategy, out_dir)
     n_pool = 0
     try:
-        for part in iter_parts(table, columns):
+        for index, part in enumerate(iter_parts(table, columns)):
+            if strategy.metadata_filter is not None:
+                part = with_metadata_columns(part, read_metadata_parts(
+                    {c: side[c] for c in strategy.metadata_filter.columns}, index))
             writer.add(select(strategy, part, thresholds, resolve))
             n_pool += part.num_rows
         summary = writer.close(n_pool, provenance, language_id)

@@ -288,30 +288,16 @@ def pool_filters_captions(config: Mapping[str, Any], pool: Mapping[str, Any]) ->
     return any(expanded.get(n, {}).get("text_filter") for n in pool_strategy_names(config, pool))
 
 
-def pool_metadata_columns(config: Mapping[str, Any], pool: Mapping[str, Any]) -> list[str]:
-    """The kept source columns some strategy of the pool filters on (``metadata_filter``), so
-    the workflow carries them into the pool's mix table and the metadata stage checks them."""
+def metadata_filter_users(config: Mapping[str, Any],
+                          pool: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Kept column -> the pool's strategies that filter on it (``metadata_filter``), to name
+    them when the column is missing."""
     expanded = expand_strategies(config.get("strategies", {}))
-    columns: dict[str, None] = {}
+    users: dict[str, list[str]] = {}
     for name in pool_strategy_names(config, pool):
         for column in (expanded.get(name, {}).get("metadata_filter") or {}):
-            columns[str(column)] = None
-    return sorted(columns)
-
-
-def metadata_filter_required_columns(config: Mapping[str, Any],
-                              pool: Mapping[str, Any]) -> dict[str, str]:
-    """Config key -> kept column, for every column the pool's strategies filter on: the
-    metadata stage checks each is in every file and kept (``build_metadata(required=...)``),
-    so a misspelt column stops before anything is fetched."""
-    expanded = expand_strategies(config.get("strategies", {}))
-    required: dict[str, str] = {}
-    for name in pool_strategy_names(config, pool):
-        spec = expanded.get(name, {})
-        for column in (spec.get("metadata_filter") or {}):
-            key = f"strategies.{spec.get('family', name)}.metadata_filter.{column}"
-            required[f"{key} (pool {pool['name']})"] = str(column)
-    return required
+            users.setdefault(str(column), []).append(name)
+    return users
 
 
 def _source_problem(source: str, pool: Mapping[str, Any] | None,

@@ -326,6 +326,8 @@ def subset_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
                  numbers: PaperNumbers | None) -> TableData:
     """Tables 4 and 5: per subset, its size, share of the pool and thresholds (subsets'
     summaries via the subset_table analysis) and, where evaluated, ImageNet and Average.
+    ``options.strategies`` keeps those rows only, and the table is drawn only if one of them
+    is evaluated (Figure 13's table: its five LAION-COCO models).
     With ``options.layout: grid`` (Table 5), the paper's fraction grid instead
     (:func:`subset_grid`)."""
     if entry["options"].get("layout") == "grid":
@@ -333,11 +335,17 @@ def subset_table(entry: Mapping[str, Any], plan: Mapping[str, Any],
     document, path = analysis(entry, "subset_table")
     where = entry["options"].get("where", entry["paper"])
     evaluated = entry["reads"].get("eval") or {}
+    listed = entry["options"].get("strategies")
+    if listed is not None and not set(listed) & set(evaluated):
+        raise NotAvailable(f"not available: pool '{plan['pool']}' evaluates none of "
+                           f"{', '.join(listed)}")
     table = TableData(f"{where}: training sets, pool {plan['pool']}", "Strategy",
                       list(SUBSET_COLUMNS))
     scale = plan["train_scale"]
     for index, row in enumerate(document["rows"]):
         strategy = row["strategy"]
+        if listed is not None and strategy not in listed:
+            continue
         threshold, threshold_field = (threshold_cell(row, index)
                                       or (None, f"rows.{index}.thresholds"))
         cells = {

@@ -52,12 +52,11 @@ from capmix.figurespec import (  # noqa: E402
     read_captions,
 )
 from capmix.figurespec import plan_inputs as figure_plan_inputs  # noqa: E402
+from capmix.metadatafilter import COLUMN_PATTERN as METADATA_COLUMN_PATTERN  # noqa: E402
 from capmix.strategies import (  # noqa: E402
     expand_strategies,
-    metadata_filter_required_columns,
     no_filter_strategies,
     pool_filters_captions,
-    pool_metadata_columns,
     pool_needs_clusters,
     pool_sources,
     pool_strategy_names,
@@ -129,6 +128,7 @@ wildcard_constraints:
     caption_set=f"raw|{MODEL_NAME}/[0-9]+[.][0-9]+",
     strategy="|".join(STRATEGIES) or "no_strategy",
     data="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    column=METADATA_COLUMN_PATTERN,
     eval_data_dir="|".join(map(re.escape, REAL_EVAL_DATA_DIRS)) or "no_eval_data_dir",
     asset_file="|".join(map(re.escape, ASSET_FILES)) or "no_asset_file",
     role="|".join(WEIGHT_ROLES),
@@ -179,6 +179,8 @@ CAPTION_LANGUAGE_PART_COUNTS = "results/{pool}/mix/caption_language/{chunk}.json
 MIX_TABLE = "results/{pool}/mix/table.json"  # the manifest of its parts
 MIX_TABLE_PART = "results/{pool}/mix/table/{table_part}.parquet"
 MIX_SCATTER = "results/{pool}/mix/scatter"
+# one kept source column a strategy filters on (metadata_filter), in the table's uid ranges
+MIX_METADATA_COLUMN = "results/{pool}/mix/metadata/{column}"
 SUBSET_SAMPLES = "results/{pool}/subsets/{strategy}/samples.parquet"
 SUBSET_SUMMARY = "results/{pool}/subsets/{strategy}/summary.json"
 TRAIN_SHARDS_DIR = "results/{pool}/train_shards/{strategy}"
@@ -281,8 +283,6 @@ def metadata_required_columns(wildcards):
     # the columns the pool's shipped captioners read (capmix.shipped)
     required.update(shipped_required_columns(index, POOLS[wildcards.pool],
                                              config.get("captioners") or {}))
-    # the columns the pool's strategies filter on (capmix.metadatafilter)
-    required.update(metadata_filter_required_columns(config, POOLS[wildcards.pool]))
     return required
 
 
@@ -518,14 +518,7 @@ def mix_table_inputs(wildcards):
         inputs["clusters"] = IMAGE_CLUSTERS.format(pool=pool)
     if pool_filters_captions(config, POOLS[pool]):
         inputs["caption_language"] = CAPTION_LANGUAGE.format(pool=pool)
-    if pool_metadata_columns(config, POOLS[pool]):
-        inputs["metadata"] = METADATA.format(pool=pool)
     return inputs
-
-
-def mix_metadata_columns(wildcards):
-    """The kept source columns the pool's strategies filter on (metadata_filter)."""
-    return pool_metadata_columns(config, POOLS[wildcards.pool])
 
 
 def mix_table_part_inputs(wildcards):
@@ -623,6 +616,10 @@ def subset_inputs(wildcards):
     inputs = {"table": MIX_TABLE.format(pool=wildcards.pool)}
     if strategy_spec(wildcards).get("text_filter"):
         inputs["language"] = CAPTION_LANGUAGE_SUMMARY.format(pool=wildcards.pool)
+    columns = strategy_spec(wildcards).get("metadata_filter") or {}
+    if columns:  # each kept column it filters on, its own job's folder (mix_metadata_column)
+        inputs["metadata"] = [MIX_METADATA_COLUMN.format(pool=wildcards.pool, column=c)
+                              for c in columns]
     return inputs
 
 

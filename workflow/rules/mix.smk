@@ -136,7 +136,6 @@ rule mix_scatter:
     params:
         score_paths=mix_score_paths,
         caption_manifests=mix_caption_manifests,
-        metadata_columns=mix_metadata_columns,
         table_parts=pool_setting("mix", "table_parts"),
     log:
         "logs/mix_scatter/{pool}.log",
@@ -161,7 +160,6 @@ rule mix_table_part:
     params:
         sources=mix_sources,
         unscattered=mix_table_part_files,
-        metadata_columns=mix_metadata_columns,
         on_missing_score=pool_setting("mix", "on_missing_score"),
         table_parts=pool_setting("mix", "table_parts"),
     log:
@@ -196,6 +194,31 @@ rule mix_table:
         "../../envs/mix.yaml"
     script:
         "../scripts/mix_table.py"
+
+
+# One kept source column a strategy filters on (metadata_filter), in the table's uid ranges,
+# beside the table: adding such a strategy rebuilds no other subset. Runs early (priority):
+# a column the metadata lacks stops here, before captions and scores.
+rule mix_metadata_column:
+    input:
+        metadata=METADATA,
+    output:
+        directory(MIX_METADATA_COLUMN),
+    params:
+        table_parts=pool_setting("mix", "table_parts"),
+    log:
+        "logs/mix_metadata_column/{pool}/{column}.log",
+    benchmark:
+        "benchmarks/mix_metadata_column/{pool}/{column}.tsv"
+    priority: 50
+    threads: resource("mix_metadata_column", "threads")
+    resources:
+        mem_mb=resource("mix_metadata_column", "mem_mb"),
+        runtime=resource("mix_metadata_column", "runtime"),
+    conda:
+        "../../envs/mix.yaml"
+    script:
+        "../scripts/mix_metadata_column.py"
 
 
 rule subset:

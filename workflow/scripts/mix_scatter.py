@@ -14,7 +14,5 @@ if __name__ == "__main__":
             Path(sm.input.index), sm.params.score_paths, sm.params.caption_manifests,
             clusters=Path(sm.input.clusters) if "clusters" in sm.input.keys() else None,
             caption_text=(Path(sm.input.caption_language)
-                          if "caption_language" in sm.input.keys() else None),
-            metadata=Path(sm.input.metadata) if "metadata" in sm.input.keys() else None,
-            metadata_columns=sm.params.metadata_columns)
+                          if "caption_language" in sm.input.keys() else None))
         run_scatter(inputs, sm.params.table_parts, Path(sm.output[0]))

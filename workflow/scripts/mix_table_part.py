@@ -17,9 +17,7 @@ if __name__ == "__main__":
             Path(sm.input.index), files["score_paths"], files["caption_manifests"],
             clusters=Path(sm.input.clusters) if "clusters" in sm.input.keys() else None,
             caption_text=(Path(sm.input.caption_language)
-                          if "caption_language" in sm.input.keys() else None),
-            metadata=Path(sm.input.metadata) if "metadata" in sm.input.keys() else None,
-            metadata_columns=sm.params.metadata_columns)
+                          if "caption_language" in sm.input.keys() else None))
         run_table_part(sm.wildcards.pool, parse_table_part(sm.wildcards.table_part),
                        sm.params.table_parts, sm.params.sources, inputs,
                        Path(sm.output.table), Path(sm.output.report), scatter_dir=scatter,
