@@ -425,6 +425,88 @@ def test_every_web_format_is_a_declared_table_format():
     assert set(READERS) <= set(TABLE_FORMATS)
 
 
+# ------------------------------------------- duplicate rows, a row cap, a uid-space sample
+
+
+def cc3m_files(root: Path, files: dict[str, list[tuple[str, str]]]) -> dict:
+    """CC3M-format tsv files (caption TAB url, no header) in one folder, and a source reading
+    them all (glob, sorted by name) as config/cc3m.yaml maps them."""
+    folder = root / "cc3m"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in files.items():
+        (folder / name).write_text("".join(f"{caption}\t{url}\n" for caption, url in rows))
+    return {"type": "table", "path": str(folder), "glob": "*.tsv", "format": "headerless_tsv",
+            "column_names": ["caption", "url"],
+            "columns": {"uid": None, "url": "url", "text": "caption"}}
+
+
+def run_source(source: dict, out: Path) -> tuple[dict, pd.DataFrame]:
+    manifest = build_metadata("p", source, source_files(source, [Path(source["path"])]), out)
+    parts = [pd.read_parquet(out / part["part"]) for part in manifest["parts"]]
+    return manifest, pd.concat(parts, ignore_index=True)
+
+
+BUS = ("a very typical bus station", "http://lh6.googleusercontent.com/-2Y3.jpg")
+ACTOR = ('actor attends the "premiere" of the film', "https://i.dailymail.co.uk/i/pix/1.jpg")
+NA = ("NA", "http://www.example.com/na.jpg")
+TREE = ("a tree in the snow", "https://example.org/tree.jpg")
+
+
+def test_exact_duplicate_rows_are_dropped_within_and_across_files(tmp_path):
+    """CC3M-format files repeating rows (once within a file, once across files): `drop`
+    keeps each row's first occurrence in file order and names what it dropped; `stop` (the
+    default) names the same rows and writes nothing."""
+    source = cc3m_files(tmp_path, {"a.tsv": [BUS, ACTOR, BUS, NA], "b.tsv": [ACTOR, TREE]})
+    with pytest.raises(MetadataError, match=r"2 duplicate uid row\(s\) in 2 uid\(s\).*"
+                                            r"a\.tsv row 0; .*a\.tsv row 2"):
+        run_source(source, tmp_path / "stopped")
+    assert not (tmp_path / "stopped").exists()
+
+    manifest, rows = run_source({**source, "duplicates": "drop"}, tmp_path / "meta")
+    assert rows["text"].tolist() == [BUS[0], ACTOR[0], NA[0], TREE[0]]
+    assert rows["uid"].is_unique and manifest["rows"] == 4
+    assert [(p["rows"], p.get("duplicates_dropped")) for p in manifest["parts"]] == [
+        (3, 1), (1, 1)]
+    folder = Path(source["path"])
+    assert manifest["duplicates"] == {
+        "policy": "drop", "rows_dropped": 2, "examples": [
+            {"uid": derive_uid(BUS[1], BUS[0]), "file": str(folder / "a.tsv"), "row": 2,
+             "same_as": {"file": str(folder / "a.tsv"), "row": 0}},
+            {"uid": derive_uid(ACTOR[1], ACTOR[0]), "file": str(folder / "b.tsv"), "row": 0,
+             "same_as": {"file": str(folder / "a.tsv"), "row": 1}}]}
+
+    # Parts of a file (rows_per_part): each loses its own duplicates, the rows keep their order.
+    manifest, split = run_source({**source, "duplicates": "drop", "rows_per_part": 2},
+                                 tmp_path / "split")
+    assert [(p["rows"], p["source_rows"], p.get("duplicates_dropped"))
+            for p in manifest["parts"]] == [(2, [0, 2], None), (1, [2, 4], 1), (1, [0, 2], 1)]
+    assert split.equals(rows)
+
+
+def test_a_key_repeated_with_another_url_or_text_stops_even_with_drop(tmp_path):
+    """A uid from a key column (RedCaps' image_id, YFCC's photo id): the same key on an
+    identical row is a duplicate and dropped; on a row with another caption it is a reused
+    key, and the stage stops naming both rows, before anything is written."""
+    folder = tmp_path / "keyed"
+    folder.mkdir()
+    (folder / "a.tsv").write_text(f"k1\t{BUS[0]}\t{BUS[1]}\nk2\t{ACTOR[0]}\t{ACTOR[1]}\n")
+    (folder / "b.tsv").write_text(f"k1\t{BUS[0]}\t{BUS[1]}\nk2\tanother caption\t{ACTOR[1]}\n")
+    source = {"type": "table", "path": str(folder), "glob": "*.tsv",
+              "format": "headerless_tsv", "column_names": ["image_id", "caption", "url"],
+              "columns": {"uid": None, "uid_from": "image_id", "url": "url", "text": "caption"},
+              "duplicates": "drop"}
+    with pytest.raises(MetadataError, match=(
+            r"1 row\(s\) repeat an earlier row's uid with another url or text .*"
+            + re.escape(f"uid {derive_key_uid('k2')} at {folder / 'a.tsv'} row 1 and "
+                        f"{folder / 'b.tsv'} row 1"))):
+        run_source(source, tmp_path / "meta")
+    assert not (tmp_path / "meta").exists()
+    (folder / "b.tsv").write_text(f"k1\t{BUS[0]}\t{BUS[1]}\nk3\tanother caption\t{ACTOR[1]}\n")
+    manifest, rows = run_source(source, tmp_path / "meta")
+    assert rows["uid"].tolist() == [derive_key_uid(k) for k in ("k1", "k2", "k3")]
+    assert manifest["duplicates"]["rows_dropped"] == 1
+
+
 # ------------------------------------------------------------ malformed rows, by format
 
 

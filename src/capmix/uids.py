@@ -135,6 +135,32 @@ def duplicate_positions(pairs: np.ndarray) -> list[np.ndarray]:
     return groups
 
 
+def repeats(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every later occurrence of a repeated uid, with its uid's first occurrence.
+
+    Returns ``(later, first)``: the input positions of every occurrence but the first of each
+    repeated uid (ascending), and for each the position of that uid's first occurrence. One
+    stable sort of the 16-byte records, no Python loop, so a source that repeats millions of
+    rows (LAION's exact duplicates) is handled in the memory :func:`duplicate_positions` uses.
+    """
+    if len(pairs) < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    order = np.argsort(pairs, kind="stable")
+    ordered = pairs[order]
+    same_as_previous = np.zeros(len(pairs), dtype=bool)
+    same_as_previous[1:] = ordered[1:] == ordered[:-1]
+    del ordered
+    # the sorted index where each run of one uid starts, carried along the run
+    run_start = np.arange(len(pairs))
+    run_start[same_as_previous] = 0
+    np.maximum.accumulate(run_start, out=run_start)
+    later = order[same_as_previous]
+    first = order[run_start[same_as_previous]]
+    by_position = np.argsort(later, kind="stable")
+    return later[by_position].astype(np.int64), first[by_position].astype(np.int64)
+
+
 def ascending_uid_array(uids: Sequence[str]) -> np.ndarray:
     """:func:`sorted_uid_array` for uids that are probably sorted and distinct already.
 
