@@ -507,6 +507,69 @@ def test_a_key_repeated_with_another_url_or_text_stops_even_with_drop(tmp_path):
     assert manifest["duplicates"]["rows_dropped"] == 1
 
 
+def many_rows(n: int, tag: str) -> list[tuple[str, str]]:
+    return [(f"photo {i} of {tag}", f"https://example.org/{tag}/{i}.jpg") for i in range(n)]
+
+
+def test_a_sample_keeps_the_first_fraction_of_the_uid_space_whatever_the_file_order(tmp_path):
+    """LAION-COCO's 100M of 600M: the rows whose uid's first 64 bits / 2**64 < fraction;
+    the same rows when the files come in another order, and nested for a smaller fraction."""
+    rows = {"a.tsv": many_rows(120, "a"), "b.tsv": many_rows(80, "b")}
+    source = {**cc3m_files(tmp_path / "one", rows), "sample": {"fraction": 0.25}}
+    manifest, sample = run_source(source, tmp_path / "one" / "meta")
+    expected = {derive_uid(url, text) for file in rows.values() for text, url in file
+                if int(derive_uid(url, text)[:16], 16) < 2**62}
+    assert set(sample["uid"]) == expected and 25 < len(expected) < 75
+    assert manifest["sample"] == {"fraction": 0.25, "rows_before": 200,
+                                  "rows_after": len(expected)}
+    # the same rows under other file names (another order)
+    swapped = {**cc3m_files(tmp_path / "two", {"z.tsv": rows["a.tsv"], "c.tsv": rows["b.tsv"]}),
+               "sample": {"fraction": 0.25}}
+    assert set(run_source(swapped, tmp_path / "two" / "meta")[1]["uid"]) == expected
+    smaller = run_source({**source, "sample": {"fraction": 0.1}}, tmp_path / "one" / "m2")[1]
+    assert set(smaller["uid"]) < expected
+
+
+def test_max_rows_takes_the_first_rows_in_file_order_and_reads_no_further(tmp_path):
+    """A trial slice: the first 3 rows of three 2-row files; the third file is never read
+    (its malformed line would stop the stage). The manifest says what was cut."""
+    source = {**cc3m_files(tmp_path, {"a.tsv": [BUS, ACTOR], "b.tsv": [NA, TREE],
+                                      "c.tsv": [BUS, ACTOR]}), "max_rows": 3}
+    (Path(source["path"]) / "c.tsv").write_text("one field only\n")
+    manifest, rows = run_source(source, tmp_path / "meta")
+    assert rows["text"].tolist() == [BUS[0], ACTOR[0], NA[0]]
+    assert manifest["max_rows"] == {"max_rows": 3, "rows_before": 4, "rows_after": 3,
+                                    "files_not_read": 1}
+    assert [p["rows"] for p in manifest["parts"]] == [2, 1]
+    # after the sample: the first 2 rows of the sampled pool
+    sampled = {**cc3m_files(tmp_path / "s", {"a.tsv": many_rows(100, "a")}),
+               "sample": {"fraction": 0.5}, "max_rows": 2}
+    manifest, rows = run_source(sampled, tmp_path / "s" / "meta")
+    first = [derive_uid(url, text) for text, url in many_rows(100, "a")
+             if int(derive_uid(url, text)[:16], 16) < 2**63][:2]
+    assert rows["uid"].tolist() == first and manifest["rows"] == 2
+
+
+def test_laion_cocos_commented_sample_is_a_valid_setting_and_bad_fractions_are_named(tmp_path):
+    """The config's commented line, uncommented, validates as written; a fraction outside
+    (0, 1] is named by the config check."""
+    from capmix.config import ConfigError
+
+    text = (REPO / "config" / "laion_coco.yaml").read_text()
+    line = "      # sample: {fraction: 0.16667}   # 100M / 600M\n"
+    assert line in text
+    path = tmp_path / "laion_coco.yaml"
+    path.write_text(text.replace(line, line.replace("# sample", "sample")))
+    (pool,) = pipeline_config(path)["pools"]
+    assert pool["source"]["sample"] == {"fraction": 0.16667}
+    assert pool["source"]["duplicates"] == "drop" and pool["source"]["max_rows"] is None
+    for bad in ("0", "1.5"):
+        path.write_text(text.replace(line, line.replace("# sample", "sample")
+                                     .replace("0.16667", bad)))
+        with pytest.raises(ConfigError, match="fraction"):
+            pipeline_config(path)
+
+
 # ------------------------------------------------------------ malformed rows, by format
 
 

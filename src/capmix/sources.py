@@ -46,6 +46,7 @@ from capmix.uids import (
     duplicate_positions,
     pairs_to_uids,
     repeats,
+    uid_sample_mask,
     uids_to_pairs,
 )
 from capmix.webformats import (
@@ -721,7 +722,8 @@ def _is_fast(file: SourceFile, source: Mapping[str, Any], colmap: ColumnMap,
     return (file.fmt == "parquet" and file.rows is None and colmap.is_identity()
             and source.get("keep_columns", "all") == "all" and not source.get("subset")
             and not source.get("rows_per_part") and not source.get("where")
-            and source.get("duplicates", "stop") == "stop"
+            and not source.get("sample") and source.get("duplicates", "stop") == "stop"
+            and not (source["type"] == "table" and source.get("max_rows"))
             and list(present[:3]) == list(CORE_COLUMNS))
 
 
@@ -781,9 +783,15 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
 
+    # source.sample, source.max_rows (table sources; DataComp's max_rows is a cut of its
+    # files, SourceFile.rows), source.duplicates: applied in this order, after where/subset
+    fraction = source.get("sample", {}).get("fraction") if source.get("sample") else None
+    cap = source.get("max_rows") if source["type"] == "table" else None
     drop_duplicates = source.get("duplicates", "stop") == "drop"
     # whether the uid is md5(url + text) itself: then an equal uid is an equal row
     uid_is_content = colmap.uid is None and colmap.uid_from is None
+    sampled = [0, 0]  # rows before, after the sample
+    offered, taken, files_not_read = 0, 0, 0  # for max_rows
 
     problems: list[str] = []
     plans: list[PartPlan] = []
@@ -793,6 +801,9 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
     contents: list[np.ndarray] = []
     try:
         for index, file in enumerate(files):
+            if cap is not None and taken >= cap:
+                files_not_read += 1
+                continue
             try:
                 # JSON lines and COCO-caption files have no header: their keys are known only
                 # from the whole file, so that one parse is kept and its columns selected below.
@@ -848,6 +859,23 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
             if row_problems:
                 continue
             pairs = uids_to_pairs(uids)
+            if fraction is not None:
+                chosen = uid_sample_mask(pairs, fraction)
+                sampled[0] += len(pairs)
+                sampled[1] += int(chosen.sum())
+                if not chosen.all():
+                    mask = pa.array(chosen)
+                    table, urls, texts = table.filter(mask), urls.filter(mask), texts.filter(mask)
+                    uids = [uid for uid, kept in zip(uids, chosen.tolist(), strict=True) if kept]
+                    pairs = pairs[chosen]
+            if cap is not None:
+                offered += table.num_rows
+                room = cap - taken
+                if table.num_rows > room:
+                    table, urls, texts = (table.slice(0, room), urls.slice(0, room),
+                                          texts.slice(0, room))
+                    uids, pairs = uids[:room], pairs[:room]
+                taken += table.num_rows
             all_uids.append((str(file.path), pairs))
             if drop_duplicates and not uid_is_content:
                 contents.append(uids_to_pairs([derive_uid(u or "", t or "") for u, t in zip(
@@ -932,6 +960,10 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
         **({"where": {column: {"kept_values": [str(v) for v in values],
                                "rows_dropped": dropped[column]}
                       for column, values in where.items()}} if where else {}),
+        **({"sample": {"fraction": fraction, "rows_before": sampled[0],
+                       "rows_after": sampled[1]}} if fraction is not None else {}),
+        **({"max_rows": {"max_rows": cap, "rows_before": offered, "rows_after": taken,
+                         "files_not_read": files_not_read}} if cap is not None else {}),
         **({"duplicates": duplicates} if duplicates is not None else {}),
         "toy": source["type"] == "toy",
         "provenance": provenance_record("metadata", params={"source": dict(source)}),

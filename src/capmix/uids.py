@@ -9,8 +9,10 @@ uids and a uid never depends on row order or file layout.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -159,6 +161,20 @@ def repeats(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     first = order[run_start[same_as_previous]]
     by_position = np.argsort(later, kind="stable")
     return later[by_position].astype(np.int64), first[by_position].astype(np.int64)
+
+
+def uid_sample_mask(pairs: np.ndarray, fraction: float) -> np.ndarray:
+    """The uids in the first ``fraction`` of the uid space: ``high 64 bits / 2**64 <
+    fraction``, exactly (the bound is computed in integers, not floats).
+
+    A uid is a hash (md5, or DataComp's), so this keeps a uniform random ``fraction`` of any
+    pool, decided by each uid alone: the same rows whatever the file order, the file layout
+    or the machine, and a sample of f is inside any sample of a larger f.
+    """
+    if fraction >= 1:
+        return np.ones(len(pairs), dtype=bool)
+    bound = math.ceil(Fraction(fraction) * 2**64)  # high < bound  <=>  high / 2**64 < fraction
+    return pairs["f0"] < np.uint64(bound)
 
 
 def ascending_uid_array(uids: Sequence[str]) -> np.ndarray:
