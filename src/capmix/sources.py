@@ -799,6 +799,7 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
     # duplicate check needs of the whole source; the rows themselves are held one file at a time.
     all_uids: list[tuple[str, np.ndarray]] = []
     contents: list[np.ndarray] = []
+    read: list[int] = []  # the index in files of each all_uids entry
     try:
         for index, file in enumerate(files):
             if cap is not None and taken >= cap:
@@ -877,6 +878,7 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                     uids, pairs = uids[:room], pairs[:room]
                 taken += table.num_rows
             all_uids.append((str(file.path), pairs))
+            read.append(index)
             if drop_duplicates and not uid_is_content:
                 contents.append(uids_to_pairs([derive_uid(u or "", t or "") for u, t in zip(
                     urls.to_pylist(), texts.to_pylist(), strict=True)]))
@@ -904,9 +906,10 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
             dup_problems, drops, duplicates = exact_duplicates(
                 all_uids, None if uid_is_content else contents)
             problems += dup_problems
+            by_file = {read[i]: rows for i, rows in drops.items()}
             for plan in plans if not dup_problems else []:
-                if plan.index in drops:
-                    drop_part_rows(plan, drops[plan.index], staging)
+                if plan.index in by_file:
+                    drop_part_rows(plan, by_file[plan.index], staging)
         elif not problems:
             problems += check_duplicates(all_uids)
         total_rows = sum(plan.rows for plan in plans)
