@@ -186,3 +186,31 @@ def test_laion_coco_config_dry_runs_figure_13(tmp_path):
     for strategy in ("raw_no_filter", "shipped_no_filter", "synthetic_no_filter",
                      "synthetic_min_0p28", "raw_min_0p28"):
         assert f"results/laion_coco/eval/{strategy}.aggregate.json" in draw, strategy
+
+
+def test_shipped_caption_jobs_ask_for_no_gpu_under_the_slurm_profile(tmp_path):
+    """A shipped caption set only joins a metadata column: under the SLURM profile its caption
+    jobs ask for config `resources.caption_shipped` (no GPU, the CPU job's memory and
+    runtime), while the BLIP2 jobs of the same rule keep `resources.caption`'s GPU."""
+    workdir = copy_workflow(tmp_path / "wf", extra=("slurm",))
+    write_laion_coco(workdir / "data" / "laion_coco" / "part-00000.parquet",
+                     laion_coco_rows(0, 4))
+    # the two caption sets' jobs (not the whole DAG: kept short)
+    result = snakemake(workdir, *[f"results/laion_coco/captions/{name}/manifest.json"
+                                  for name in ("laion_coco_blip/1.0", "blip2_opt_2.7b/0.75")],
+                       "-n", "--profile", "slurm", "--configfile", "config/laion_coco.yaml")
+    assert result.returncode == 0, result.stderr + result.stdout
+    config = pipeline_config(REPO / "config" / "laion_coco.yaml")
+    asked: dict[str, set[tuple[str, ...]]] = {}
+    for block in re.split(r"\n(?=\[)", result.stdout):
+        if "rule caption:" not in block:
+            continue
+        captioner = re.search(r"captioner=([\w.]+)", block).group(1)
+        resources = dict(re.findall(r"(\w+)=([^,\s]+)", block.split("resources:")[1]))
+        asked.setdefault(captioner, set()).add(
+            tuple(resources[key] for key in ("gpu", "mem_mb", "runtime")))
+    shipped, model = config["resources"]["caption_shipped"], config["resources"]["caption"]
+    assert shipped["gpus"] == 0 and model["gpus"] == 1
+    assert asked == {
+        "laion_coco_blip": {("0", str(shipped["mem_mb"]), str(shipped["runtime"]))},
+        "blip2_opt_2.7b": {("1", str(model["mem_mb"]), str(model["runtime"]))}}

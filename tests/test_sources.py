@@ -383,6 +383,16 @@ def test_the_schema_allows_exactly_the_table_formats():
     assert table["properties"]["format"]["enum"] == ["auto", *TABLE_FORMATS]
 
 
+def test_the_schema_allows_exactly_the_duplicate_policies():
+    from capmix.config import load_schema
+    from capmix.sourcespec import DUPLICATE_POLICIES
+
+    table = next(branch["then"] for branch in load_schema()["$defs"]["source"]["allOf"]
+                 if branch["if"]["properties"]["type"]["const"] == "table")
+    assert table["properties"]["duplicates"]["enum"] == list(DUPLICATE_POLICIES)
+    assert table["properties"]["duplicates"]["default"] == DUPLICATE_POLICIES[0]
+
+
 # NoCaps' validation annotations (nocaps_val_4500_captions.json) have this shape: COCO's
 # caption format, images with Open Images URLs, ten captions each (two here).
 NOCAPS_LIKE = {

@@ -7,7 +7,9 @@ from capmix.uids import (
     duplicate_positions,
     is_valid_uid,
     pairs_to_uids,
+    repeats,
     sorted_uid_array,
+    uid_sample_mask,
     uids_to_pairs,
 )
 
@@ -66,6 +68,22 @@ def test_duplicate_positions_groups_repeats():
     groups = sorted(sorted(g.tolist()) for g in duplicate_positions(uids_to_pairs(uids)))
     assert groups == [[0, 2, 5], [1, 4]]
     assert duplicate_positions(uids_to_pairs(["a" * 32, "b" * 32])) == []
+
+
+def test_repeats_pair_each_later_occurrence_with_the_first():
+    uids = ["a" * 32, "b" * 32, "a" * 32, "c" * 32, "b" * 32, "a" * 32]
+    later, first = repeats(uids_to_pairs(uids))
+    assert later.tolist() == [2, 4, 5] and first.tolist() == [0, 1, 0]
+    assert [len(x) for x in repeats(uids_to_pairs(["a" * 32, "b" * 32]))] == [0, 0]
+
+
+def test_a_uid_sample_is_the_first_fraction_of_the_uid_space_exactly():
+    """high 64 bits / 2**64 < fraction, decided in integers: the uid at the bound is out."""
+    half = 2**63
+    uids = [f"{half - 1:016x}" + "f" * 16, f"{half:016x}" + "0" * 16, "0" * 32, "f" * 32]
+    assert uid_sample_mask(uids_to_pairs(uids), 0.5).tolist() == [True, False, True, False]
+    assert uid_sample_mask(uids_to_pairs(uids), 1.0).all()
+    assert uid_sample_mask(uids_to_pairs(uids), 1e-30).tolist() == [False, False, True, False]
 
 
 def test_arrow_uids_decode_as_python_strings_do():

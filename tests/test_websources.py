@@ -422,6 +422,151 @@ def test_every_web_format_is_a_declared_table_format():
     assert set(READERS) <= set(TABLE_FORMATS)
 
 
+# ------------------------------------------- duplicate rows, a row cap, a uid-space sample
+
+
+def cc3m_files(root: Path, files: dict[str, list[tuple[str, str]]]) -> dict:
+    """CC3M-format tsv files (caption TAB url, no header) in one folder, and a source reading
+    them all (glob, sorted by name) as config/cc3m.yaml maps them."""
+    folder = root / "cc3m"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in files.items():
+        (folder / name).write_text("".join(f"{caption}\t{url}\n" for caption, url in rows))
+    return {"type": "table", "path": str(folder), "glob": "*.tsv", "format": "headerless_tsv",
+            "column_names": ["caption", "url"],
+            "columns": {"uid": None, "url": "url", "text": "caption"}}
+
+
+def run_source(source: dict, out: Path) -> tuple[dict, pd.DataFrame]:
+    manifest = build_metadata("p", source, source_files(source, [Path(source["path"])]), out)
+    parts = [pd.read_parquet(out / part["part"]) for part in manifest["parts"]]
+    return manifest, pd.concat(parts, ignore_index=True)
+
+
+BUS = ("a very typical bus station", "http://lh6.googleusercontent.com/-2Y3.jpg")
+ACTOR = ('actor attends the "premiere" of the film', "https://i.dailymail.co.uk/i/pix/1.jpg")
+NA = ("NA", "http://www.example.com/na.jpg")
+TREE = ("a tree in the snow", "https://example.org/tree.jpg")
+
+
+def test_exact_duplicate_rows_are_dropped_within_and_across_files(tmp_path):
+    """CC3M-format files repeating rows (once within a file, once across files): `drop`
+    keeps each row's first occurrence in file order and names what it dropped; `stop` (the
+    default) names the same rows and writes nothing."""
+    source = cc3m_files(tmp_path, {"a.tsv": [BUS, ACTOR, BUS, NA], "b.tsv": [ACTOR, TREE]})
+    with pytest.raises(MetadataError, match=r"2 duplicate uid row\(s\) in 2 uid\(s\).*"
+                                            r"a\.tsv row 0; .*a\.tsv row 2"):
+        run_source(source, tmp_path / "stopped")
+    assert not (tmp_path / "stopped").exists()
+
+    manifest, rows = run_source({**source, "duplicates": "drop"}, tmp_path / "meta")
+    assert rows["text"].tolist() == [BUS[0], ACTOR[0], NA[0], TREE[0]]
+    assert rows["uid"].is_unique and manifest["rows"] == 4
+    assert [(p["rows"], p.get("duplicates_dropped")) for p in manifest["parts"]] == [
+        (3, 1), (1, 1)]
+    folder = Path(source["path"])
+    assert manifest["duplicates"] == {
+        "policy": "drop", "rows_dropped": 2, "examples": [
+            {"uid": derive_uid(BUS[1], BUS[0]), "file": str(folder / "a.tsv"), "row": 2,
+             "same_as": {"file": str(folder / "a.tsv"), "row": 0}},
+            {"uid": derive_uid(ACTOR[1], ACTOR[0]), "file": str(folder / "b.tsv"), "row": 0,
+             "same_as": {"file": str(folder / "a.tsv"), "row": 1}}]}
+
+    # Parts of a file (rows_per_part): each loses its own duplicates, the rows keep their order.
+    manifest, split = run_source({**source, "duplicates": "drop", "rows_per_part": 2},
+                                 tmp_path / "split")
+    assert [(p["rows"], p["source_rows"], p.get("duplicates_dropped"))
+            for p in manifest["parts"]] == [(2, [0, 2], None), (1, [2, 4], 1), (1, [0, 2], 1)]
+    assert split.equals(rows)
+
+
+def test_a_key_repeated_with_another_url_or_text_stops_even_with_drop(tmp_path):
+    """A uid from a key column (RedCaps' image_id, YFCC's photo id): the same key on an
+    identical row is a duplicate and dropped; on a row with another caption it is a reused
+    key, and the stage stops naming both rows, before anything is written."""
+    folder = tmp_path / "keyed"
+    folder.mkdir()
+    (folder / "a.tsv").write_text(f"k1\t{BUS[0]}\t{BUS[1]}\nk2\t{ACTOR[0]}\t{ACTOR[1]}\n")
+    (folder / "b.tsv").write_text(f"k1\t{BUS[0]}\t{BUS[1]}\nk2\tanother caption\t{ACTOR[1]}\n")
+    source = {"type": "table", "path": str(folder), "glob": "*.tsv",
+              "format": "headerless_tsv", "column_names": ["image_id", "caption", "url"],
+              "columns": {"uid": None, "uid_from": "image_id", "url": "url", "text": "caption"},
+              "duplicates": "drop"}
+    with pytest.raises(MetadataError, match=(
+            r"1 row\(s\) repeat an earlier row's uid with another url or text .*"
+            + re.escape(f"uid {derive_key_uid('k2')} at {folder / 'a.tsv'} row 1 and "
+                        f"{folder / 'b.tsv'} row 1"))):
+        run_source(source, tmp_path / "meta")
+    assert not (tmp_path / "meta").exists()
+    (folder / "b.tsv").write_text(f"k1\t{BUS[0]}\t{BUS[1]}\nk3\tanother caption\t{ACTOR[1]}\n")
+    manifest, rows = run_source(source, tmp_path / "meta")
+    assert rows["uid"].tolist() == [derive_key_uid(k) for k in ("k1", "k2", "k3")]
+    assert manifest["duplicates"]["rows_dropped"] == 1
+
+
+def many_rows(n: int, tag: str) -> list[tuple[str, str]]:
+    return [(f"photo {i} of {tag}", f"https://example.org/{tag}/{i}.jpg") for i in range(n)]
+
+
+def test_a_sample_keeps_the_first_fraction_of_the_uid_space_whatever_the_file_order(tmp_path):
+    """LAION-COCO's 100M of 600M: the rows whose uid's first 64 bits / 2**64 < fraction;
+    the same rows when the files come in another order, and nested for a smaller fraction."""
+    rows = {"a.tsv": many_rows(120, "a"), "b.tsv": many_rows(80, "b")}
+    source = {**cc3m_files(tmp_path / "one", rows), "sample": {"fraction": 0.25}}
+    manifest, sample = run_source(source, tmp_path / "one" / "meta")
+    expected = {derive_uid(url, text) for file in rows.values() for text, url in file
+                if int(derive_uid(url, text)[:16], 16) < 2**62}
+    assert set(sample["uid"]) == expected and 25 < len(expected) < 75
+    assert manifest["sample"] == {"fraction": 0.25, "rows_before": 200,
+                                  "rows_after": len(expected)}
+    # the same rows under other file names (another order)
+    swapped = {**cc3m_files(tmp_path / "two", {"z.tsv": rows["a.tsv"], "c.tsv": rows["b.tsv"]}),
+               "sample": {"fraction": 0.25}}
+    assert set(run_source(swapped, tmp_path / "two" / "meta")[1]["uid"]) == expected
+    smaller = run_source({**source, "sample": {"fraction": 0.1}}, tmp_path / "one" / "m2")[1]
+    assert set(smaller["uid"]) < expected
+
+
+def test_max_rows_takes_the_first_rows_in_file_order_and_reads_no_further(tmp_path):
+    """A trial slice: the first 3 rows of three 2-row files; the third file is never read
+    (its malformed line would stop the stage). The manifest says what was cut."""
+    source = {**cc3m_files(tmp_path, {"a.tsv": [BUS, ACTOR], "b.tsv": [NA, TREE],
+                                      "c.tsv": [BUS, ACTOR]}), "max_rows": 3}
+    (Path(source["path"]) / "c.tsv").write_text("one field only\n")
+    manifest, rows = run_source(source, tmp_path / "meta")
+    assert rows["text"].tolist() == [BUS[0], ACTOR[0], NA[0]]
+    assert manifest["max_rows"] == {"max_rows": 3, "rows_before": 4, "rows_after": 3,
+                                    "files_not_read": 1}
+    assert [p["rows"] for p in manifest["parts"]] == [2, 1]
+    # after the sample: the first 2 rows of the sampled pool
+    sampled = {**cc3m_files(tmp_path / "s", {"a.tsv": many_rows(100, "a")}),
+               "sample": {"fraction": 0.5}, "max_rows": 2}
+    manifest, rows = run_source(sampled, tmp_path / "s" / "meta")
+    first = [derive_uid(url, text) for text, url in many_rows(100, "a")
+             if int(derive_uid(url, text)[:16], 16) < 2**63][:2]
+    assert rows["uid"].tolist() == first and manifest["rows"] == 2
+
+
+def test_laion_cocos_commented_sample_is_a_valid_setting_and_bad_fractions_are_named(tmp_path):
+    """The config's commented line, uncommented, validates as written; a fraction outside
+    (0, 1] is named by the config check."""
+    from capmix.config import ConfigError
+
+    text = (REPO / "config" / "laion_coco.yaml").read_text()
+    line = "      # sample: {fraction: 0.16667}   # 100M / 600M\n"
+    assert line in text
+    path = tmp_path / "laion_coco.yaml"
+    path.write_text(text.replace(line, line.replace("# sample", "sample")))
+    (pool,) = pipeline_config(path)["pools"]
+    assert pool["source"]["sample"] == {"fraction": 0.16667}
+    assert pool["source"]["duplicates"] == "drop" and pool["source"]["max_rows"] is None
+    for bad in ("0", "1.5"):
+        path.write_text(text.replace(line, line.replace("# sample", "sample")
+                                     .replace("0.16667", bad)))
+        with pytest.raises(ConfigError, match="fraction"):
+            pipeline_config(path)
+
+
 # ------------------------------------------------------------ malformed rows, by format
 
 

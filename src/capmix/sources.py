@@ -9,7 +9,8 @@ placed beside each part, row-aligned).
 
 Everything is checked *before* anything is written or fetched: a missing
 mapped column, malformed or duplicate uids, empty urls or an empty source stop
-the run with the file and the rows named.
+the run with the file and the rows named (a table source may drop rows that repeat an
+earlier row exactly instead: ``duplicates: drop``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ from capmix.sourcespec import (
     TABLE_FORMATS,
     allowed_url_schemes,
 )
-from capmix.uids import derive_key_uid, derive_uid, duplicate_positions, uids_to_pairs
+from capmix.uids import (
+    derive_key_uid,
+    derive_uid,
+    duplicate_positions,
+    pairs_to_uids,
+    repeats,
+    uid_sample_mask,
+    uids_to_pairs,
+)
 from capmix.webformats import (
     READERS,
     FormatError,
@@ -476,26 +485,80 @@ def check_rows(path: Path | str, uids: Sequence[Any], urls: pa.ChunkedArray,
     return problems
 
 
-def check_duplicates(files: Sequence[tuple[str, list[str]]]) -> list[str]:
-    """Duplicate uids within and across files, each named by file and row.
-
-    Expects well-formed uids (malformed ones are reported first and stop the run).
+def check_duplicates(files: Sequence[tuple[str, np.ndarray]]) -> list[str]:
+    """Duplicate uids within and across files, each named by file and row (``source.
+    duplicates: stop``). ``files``: each file's uids as :func:`capmix.uids.uids_to_pairs`
+    records (16 bytes a row, not a Python string: what the stage holds for a whole source).
     """
-    flat = [uid for _, uids in files for uid in uids]
-    groups = duplicate_positions(uids_to_pairs(flat))
+    if not files:
+        return []
+    flat = np.concatenate([pairs for _, pairs in files])
+    groups = duplicate_positions(flat)
     if not groups:
         return []
-    starts = np.cumsum([0] + [len(uids) for _, uids in files])
+    starts = np.cumsum([0] + [len(pairs) for _, pairs in files])
 
     def where(position: int) -> str:
         index = int(np.searchsorted(starts, position, side="right")) - 1
         return f"{files[index][0]} row {position - starts[index]}"
 
-    shown = [f"uid {flat[group[0]]} at " + "; ".join(where(int(i)) for i in group[:EXAMPLES])
+    shown = [f"uid {pairs_to_uids(flat[group[:1]])[0]} at "
+             + "; ".join(where(int(i)) for i in group[:EXAMPLES])
              for group in groups[:EXAMPLES]]
     more = f" (and {len(groups) - EXAMPLES} more)" if len(groups) > EXAMPLES else ""
     total = sum(len(group) - 1 for group in groups)
     return [f"{total} duplicate uid row(s) in {len(groups)} uid(s){more}: " + " | ".join(shown)]
+
+
+def exact_duplicates(files: Sequence[tuple[str, np.ndarray]],
+                     contents: Sequence[np.ndarray] | None,
+                     ) -> tuple[list[str], dict[int, np.ndarray], dict[str, Any]]:
+    """``source.duplicates: drop``: the rows to drop, or why not.
+
+    A row whose uid was seen earlier (file order, across all files) is an exact duplicate when
+    its url and text equal that first row's too: ``contents`` holds each row's
+    md5(url + "\\n" + text) as uid records, aligned with ``files``; None when the uid itself is
+    that digest (derived from url + text), so an equal uid is an equal row. A uid repeated with
+    another url or text (a reused key: RedCaps' image_id, a DataComp uid) is a problem naming
+    both rows; then nothing is dropped. Returns (problems, rows to drop by file index, the
+    manifest's ``duplicates`` record). Everything is numpy over the 16-byte records (one sort,
+    as :func:`check_duplicates`), so LAION's millions of repeats cost no Python loop.
+    """
+    report: dict[str, Any] = {"policy": "drop", "rows_dropped": 0, "examples": []}
+    if not files:
+        return [], {}, report
+    flat = np.concatenate([pairs for _, pairs in files])
+    later, first = repeats(flat)
+    starts = np.cumsum([0] + [len(pairs) for _, pairs in files])
+    file_of = np.searchsorted(starts, later, side="right") - 1
+
+    def where(position: int) -> tuple[str, int]:
+        index = int(np.searchsorted(starts, position, side="right")) - 1
+        return files[index][0], int(position - starts[index])
+
+    if contents is not None and len(later):
+        content = np.concatenate(list(contents))
+        differs = content[later] != content[first]
+        if differs.any():
+            clashes = np.flatnonzero(differs)
+            shown = []
+            for k in clashes[:EXAMPLES]:
+                (f_file, f_row), (l_file, l_row) = where(int(first[k])), where(int(later[k]))
+                shown.append(f"uid {pairs_to_uids(flat[later[k:k + 1]])[0]} at {f_file} row "
+                             f"{f_row} and {l_file} row {l_row}")
+            more = f" (and {len(clashes) - EXAMPLES} more)" if len(clashes) > EXAMPLES else ""
+            return [f"{len(clashes)} row(s) repeat an earlier row's uid with another url or "
+                    f"text (source.duplicates: drop drops only rows equal in uid, url and "
+                    f"text){more}: " + " | ".join(shown)], {}, report
+    drops = {int(i): (later[file_of == i] - starts[i]).astype(np.int64)
+             for i in np.unique(file_of)}
+    report["rows_dropped"] = int(len(later))
+    for k in range(min(EXAMPLES, len(later))):
+        (l_file, l_row), (f_file, f_row) = where(int(later[k])), where(int(first[k]))
+        report["examples"].append({"uid": pairs_to_uids(flat[later[k:k + 1]])[0],
+                                   "file": l_file, "row": l_row,
+                                   "same_as": {"file": f_file, "row": f_row}})
+    return [], drops, report
 
 
 # ----------------------------------------------------------------------- normalising
@@ -659,7 +722,40 @@ def _is_fast(file: SourceFile, source: Mapping[str, Any], colmap: ColumnMap,
     return (file.fmt == "parquet" and file.rows is None and colmap.is_identity()
             and source.get("keep_columns", "all") == "all" and not source.get("subset")
             and not source.get("rows_per_part") and not source.get("where")
+            and not source.get("sample") and source.get("duplicates", "stop") == "stop"
+            and not (source["type"] == "table" and source.get("max_rows"))
             and list(present[:3]) == list(CORE_COLUMNS))
+
+
+@dataclass
+class PartPlan:
+    """One metadata part to publish: from which file (``index`` in the source's files), which
+    of its rows (``source_rows``, with rows_per_part) and how; ``dropped``: exact duplicate
+    rows removed from it (``source.duplicates: drop``)."""
+
+    file: SourceFile
+    index: int
+    keep: list[str]
+    rows: int
+    part: Path
+    how: str
+    source_rows: tuple[int, int] | None
+    dropped: int = 0
+
+
+def drop_part_rows(plan: PartPlan, file_rows: np.ndarray, staging: Path) -> None:
+    """Remove the rows ``file_rows`` (positions in the plan's file) that fall in the plan's
+    part from its staged parquet: one part read and rewritten, nothing else held."""
+    start, end = plan.source_rows or (0, plan.rows)
+    local = file_rows[(file_rows >= start) & (file_rows < end)] - start
+    if not len(local):
+        return
+    staged = staging / plan.part.name
+    keep = np.ones(plan.rows, dtype=bool)
+    keep[local] = False
+    pq.write_table(pq.read_table(staged).filter(pa.array(keep)), staged)
+    plan.rows -= len(local)
+    plan.dropped = len(local)
 
 
 def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceFile],
@@ -687,11 +783,28 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
 
+    # source.sample, source.max_rows (table sources; DataComp's max_rows is a cut of its
+    # files, SourceFile.rows), source.duplicates: applied in this order, after where/subset
+    fraction = source.get("sample", {}).get("fraction") if source.get("sample") else None
+    cap = source.get("max_rows") if source["type"] == "table" else None
+    drop_duplicates = source.get("duplicates", "stop") == "drop"
+    # whether the uid is md5(url + text) itself: then an equal uid is an equal row
+    uid_is_content = colmap.uid is None and colmap.uid_from is None
+    sampled = [0, 0]  # rows before, after the sample
+    offered, taken, files_not_read = 0, 0, 0  # for max_rows
+
     problems: list[str] = []
-    plans: list[tuple[SourceFile, list[str], int, Path, str, tuple[int, int] | None]] = []
-    all_uids: list[tuple[str, list[str]]] = []
+    plans: list[PartPlan] = []
+    # Every row's uid (and with drop, its url + text digest) as 16-byte records: what the
+    # duplicate check needs of the whole source; the rows themselves are held one file at a time.
+    all_uids: list[tuple[str, np.ndarray]] = []
+    contents: list[np.ndarray] = []
+    read: list[int] = []  # the index in files of each all_uids entry
     try:
-        for file in files:
+        for index, file in enumerate(files):
+            if cap is not None and taken >= cap:
+                files_not_read += 1
+                continue
             try:
                 # JSON lines and COCO-caption files have no header: their keys are known only
                 # from the whole file, so that one parse is kept and its columns selected below.
@@ -744,7 +857,31 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                 continue
             row_problems = check_rows(file.path, uids, urls, schemes)
             problems += row_problems
-            all_uids.append((str(file.path), uids))
+            if row_problems:
+                continue
+            pairs = uids_to_pairs(uids)
+            if fraction is not None:
+                chosen = uid_sample_mask(pairs, fraction)
+                sampled[0] += len(pairs)
+                sampled[1] += int(chosen.sum())
+                if not chosen.all():
+                    mask = pa.array(chosen)
+                    table, urls, texts = table.filter(mask), urls.filter(mask), texts.filter(mask)
+                    uids = [uid for uid, kept in zip(uids, chosen.tolist(), strict=True) if kept]
+                    pairs = pairs[chosen]
+            if cap is not None:
+                offered += table.num_rows
+                room = cap - taken
+                if table.num_rows > room:
+                    table, urls, texts = (table.slice(0, room), urls.slice(0, room),
+                                          texts.slice(0, room))
+                    uids, pairs = uids[:room], pairs[:room]
+                taken += table.num_rows
+            all_uids.append((str(file.path), pairs))
+            read.append(index)
+            if drop_duplicates and not uid_is_content:
+                contents.append(uids_to_pairs([derive_uid(u or "", t or "") for u, t in zip(
+                    urls.to_pylist(), texts.to_pylist(), strict=True)]))
             how = "hardlink-or-copy" if fast else "rewritten"
             # One part per file, or per rows_per_part rows of it (a 12M-row tsv in parts that
             # fetch jobs share out, README: pools held in parts).
@@ -762,11 +899,20 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
                     if file.npz is not None and file.rows is not None:
                         cut_npz(file.npz, staging / part.with_suffix(".npz").name, file_rows,
                                 file.rows)
-                plans.append((file, keep, rows, part, how,
-                              (start, start + rows) if rows_per_part else None))
-        if not problems:
+                plans.append(PartPlan(file, index, keep, rows, part, how,
+                                      (start, start + rows) if rows_per_part else None))
+        duplicates: dict[str, Any] | None = None
+        if not problems and drop_duplicates:
+            dup_problems, drops, duplicates = exact_duplicates(
+                all_uids, None if uid_is_content else contents)
+            problems += dup_problems
+            by_file = {read[i]: rows for i, rows in drops.items()}
+            for plan in plans if not dup_problems else []:
+                if plan.index in by_file:
+                    drop_part_rows(plan, by_file[plan.index], staging)
+        elif not problems:
             problems += check_duplicates(all_uids)
-        total_rows = sum(plan[2] for plan in plans)
+        total_rows = sum(plan.rows for plan in plans)
         if not problems and total_rows == 0:
             problems.append(f"pool '{pool}': source is empty (0 rows in "
                             f"{', '.join(str(f.path) for f in files)})")
@@ -779,7 +925,9 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
 
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = []
-    for file, _keep, rows, part, how, source_rows in plans:
+    for plan in plans:
+        file, rows, part, how, source_rows = (plan.file, plan.rows, plan.part, plan.how,
+                                              plan.source_rows)
         if how == "rewritten":
             os.replace(staging / part.name, part)
         else:
@@ -790,6 +938,8 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
             entry["cut_after_rows"] = file.rows
         if source_rows is not None:
             entry["source_rows"] = list(source_rows)
+        if plan.dropped:
+            entry["duplicates_dropped"] = plan.dropped
         if file.npz is not None:
             entry["npz"] = part.with_suffix(".npz").name
             if file.rows is not None:
@@ -807,12 +957,17 @@ def build_metadata(pool: str, source: Mapping[str, Any], files: Sequence[SourceF
         "rows": total_rows,
         "uid_derived": colmap.uid is None,
         "url_schemes": list(schemes),
-        "columns": list(CORE_COLUMNS) + list(plans[0][1]),
+        "columns": list(CORE_COLUMNS) + list(plans[0].keep),
         "parts": parts,
         **({"subset": subset_report(source, listed, found)} if listed is not None else {}),
         **({"where": {column: {"kept_values": [str(v) for v in values],
                                "rows_dropped": dropped[column]}
                       for column, values in where.items()}} if where else {}),
+        **({"sample": {"fraction": fraction, "rows_before": sampled[0],
+                       "rows_after": sampled[1]}} if fraction is not None else {}),
+        **({"max_rows": {"max_rows": cap, "rows_before": offered, "rows_after": taken,
+                         "files_not_read": files_not_read}} if cap is not None else {}),
+        **({"duplicates": duplicates} if duplicates is not None else {}),
         "toy": source["type"] == "toy",
         "provenance": provenance_record("metadata", params={"source": dict(source)}),
     }

@@ -26,6 +26,12 @@ SOURCE_TYPES: tuple[str, ...] = ("toy", "datacomp", "table", "captionnet")
 #: ``capmix.sources`` reads each.
 TABLE_FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl", "coco_captions",
                                   "headerless_tsv", "yfcc100m", "redcaps", "aligned_lines")
+#: What the metadata stage does with a uid that repeats (``source.duplicates``, table sources):
+#: ``stop`` names the rows and stops; ``drop`` drops a row whose uid, url and text all equal an
+#: earlier row's (the exact duplicate rows real CC3M/CC12M/LAION/SBU files hold) and still
+#: stops on a uid repeated with another url or text. The schema lists exactly these (a test
+#: holds them equal); ``capmix.sources`` applies them.
+DUPLICATE_POLICIES: tuple[str, ...] = ("stop", "drop")
 #: The formats whose ``path`` is a folder read as one table (SBU's line-aligned files); any
 #: other declared format given a folder reads each of its files as a metadata part.
 FOLDER_FORMATS: tuple[str, ...] = ("aligned_lines",)

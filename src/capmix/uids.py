@@ -9,8 +9,10 @@ uids and a uid never depends on row order or file layout.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -133,6 +135,46 @@ def duplicate_positions(pairs: np.ndarray) -> list[np.ndarray]:
             end += 1
         groups.append(order[start : end + 1])
     return groups
+
+
+def repeats(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every later occurrence of a repeated uid, with its uid's first occurrence.
+
+    Returns ``(later, first)``: the input positions of every occurrence but the first of each
+    repeated uid (ascending), and for each the position of that uid's first occurrence. One
+    stable sort of the 16-byte records, no Python loop, so a source that repeats millions of
+    rows (LAION's exact duplicates) is handled in the memory :func:`duplicate_positions` uses.
+    """
+    if len(pairs) < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    order = np.argsort(pairs, kind="stable")
+    ordered = pairs[order]
+    same_as_previous = np.zeros(len(pairs), dtype=bool)
+    same_as_previous[1:] = ordered[1:] == ordered[:-1]
+    del ordered
+    # the sorted index where each run of one uid starts, carried along the run
+    run_start = np.arange(len(pairs))
+    run_start[same_as_previous] = 0
+    np.maximum.accumulate(run_start, out=run_start)
+    later = order[same_as_previous]
+    first = order[run_start[same_as_previous]]
+    by_position = np.argsort(later, kind="stable")
+    return later[by_position].astype(np.int64), first[by_position].astype(np.int64)
+
+
+def uid_sample_mask(pairs: np.ndarray, fraction: float) -> np.ndarray:
+    """The uids in the first ``fraction`` of the uid space: ``high 64 bits / 2**64 <
+    fraction``, exactly (the bound is computed in integers, not floats).
+
+    A uid is a hash (md5, or DataComp's), so this keeps a uniform random ``fraction`` of any
+    pool, decided by each uid alone: the same rows whatever the file order, the file layout
+    or the machine, and a sample of f is inside any sample of a larger f.
+    """
+    if fraction >= 1:
+        return np.ones(len(pairs), dtype=bool)
+    bound = math.ceil(Fraction(fraction) * 2**64)  # high < bound  <=>  high / 2**64 < fraction
+    return pairs["f0"] < np.uint64(bound)
 
 
 def ascending_uid_array(uids: Sequence[str]) -> np.ndarray:

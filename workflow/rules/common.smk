@@ -216,6 +216,23 @@ PER_POOL_RESOURCES = ("train", "evaluate")
 SUITE_RESOURCES = list(SCHEMA_DEFS["eval_suite"]["properties"]["resources"]["properties"])
 # Keys of config `resources.<stage>` -> the Snakemake resource they set, where they differ.
 RESOURCE_NAMES = {"gpus": "gpu"}  # SLURM's --gpus
+# A caption job of a shipped caption set (captioner backend `shipped`, capmix.shipped) joins a
+# metadata column: no model, so it asks for config `resources.caption_shipped` (no GPU by
+# default), not the model jobs' `resources.caption`.
+SHIPPED_CAPTION_RESOURCES = "caption_shipped"
+
+
+def shipped_caption_job(stage, wildcards):
+    """Whether a job of `stage` writes a shipped caption set (see SHIPPED_CAPTION_RESOURCES)."""
+    return (stage == "caption" and wildcards is not None
+            and config["captioners"][wildcards.captioner]["backend"] == SHIPPED_BACKEND)
+
+
+def shipped_captions_in_use():
+    """Whether any pool captions with a shipped captioner (only then does a caption job's
+    request depend on the job)."""
+    return any(config["captioners"].get(name, {}).get("backend") == SHIPPED_BACKEND
+               for pool in POOLS.values() for name in pool.get("captioners") or [])
 
 
 def stage_resources(stage, wildcards):
@@ -227,7 +244,8 @@ def stage_resources(stage, wildcards):
         suite = config["eval_suites"][POOLS[wildcards.pool]["eval"]["suite"]]
         requested = {key: (suite.get("resources") or {}).get(key) for key in SUITE_RESOURCES}
         return {"threads": requested["cpus_per_task"] or 1, **requested}
-    settings = config["resources"][stage]
+    settings = config["resources"][SHIPPED_CAPTION_RESOURCES if shipped_caption_job(
+        stage, wildcards) else stage]
     return {RESOURCE_NAMES.get(key, key): value for key, value in settings.items()}
 
 
@@ -235,16 +253,21 @@ def resource(stage, key):
     """One resource of `stage`'s jobs (threads: key "threads"); see stage_resources. A stage
     whose request is one per config (all but PER_POOL_RESOURCES) gets the value itself:
     Snakemake calls a function once per job and resource, which cost the DAG of xlarge's
-    45,863 jobs more than a minute; train and evaluate get a function of the job's pool."""
+    45,863 jobs more than a minute; train and evaluate get a function of the job's pool, and
+    caption one of the job's captioner where a pool uses a shipped caption set."""
     if stage not in PER_POOL_RESOURCES and stage not in config["resources"]:
         raise WorkflowError(f"stage '{stage}' has no entry in config `resources`")
     if stage not in PER_POOL_RESOURCES:
-        requested = stage_resources(stage, None)
-        if key not in requested:
-            named = {v: k for k, v in RESOURCE_NAMES.items()}.get(key, key)
-            raise WorkflowError(f"config `resources.{stage}` sets no `{named}` (it sets "
-                                f"{', '.join(sorted(config['resources'][stage])) or 'nothing'})")
-        return requested[key]
+        entries = [stage] + ([SHIPPED_CAPTION_RESOURCES]
+                             if stage == "caption" and shipped_captions_in_use() else [])
+        for entry in entries:
+            if key not in {RESOURCE_NAMES.get(k, k) for k in config["resources"][entry]}:
+                named = {v: k for k, v in RESOURCE_NAMES.items()}.get(key, key)
+                sets = ", ".join(sorted(config["resources"][entry])) or "nothing"
+                raise WorkflowError(f"config `resources.{entry}` sets no `{named}` (it sets "
+                                    f"{sets})")
+        if len(entries) == 1:
+            return stage_resources(stage, None)[key]
 
     def job_resource(wildcards):
         return stage_resources(stage, wildcards)[key]
