@@ -21,10 +21,19 @@ from capmix.captionnet import (
     resolve_captionnet,
 )
 from capmix.config import load_schema, pipeline_config
+from capmix.fetch import FetchSettings, fetch_pool
+from capmix.fetch_limits import UrlLimits, guarded_download_image, set_limits
+from capmix.fetch_reasons import failure_reason
 from capmix.sources import MetadataError, metadata_parts
-from capmix.sourcespec import SOURCE_TYPES, allowed_url_schemes
+from capmix.sourcespec import (
+    SOURCE_TYPES,
+    allowed_url_schemes,
+    allows_local_urls,
+    local_file_roots,
+)
 from capmix.uids import derive_uid
 from tests.conftest import REPO, copy_workflow
+from tests.fault_server import FaultServer
 from tests.test_workflow import snakemake
 
 #: The spreadsheet's header as capmix assumes it (capmix.captionnet.DEFAULT_COLUMNS, plus the
@@ -162,6 +171,82 @@ def test_metadata_keeps_both_label_sources_and_reports_the_matching(tmp_path):
     assert {"idx", "blip_caption", "filename", "capmix_url_origin"} <= set(frame.columns)
     assert frame["text"].iloc[0] == "my photo 0 from flickr"  # the caption label source
     assert frame["idx"].iloc[0] == "0, 1"                      # the idx label source
+
+
+@pytest.mark.integration
+def test_imagenet_dir_allows_its_files_only_and_keeps_the_address_guard(tmp_path):
+    """imagenet_dir (without allow_local_urls) lets the fetch read the ImageNet files the
+    metadata stage matched, and nothing else of this machine: the spreadsheet's http URLs to
+    a private address (the fault server on 127.0.0.1; the cloud metadata service) are never
+    requested (``internal_address``), and a file:// URL outside imagenet_dir stops the
+    metadata stage, named."""
+    imagenet = tmp_path / "imagenet"
+    write_image(imagenet / "n01440764" / "n01440764_1.JPEG", (10, 20, 30), "JPEG")
+    outside = write_image(tmp_path / "elsewhere" / "secret.png", (1, 2, 3))
+    with FaultServer(max_seconds=4) as server:
+        rows = [{"title": "imagenet image", "idx": "0", "url": "",
+                 "filename": "n01440764_1.JPEG"},
+                {"title": "a png on 127.0.0.1", "idx": "1", "url": server.url("png", 0)},
+                {"title": "cloud metadata", "idx": "2",
+                 "url": "http://169.254.169.254/latest/meta-data/x.jpg"}]
+        bad = write_spreadsheet(tmp_path / "bad.tsv", [*rows, {"title": "outside", "idx": "3",
+                                                               "url": outside.as_uri()}])
+        source = source_for(bad, imagenet, allow_local_urls=False)
+        with pytest.raises(MetadataError, match=r"bad.tsv: column 'url': 1 URL\(s\) not "
+                                                r"http\(s\): row 4 \('file:///"):
+            build_captionnet_metadata("cn", source, bad, tmp_path / "metadata")
+        assert not (tmp_path / "metadata").exists()
+
+        spreadsheet = write_spreadsheet(tmp_path / "s.tsv", rows)
+        source = source_for(spreadsheet, imagenet, allow_local_urls=False)
+        assert not allows_local_urls(source) and "file" in allowed_url_schemes(source)
+        build_captionnet_metadata("cn", source, spreadsheet, tmp_path / "metadata")
+        settings = FetchSettings.from_config(
+            {"image_size": 16, "samples_per_shard": 8, "retries": 0, "timeout": 2,
+             "threads_per_process": 2, "encode_format": "png"}, "captionnet",
+            allows_local_urls(source), local_file_roots(source))
+        assert not settings.allow_internal_addresses
+        assert settings.local_file_roots == (str(imagenet.resolve()),)
+        report = fetch_pool("cn", tmp_path / "metadata", tmp_path / "shards",
+                            tmp_path / "index.parquet", tmp_path / "report.json", settings)
+        assert server.requests == []  # the check precedes the connection
+    index = pd.read_parquet(tmp_path / "index.parquet").merge(
+        pd.read_parquet(metadata_parts(tmp_path / "metadata")[0])[["uid", "text"]], on="uid")
+    outcome = dict(zip(index["text"], index["reason"].where(index["status"] == "failed",
+                                                            "fetched"), strict=True))
+    assert outcome == {"imagenet image": "fetched", "a png on 127.0.0.1": "internal_address",
+                       "cloud metadata": "internal_address"}
+    assert report["n_fetched"] == 1 and report["failures_by_reason"] == {"internal_address": 2}
+
+
+def test_the_fetch_reads_no_local_file_outside_imagenet_dir(tmp_path):
+    """The fetch's own check (the metadata stage writes file:// URLs only under imagenet_dir,
+    but the fetch does not take that on trust): a file outside, a ``..`` path or a link out of
+    the folder, another host, a query: ``local_file_refused``; a file under it is read. A
+    link out of imagenet_dir that the metadata stage matches by name stops it, named."""
+    imagenet = tmp_path / "imagenet"
+    inside = write_image(imagenet / "n01" / "in.png", (5, 5, 5))
+    outside = write_image(tmp_path / "secret.png", (6, 6, 6))
+    (imagenet / "n01" / "link.png").symlink_to(outside)
+    set_limits(UrlLimits(max_body_bytes=10**6, deadline_s=5, max_image_area=10**7,
+                         allow_internal=False, local_roots=(str(imagenet.resolve()),)))
+    try:
+        _, body, error = guarded_download_image((0, inside.as_uri()), 2, None, None)
+        assert error is None and body.getvalue() == inside.read_bytes()
+        for url in (outside.as_uri(), f"{imagenet.as_uri()}/../secret.png",
+                    (imagenet / "n01" / "link.png").as_uri(),
+                    f"file://otherhost{inside}", inside.as_uri() + "?x=1"):
+            _, body, error = guarded_download_image((0, url), 2, None, None)
+            assert body is None and failure_reason("failed_to_download", error) == \
+                "local_file_refused", (url, error)
+    finally:
+        set_limits(None)
+    spreadsheet = write_spreadsheet(tmp_path / "s.tsv", [
+        {"title": "t", "idx": "1", "url": "", "filename": "link.png"}])
+    with pytest.raises(MetadataError, match=r"s.tsv: 1 matched file\(s\) .* links to files "
+                                            r"outside it.*row 1 \('link.png'"):
+        resolve_captionnet(source_for(spreadsheet, imagenet, allow_local_urls=False),
+                           spreadsheet)
 
 
 def test_captionnet_config_validates_and_dry_runs(tmp_path):
