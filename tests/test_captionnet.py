@@ -31,6 +31,7 @@ from capmix.sourcespec import (
     allows_local_urls,
     local_file_roots,
 )
+from capmix.suites import CLASS_SUBSET_KINDS
 from capmix.uids import derive_uid
 from tests.conftest import REPO, copy_workflow
 from tests.fault_server import FaultServer
@@ -92,6 +93,8 @@ def test_the_lists_of_allowed_values_match_the_schema():
                   if b["if"]["properties"]["type"]["const"] == "captionnet")
     assert branch["properties"]["subset"]["enum"] == list(SUBSETS)
     assert branch["properties"]["unmatched"]["enum"] == list(UNMATCHED_POLICIES)
+    classes = load_schema()["$defs"]["eval_suite"]["properties"]["classes"]["properties"]
+    assert [k for k in classes if k != "imagenet_task"] == list(CLASS_SUBSET_KINDS)
 
 
 def test_imagenet_rows_are_matched_by_file_name_and_unmatched_ones_reported(tmp_path):
@@ -345,7 +348,8 @@ def test_a_suite_class_subset_is_names_or_a_file(tmp_path):
     tasks = [{"key": "a", "name": "A"}, {"key": "r", "name": "R", "protocol": "retrieval",
                                          "main_metric": "mean_recall@1"}]
     both = {"data_dir": "d", "tasks": tasks, "classes": {"names": ["x"], "file": "f"}}
-    assert any("exactly one of `names` and `file`" in p for p in suite_problems("s", both))
+    assert any("exactly one of `names`, `file`, `captionnet_file`" in p
+               for p in suite_problems("s", both))
     names = tmp_path / "in100.txt"
     names.write_text("# CaptionNet\ntench\ngoldfish\n\n")
     suite = load_suite({"eval_suites": {"s": {"data_dir": "d", "tasks": tasks,
@@ -358,3 +362,117 @@ def test_a_suite_class_subset_is_names_or_a_file(tmp_path):
     names.write_text("# nothing\n")
     with pytest.raises(EvalConfigError, match="names no class"):
         task_class_subset(suite.tasks[0])
+
+
+#: ImageNet-1k's class names as a task's classnames.txt lists them (OpenAI's spellings, as
+#: DataComp's ImageNet task has them) at the indices the tests use; the others made up.
+IMAGENET_NAMES = {0: "tench", 1: "goldfish", 348: "ram (adult male sheep)",
+                  386: "African bush elephant", 421: "baluster / handrail",
+                  657: "missile", 744: "missile"}
+#: A stand-in for timm's ImageNet-1k WordNet ids (class-index order) with the real first two.
+WNIDS = ["n01440764", "n01443537"] + [f"n{90000000 + i:08d}" for i in range(2, 1000)]
+
+
+def imagenet_names() -> list[str]:
+    return [IMAGENET_NAMES.get(i, f"made-up class {i}") for i in range(1000)]
+
+
+@pytest.mark.parametrize("text", [
+    # the form of CaptionNet's own metadata/in100_classes.txt (seen): a dict of
+    # 'class name': available samples, one entry a line, names lower case without punctuation
+    "#classname : available in100 samples\n\n{'african bush elephant': 2082,\n"
+    " 'ram adult male sheep': 1377,\n 'tench': 10,\n 'baluster  handrail': 804}\n",
+    "386\n348\n0\n421\n",                                       # one index a line (assumed)
+    "# wnids\nn90000386\nn90000348\nn01440764\nn90000421\n",     # one WordNet id a line
+    "386 African bush elephant\n348: ram\n0\ttench\n421, 'baluster / handrail'\n",  # idx name
+    "{386: 'African bush elephant',\n 348: 'ram',\n 0: 'tench, Tinca tinca',\n 421: 'x'}\n",
+    "n90000386 elephant\nn90000348 ram\nn01440764 tench\nn90000421 handrail\n",  # wnid name
+])
+def test_captionnet_class_list_forms_map_to_the_task_class_names(tmp_path, text):
+    from capmix.imagenet_classes import class_list_problems, class_names
+
+    path = tmp_path / "in100_classes.txt"
+    path.write_text(text)
+    assert class_names(path, imagenet_names(), "classnames.txt", wnids=WNIDS) == (
+        "African bush elephant", "ram (adult male sheep)", "tench", "baluster / handrail")
+    assert class_list_problems(path, wnids=WNIDS) == []
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("386\n1000\n", r"in100_classes.txt: line 2 \('1000'\): index 1000 is outside "
+                    r"ImageNet-1k's 0-999"),
+    ("n01440764\nn01234567\n", r"in100_classes.txt: line 2 \('n01234567'\): n01234567 is not "
+                               r"one of ImageNet-1k's 1000 WordNet ids"),
+    ("{'tench': 3,\n 'african bush elefant': 2}\n",
+     r"line 2 \(\"'african bush elefant': 2\}\"\): no class of classnames.txt is named so "
+     r"\(close: \['african bush elephant'"),
+    ("'missile': 4\n", r"line 1 .*matches 2 classes .*give its index instead"),
+    ("0\n'tench': 5\n", r"line 2 .*class 0 \('tench'\) is already on line 1"),
+    ("# nothing\n", r"in100_classes.txt names no class"),
+])
+def test_a_bad_class_list_is_named_with_its_line(tmp_path, text, expected):
+    from capmix.imagenet_classes import ClassListError, class_names
+
+    path = tmp_path / "in100_classes.txt"
+    path.write_text(text)
+    with pytest.raises(ClassListError, match=expected):
+        class_names(path, imagenet_names(), "classnames.txt", wnids=WNIDS)
+    with pytest.raises(ClassListError, match=r"classnames.txt lists 999 class names, not "
+                                             r"ImageNet-1k's 1000"):
+        class_names(path, imagenet_names()[:999], "classnames.txt", wnids=WNIDS)
+
+
+def test_wordnet_ids_are_placed_by_timms_imagenet_list(tmp_path):
+    from capmix.imagenet_classes import IMAGENET_WNIDS, class_names, package_file
+
+    if package_file(*IMAGENET_WNIDS) is None:
+        pytest.skip("timm (the ImageNet-1k WordNet ids) is not installed")
+    path = tmp_path / "in100_classes.txt"
+    path.write_text("n01443537\nn01440764\n")  # goldfish, tench: ImageNet-1k's 1 and 0
+    assert class_names(path, imagenet_names(), "classnames.txt") == ("goldfish", "tench")
+
+
+def test_a_suite_takes_captionnet_class_list_and_maps_it_before_evaluating(tmp_path):
+    """`classes: {captionnet_file: ...}`: checked at start-up where it can be (indices,
+    WordNet ids), mapped through the suite's ImageNet 1k task's classnames.txt before the
+    first task; every classification task (ImageNet-R's 200 classes too) is restricted."""
+    from capmix.evaluate import restricted_classes
+    from capmix.suites import (
+        EvalConfigError,
+        eval_problems,
+        load_suite,
+        resolve_class_subset,
+        task_class_subset,
+    )
+
+    listed = tmp_path / "in100_classes.txt"
+    listed.write_text("{'tench': 7,\n 'ram adult male sheep': 5}\n")
+    tasks = [{"key": "imagenet1k", "name": "ImageNet 1k"},
+             {"key": "imagenet-r", "name": "ImageNet-R"},
+             {"key": "r", "name": "R", "protocol": "retrieval", "main_metric": "mean_recall@1"}]
+    spec = {"data_dir": str(tmp_path / "data"), "tasks": tasks,
+            "classes": {"captionnet_file": str(listed)}}
+    config = {"eval_suites": {"cn": spec}}
+    assert eval_problems(config) == []
+    suite = load_suite(config, "cn")
+    with pytest.raises(EvalConfigError, match="not mapped to class names yet"):
+        task_class_subset(suite.tasks[0])
+    with pytest.raises(EvalConfigError, match=r"wds_imagenet1k_test/classnames.txt is missing"):
+        resolve_class_subset(suite, tmp_path / "data")
+    reference = tmp_path / "data" / "wds_imagenet1k_test" / "classnames.txt"
+    reference.parent.mkdir(parents=True)
+    reference.write_text("\n".join(imagenet_names()) + "\n")
+    resolved = resolve_class_subset(suite, tmp_path / "data")
+    assert task_class_subset(resolved.tasks[0]) == ("tench", "ram (adult male sheep)")
+    assert task_class_subset(resolved.tasks[2]) is None  # retrieval: not restricted
+    rendition = ["goldfish", "ram (adult male sheep)", "made-up class 7"]  # a 200-class task
+    assert restricted_classes(resolved.tasks[1], rendition) == [1]
+
+    listed.write_text("0\n1000\n")  # a bad list already in place stops the start-up check
+    assert any("eval suite 'cn', classes.captionnet_file: class list" in p
+               and "index 1000 is outside" in p for p in eval_problems(config))
+    spec["classes"] = {"captionnet_file": str(listed), "imagenet_task": "imagenet-a"}
+    assert any("ImageNet-1k task 'imagenet-a'" in p for p in eval_problems(config))
+    spec["classes"] = {"captionnet_file": str(listed), "names": ["tench"]}
+    assert any("exactly one of `names`, `file`, `captionnet_file`" in p
+               for p in eval_problems(config))
