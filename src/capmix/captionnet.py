@@ -13,8 +13,11 @@ metadata stage can normalise (:func:`resolve_captionnet`):
   ``idx`` ("417" or "417, 932": several labels) stays exactly what the file says;
 * a row with a URL must use http(s) (third-party data never points at this machine);
 * a row without one is matched by file name to the files under ``imagenet_dir`` (scanned
-  once) and gets a ``file://`` URL under that root, the only local URLs the source may have;
-  a name found twice under the root is ambiguous and stops the run;
+  once) and gets a ``file://`` URL under that root, the only local URLs the source may have
+  (the fetch reads ``file://`` only under that root, ``capmix.sourcespec.local_file_roots``,
+  and keeps http(s) URLs off this machine and its networks); a name found twice under the
+  root is ambiguous, and a matched file that is a link out of the root is refused: both stop
+  the run;
 * rows that match nothing are reported (count and examples, in the metadata manifest);
   ``unmatched: stop`` (the default) stops the run before anything is written,
   ``unmatched: drop`` drops them and the report says how many.
@@ -130,11 +133,15 @@ def resolve_captionnet(source: Mapping[str, Any], spreadsheet: Path
             if not root.is_dir():
                 raise MetadataError(f"source.imagenet_dir {root}: not a folder")
             files = index_image_folder(root)
-            ambiguous = []
+            ambiguous, escaping = [], []
             for i in need_match:
                 name = Path(names[i].strip()).name  # a name only: no path from the data
                 hits = files.get(name, []) if name else []
-                if len(hits) == 1:
+                if len(hits) == 1 and not hits[0].resolve().is_relative_to(root):
+                    # a link out of the folder: the fetch reads files under imagenet_dir only
+                    escaping.append(f"row {i + 1} ('{name}': {hits[0]} -> "
+                                    f"{hits[0].resolve()})")
+                elif len(hits) == 1:
                     resolved[i] = hits[0].as_uri()
                     origin[i] = "imagenet_dir"
                 elif len(hits) > 1:
@@ -144,6 +151,11 @@ def resolve_captionnet(source: Mapping[str, Any], spreadsheet: Path
             if ambiguous:
                 problems.append(f"{len(ambiguous)} file name(s) found more than once under "
                                 f"{root}: {_examples(ambiguous)}")
+            if escaping:
+                problems.append(f"{len(escaping)} matched file(s) under {root} are links to "
+                                f"files outside it, which the fetch does not read: "
+                                f"{_examples(escaping)} (set source.imagenet_dir to the folder "
+                                f"that holds the images themselves)")
     policy = source.get("unmatched", "stop")
     if unmatched and policy == "stop":
         problems.append(f"{len(unmatched)} row(s) without URL match no file under "
@@ -212,7 +224,8 @@ def metadata_source(source: Mapping[str, Any], resolved: Path) -> dict[str, Any]
     return {"type": "table", "path": str(resolved), "format": "parquet",
             "columns": {"uid": UID_COLUMN, "url": URL_COLUMN, "text": columns["text"]},
             "keep_columns": source.get("keep_columns", "all"),
-            # file:// only for the rows matched under imagenet_dir (checked above)
+            # file:// only for the rows matched under imagenet_dir (checked above; the fetch
+            # reads file:// only under it, capmix.sourcespec.local_file_roots)
             "allow_local_urls": bool(source.get("imagenet_dir")
                                      or source.get("allow_local_urls", False))}
 

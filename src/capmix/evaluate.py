@@ -70,6 +70,7 @@ from capmix.suites import (
     aggregate_file,
     load_suite,
     read_results,
+    resolve_class_subset,
     task_class_subset,
 )
 
@@ -396,10 +397,12 @@ def evaluate_model(suite: Suite, model: EvalModel, data_dir: Path, progress_path
 
     Finished tasks are appended to ``progress_path`` (kept when the job dies); a re-run
     skips the tasks found there for the same checkpoint checksum. Every task's data is
-    checked to exist before the first one runs, so a missing download fails at once.
+    checked to exist before the first one runs, so a missing download fails at once, and so
+    is the suite's class subset (a CaptionNet class list mapped to the ImageNet task's names).
     """
     for task in suite.tasks:
         task_shards(task_dir(data_dir, task), task)
+    suite = resolve_class_subset(suite, data_dir)
     done = read_results(progress_path, model.sha256)
     if done:
         log.info("%d of %d tasks already evaluated for this checkpoint (%s): skipped",

@@ -106,14 +106,21 @@ class FetchSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     deadline: float = DEFAULT_DEADLINE
     retry_reasons: tuple[str, ...] = RETRYABLE_REASONS
-    #: Whether URLs (and redirects) may reach loopback, private or link-local addresses: the
-    #: source's ``allow_local_urls`` (capmix.sourcespec.allows_local_urls).
+    #: Whether URLs (and redirects) may reach loopback, private or link-local addresses and
+    #: any local file: the source's ``allow_local_urls`` (capmix.sourcespec.allows_local_urls).
     allow_internal_addresses: bool = False
+    #: Without that: the absolute folders whose files file:// URLs may still read (a
+    #: CaptionNet ``imagenet_dir``, capmix.sourcespec.local_file_roots); http(s) URLs keep the
+    #: private-address guard.
+    local_file_roots: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, fetch: Mapping[str, Any], source_type: str = "table",
-                    allow_local_urls: bool = False) -> FetchSettings:
-        """The pool's ``fetch`` config; unset bounds take their defaults for the source type."""
+                    allow_local_urls: bool = False,
+                    local_file_roots: Sequence[str] = ()) -> FetchSettings:
+        """The pool's ``fetch`` config; unset bounds take their defaults for the source type.
+        ``local_file_roots`` are resolved here (the job's working directory), so that the
+        fetch's workers compare absolute paths."""
         defaults = {
             "min_image_size": 0 if source_type == "datacomp" else DEFAULT_MIN_IMAGE_SIZE,
             "max_image_area": DEFAULT_MAX_IMAGE_AREA, "max_body_bytes": DEFAULT_MAX_BODY_BYTES,
@@ -124,7 +131,8 @@ class FetchSettings:
             if values.get(key) is None:
                 values[key] = default
         values["retry_reasons"] = tuple(values.get("retry_reasons") or RETRYABLE_REASONS)
-        return cls(**values, allow_internal_addresses=allow_local_urls)
+        return cls(**values, allow_internal_addresses=allow_local_urls,
+                   local_file_roots=tuple(str(Path(r).resolve()) for r in local_file_roots))
 
     @property
     def quality(self) -> int:
@@ -167,7 +175,8 @@ def run_img2dataset(input_dir: Path, output_dir: Path, settings: FetchSettings, 
 
     limits = UrlLimits(max_body_bytes=settings.max_body_bytes, deadline_s=settings.deadline,
                        max_image_area=settings.max_image_area,
-                       allow_internal=settings.allow_internal_addresses)
+                       allow_internal=settings.allow_internal_addresses,
+                       local_roots=settings.local_file_roots)
     original = img2dataset_main.Downloader
     img2dataset_main.Downloader = functools.partial(GuardedDownloader, limits=limits)
     try:

@@ -1,6 +1,8 @@
 """Per-URL limits img2dataset 1.47 does not have: a body-size cap, a total deadline per URL,
 the image area checked from the file header before anything is decoded, and no request (or
-redirect) to this machine or its private networks unless the source allows local URLs.
+redirect) to this machine or its private networks unless the source allows local URLs; a
+``file://`` URL only under the folders the source names (a CaptionNet ``imagenet_dir``) when
+it does not.
 
 Why not img2dataset alone: its ``download_image`` reads the whole body with one
 ``response.read()`` (no size limit; its ``timeout`` bounds each socket read, so a server that
@@ -32,7 +34,9 @@ import socket
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import img2dataset.downloader as img2dataset_downloader
@@ -52,8 +56,12 @@ class UrlLimits:
     deadline_s: float
     max_image_area: int
     #: True: URLs may reach loopback/private/link-local hosts and use file:// (the source's
-    #: ``allow_local_urls``); False: only http(s) to public addresses, redirects included.
+    #: ``allow_local_urls``); False: only http(s) to public addresses, redirects included,
+    #: and file:// to files under ``local_roots``.
     allow_internal: bool = False
+    #: Absolute folders whose files a ``file://`` URL may read when ``allow_internal`` is
+    #: False (``capmix.sourcespec.local_file_roots``: a CaptionNet ``imagenet_dir``).
+    local_roots: tuple[str, ...] = ()
 
 
 #: The limits of the shard this worker process is downloading (set by GuardedDownloader).
@@ -117,6 +125,24 @@ def check_url(url: str) -> None:
                              f"reach local or private hosts only with allow_local_urls: true)")
 
 
+def check_local_file(url: str, roots: Sequence[str]) -> Path:
+    """The file a ``file://`` URL names, if it lies under one of ``roots`` once links and
+    ``..`` are resolved; otherwise :class:`RefusedUrl`. A URL naming another host, or with a
+    query or fragment (which urllib would read as part of the file name), is refused too.
+    The caller opens the returned path, not the URL, so what was checked is what is read."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
+        raise RefusedUrl(f"local file refused: {url[:200]!r} (a file:// URL with a host, query "
+                         f"or fragment)")
+    path = Path(urllib.request.url2pathname(parsed.path)).resolve()
+    if any(path.is_relative_to(Path(root).resolve()) for root in roots):
+        return path
+    raise RefusedUrl(f"local file refused: {url[:200]!r} is {path}, outside "
+                     f"{[str(r) for r in roots] or 'every allowed folder'} (a source reads "
+                     f"local files only under its imagenet_dir, or anywhere with "
+                     f"allow_local_urls: true)")
+
+
 class _ConfinedRedirects(urllib.request.HTTPRedirectHandler):
     """urllib's redirect handling, each new location checked by :func:`check_url` first."""
 
@@ -129,6 +155,9 @@ class _ConfinedRedirects(urllib.request.HTTPRedirectHandler):
 def _open(request: urllib.request.Request, timeout: int, limits: UrlLimits | None) -> Any:
     if limits is None or limits.allow_internal:
         return urllib.request.urlopen(request, timeout=timeout)
+    if urllib.parse.urlsplit(request.full_url).scheme.lower() == "file":
+        path = check_local_file(request.full_url, limits.local_roots)
+        return urllib.request.urlopen(path.as_uri(), timeout=timeout)
     check_url(request.full_url)
     return urllib.request.build_opener(_ConfinedRedirects()).open(request, timeout=timeout)
 

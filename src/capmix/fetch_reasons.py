@@ -21,6 +21,7 @@ DOWNLOAD_REASONS: tuple[tuple[str, str], ...] = (
     ("too_large", r"area too large"),
     ("redirect_refused", r"Redirection to url .* is not allowed"),
     ("internal_address", r"internal address"),
+    ("local_file_refused", r"local file refused"),
     ("rate_limited", r"HTTP Error 429"),
     ("server_error", r"HTTP Error 5\d\d"),
     ("timeout", r"timed out|[Tt]imeout"),

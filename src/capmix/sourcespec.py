@@ -51,17 +51,30 @@ LOCAL_URL_SCHEMES: tuple[str, ...] = ("file",)
 
 
 def allows_local_urls(source: Mapping[str, Any]) -> bool:
-    """Whether a source's URLs may reach this machine: ``file://`` URLs, and hosts on loopback
-    or private networks (the toy world always; CaptionNet with an ``imagenet_dir``, whose
-    ImageNet rows are read from it: ``capmix.captionnet`` lets only those rows, not the
-    spreadsheet's URLs, be file://; others only with ``allow_local_urls: true``)."""
-    return (source["type"] == "toy" or bool(source.get("allow_local_urls", False))
-            or (source["type"] == "captionnet" and bool(source.get("imagenet_dir"))))
+    """Whether a source's URLs may reach this machine anywhere: ``file://`` URLs to any file,
+    and hosts on loopback or private networks (the toy world always, whose images are served
+    that way; others only with ``allow_local_urls: true``). A CaptionNet ``imagenet_dir`` does
+    not turn this on: it lets only files under that folder be read
+    (:func:`local_file_roots`), and the spreadsheet's http(s) URLs stay barred from this
+    machine and its networks (``capmix.fetch_limits``)."""
+    return source["type"] == "toy" or bool(source.get("allow_local_urls", False))
+
+
+def local_file_roots(source: Mapping[str, Any]) -> tuple[str, ...]:
+    """The folders whose files a source's ``file://`` URLs may read when it does not allow
+    local URLs (:func:`allows_local_urls`): a CaptionNet source's ``imagenet_dir``, where the
+    metadata stage itself matched its ImageNet rows (``capmix.captionnet``). The fetch refuses
+    any other ``file://`` URL, and one whose path (links and ``..`` resolved) leaves them."""
+    if source["type"] == "captionnet" and source.get("imagenet_dir"):
+        return (str(source["imagenet_dir"]),)
+    return ()
 
 
 def allowed_url_schemes(source: Mapping[str, Any]) -> tuple[str, ...]:
-    """The schemes a source's URLs may use (see :data:`REMOTE_URL_SCHEMES`)."""
-    return REMOTE_URL_SCHEMES + (LOCAL_URL_SCHEMES if allows_local_urls(source) else ())
+    """The schemes a source's URLs may use (see :data:`REMOTE_URL_SCHEMES`); ``file`` where
+    local files may be read at all (anywhere, or under :func:`local_file_roots` only)."""
+    local = allows_local_urls(source) or bool(local_file_roots(source))
+    return REMOTE_URL_SCHEMES + (LOCAL_URL_SCHEMES if local else ())
 
 
 def needs_download(source: Mapping[str, Any]) -> bool:

@@ -14,6 +14,7 @@ fetched by :mod:`capmix.evaldata`; the metrics are :mod:`capmix.evalmetrics`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from capmix.imagenet_classes import ClassListError, class_list_problems, class_names
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,14 @@ class Task:
     source: Mapping[str, Any] | None = None
     split: str | None = None  # toy suites: the toy world split the task is built from
     #: The suite's class subset (``classes``), for its classification tasks: class names as
-    #: in the tasks' classnames.txt, given in the config or by a file (one name a line).
+    #: in the tasks' classnames.txt, given in the config or by a file (one name a line), or
+    #: CaptionNet's class list (``captionnet_file``: indices, WordNet ids or names), mapped
+    #: to names through the classnames.txt of the suite's ImageNet-1k task, whose ``data``
+    #: directory is ``classes_reference`` (:func:`resolve_class_subset`).
     classes: tuple[str, ...] | None = None
     classes_file: str | None = None
+    classes_captionnet: str | None = None
+    classes_reference: str | None = None
 
     @property
     def scored(self) -> bool:
@@ -98,7 +106,12 @@ class Suite:
 def task_class_subset(task: Task) -> tuple[str, ...] | None:
     """The class names a task is restricted to (its suite's ``classes``), or None. A
     ``classes.file`` is read when the task is evaluated (the user supplies it, e.g. the names
-    of CaptionNet's 100 classes); a missing or empty file is an error naming it."""
+    of CaptionNet's 100 classes); a missing or empty file is an error naming it. A
+    CaptionNet class list must have been mapped first (:func:`resolve_class_subset`)."""
+    if task.classes_captionnet is not None:
+        raise EvalConfigError(f"task '{task.name}': the CaptionNet class list "
+                              f"{task.classes_captionnet} is not mapped to class names yet "
+                              f"(capmix.suites.resolve_class_subset)")
     if task.classes is not None:
         return task.classes
     if task.classes_file is None:
@@ -111,6 +124,39 @@ def task_class_subset(task: Task) -> tuple[str, ...] | None:
     if not names:
         raise EvalConfigError(f"task '{task.name}': class subset file {path} names no class")
     return names
+
+
+#: What a suite's ``classes`` may hold: exactly one of these (the schema lists the same).
+CLASS_SUBSET_KINDS: tuple[str, ...] = ("names", "file", "captionnet_file")
+#: The key of the task whose classnames.txt maps a CaptionNet class list to class names,
+#: unless ``classes.imagenet_task`` says otherwise: DataComp's ImageNet-1k task.
+DEFAULT_IMAGENET_TASK = "imagenet1k"
+
+
+def resolve_class_subset(suite: Suite, data_dir: Path) -> Suite:
+    """The suite with its CaptionNet class list (``classes.captionnet_file``) read and mapped
+    to the class names of its ImageNet-1k task (``{data_dir}/{task data}/classnames.txt``,
+    the names its classifier uses); unchanged when it has none. Called before the first task
+    is evaluated, so a bad list stops the job before any model work, naming file and line."""
+    pending = [t for t in suite.tasks if t.classes_captionnet is not None]
+    if not pending:
+        return suite
+    reference = Path(data_dir) / str(pending[0].classes_reference) / "classnames.txt"
+    if not reference.is_file():
+        raise EvalConfigError(f"eval suite '{suite.name}': {reference} is missing (the "
+                              f"ImageNet-1k class names its CaptionNet class list is mapped to)")
+    imagenet_names = [line.strip() for line in reference.read_text(encoding="utf-8").splitlines()
+                      if line.strip()]
+    try:
+        names = class_names(Path(str(pending[0].classes_captionnet)), imagenet_names,
+                            str(reference))
+    except ClassListError as exc:
+        raise EvalConfigError(f"eval suite '{suite.name}': {exc}") from exc
+    log.info("eval suite '%s': %d classes from %s (names from %s)", suite.name, len(names),
+             pending[0].classes_captionnet, reference)
+    tasks = tuple(dataclasses.replace(t, classes=names, classes_captionnet=None)
+                  if t.classes_captionnet is not None else t for t in suite.tasks)
+    return dataclasses.replace(suite, tasks=tasks)
 
 
 def default_data_name(key: str) -> str:
@@ -145,9 +191,18 @@ def suite_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
                 problems.append(f"eval suite '{name}', aggregate '{group}': '{member}' is not "
                                 f"a scored task of the suite")
     subset = spec.get("classes") or {}
-    if subset and bool(subset.get("names")) == bool(subset.get("file")):
-        problems.append(f"eval suite '{name}': `classes` needs exactly one of `names` and "
-                        f"`file`")
+    if subset and sum(bool(subset.get(kind)) for kind in CLASS_SUBSET_KINDS) != 1:
+        problems.append(f"eval suite '{name}': `classes` needs exactly one of "
+                        f"{', '.join(f'`{k}`' for k in CLASS_SUBSET_KINDS)}")
+    if subset.get("captionnet_file"):
+        reference = subset.get("imagenet_task") or DEFAULT_IMAGENET_TASK
+        if not any(t.get("key") == reference
+                   and t.get("protocol", "classification") == "classification"
+                   for t in spec.get("tasks") or []):
+            problems.append(f"eval suite '{name}': `classes.captionnet_file` is mapped to "
+                            f"class names through the ImageNet-1k task '{reference}' "
+                            f"(`classes.imagenet_task`), which is not a classification task "
+                            f"key of the suite")
     if spec.get("toy") and not spec.get("templates"):
         problems.append(f"eval suite '{name}': a toy suite needs zero-shot `templates`")
     return problems
@@ -157,6 +212,13 @@ def eval_problems(config: Mapping[str, Any]) -> list[str]:
     """Every suite's problems, and pools that evaluate on a suite they cannot use."""
     suites = config.get("eval_suites") or {}
     problems = [p for name, spec in sorted(suites.items()) for p in suite_problems(name, spec)]
+    for name, spec in sorted(suites.items()):
+        # a CaptionNet class list already in place is read now, not after training: its
+        # indices and WordNet ids are checked (its names need the task data: at evaluation)
+        listed = ((spec.get("classes") or {}).get("captionnet_file"))
+        if listed and Path(listed).is_file():
+            problems += [f"eval suite '{name}', classes.captionnet_file: {p}"
+                         for p in class_list_problems(Path(listed))]
     for pool in config.get("pools", []):
         evaluation = pool.get("eval")
         if not evaluation:
@@ -212,14 +274,23 @@ def load_suite(config: Mapping[str, Any], name: str) -> Suite:
         raise EvalConfigError("; ".join(problems))
     subset = spec.get("classes") or {}
     names = tuple(subset["names"]) if subset.get("names") else None
+    reference = None
+    if subset.get("captionnet_file"):
+        key = subset.get("imagenet_task") or DEFAULT_IMAGENET_TASK
+        reference = next(t.get("data") or default_data_name(t["key"]) for t in spec["tasks"]
+                         if t["key"] == key)
+
+    def restricted(t: Mapping[str, Any], value: Any) -> Any:
+        return value if t.get("protocol", "classification") == "classification" else None
+
     tasks = tuple(
         Task(key=t["key"], name=t["name"], protocol=t.get("protocol", "classification"),
              main_metric=t.get("main_metric", "acc1"), size=t.get("size"),
              data=t.get("data") or default_data_name(t["key"]), source=t.get("source"),
-             split=t.get("split"),
-             classes=names if t.get("protocol", "classification") == "classification" else None,
-             classes_file=(subset.get("file")
-                           if t.get("protocol", "classification") == "classification" else None))
+             split=t.get("split"), classes=restricted(t, names),
+             classes_file=restricted(t, subset.get("file")),
+             classes_captionnet=restricted(t, subset.get("captionnet_file")),
+             classes_reference=restricted(t, reference))
         for t in spec["tasks"])
     # data_dir without a trailing slash: the workflow matches task paths against it.
     return Suite(name=name, tasks=tasks, toy=bool(spec.get("toy")),

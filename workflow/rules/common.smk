@@ -64,7 +64,7 @@ from capmix.strategies import (  # noqa: E402
 from capmix.scales import load_scale, pool_train_strategies  # noqa: E402
 from capmix.shipped import BACKEND as SHIPPED_BACKEND  # noqa: E402
 from capmix.shipped import required_columns as shipped_required_columns  # noqa: E402
-from capmix.sourcespec import allows_local_urls, needs_download  # noqa: E402
+from capmix.sourcespec import allows_local_urls, local_file_roots, needs_download  # noqa: E402
 from capmix.toykinds import FINETUNED_FROM, TOY_MODEL_KINDS  # noqa: E402
 from capmix.toymodels import CONFIG_NAME  # noqa: E402
 from capmix.toyspec import SPLITS  # noqa: E402
@@ -296,6 +296,11 @@ def pool_source(wildcards):
 
 def local_urls_allowed(wildcards):
     return allows_local_urls(pool_source(wildcards))
+
+
+def local_file_roots_of(wildcards):
+    """The folders a pool's file:// URLs may read without allow_local_urls (its imagenet_dir)."""
+    return list(local_file_roots(pool_source(wildcards)))
 
 
 def metadata_required_columns(wildcards):

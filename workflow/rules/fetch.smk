@@ -16,6 +16,7 @@ rule fetch:
         settings=pool_setting("fetch"),
         source_type=pool_setting("source", "type"),
         allow_local_urls=local_urls_allowed,
+        local_file_roots=local_file_roots_of,
         shards=FETCH_CHUNK_SHARDS,
     log:
         "logs/fetch/{pool}/{chunk}.log",
