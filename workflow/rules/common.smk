@@ -298,9 +298,16 @@ def local_urls_allowed(wildcards):
     return allows_local_urls(pool_source(wildcards))
 
 
-def local_file_roots_of(wildcards):
-    """The folders a pool's file:// URLs may read without allow_local_urls (its imagenet_dir)."""
-    return list(local_file_roots(pool_source(wildcards)))
+def fetch_settings(wildcards):
+    """The pool's fetch settings, with the folders its file:// URLs may read without
+    allow_local_urls (a CaptionNet imagenet_dir) as `local_file_roots` where it has any. Only
+    there: Snakemake compares a job's parameter values, so a key every pool carried would
+    re-run every finished fetch once."""
+    settings = dict(POOLS[wildcards.pool]["fetch"])
+    roots = list(local_file_roots(pool_source(wildcards)))
+    if roots:
+        settings["local_file_roots"] = roots
+    return settings
 
 
 def metadata_required_columns(wildcards):

@@ -13,10 +13,9 @@ rule fetch:
         index=FETCH_CHUNK_INDEX,
         report=FETCH_CHUNK_REPORT,
     params:
-        settings=pool_setting("fetch"),
+        settings=fetch_settings,
         source_type=pool_setting("source", "type"),
         allow_local_urls=local_urls_allowed,
-        local_file_roots=local_file_roots_of,
         shards=FETCH_CHUNK_SHARDS,
     log:
         "logs/fetch/{pool}/{chunk}.log",

@@ -21,8 +21,7 @@ if __name__ == "__main__":
             sm.wildcards.pool, Path(sm.input[0]), Path(sm.params.shards),
             Path(sm.output.index), Path(sm.output.report),
             FetchSettings.from_config(sm.params.settings, sm.params.source_type,
-                                      sm.params.allow_local_urls,
-                                      sm.params.local_file_roots),
+                                      sm.params.allow_local_urls),
             processes=sm.threads,
             parts=chunk_parts(Path(sm.input[0]), *parse_chunk(sm.wildcards.chunk)),
         )
