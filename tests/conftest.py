@@ -17,6 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 # img2dataset checks for a newer albumentations over the network on import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+#: Test files that take minutes (whole DAGs, a SLURM cluster, training), longest first. They
+#: are collected first so that `pytest -n 2 --dist loadfile` starts them at once: in name
+#: order test_workflow.py's DAGs came last and ran alone for the last ~12 minutes of a 20-minute
+#: clean-clone run, the other worker idle.
+LONG_FILES = ("test_workflow.py", "test_slurm.py", "test_captionnet.py", "test_toymodels.py",
+              "test_train.py", "test_kill9.py", "test_toyworld.py", "test_websources.py",
+              "test_evaluate.py", "test_fetch_faults.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long files first (LONG_FILES' order), the rest as collected (a stable sort)."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+
 
 def write_image(path: Path, size: tuple[int, int] = (48, 40), colour=(200, 30, 30)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
