@@ -204,10 +204,12 @@ def test_imagenet_dir_allows_its_files_only_and_keeps_the_address_guard(tmp_path
         source = source_for(spreadsheet, imagenet, allow_local_urls=False)
         assert not allows_local_urls(source) and "file" in allowed_url_schemes(source)
         build_captionnet_metadata("cn", source, spreadsheet, tmp_path / "metadata")
+        # as the workflow's fetch_settings adds them to the pool's fetch settings
         settings = FetchSettings.from_config(
             {"image_size": 16, "samples_per_shard": 8, "retries": 0, "timeout": 2,
-             "threads_per_process": 2, "encode_format": "png"}, "captionnet",
-            allows_local_urls(source), local_file_roots(source))
+             "threads_per_process": 2, "encode_format": "png",
+             "local_file_roots": list(local_file_roots(source))}, "captionnet",
+            allows_local_urls(source))
         assert not settings.allow_internal_addresses
         assert settings.local_file_roots == (str(imagenet.resolve()),)
         report = fetch_pool("cn", tmp_path / "metadata", tmp_path / "shards",

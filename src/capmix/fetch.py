@@ -116,19 +116,18 @@ class FetchSettings:
 
     @classmethod
     def from_config(cls, fetch: Mapping[str, Any], source_type: str = "table",
-                    allow_local_urls: bool = False,
-                    local_file_roots: Sequence[str] = ()) -> FetchSettings:
+                    allow_local_urls: bool = False) -> FetchSettings:
         """The pool's ``fetch`` config; unset bounds take their defaults for the source type.
-        ``local_file_roots`` (an argument, or the config's key of that name the workflow adds
-        for a pool with an imagenet_dir) are resolved here (the job's working directory), so
-        that the fetch's workers compare absolute paths."""
+        Its ``local_file_roots`` (the key the workflow adds for a pool with an imagenet_dir)
+        are resolved here (the job's working directory), so that the fetch's workers compare
+        absolute paths."""
         defaults = {
             "min_image_size": 0 if source_type == "datacomp" else DEFAULT_MIN_IMAGE_SIZE,
             "max_image_area": DEFAULT_MAX_IMAGE_AREA, "max_body_bytes": DEFAULT_MAX_BODY_BYTES,
             "deadline": DEFAULT_DEADLINE,
         }
         values = dict(fetch)
-        local_file_roots = (*local_file_roots, *values.pop("local_file_roots", ()))
+        local_file_roots = values.pop("local_file_roots", ())
         for key, default in defaults.items():
             if values.get(key) is None:
                 values[key] = default

@@ -361,11 +361,12 @@ def accuracy_bars(entry: Mapping[str, Any], plan: Mapping[str, Any]) -> Figure:
     hatched = set(options.get("hatched") or [])
     numbers = None if plan["toy"] else load_paper_numbers()
     where = options.get("where", entry["paper"])
+    aggregates = {s: read_json(files[s]).get("aggregates") or {} for s in shown}
     figure, axes = _figure(len(BAR_METRICS), 4.5)
     width = 0.8 / (2 if numbers is not None else 1)
     for ax, (metric, label) in zip(axes, BAR_METRICS, strict=True):
         for i, strategy in enumerate(shown):
-            ours = (read_json(files[strategy]).get("aggregates") or {}).get(metric)
+            ours = aggregates[strategy].get(metric)
             x = i - (width / 2 if numbers is not None else 0)
             ax.bar(x, ours or 0.0, width, color=f"C{i}", edgecolor="black",
                    hatch="//" if strategy in hatched else None,

@@ -28,9 +28,8 @@ CATEGORIES: dict[str, str] = {
 #: Drawing functions (schema ``$defs/figure.plot``; figures.DRAWERS and tables.WRITERS).
 FIGURE_PLOTS = ("image_grid", "accuracy_scatter", "accuracy_bars", "caption_stats",
                 "cosine_histograms", "noise_diversity", "task_differences", "retrieval_bars",
-                "pool_scaling",
-                "retrieval_scatter", "class_groups", "diversity_scaling", "caption_quality",
-                "fetch_outcomes", "training_loss")
+                "pool_scaling", "retrieval_scatter", "class_groups", "diversity_scaling",
+                "caption_quality", "fetch_outcomes", "training_loss")
 TABLE_PLOTS = ("quality_table", "retrieval_table", "temperature_table", "subset_table",
                "fairness_table")
 PLOTS = (*FIGURE_PLOTS, *TABLE_PLOTS)

@@ -190,10 +190,10 @@ def build_mix_table(pool_uids: Sequence[str], sources: Mapping[str, Sequence[Cap
     ``sources`` maps a concrete source to its caption sets (one, or every temperature for
     ``captioner/best``). ``image_clusters`` (uid, :data:`CLUSTER_COLUMN`) and
     ``caption_text`` (uid, :data:`CAPTION_TEXT_COLUMNS`) add their columns and must cover
-    every fetched uid. Scores with NaN or missing uids raise
-    :class:`ScoreTableError` naming the set, the counts and examples, unless
-    ``on_missing_score == "drop"``: then those images leave the pool (for every strategy, so
-    all strategies share one pool) and the report counts them. Duplicate uids always raise.
+    every fetched uid. Scores with NaN or missing uids raise :class:`ScoreTableError`
+    naming the set, the counts and examples, unless ``on_missing_score == "drop"``: then those
+    images leave the pool (for every strategy, so all strategies share one pool) and the
+    report counts them. Duplicate uids always raise.
     """
     pool_index = pd.Index(sorted(set(pool_uids)), name="uid")
     table = pd.DataFrame(index=pool_index)

@@ -23,7 +23,7 @@ import shutil
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -485,6 +485,18 @@ def check_rows(path: Path | str, uids: Sequence[Any], urls: pa.ChunkedArray,
     return problems
 
 
+def row_locator(files: Sequence[tuple[str, np.ndarray]]) -> Callable[[int], tuple[str, int]]:
+    """(file, row) of a position in the files' records concatenated (the duplicate checks
+    work on one flat array of every file's uids)."""
+    starts = np.cumsum([0] + [len(pairs) for _, pairs in files])
+
+    def where(position: int) -> tuple[str, int]:
+        index = int(np.searchsorted(starts, position, side="right")) - 1
+        return files[index][0], int(position - starts[index])
+
+    return where
+
+
 def check_duplicates(files: Sequence[tuple[str, np.ndarray]]) -> list[str]:
     """Duplicate uids within and across files, each named by file and row (``source.
     duplicates: stop``). ``files``: each file's uids as :func:`capmix.uids.uids_to_pairs`
@@ -496,14 +508,9 @@ def check_duplicates(files: Sequence[tuple[str, np.ndarray]]) -> list[str]:
     groups = duplicate_positions(flat)
     if not groups:
         return []
-    starts = np.cumsum([0] + [len(pairs) for _, pairs in files])
-
-    def where(position: int) -> str:
-        index = int(np.searchsorted(starts, position, side="right")) - 1
-        return f"{files[index][0]} row {position - starts[index]}"
-
+    where = row_locator(files)
     shown = [f"uid {pairs_to_uids(flat[group[:1]])[0]} at "
-             + "; ".join(where(int(i)) for i in group[:EXAMPLES])
+             + "; ".join("{} row {}".format(*where(int(i))) for i in group[:EXAMPLES])
              for group in groups[:EXAMPLES]]
     more = f" (and {len(groups) - EXAMPLES} more)" if len(groups) > EXAMPLES else ""
     total = sum(len(group) - 1 for group in groups)
@@ -531,10 +538,7 @@ def exact_duplicates(files: Sequence[tuple[str, np.ndarray]],
     later, first = repeats(flat)
     starts = np.cumsum([0] + [len(pairs) for _, pairs in files])
     file_of = np.searchsorted(starts, later, side="right") - 1
-
-    def where(position: int) -> tuple[str, int]:
-        index = int(np.searchsorted(starts, position, side="right")) - 1
-        return files[index][0], int(position - starts[index])
+    where = row_locator(files)
 
     if contents is not None and len(later):
         content = np.concatenate(list(contents))
